@@ -1,0 +1,1 @@
+"""Sub-commands of the `spro` CLI; see `spro.cli.COMMANDS`."""
