@@ -1,0 +1,423 @@
+"""SPRO inside TRL: ``SPROConfig`` and ``SPROTrainer``, subclasses of TRL's GRPO classes.
+
+``SPROTrainer`` keeps everything of ``GRPOTrainer`` (generation, reward functions, vLLM,
+accelerate / DeepSpeed / FSDP, PEFT, logging, the clipped policy loss) and changes one thing:
+the advantage. GRPO gives every token of a completion the same group-normalised outcome
+advantage; SPRO gives token ``t`` of completion ``i``
+
+    A[i,t] = (A_out[i] + MSA[i,t]) * mask[i,t]
+
+computed by :func:`spro.advantages.spro_advantage` from the rewards, the per-token log-probs of
+the sampling policy (``pi_old``) and of a frozen reference (``pi_ref``). TRL's loss accepts a
+``[B, T]`` advantage as it is, so the loss is not overridden.
+
+How it hooks into TRL (supported: ``trl>=1.16,<1.17``):
+
+- ``_calculate_rewards`` is wrapped to keep the rewards TRL gathered across processes.
+- ``_generate_and_score_completions`` runs TRL's version, then replaces ``output["advantages"]``
+  (``[B_local]``) with SPRO's ``[B_local, T]``. TRL computes ``old_per_token_logps`` only when the
+  batch is reused off-policy (or with vLLM importance sampling) and ``ref_per_token_logps`` only
+  when its KL ``beta`` is non-zero; whichever is missing is computed here, with the same
+  ``_get_per_token_logps_and_entropies`` TRL uses (same temperature, same fused LM head). What
+  TRL puts in the batch for its own loss is left unchanged.
+- With ``beta == 0`` (TRL's default) TRL builds no reference model, so ``SPROTrainer`` makes a
+  frozen copy of the starting policy (a deep copy of a model instance, or a second load of a
+  model path) and prepares it like TRL prepares its own reference. With PEFT the reference is
+  the base model with the adapter disabled, as in TRL.
+- The completions of a prompt may sit on several processes, so log-probs and masks are padded
+  to a common length and gathered (in the process order TRL uses for the rewards) before the
+  group statistics; each process then keeps its own rows and columns.
+- SPRO metrics go to TRL's ``self._metrics`` (``process/cpr_final_mean``, ``process/cpr_final_std``:
+  the cumulative process reward at each completion's last token; ``process/msa_abs_mean``: mean
+  ``|process term|`` over valid tokens, the MSA by default; ``process/reward_abs_mean``: mean
+  ``|p[i,t]|``; ``process/advantage_abs_mean``), so they reach every logger TRL reports to.
+
+The extra cost over GRPO is one no-grad forward of the policy when TRL skips ``pi_old`` (the
+on-policy default) and one of the reference when TRL's ``beta`` is 0, plus ``O(B*T)`` arithmetic.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+try:
+    from accelerate.utils import is_peft_model
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.models import prepare_deepspeed, prepare_fsdp
+    from trl.models.utils import disable_gradient_checkpointing
+    from trl.trainer.utils import (
+        add_fused_lm_head,
+        create_model_from_path,
+        disable_dropout_in_model,
+        get_config_model_id,
+        use_adapter,
+    )
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "spro.integrations.trl needs TRL 1.16.x: install it with `pip install 'spro[trl]'` "
+        f"(import failed: {exc})"
+    ) from exc
+
+from spro.advantages import cumulative_process_reward, spro_advantage
+
+__all__ = ["SPROConfig", "SPROTrainer", "SUPPORTED_TRL"]
+
+SUPPORTED_TRL = ">=1.16,<1.17"
+
+_OUTCOME_SCALES = ("group", "none")
+_PROCESS_REWARDS = ("cumulative", "per_token")
+_BASELINES = ("masked_step", "pooled", "pooled_loo")
+
+# Keys of the batch dict that `_get_per_token_logps_and_entropies` takes as multimodal inputs.
+_FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+@dataclass
+class SPROConfig(GRPOConfig):
+    """``GRPOConfig`` plus SPRO's options (all prefixed ``spro_``).
+
+    Two GRPO defaults differ: ``loss_type="grpo"`` (per-sequence token mean, then mean over
+    sequences: the aggregation of the SPRO paper) and ``disable_dropout=True`` (the process reward
+    compares two forwards of the same tokens, which dropout would make noisy). TRL's
+    ``scale_rewards`` does not apply: the outcome part of the advantage is scaled by
+    ``spro_outcome_scale``. ``multi_objective_aggregation`` must be ``"sum_then_normalize"``:
+    the outcome reward SPRO normalises is the weighted sum of the reward functions.
+    """
+
+    spro_beta: float = field(
+        default=0.05,
+        metadata={
+            "help": "Weight of the self-guided process reward p[i,t] = spro_beta * (log pi_old - log pi_ref). "
+            "It weighs the process part of the advantage against the outcome part; 0 reduces SPRO to GRPO's "
+            "outcome advantage broadcast over tokens. Unrelated to TRL's `beta` (the KL loss coefficient)."
+        },
+    )
+    spro_outcome_scale: str = field(
+        default="group",
+        metadata={
+            "help": "Outcome advantage scaling: 'group' divides r_i - mean_g(r) by the group's std + eps (GRPO), "
+            "'none' only subtracts the group mean (Dr. GRPO)."
+        },
+    )
+    spro_msa_scale_std: bool = field(
+        default=False,
+        metadata={
+            "help": "Divide the masked step advantage by the std of the cumulative process rewards of the "
+            "responses that still have step t (an option; the paper's reading does not scale)."
+        },
+    )
+    spro_eps: float = field(
+        default=1e-6,
+        metadata={"help": "Added to standard deviations before dividing."},
+    )
+    spro_process_reward: str = field(
+        default="cumulative",
+        metadata={
+            "help": "Ablation: 'cumulative' compares the cumulative process reward R[i,t] = sum_{j<=t} p[i,j] "
+            "(SPRO); 'per_token' compares p[i,t] itself."
+        },
+    )
+    spro_baseline: str = field(
+        default="masked_step",
+        metadata={
+            "help": "Ablation: 'masked_step' subtracts the mean over the group's responses that still have "
+            "token t (SPRO's MSA); 'pooled' one mean over all valid tokens of the group; 'pooled_loo' a "
+            "PRIME-style leave-one-out mean of the other responses' mean values."
+        },
+    )
+    spro_process_only: bool = field(
+        default=False,
+        metadata={"help": "Ablation: drop the outcome advantage and train on the process term alone."},
+    )
+    loss_type: str = field(
+        default="grpo",
+        metadata={
+            "help": "TRL loss aggregation (see GRPOConfig). SPRO default 'grpo': mean over each completion's "
+            "tokens, then mean over completions ('seq-mean-token-mean')."
+        },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Disable dropout in the policy and the reference, so that log pi_old and log pi_ref are "
+            "deterministic (SPRO default True)."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.spro_outcome_scale not in _OUTCOME_SCALES:
+            raise ValueError(
+                f"spro_outcome_scale: expected one of {_OUTCOME_SCALES}, got {self.spro_outcome_scale!r}"
+            )
+        if self.spro_process_reward not in _PROCESS_REWARDS:
+            raise ValueError(
+                f"spro_process_reward: expected one of {_PROCESS_REWARDS}, got {self.spro_process_reward!r}"
+            )
+        if self.spro_baseline not in _BASELINES:
+            raise ValueError(f"spro_baseline: expected one of {_BASELINES}, got {self.spro_baseline!r}")
+        if self.spro_baseline == "pooled_loo" and self.spro_msa_scale_std:
+            raise ValueError("spro_msa_scale_std: not supported with spro_baseline='pooled_loo'")
+        if isinstance(self.spro_beta, bool) or not isinstance(self.spro_beta, (int, float)) or self.spro_beta < 0:
+            raise ValueError(f"spro_beta: expected a float >= 0, got {self.spro_beta!r}")
+        if not self.spro_eps > 0:
+            raise ValueError(f"spro_eps: expected a float > 0, got {self.spro_eps!r}")
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "multi_objective_aggregation: SPROTrainer normalises the weighted sum of the rewards itself; "
+                f"expected 'sum_then_normalize', got {self.multi_objective_aggregation!r}"
+            )
+
+    def spro_options(self) -> dict[str, Any]:
+        """Keyword options for :func:`spro.advantages.spro_advantage` (everything but the tensors)."""
+        return {
+            "beta": float(self.spro_beta),
+            "outcome_scale": self.spro_outcome_scale,
+            "msa_scale_std": bool(self.spro_msa_scale_std),
+            "eps": float(self.spro_eps),
+            "process_reward": self.spro_process_reward,
+            "baseline": self.spro_baseline,
+            "process_only": bool(self.spro_process_only),
+        }
+
+
+class SPROTrainer(GRPOTrainer):
+    """TRL's ``GRPOTrainer`` with SPRO's per-token advantage (see the module docstring).
+
+    Same constructor as ``GRPOTrainer``; ``args`` must be an :class:`SPROConfig` (``None`` gives the
+    defaults). Example::
+
+        trainer = SPROTrainer(model=model, reward_funcs=reward_fn, args=SPROConfig(output_dir="out"),
+                              train_dataset=dataset, processing_class=tokenizer)
+        trainer.train()
+    """
+
+    _tag_names = ["trl", "grpo", "spro"]
+    _name = "SPRO"
+
+    def __init__(self, model, reward_funcs=None, args: SPROConfig | None = None, *rest, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = SPROConfig(f"{(name or 'model').split('/')[-1]}-SPRO")
+        if not isinstance(args, SPROConfig):
+            raise TypeError(
+                f"SPROTrainer: args must be an SPROConfig (it adds the spro_* options), got {type(args).__name__}"
+            )
+        bound = inspect.signature(GRPOTrainer.__init__).bind(self, model, reward_funcs, args, *rest, **kwargs)
+        peft_config = bound.arguments.get("peft_config")
+
+        # A frozen copy of the starting policy, taken before TRL patches the model's forward (its fused LM
+        # head) and before accelerate wraps it. Only needed when TRL builds no reference itself.
+        ref_copy = None
+        needs_own_ref = args.beta == 0.0 and peft_config is None and not is_peft_model(model)
+        if needs_own_ref and not isinstance(model, str):
+            ref_copy = copy.deepcopy(model)
+
+        super().__init__(model, reward_funcs, args, *rest, **kwargs)
+
+        self._spro_rewards_per_func: torch.Tensor | None = None
+        if needs_own_ref and not is_peft_model(self.model):
+            if ref_copy is None:  # the policy was loaded from a path: load the reference the same way
+                init_kwargs = dict(args.model_init_kwargs or {})
+                if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+                    init_kwargs["device_map"] = None
+                init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+                init_kwargs.setdefault("dtype", self.model.dtype)
+                init_kwargs.setdefault("attn_implementation", self.model.config._attn_implementation)
+                ref_copy = create_model_from_path(model, **init_kwargs)
+            self.ref_model = self._spro_prepare_reference(ref_copy)
+
+    # ------------------------------------------------------------------ reference model
+
+    def _spro_prepare_reference(self, ref: torch.nn.Module) -> torch.nn.Module:
+        """Freeze ``ref`` and prepare it the way ``GRPOTrainer.__init__`` prepares its own reference."""
+        ref.requires_grad_(False)
+        ref.eval()
+        if self.args.disable_dropout:
+            disable_dropout_in_model(ref)
+        if self.args.cast_lm_head_to_fp32:
+            _cast_lm_head_to_fp32(ref)
+        add_fused_lm_head(ref, temperature=self.temperature, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(ref, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(ref, self.accelerator)
+        return self.accelerator.prepare_model(ref, evaluation_mode=True)
+
+    # ------------------------------------------------------------------ hooks into TRL
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # TRL returns the rewards of every process ([B_global, n_funcs], process order); keep them.
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._spro_rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        self._spro_rewards_per_func = None
+        output = super()._generate_and_score_completions(inputs)
+        if self._spro_rewards_per_func is None:
+            raise RuntimeError(
+                "SPROTrainer: TRL did not call _calculate_rewards; this TRL version is not supported "
+                f"(supported: trl{SUPPORTED_TRL})"
+            )
+        mode = "train" if self.model.training else "eval"
+        output["advantages"] = self._spro_advantages(output, mode)
+        self._spro_rewards_per_func = None
+        return output
+
+    # ------------------------------------------------------------------ SPRO advantage
+
+    def _spro_logps(self, output: dict[str, Any], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs of the completions under pi_old and pi_ref, ``[B_local, T]`` each."""
+        logp = output.get("old_per_token_logps")
+        ref_logp = output.get("ref_per_token_logps")
+        if logp is not None and ref_logp is not None:
+            return logp, ref_logp
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        logits_to_keep = output["completion_ids"].size(1)
+        batch_size = (
+            self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        )
+        forward_kwargs = {k: output[k] for k in _FORWARD_KEYS if k in output}
+
+        def score(model):
+            return self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, **forward_kwargs
+            )[0]
+
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if logp is None:
+                # TRL skipped pi_old because, on-policy, it equals the current policy: score it now.
+                logp = score(self.model)
+            if ref_logp is None:
+                if self.ref_model is not None:
+                    ref_logp = score(self.ref_model)
+                elif is_peft_model(self.model) or is_peft_model(self.accelerator.unwrap_model(self.model)):
+                    unwrapped = self.accelerator.unwrap_model(self.model)
+                    with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                        ref_logp = score(self.model)
+                else:  # pragma: no cover - __init__ always provides one of the two
+                    raise RuntimeError("SPROTrainer: no reference model to score the completions with")
+        return logp, ref_logp
+
+    def _spro_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad ``x [B_local, T_local]`` along dim 1 to the longest process and gather: ``[B_global, T_max]``."""
+        x = self.accelerator.pad_across_processes(x.contiguous(), dim=1, pad_index=0)
+        return self.accelerator.gather(x)
+
+    def _spro_advantages(self, output: dict[str, Any], mode: str) -> torch.Tensor:
+        """SPRO's advantage for this process's completions, ``[B_local, T_local]``."""
+        logp, ref_logp = self._spro_logps(output, mode)
+        mask = output["completion_mask"]
+        if "tool_mask" in output:
+            mask = mask * output["tool_mask"]
+        local_b, local_t = mask.shape
+
+        logp_all = self._spro_gather(logp.float())
+        ref_all = self._spro_gather(ref_logp.float())
+        mask_all = self._spro_gather(mask.float())
+        rewards_per_func = self._spro_rewards_per_func.to(logp_all.device)
+        weights = self.reward_weights.to(rewards_per_func.device)
+        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        scorable = ~torch.isnan(rewards_per_func).all(dim=1)
+
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        if rewards.numel() % num_generations:
+            raise ValueError(
+                f"SPROTrainer: {rewards.numel()} completions do not split into groups of "
+                f"num_generations={num_generations}"
+            )
+        # TRL's sampler puts the num_generations completions of a prompt next to each other in the global batch.
+        group_ids = torch.arange(rewards.numel(), device=rewards.device) // num_generations
+
+        advantages = torch.zeros_like(logp_all)
+        # Completions no reward function could score carry no signal: advantage 0, and they are left out of
+        # their group's statistics (as in TRL).
+        keep = scorable.nonzero(as_tuple=True)[0]
+        if keep.numel() > 0:
+            advantages[keep] = self._spro_compute_advantages(
+                rewards=rewards[keep],
+                logp=logp_all[keep],
+                ref_logp=ref_all[keep],
+                mask=mask_all[keep],
+                group_ids=group_ids[keep],
+            )
+            self._spro_log_metrics(mode, logp_all[keep], ref_all[keep], mask_all[keep], group_ids[keep],
+                                   advantages[keep])
+        self._spro_log_table(advantages, mask_all)
+
+        start = self.accelerator.process_index * local_b
+        local = advantages[start : start + local_b, :local_t]
+        return local.to(dtype=torch.float32, device=mask.device)
+
+    def _spro_compute_advantages(
+        self,
+        *,
+        rewards: torch.Tensor,
+        logp: torch.Tensor,
+        ref_logp: torch.Tensor,
+        mask: torch.Tensor,
+        group_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """The core estimator on the gathered batch: rewards ``[B]``, the rest ``[B, T]`` -> ``[B, T]``."""
+        return spro_advantage(rewards, logp, ref_logp, mask, group_ids, **self.args.spro_options())
+
+    def _spro_log_metrics(self, mode, logp, ref_logp, mask, group_ids, advantages) -> None:
+        """Append SPRO's diagnostics (computed on the gathered batch, so equal on every process)."""
+        opts = self.args.spro_options()
+        cpr = cumulative_process_reward(logp, ref_logp, mask, opts["beta"])
+        # The process term of the advantage under the configured options (MSA of the CPR by default).
+        rewards = torch.zeros(mask.shape[0], device=mask.device)
+        msa = spro_advantage(rewards, logp, ref_logp, mask, group_ids, **{**opts, "process_only": True})
+        valid = mask > 0
+        has_tokens = valid.any(dim=1)
+        lengths = mask.sum(dim=1).long()
+        last = (lengths - 1).clamp(min=0)
+        cpr_final = cpr.gather(1, last.unsqueeze(1)).squeeze(1)[has_tokens]
+        n_tokens = valid.sum().clamp(min=1)
+        metrics = self._metrics[mode]
+        metrics["process/cpr_final_mean"].append(cpr_final.mean().item() if cpr_final.numel() else 0.0)
+        metrics["process/cpr_final_std"].append(cpr_final.std().item() if cpr_final.numel() > 1 else 0.0)
+        metrics["process/msa_abs_mean"].append((msa.abs() * valid).sum().item() / n_tokens.item())
+        step_reward = opts["beta"] * (logp - ref_logp)
+        metrics["process/reward_abs_mean"].append((step_reward.abs() * valid).sum().item() / n_tokens.item())
+        metrics["process/advantage_abs_mean"].append((advantages.abs() * valid).sum().item() / n_tokens.item())
+
+    def _spro_log_table(self, advantages: torch.Tensor, mask: torch.Tensor) -> None:
+        """Show each completion's mean SPRO advantage in TRL's completions table instead of GRPO's."""
+        logged = self._logs.get("advantages") if isinstance(getattr(self, "_logs", None), dict) else None
+        if logged is None:
+            return
+        per_seq = (advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        for _ in range(min(per_seq.numel(), len(logged))):
+            logged.pop()
+        logged.extend(per_seq.tolist())
+
+
+def _cast_lm_head_to_fp32(model: torch.nn.Module) -> None:
+    """Run ``model``'s LM head in float32 (what TRL does to its models with ``cast_lm_head_to_fp32``).
+
+    With tied embeddings the embedding outputs are cast back to the original dtype, as in TRL.
+    """
+    head = model.get_output_embeddings()
+    original = head.weight.dtype
+    head.float()
+    if getattr(model.config, "tie_word_embeddings", False) and original != torch.float32:
+        model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.to(original))
