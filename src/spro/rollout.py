@@ -1,0 +1,194 @@
+"""Rollout: sampling G responses per prompt.
+
+A backend implements :class:`RolloutBackend`: given rendered prompt strings it returns a
+:class:`RolloutBatch` with every prompt's G responses next to each other (rows
+``g*G ... g*G+G-1`` belong to prompt ``g``), so each group lives on the process that generated it.
+:class:`HFGenerateBackend` uses ``transformers``' ``generate`` with left padding; a vLLM backend
+can implement the same protocol (and ``sync_weights`` to receive the trained weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    """B = n_prompts * G responses, P = padded prompt length, T = padded response length.
+
+    prompt_ids       [B, P] long, left padded with pad_token_id
+    prompt_mask      [B, P] long, 1 on prompt tokens
+    completion_ids   [B, T] long, right padded with pad_token_id after the first eos
+    completion_mask  [B, T] long, 1 on generated tokens up to and including the first eos
+    truncated        [B] bool, True when the response hit max_new_tokens without eos
+    group_ids        [B] long, index of the prompt (within this batch) the response answers
+    prompts          B rendered prompt strings (each repeated G times)
+    completions      B decoded responses (special tokens removed)
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    truncated: torch.Tensor
+    group_ids: torch.Tensor
+    prompts: list[str]
+    completions: list[str]
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """[B] number of response tokens (eos included)."""
+        return self.completion_mask.sum(-1)
+
+    def select(self, idx: torch.Tensor) -> "RolloutBatch":
+        """The responses at positions ``idx`` (a 1-D long tensor)."""
+        il = idx.tolist()
+        return RolloutBatch(
+            self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
+            self.completion_mask[idx], self.truncated[idx], self.group_ids[idx],
+            [self.prompts[i] for i in il], [self.completions[i] for i in il],
+        )
+
+
+@runtime_checkable
+class RolloutBackend(Protocol):
+    """What the trainer needs from a generator."""
+
+    def generate(self, prompts: list[str], num_generations: int) -> RolloutBatch:
+        """Sample ``num_generations`` responses for each prompt string."""
+        ...
+
+    def sync_weights(self, model: Any) -> None:
+        """Make the generator use ``model``'s current weights (no-op when it shares them)."""
+        ...
+
+
+def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask up to and including the first eos, and the truncated flag.
+
+    completion_ids [B, T] -> (mask [B, T] long, truncated [B] bool)
+    """
+    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    is_eos = torch.zeros_like(completion_ids, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= completion_ids == e
+    B, T = completion_ids.shape
+    has_eos = is_eos.any(-1)
+    first = torch.where(has_eos, is_eos.int().argmax(-1), torch.full((B,), T, dtype=torch.long))
+    positions = torch.arange(T, device=completion_ids.device).unsqueeze(0)
+    mask = (positions <= first.unsqueeze(1)).long()
+    return mask, ~has_eos
+
+
+class HFGenerateBackend:
+    """G samples per prompt with ``model.generate`` (left padding, temperature, top-p, top-k).
+
+    The backend generates with the very module being trained (``model``), so no weight sync is
+    needed. ``generation_batch_size`` (in responses, a multiple of G; 0 = all at once) bounds the
+    memory of one ``generate`` call.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        generation_batch_size: int = 0,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.top_k = top_k
+        self.generation_batch_size = generation_batch_size
+
+    def sync_weights(self, model: Any) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], num_generations: int) -> RolloutBatch:
+        tok, model = self.tokenizer, self.model
+        G = num_generations
+        per_call = max(1, (self.generation_batch_size or len(prompts) * G) // G)
+        pad_id = tok.pad_token_id
+        eos_id = tok.eos_token_id
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        pieces = []
+        try:
+            for start in range(0, len(prompts), per_call):
+                chunk = prompts[start : start + per_call]
+                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                ids = enc["input_ids"].to(device)
+                attn = enc["attention_mask"].to(device)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=attn,
+                    do_sample=True,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    top_k=self.top_k or None,
+                    max_new_tokens=self.max_new_tokens,
+                    num_return_sequences=G,
+                    pad_token_id=pad_id,
+                    eos_token_id=eos_id,
+                    use_cache=True,
+                )
+                P = ids.shape[1]
+                pieces.append((ids.repeat_interleave(G, 0), attn.repeat_interleave(G, 0), out[:, P:]))
+        finally:
+            tok.padding_side = old_side
+            if was_training:
+                model.train()
+        prompt_ids = _cat_left_padded([p[0] for p in pieces], pad_id)
+        prompt_mask = _cat_left_padded([p[1] for p in pieces], 0)
+        completion_ids = _cat_right_padded([p[2] for p in pieces], pad_id)
+        mask, truncated = completion_mask_from_ids(completion_ids, eos_id)
+        completion_ids = completion_ids.masked_fill(mask == 0, pad_id)
+        texts = tok.batch_decode(completion_ids.masked_fill(mask == 0, pad_id), skip_special_tokens=True)
+        group_ids = torch.arange(len(prompts), device=device).repeat_interleave(G)
+        return RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            completion_ids=completion_ids,
+            completion_mask=mask,
+            truncated=truncated,
+            group_ids=group_ids,
+            prompts=[p for p in prompts for _ in range(G)],
+            completions=texts,
+        )
+
+
+def _cat_left_padded(ts: list[torch.Tensor], value: int) -> torch.Tensor:
+    width = max(t.shape[1] for t in ts)
+    return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value) for t in ts])
+
+
+def _cat_right_padded(ts: list[torch.Tensor], value: int) -> torch.Tensor:
+    width = max(t.shape[1] for t in ts)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in ts])
+
+
+def make_backend(name: str, model: Any, tokenizer: Any, rollout_config: Any) -> RolloutBackend:
+    """The backend called ``name`` ('hf') configured from a RolloutConfig."""
+    if name == "hf":
+        r = rollout_config
+        return HFGenerateBackend(
+            model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+            top_p=r.top_p, top_k=r.top_k, generation_batch_size=r.generation_batch_size,
+        )
+    raise ValueError(f"rollout.backend: unknown backend '{name}' (available: hf)")

@@ -1,0 +1,850 @@
+"""The RL trainer for Hugging Face causal LMs: SPRO, GRPO, Dr. GRPO, RLOO (and PRIME with a PRM).
+
+One training step (:meth:`Trainer.train_step`):
+
+1. rollout   - ``prompts_per_step`` prompts, G responses each (``spro.rollout``); with several
+               processes the prompts are sharded and every group is generated on one process,
+               so group statistics (and hence advantages) equal the single-process ones;
+2. score     - reward functions ``fn(prompts, completions, **columns)`` (TRL's convention),
+               weighted sum of the non-None values; exceptions and None are counted;
+3. log-probs - one batched no-grad pass of the sampling policy (pi_old, also giving the
+               entropy) and one of the frozen reference (pi_ref); both computed once and reused
+               by the advantage (SPRO's process reward beta * (log pi_old - log pi_ref) costs
+               no extra pass), the PPO ratio, the KL term and the metrics;
+4. advantages from ``spro.advantages.get_estimator(algorithm.name)``;
+5. PPO update - ``ppo_epochs`` passes over mini-batches, gradient accumulation, clipping,
+               AdamW, LR warmup and schedule (``transformers.get_scheduler``), loss from
+               ``spro.losses.policy_loss``;
+6. metrics (metrics.jsonl, TensorBoard, W&B), periodic greedy evaluation (eval.jsonl) and
+   atomic checkpoints (``spro.checkpoint``).
+
+PRIME plugs in through the ``prm`` argument: any object with
+``compute_logp(batch: RolloutBatch) -> [B, T]`` (log-probs of the response tokens under the
+implicit PRM, no grad) and ``update(batch: RolloutBatch, rewards: [B]) -> dict[str, float]``
+(one training step of the PRM, returning metrics), optionally ``save(folder)`` /
+``load(folder)`` for checkpoints. The trainer calls ``compute_logp`` then ``update`` every step
+when the algorithm needs ``prm_logp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import json
+import math
+import resource
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from spro import checkpoint as ckpt_lib
+from spro.advantages import cumulative_process_reward, get_estimator, masked_step_advantage
+from spro.config import ConfigError, TrainConfig, config_from_dict, diff_configs, to_dict
+from spro.losses import entropy_from_logits, kl_penalty, policy_loss
+from spro.prompts import render_prompt
+from spro.rollout import RolloutBatch, make_backend
+
+METRIC_KEYS = (
+    "step", "time", "reward/mean", "reward/std", "accuracy", "groups/zero_variance_frac",
+    "entropy", "length/mean", "length/min", "length/max", "length/truncated_frac",
+    "clip/low_frac", "clip/high_frac", "kl", "process/cpr_final_mean", "process/cpr_final_std",
+    "process/msa_abs_mean", "perf/tokens_per_sec", "time/rollout", "time/logprob",
+    "time/update", "time/step", "memory/peak_mb", "loss", "lr", "grad_norm",
+)
+EVAL_KEYS = ("step", "time", "eval/accuracy", "eval/length_mean", "eval/n")
+
+
+class RewardFunctionError(ValueError):
+    """A reward function returned something unusable (or failed on every response)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """Non-finite log-probs, loss or gradients: training stopped, the last checkpoint kept."""
+
+
+@runtime_checkable
+class ProcessRewardModel(Protocol):
+    """The hook PRIME's implicit PRM implements (see the module docstring)."""
+
+    def compute_logp(self, batch: RolloutBatch) -> torch.Tensor: ...
+
+    def update(self, batch: RolloutBatch, rewards: torch.Tensor) -> dict[str, float]: ...
+
+
+# ------------------------------------------------------------------------------------------------
+# models
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def load_model(name: str, *, dtype: str = "float32", tiny_seed: int = 0, tokenizer: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for a ModelConfig.name_or_path (see its help)."""
+    torch_dtype = _DTYPES[dtype]
+    if name == "tiny":
+        from spro.tiny import build_char_tokenizer, build_tiny_model
+
+        tok = build_char_tokenizer()
+        model = build_tiny_model(tok, seed=tiny_seed)
+        if torch_dtype not in ("auto", torch.float32):
+            model = model.to(torch_dtype)
+    else:
+        if name.startswith("warmstart:"):
+            from spro.warmstart import warm_start
+
+            path = warm_start(preset=name.split(":", 1)[1])
+        else:
+            path = Path(name)
+        if Path(path).exists():
+            from spro.modeling import load_model_and_tokenizer
+
+            model, tok = load_model_and_tokenizer(path, dtype=torch_dtype)
+        else:  # a hub id (only when online)
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(name)
+                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"model.name_or_path: '{name}' is neither a local folder nor a loadable hub id ({e})") from e
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+    if tokenizer is not None:
+        from spro.modeling import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    return model, tok
+
+
+def sequence_logps(
+    model: Any,
+    batch: RolloutBatch,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the response tokens (and per-token entropies) in one forward pass.
+
+    The prompt (left padded) and response (right padded) are concatenated; position ids follow
+    the attention mask as in ``generate``. Logits are divided by ``temperature`` (the sampling
+    distribution). Only the last T+1 positions' logits are computed (``logits_to_keep``).
+    Returns ``(logp [b, T], entropy [b, T] or None)`` for the rows ``idx`` (default: all).
+    Gradients flow when called outside ``torch.no_grad()``.
+    """
+    p_ids, p_mask, c_ids, c_mask = batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
+    if idx is not None:
+        p_ids, p_mask, c_ids, c_mask = p_ids[idx], p_mask[idx], c_ids[idx], c_mask[idx]
+    T = c_ids.shape[1]
+    input_ids = torch.cat([p_ids, c_ids], dim=1)
+    attn = torch.cat([p_mask, c_mask], dim=1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
+    logits = out.logits[:, :-1, :].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = logits.gather(-1, c_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    ent = entropy_from_logits(logits) if with_entropy else None
+    return logp, ent
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class RewardFn:
+    name: str
+    fn: Callable[..., Any]
+    weight: float
+
+
+def resolve_reward(name: str, overrides: dict[str, Callable] | None = None) -> Callable[..., Any]:
+    """A reward function by registered name or ``module:function`` import path."""
+    if overrides and name in overrides:
+        return overrides[name]
+    try:
+        from spro.rewards import get_reward
+    except ImportError:  # spro.rewards not installed in this tree: minimal fallback
+        get_reward = None
+    if get_reward is not None:
+        return get_reward(name)
+    if name == "arithmetic":
+        from spro.tasks.arithmetic import arithmetic_reward
+
+        return arithmetic_reward
+    if ":" in name:
+        mod, fn = name.split(":", 1)
+        return getattr(importlib.import_module(mod), fn)
+    raise ValueError(f"data.rewards: unknown reward '{name}'")
+
+
+def load_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
+    """(train, eval) datasets with at least a 'prompt' column."""
+    d = cfg.data
+    if d.task is not None:
+        from spro.tasks import get_task
+
+        task = get_task(d.task, **d.task_kwargs)
+        train = task.split(d.split, n=d.train_size)
+        evals = task.split(d.eval_split, n=d.eval_size or None) if cfg.eval_every >= 0 else None
+        return train, evals
+    from spro.data import load_prompt_dataset
+
+    kw = dict(schema=d.schema, column_map=d.column_map, prompt_template=d.prompt_template)
+    train = load_prompt_dataset(d.source, split=d.split, **kw)
+    if d.train_size:
+        train = train.select(range(min(d.train_size, len(train))))
+    evals = None
+    if cfg.eval_every >= 0:
+        evals = load_prompt_dataset(d.eval_source or d.source, split=d.eval_split, **kw)
+        if d.eval_size:
+            evals = evals.select(range(min(d.eval_size, len(evals))))
+    return train, evals
+
+
+def prompt_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The order of the n training prompts in ``epoch`` (seeded, independent of global RNG)."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+# ------------------------------------------------------------------------------------------------
+# logging
+
+
+class RunLogger:
+    """metrics.jsonl / eval.jsonl always; TensorBoard and W&B when configured; main process only."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, *, enabled: bool, resume_step: int | None) -> None:
+        self.enabled = enabled
+        self.out = out
+        self.tb = None
+        self.wandb = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "eval.jsonl", "completions.jsonl"):
+            path = out / name
+            if resume_step is None:
+                path.unlink(missing_ok=True)
+            elif path.exists():  # drop what the interrupted run logged after the checkpoint
+                keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+                path.write_text("".join(k + "\n" for k in keep))
+        self.metrics_f = open(out / "metrics.jsonl", "a")
+        self.eval_f = open(out / "eval.jsonl", "a")
+        self.comp_f = open(out / "completions.jsonl", "a") if cfg.logging.log_completions else None
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        if cfg.logging.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("logging.wandb=true needs the wandb package: pip install 'spro[wandb]'") from None
+            self.wandb = wandb.init(
+                project=cfg.logging.wandb_project, name=cfg.logging.wandb_run_name or out.name,
+                config=to_dict(cfg), resume="allow",
+            )
+
+    def _write(self, f: Any, record: dict) -> None:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        step = record["step"]
+        for k, v in record.items():
+            if k == "step" or v is None or not isinstance(v, (int, float)):
+                continue
+            if self.tb is not None:
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def log_metrics(self, record: dict) -> None:
+        if self.enabled:
+            self._write(self.metrics_f, record)
+
+    def log_eval(self, record: dict) -> None:
+        if self.enabled:
+            self._write(self.eval_f, record)
+
+    def log_completions(self, step: int, prompts: list[str], completions: list[str], rewards: list[float]) -> None:
+        if self.enabled and self.comp_f is not None:
+            for p, c, r in zip(prompts, completions, rewards):
+                self.comp_f.write(json.dumps({"step": step, "prompt": p, "completion": c, "reward": r}) + "\n")
+            self.comp_f.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        for f in (self.metrics_f, self.eval_f, self.comp_f):
+            if f is not None:
+                f.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _clean(v: float | None) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """Holds models, data, optimizer and loggers; :meth:`train` runs the loop."""
+
+    def __init__(
+        self,
+        config: TrainConfig | None,
+        *,
+        resume: str | Path | None = None,
+        prm: Any = None,
+        reward_funcs: dict[str, Callable] | None = None,
+        accelerator: Any = None,
+    ) -> None:
+        from accelerate import Accelerator
+
+        self.resume_ckpt = ckpt_lib.find_checkpoint(resume) if resume else None
+        if self.resume_ckpt is not None:
+            saved = ckpt_lib.read_run_config(self.resume_ckpt)
+            if config is None:
+                config = config_from_dict(saved)
+            diffs = diff_configs(saved, to_dict(config))
+            if diffs:
+                fs, fn = _flat(saved), _flat(to_dict(config))
+                detail = "; ".join(f"{k}: {fs.get(k)!r} (checkpoint) vs {fn.get(k)!r} (now)" for k in diffs[:10])
+                raise ckpt_lib.CheckpointError(
+                    f"--resume {resume}: the checkpoint was made with a different config; differing keys: {detail}"
+                )
+        if config is None:
+            raise ConfigError("train() needs a TrainConfig (or resume= a checkpoint)")
+        self.cfg = cfg = config
+        self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.is_main = self.acc.is_main_process
+        self.out = Path(cfg.output_dir)
+        self.prm = prm
+        a, r = cfg.algorithm, cfg.rollout
+
+        if r.prompts_per_step % self.world:
+            raise ConfigError(
+                f"rollout.prompts_per_step ({r.prompts_per_step}) must be divisible by the number of "
+                f"processes ({self.world}) so that every group stays on one process"
+            )
+        self.local_prompts = r.prompts_per_step // self.world
+        self.local_batch = self.local_prompts * r.num_generations
+        self.mini = a.mini_batch_size or self.local_batch
+        if self.local_batch % self.mini:
+            raise ConfigError(
+                f"algorithm.mini_batch_size ({a.mini_batch_size}) must divide the per-process batch "
+                f"({self.local_batch} responses)"
+            )
+        self.micro = self.mini // a.grad_accum_steps
+        self.estimator = get_estimator(a.name)
+        self.needs_ref = cfg.model.use_reference or a.name in ("spro", "prime") or a.kl_coef > 0
+        self.loss_agg = "seq-mean-token-sum-norm" if a.name == "dr_grpo" else a.loss_agg
+        if a.name == "prime" and prm is None:
+            raise ConfigError(
+                "algorithm.name=prime needs a process reward model: pass train(config, prm=...) "
+                "(an object with compute_logp(batch) and update(batch, rewards))"
+            )
+
+        # models (the reference is the starting policy, also when resuming)
+        m = cfg.model
+        policy_src = str(self.resume_ckpt) if self.resume_ckpt else m.name_or_path
+        self.model, self.tok = load_model(policy_src, dtype=m.dtype, tiny_seed=m.tiny_seed, tokenizer=m.tokenizer)
+        self.ref = None
+        if self.needs_ref:
+            if m.ref_model is None and self.resume_ckpt is None:
+                self.ref = copy.deepcopy(self.model)
+            else:
+                self.ref, _ = load_model(m.ref_model or m.name_or_path, dtype=m.dtype, tiny_seed=m.tiny_seed)
+            self.ref.requires_grad_(False).eval().to(self.acc.device)
+        if m.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.model.to(self.acc.device).train()
+
+        # data and rewards
+        self.train_ds, self.eval_ds = load_datasets(cfg)
+        self.train_prompts = [render_prompt(self.tok, p) for p in self.train_ds["prompt"]]
+        self.train_ds, self.train_prompts = self._check_lengths(self.train_ds, self.train_prompts, "train")
+        if self.eval_ds is not None:
+            self.eval_ds, _ = self._check_lengths(
+                self.eval_ds, [render_prompt(self.tok, p) for p in self.eval_ds["prompt"]], cfg.data.eval_split
+            )
+        if len(self.train_ds) == 0:
+            raise ConfigError("the training set is empty")
+        self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
+        self.rewards = [RewardFn(s.name, resolve_reward(s.name, reward_funcs), s.weight) for s in cfg.data.rewards]
+        acc_name = cfg.data.accuracy_reward or self.rewards[0].name
+        self.acc_index = [rf.name for rf in self.rewards].index(acc_name)
+
+        # optimizer and schedule
+        from transformers import get_scheduler
+
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=o.lr,
+            betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps, weight_decay=o.weight_decay,
+        )
+        self.opt_steps_per_step = a.ppo_epochs * (self.local_batch // self.mini)
+        self.scheduler = get_scheduler(
+            o.scheduler, self.optimizer, num_warmup_steps=o.warmup_steps,
+            num_training_steps=cfg.total_steps * self.opt_steps_per_step,
+        )
+        self.ddp_model = self.acc.prepare(self.model)
+        self.backend = make_backend(r.backend, self.model, self.tok, r)
+
+        self.step = 0
+        self.elapsed = 0.0
+        self.last_ckpt: Path | None = None
+        if self.resume_ckpt is not None:
+            ckpt_lib.load_training_state(self.resume_ckpt, self.optimizer, self.scheduler)
+            state = ckpt_lib.read_trainer_state(self.resume_ckpt)
+            self.step, self.elapsed = int(state["step"]), float(state["time"])
+            self.last_ckpt = self.resume_ckpt
+            if prm is not None and hasattr(prm, "load") and (self.resume_ckpt / "prm").is_dir():
+                prm.load(self.resume_ckpt / "prm")
+            ckpt_lib.load_rng_state(self.resume_ckpt, self.rank, self.world)
+        else:
+            from transformers import set_seed
+
+            set_seed(cfg.seed * 1000 + self.rank)
+        self.logger = RunLogger(cfg, self.out, enabled=self.is_main, resume_step=self.step if self.resume_ckpt else None)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(__import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
+
+    # -------------------------------------------------------------------------------- helpers
+
+    def _check_lengths(self, ds: Any, prompts: list[str], split: str) -> tuple[Any, list[str]]:
+        ctx = getattr(self.model.config, "max_position_embeddings", None)
+        if not ctx:
+            return ds, prompts
+        lens = [len(x) for x in self.tok(prompts, add_special_tokens=False)["input_ids"]]
+        room = ctx - self.cfg.rollout.max_new_tokens
+        bad = [i for i, n in enumerate(lens) if n > room]
+        if not bad:
+            return ds, prompts
+        if self.cfg.data.long_prompts == "error":
+            i = bad[0]
+            raise ConfigError(
+                f"data ({split} split), row {i}: the prompt has {lens[i]} tokens, and with "
+                f"rollout.max_new_tokens={self.cfg.rollout.max_new_tokens} that exceeds the model's "
+                f"context of {ctx} tokens ({len(bad)} such prompt(s)); shorten them, lower "
+                f"max_new_tokens or set data.long_prompts=drop"
+            )
+        warnings.warn(f"dropping {len(bad)} {split} prompt(s) longer than the context allows")
+        keep = sorted(set(range(len(prompts))) - set(bad))
+        return ds.select(keep), [prompts[i] for i in keep]
+
+    def _step_rows(self, step: int) -> list[int]:
+        """Dataset indices of this process's prompts at ``step`` (1-based)."""
+        n, P = len(self.train_ds), self.cfg.rollout.prompts_per_step
+        start = (step - 1) * P + self.rank * self.local_prompts
+        out = []
+        for pos in range(start, start + self.local_prompts):
+            epoch, i = divmod(pos, n)
+            out.append(int(prompt_order(n, self.cfg.seed, epoch, self.cfg.data.shuffle)[i]))
+        return out
+
+    def score(self, rows: list[int], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Weighted rewards [B], correctness [B] (bool) and counters of errors / None values."""
+        G = self.cfg.rollout.num_generations
+        sub = self.train_ds.select(rows) if rows is not None else None
+        prompts = [p for p in sub["prompt"] for _ in range(G)]
+        columns = {c: [v for v in sub[c] for _ in range(G)] for c in self.columns}
+        return self._score(prompts, completions, columns)
+
+    def _score(self, prompts: list, completions: list[str], columns: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        B = len(completions)
+        total = torch.zeros(B, dtype=torch.float64)
+        any_value = torch.zeros(B, dtype=torch.bool)
+        correct = torch.zeros(B, dtype=torch.bool)
+        errors = nones = 0
+        for k, rf in enumerate(self.rewards):
+            values, n_err = self._call_reward(rf, prompts, completions, columns)
+            errors += n_err
+            for i, v in enumerate(values):
+                if v is None:
+                    nones += 1
+                    continue
+                total[i] += rf.weight * v
+                any_value[i] = True
+                if k == self.acc_index:
+                    correct[i] = v >= self.cfg.data.correct_threshold
+        stats = {"reward/errors": float(errors), "reward/none_frac": nones / (B * len(self.rewards))}
+        return total.float(), correct, stats
+
+    def _call_reward(self, rf: RewardFn, prompts: list, completions: list[str], columns: dict) -> tuple[list[float | None], int]:
+        B = len(completions)
+        try:
+            values = rf.fn(prompts=prompts, completions=completions, **columns)
+        except Exception as batch_exc:  # noqa: BLE001 - isolate the responses that fail
+            values, errors = [], 0
+            for i in range(B):
+                try:
+                    v = rf.fn(prompts=[prompts[i]], completions=[completions[i]], **{c: [col[i]] for c, col in columns.items()})
+                    values.append(self._check_values(rf, v, 1)[0])
+                except RewardFunctionError:
+                    raise
+                except Exception:  # noqa: BLE001
+                    values.append(None)
+                    errors += 1
+            if errors == B:
+                raise RewardFunctionError(
+                    f"reward function '{rf.name}' raised on every response: {type(batch_exc).__name__}: {batch_exc}"
+                ) from batch_exc
+            return values, errors
+        return self._check_values(rf, values, B), 0
+
+    @staticmethod
+    def _check_values(rf: RewardFn, values: Any, B: int) -> list[float | None]:
+        if isinstance(values, torch.Tensor):
+            values = values.tolist()
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
+        if not isinstance(values, (list, tuple)):
+            raise RewardFunctionError(
+                f"reward function '{rf.name}' must return a list of floats (or None), got {type(values).__name__}"
+            )
+        if len(values) != B:
+            raise RewardFunctionError(
+                f"reward function '{rf.name}' returned {len(values)} values for {B} completions"
+            )
+        out: list[float | None] = []
+        for i, v in enumerate(values):
+            if v is None:
+                out.append(None)
+            elif isinstance(v, (bool, int, float, np.floating, np.integer)):
+                v = float(v)
+                out.append(v if math.isfinite(v) else None)
+            else:
+                raise RewardFunctionError(
+                    f"reward function '{rf.name}' returned {type(v).__name__} ({v!r}) at position {i}; "
+                    f"expected a float or None"
+                )
+        return out
+
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        where = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was saved yet"
+        return TrainingDivergedError(
+            f"step {self.step + 1}: non-finite values in {what}; training stopped ({where}). "
+            f"Try a lower optim.lr or a smaller algorithm.beta."
+        )
+
+    def _logps_no_grad(self, model: Any, batch: RolloutBatch, *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B = len(batch)
+        chunk = self.micro if self.cfg.algorithm.grad_accum_steps > 1 else B
+        lps, ents = [], []
+        with torch.no_grad():
+            for s in range(0, B, chunk):
+                idx = torch.arange(s, min(B, s + chunk), device=batch.completion_ids.device)
+                lp, ent = sequence_logps(model, batch, temperature=self.cfg.rollout.temperature, with_entropy=with_entropy, idx=idx)
+                lps.append(lp)
+                ents.append(ent)
+        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+    # ------------------------------------------------------------------------------ one step
+
+    def train_step(self) -> dict[str, Any]:
+        cfg, a, G = self.cfg, self.cfg.algorithm, self.cfg.rollout.num_generations
+        step = self.step + 1
+        t_step = time.perf_counter()
+
+        # 1. rollout
+        rows = self._step_rows(step)
+        t0 = time.perf_counter()
+        batch = self.backend.generate([self.train_prompts[i] for i in rows], G)
+        t_rollout = time.perf_counter() - t0
+        mask = batch.completion_mask
+
+        # 2. score
+        rewards, correct, reward_stats = self.score(rows, batch.completions)
+        rewards = rewards.to(mask.device)
+
+        # 3. log-probs of the sampling policy and the reference, once per batch
+        t0 = time.perf_counter()
+        old_logp, entropy = self._logps_no_grad(self.model, batch, with_entropy=True)
+        ref_logp = self._logps_no_grad(self.ref, batch, with_entropy=False)[0] if self.ref is not None else None
+        mb = mask.bool()
+        if not torch.isfinite(old_logp[mb]).all():
+            raise self._diverged("the sampling policy's log-probs")
+        if ref_logp is not None and not torch.isfinite(ref_logp[mb]).all():
+            raise self._diverged("the reference model's log-probs")
+        prm_logp, prm_metrics = None, {}
+        if self.prm is not None and a.name == "prime":
+            prm_logp = self.prm.compute_logp(batch)
+            prm_metrics = {f"prm/{k}": v for k, v in (self.prm.update(batch, rewards) or {}).items()}
+        t_logprob = time.perf_counter() - t0
+
+        # 4. advantages
+        adv = self.estimator(
+            rewards=rewards, mask=mask, group_ids=batch.group_ids, logp=old_logp,
+            ref_logp=ref_logp, prm_logp=prm_logp, **self._estimator_options(),
+        ).to(old_logp.dtype)
+
+        # 5. PPO update
+        t0 = time.perf_counter()
+        upd = self.ppo_update(batch, old_logp, ref_logp, adv, step)
+        t_update = time.perf_counter() - t0
+
+        # 6. metrics (reduced over processes)
+        t_total = time.perf_counter() - t_step
+        self.elapsed += t_total
+        metrics = self._metrics(step, batch, rewards, correct, old_logp, ref_logp, entropy, upd,
+                                t_rollout, t_logprob, t_update, t_total)
+        metrics.update(reward_stats)
+        metrics.update(prm_metrics)
+        self.logger.log_completions(step, batch.prompts[: cfg.logging.log_completions],
+                                    batch.completions[: cfg.logging.log_completions], rewards.tolist()[: cfg.logging.log_completions])
+        self.step = step
+        return metrics
+
+    def _estimator_options(self) -> dict[str, Any]:
+        a = self.cfg.algorithm
+        if a.name == "spro":
+            return dict(beta=a.beta, outcome_scale=a.outcome_scale, msa_scale_std=a.msa_scale_std, eps=a.eps,
+                        process_reward=a.process_reward, baseline=a.baseline, process_only=a.process_only)
+        if a.name == "grpo":
+            return dict(scale=a.outcome_scale, eps=a.eps)
+        if a.name == "prime":
+            return dict(beta=a.beta)
+        return {}
+
+    def ppo_update(self, batch: RolloutBatch, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                   adv: torch.Tensor, step: int) -> dict[str, float]:
+        cfg, a = self.cfg, self.cfg.algorithm
+        B, accum = len(batch), a.grad_accum_steps
+        mask = batch.completion_mask
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        sums: dict[str, float] = {}
+        n_micro = 0
+        grad_norms, lrs = [], []
+        for epoch in range(a.ppo_epochs):
+            order = torch.arange(B) if epoch == 0 else torch.randperm(B, generator=gen)
+            order = order.to(mask.device)
+            for s in range(0, B, self.mini):
+                mb_idx = order[s : s + self.mini]
+                lrs.append(self.scheduler.get_last_lr()[0])
+                for k in range(accum):
+                    idx = mb_idx[k * self.micro : (k + 1) * self.micro]
+                    sync = contextlib.nullcontext() if k == accum - 1 else self.acc.no_sync(self.ddp_model)
+                    with sync:
+                        logp, ent = sequence_logps(self.ddp_model, batch, temperature=cfg.rollout.temperature,
+                                                   with_entropy=a.entropy_coef > 0, idx=idx)
+                        if not torch.isfinite(logp[mask[idx].bool()]).all():
+                            raise self._diverged("the policy's log-probs during the update")
+                        loss, m = policy_loss(
+                            logp, old_logp[idx], adv[idx], mask[idx],
+                            clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high, agg=self.loss_agg,
+                            max_completion_length=cfg.rollout.max_new_tokens,
+                            ref_logp=ref_logp[idx] if ref_logp is not None else None,
+                            kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
+                            entropy=ent, entropy_coef=a.entropy_coef,
+                        )
+                        if not torch.isfinite(loss):
+                            raise self._diverged("the loss")
+                        self.acc.backward(loss / accum)
+                    m["loss"] = float(loss.detach())
+                    for key, v in m.items():
+                        sums[key] = sums.get(key, 0.0) + v
+                    n_micro += 1
+                if cfg.optim.max_grad_norm > 0:
+                    gn = self.acc.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+                else:
+                    gn = torch.norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
+                gn = float(gn)
+                if not math.isfinite(gn):
+                    raise self._diverged("the gradients")
+                grad_norms.append(gn)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        out = {k: v / n_micro for k, v in sums.items()}
+        out["grad_norm"] = float(np.mean(grad_norms))
+        out["lr"] = float(lrs[0])
+        return out
+
+    def _metrics(self, step, batch, rewards, correct, old_logp, ref_logp, entropy, upd,
+                 t_rollout, t_logprob, t_update, t_total) -> dict[str, Any]:
+        a, G = self.cfg.algorithm, self.cfg.rollout.num_generations
+        acc = self.acc
+        mask = batch.completion_mask
+        mbool = mask.bool()
+        dev = mask.device
+        lengths = batch.lengths.float()
+        # per-response vectors gathered from every process (same values as one process would see)
+        per_resp = torch.stack([rewards.float(), correct.float(), lengths, batch.truncated.float()], 1)
+        tok_sums = torch.stack([
+            mask.sum().float(),
+            entropy[mbool].sum().float(),
+            kl_penalty(old_logp, ref_logp, a.kl_estimator, mask=mask)[mbool].sum().float() if ref_logp is not None else torch.tensor(0.0, device=dev),
+        ])
+        cpr_final = msa_abs = None
+        if ref_logp is not None:
+            cpr = cumulative_process_reward(old_logp, ref_logp, mask, a.beta)
+            last = (mask.sum(-1) - 1).clamp(min=0)
+            cpr_final = cpr.gather(1, last.unsqueeze(1)).squeeze(1).float()
+            msa = masked_step_advantage(cpr, mask, batch.group_ids)
+            msa_abs = torch.stack([msa.abs()[mbool].sum().float(), mbool.sum().float()])
+        upd_t = torch.tensor([upd.get("loss", 0.0), upd.get("clip/low_frac", 0.0), upd.get("clip/high_frac", 0.0)], device=dev)
+        per_resp = acc.gather(per_resp)
+        tok_sums = acc.reduce(tok_sums, "sum")
+        upd_t = acc.reduce(upd_t, "mean")
+        if cpr_final is not None:
+            cpr_final = acc.gather(cpr_final)
+            msa_abs = acc.reduce(msa_abs, "sum")
+        peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        peak = float(acc.reduce(torch.tensor([peak], device=dev), "sum")[0])
+        r, c, L, tr = per_resp.T.cpu()
+        groups = r.view(-1, G)
+        n_tok = float(tok_sums[0])
+        return {
+            "step": step,
+            "time": self.elapsed,
+            "reward/mean": float(r.mean()),
+            "reward/std": float(r.std()) if len(r) > 1 else 0.0,
+            "accuracy": float(c.mean()),
+            "groups/zero_variance_frac": float((groups.max(1).values == groups.min(1).values).float().mean()),
+            "entropy": float(tok_sums[1]) / max(n_tok, 1.0),
+            "length/mean": float(L.mean()),
+            "length/min": float(L.min()),
+            "length/max": float(L.max()),
+            "length/truncated_frac": float(tr.mean()),
+            "clip/low_frac": float(upd_t[1]),
+            "clip/high_frac": float(upd_t[2]),
+            "kl": float(tok_sums[2]) / max(n_tok, 1.0) if ref_logp is not None else None,
+            "process/cpr_final_mean": float(cpr_final.mean()) if cpr_final is not None else None,
+            "process/cpr_final_std": float(cpr_final.std()) if cpr_final is not None and len(cpr_final) > 1 else None,
+            "process/msa_abs_mean": float(msa_abs[0] / msa_abs[1].clamp(min=1)) if msa_abs is not None else None,
+            "perf/tokens_per_sec": n_tok / t_total,
+            "time/rollout": t_rollout,
+            "time/logprob": t_logprob,
+            "time/update": t_update,
+            "time/step": t_total,
+            "memory/peak_mb": peak,
+            "loss": float(upd_t[0]),
+            "lr": upd["lr"],
+            "grad_norm": upd["grad_norm"],
+        }
+
+    # ------------------------------------------------------------------------------ eval, save
+
+    def evaluate(self) -> dict[str, Any]:
+        """Greedy pass@1 on the held-out split (sharded over processes)."""
+        from spro.evaluation import generate_completions
+
+        ds = self.eval_ds
+        idx = list(range(self.rank, len(ds), self.world))
+        sub = ds.select(idx)
+        texts, lengths, _ = generate_completions(
+            self.model, self.tok, list(sub["prompt"]), max_new_tokens=self.cfg.rollout.max_new_tokens,
+            do_sample=False, batch_size=self.cfg.rollout.eval_batch_size,
+        )
+        comps = [t[0] for t in texts]
+        cols = {c: list(sub[c]) for c in sub.column_names if c != "prompt"}
+        _, correct, _ = self._score(list(sub["prompt"]), comps, cols) if comps else (None, torch.zeros(0), None)
+        dev = self.acc.device
+        sums = torch.tensor([float(correct.sum()), float(len(comps)), float(sum(l[0] for l in lengths))], device=dev)
+        sums = self.acc.reduce(sums, "sum")
+        n = max(float(sums[1]), 1.0)
+        return {"step": self.step, "time": self.elapsed, "eval/accuracy": float(sums[0]) / n,
+                "eval/length_mean": float(sums[2]) / n, "eval/n": int(sums[1])}
+
+    def save(self) -> Path:
+        rng = [ckpt_lib.rng_state()]
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            rng = gather_object(rng)
+        path = None
+        if self.is_main:
+            extra = {}
+            if self.prm is not None and hasattr(self.prm, "save"):
+                extra["prm"] = self.prm.save
+            path = ckpt_lib.save_checkpoint(
+                self.out / "checkpoints", self.step, model=self.model, tokenizer=self.tok,
+                optimizer=self.optimizer, scheduler=self.scheduler, run_config=to_dict(self.cfg),
+                trainer_state={"time": self.elapsed, "data_position": self.step * self.cfg.rollout.prompts_per_step,
+                               "num_processes": self.world},
+                rng_states=rng, keep_last=self.cfg.keep_last, extra_savers=extra,
+            )
+        self.acc.wait_for_everyone()
+        self.last_ckpt = path or self.out / "checkpoints" / f"step-{self.step:06d}"
+        return self.last_ckpt
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def train(self) -> Path:
+        cfg = self.cfg
+        bar = None
+        if self.is_main and cfg.logging.progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.total_steps, initial=self.step, desc=f"{cfg.algorithm.name}", dynamic_ncols=True)
+        do_eval = self.eval_ds is not None and cfg.eval_every >= 0
+        try:
+            if do_eval and cfg.eval_at_start and self.step == 0:
+                self.logger.log_eval(self.evaluate())
+            while self.step < cfg.total_steps:
+                metrics = self.train_step()
+                self.logger.log_metrics({k: (_clean(v) if isinstance(v, float) else v) for k, v in metrics.items()})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['accuracy']:.2f}",
+                                    loss=f"{metrics['loss']:.4f}", len=f"{metrics['length/mean']:.1f}")
+                last = self.step == cfg.total_steps
+                if do_eval and (last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0)):
+                    ev = self.evaluate()
+                    self.logger.log_eval(ev)
+                    if bar is not None:
+                        bar.write(f"step {self.step}: eval accuracy {ev['eval/accuracy']:.3f} (n={ev['eval/n']})")
+                if last or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.logger.close()
+        return self.out
+
+
+def _flat(d: dict) -> dict:
+    from spro.config import flatten
+
+    return flatten(d)
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    prm: Any = None,
+    reward_funcs: dict[str, Callable] | None = None,
+) -> Path:
+    """Train with ``config`` and return the run folder (``config.output_dir``).
+
+    ``resume``: a run folder or checkpoint to continue from (its saved config is used when
+    ``config`` is None; otherwise the two must agree except for the keys in
+    ``spro.config.RESUMABLE_DIFFERENCES``). ``prm``: a process reward model for PRIME (see the
+    module docstring). ``reward_funcs``: ``{name: fn}`` used instead of looking the reward
+    names of ``config.data.rewards`` up in ``spro.rewards``.
+    """
+    return Trainer(config, resume=resume, prm=prm, reward_funcs=reward_funcs).train()
