@@ -1,0 +1,220 @@
+"""SPROTrainer (TRL 1.16) on the tiny model, on CPU.
+
+The advantages SPROTrainer hands to TRL's loss are checked against ``spro.advantages.spro_advantage``
+recomputed outside the trainer from independent ingredients: log-probs of a plain forward of a
+snapshot of the policy taken just before sampling (pi_old) and of the initial model (pi_ref), rewards
+re-scored from the decoded completions, groups taken from the prompt texts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("trl")
+
+from datasets import Dataset  # noqa: E402
+from trl import GRPOConfig  # noqa: E402
+
+from spro.advantages import spro_advantage  # noqa: E402
+from spro.integrations.trl import SPROConfig, SPROTrainer  # noqa: E402
+from spro.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
+
+MODEL_KW = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
+PROMPTS = ["Q:12+7=", "Q:3+45=", "Q:8+8=", "Q:21+30="]
+
+
+def digit_reward(prompts, completions, **kwargs):
+    """Fraction of digits in the completion: varies within a group even for a random model."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+class RecordingSPROTrainer(SPROTrainer):
+    """Keeps, for every generation, a snapshot of the sampling policy and TRL's output batch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records = []
+
+    def _generate_and_score_completions(self, inputs):
+        snapshot = {k: v.detach().clone() for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
+        output = super()._generate_and_score_completions(inputs)
+        self.records.append(
+            {
+                "policy_state": snapshot,
+                "prompts": [x["prompt"] for x in inputs],
+                "output": {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in output.items()},
+            }
+        )
+        return output
+
+
+def completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature):
+    """log p(completion token) from a plain forward + log_softmax (no TRL code): [B, T]."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    T = completion_ids.size(1)
+    logits = logits[:, -T - 1 : -1] / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def make_args(tmp_path, **overrides):
+    kw = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=3,
+        learning_rate=3e-2,
+        logging_steps=1,
+        seed=0,
+        spro_beta=1.0,
+        gradient_checkpointing=False,
+    )
+    kw.update(overrides)
+    return SPROConfig(**kw)
+
+
+def run_and_check(tmp_path, model_arg, args, tokenizer):
+    reference = build_tiny_model(tokenizer, **MODEL_KW).eval()  # = the starting policy
+    dataset = Dataset.from_dict({"prompt": PROMPTS})
+    trainer = RecordingSPROTrainer(
+        model=model_arg, reward_funcs=digit_reward, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    start = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+
+    assert trainer.records, "no generation happened"
+    policy = build_tiny_model(tokenizer, **MODEL_KW).eval()
+    process_seen = False
+    for rec in trainer.records:
+        out = rec["output"]
+        policy.load_state_dict(rec["policy_state"])
+        mask = out["completion_mask"]
+        ids = (out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask)
+        logp = completion_logps(policy, *ids, temperature=args.temperature)
+        ref_logp = completion_logps(reference, *ids, temperature=args.temperature)
+        completions = tokenizer.batch_decode(out["completion_ids"] * mask, skip_special_tokens=True)
+        rewards = torch.tensor(digit_reward(rec["prompts"], completions))
+        group_of = {p: i for i, p in enumerate(dict.fromkeys(rec["prompts"]))}
+        group_ids = torch.tensor([group_of[p] for p in rec["prompts"]])
+        assert torch.bincount(group_ids).tolist() == [args.num_generations] * len(group_of)
+
+        expected = spro_advantage(rewards, logp, ref_logp, mask, group_ids, **args.spro_options())
+        got = out["advantages"]
+        assert got.shape == mask.shape  # per-token [B, T], not GRPO's [B]
+        torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=1e-4)
+
+        process = spro_advantage(rewards, logp, ref_logp, mask, group_ids,
+                                 **{**args.spro_options(), "process_only": True})
+        process_seen |= bool(process.abs().max() > 1e-3)
+
+    # Once the policy has moved away from the reference, the process term is really there.
+    assert process_seen, "the process term stayed 0 in every step: the check above only tested the outcome part"
+    end = trainer.model.state_dict()
+    assert any(not torch.equal(start[k], end[k]) for k in start), "weights did not change"
+    logged = [h for h in trainer.state.log_history if "process/msa_abs_mean" in h]
+    assert len(logged) == len(trainer.records)  # one entry per generation (TRL logs every step)
+    assert all(k in logged[-1] for k in ("process/cpr_final_mean", "process/cpr_final_std"))
+    assert logged[-1]["process/msa_abs_mean"] > 0
+    return trainer
+
+
+def test_spro_trainer_in_memory_model_beta0(tmp_path):
+    """TRL's defaults: KL beta 0 (SPROTrainer builds the frozen reference), on-policy (pi_old computed here)."""
+    tok = build_char_tokenizer()
+    model = build_tiny_model(tok, **MODEL_KW)
+    args = make_args(tmp_path)
+    trainer = run_and_check(tmp_path, model, args, tok)
+    assert trainer.ref_model is not None
+    assert all(not p.requires_grad for p in trainer.ref_model.parameters())
+    # The reference stayed the starting policy.
+    fresh = build_tiny_model(tok, **MODEL_KW).state_dict()
+    ref_state = trainer.accelerator.unwrap_model(trainer.ref_model).state_dict()
+    assert all(torch.equal(fresh[k], ref_state[k]) for k in fresh)
+
+
+@pytest.mark.parametrize("kl_beta,steps_per_generation", [(0.0, 2), (0.01, 1)])
+def test_spro_trainer_model_path(tmp_path, kl_beta, steps_per_generation):
+    """Model given as a path: reference loaded from it (beta 0) or TRL's own (beta > 0); with
+    steps_per_generation=2 TRL computes pi_old itself (the batch is reused across optimizer steps)."""
+    tok = build_char_tokenizer()
+    path = tmp_path / "tiny"
+    build_tiny_model(tok, **MODEL_KW).save_pretrained(path)
+    tok.save_pretrained(path)
+    args = make_args(
+        tmp_path,
+        beta=kl_beta,
+        per_device_train_batch_size=4,
+        steps_per_generation=steps_per_generation,
+        max_steps=4,
+        model_init_kwargs={"dtype": "float32"},
+    )
+    run_and_check(tmp_path, str(path), args, tok)
+
+
+def test_spro_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="spro_outcome_scale"):
+        make_args(tmp_path, spro_outcome_scale="batch")
+    with pytest.raises(ValueError, match="spro_baseline"):
+        make_args(tmp_path, spro_baseline="mean")
+    with pytest.raises(ValueError, match="spro_beta"):
+        make_args(tmp_path, spro_beta=-1.0)
+    with pytest.raises(ValueError, match="multi_objective_aggregation"):
+        make_args(tmp_path, multi_objective_aggregation="normalize_then_sum")
+    args = make_args(tmp_path, spro_baseline="pooled", spro_process_reward="per_token", spro_outcome_scale="none")
+    assert args.spro_options() == {
+        "beta": 1.0, "outcome_scale": "none", "msa_scale_std": False, "eps": 1e-6,
+        "process_reward": "per_token", "baseline": "pooled", "process_only": False,
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(SPROConfig)}
+    assert defaults["loss_type"] == "grpo" and defaults["disable_dropout"] is True
+    assert all(f.metadata.get("help") for f in dataclasses.fields(SPROConfig) if f.name.startswith("spro_"))
+
+
+def test_spro_trainer_rejects_grpo_config(tmp_path):
+    tok = build_char_tokenizer()
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
+                      per_device_train_batch_size=4, num_generations=4)
+    with pytest.raises(TypeError, match="SPROConfig"):
+        SPROTrainer(model=build_tiny_model(tok, **MODEL_KW), reward_funcs=digit_reward, args=args,
+                    train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=tok)
+
+
+def test_spro_ablation_options_reach_the_core(tmp_path):
+    """A non-default option set (pooled baseline, per-token reward, no std scaling) is what the trainer uses."""
+    tok = build_char_tokenizer()
+    args = make_args(tmp_path, spro_baseline="pooled", spro_process_reward="per_token", spro_outcome_scale="none",
+                     max_steps=2)
+    model = build_tiny_model(tok, **MODEL_KW)
+    trainer = RecordingSPROTrainer(model=model, reward_funcs=digit_reward, args=args,
+                                   train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=tok)
+    seen = []
+    original = trainer._spro_compute_advantages
+
+    def spy(**batch):
+        adv = original(**batch)
+        seen.append((copy.deepcopy(batch), adv))
+        return adv
+
+    trainer._spro_compute_advantages = spy
+    trainer.train()
+    assert seen
+    for batch, adv in seen:
+        torch.testing.assert_close(adv, spro_advantage(**batch, **args.spro_options()))
+        default = spro_advantage(**batch, beta=1.0)
+        if not torch.allclose(adv, default):
+            break
+    else:
+        pytest.fail("the ablation options made no difference in any step")
