@@ -1,0 +1,886 @@
+"""Aggregation behind `spro compare`: multi-seed statistics, efficiency, and the claims table.
+
+A *run dir* is what `spro.trainer.train` writes: ``metrics.jsonl`` (one JSON object per training
+step) and ``eval.jsonl`` (one per held-out evaluation). The keys read here are the ones fixed in
+the project's shared interface (``step``, ``time``, ``entropy``, ``length/mean``,
+``reward/mean``, ``time/step``, ``memory/peak_mb``; ``eval/accuracy``, ``eval/length_mean``).
+Missing keys and missing files are tolerated: the quantity that needs them becomes ``None`` and is
+shown as "n/a"; nothing is guessed.
+
+Statistics across seeds: mean and a two-sided 95% Student-t confidence interval,
+``mean +- t_{0.975, n-1} * sd / sqrt(n)`` with the unbiased standard deviation. With one seed the
+interval is undefined and shown as "n/a".
+
+Per run (one seed) the summary uses these definitions (also stated in the report):
+
+- final held-out accuracy: ``eval/accuracy`` of the last evaluation (largest step);
+- best held-out accuracy: the maximum ``eval/accuracy`` over all evaluations;
+- final entropy / final length / final reward: mean of ``entropy`` / ``length/mean`` /
+  ``reward/mean`` over the final window, the last ``ceil(n_steps / 10)`` steps (at least one);
+- entropy over training: mean over the last third of the steps, mean over the first third,
+  retention = last-third mean / first-third mean, standard deviation over all steps, and the
+  least-squares slope per 100 steps;
+- step time: mean of ``time/step``, the first step excluded as warm-up when there are 3 or more;
+- peak memory: maximum of ``memory/peak_mb``.
+
+Steps and wall time to reach the baseline's best accuracy: the target is the baseline's mean
+(over seeds) of its per-seed best held-out accuracy. For every seed of every algorithm, the first
+evaluation (in step order) whose accuracy is >= the target gives its ``step`` and ``time``; a seed
+that never gets there is "not reached". For the efficiency ratio a not-reached seed counts with its
+last evaluated step / time (a *censored* value, a lower bound on the truth); the counts of reached
+seeds are kept beside every figure so that the claims table can refuse to judge on censored data.
+Efficiency ratio = baseline mean steps-to-target / algorithm mean steps-to-target (> 1: the
+algorithm gets there in fewer steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "HOLDS",
+    "DOES_NOT_HOLD",
+    "UNCLEAR",
+    "CLAIM_RULES",
+    "Estimate",
+    "RunData",
+    "RunSummary",
+    "AlgoAggregate",
+    "Comparison",
+    "t_quantile",
+    "mean_ci",
+    "load_jsonl",
+    "load_run",
+    "series",
+    "summarize_run",
+    "steps_to_reach",
+    "aggregate",
+    "separation",
+    "claims_table",
+    "comparison_table",
+    "ablation_table",
+    "markdown_table",
+]
+
+HOLDS = "holds"
+DOES_NOT_HOLD = "does not hold"
+UNCLEAR = "unclear"
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def _t_two_sided_mass(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with an integer number of degrees of freedom ``df``.
+
+    Closed form for integer df (Abramowitz & Stegun 26.7.3 / 26.7.4), with theta = atan(t/sqrt(df)):
+    odd df:  (2/pi) * (theta + sin(theta) * (cos + 2/3 cos^3 + (2*4)/(3*5) cos^5 + ...)),
+             the bracketed series having (df - 1) / 2 terms (none for df = 1);
+    even df: sin(theta) * (1 + 1/2 cos^2 + (1*3)/(2*4) cos^4 + ...), df / 2 terms.
+    """
+    theta = math.atan(t / math.sqrt(df))
+    s, c = math.sin(theta), math.cos(theta)
+    if df % 2 == 1:
+        total, term = 0.0, c
+        for k in range((df - 1) // 2):
+            if k > 0:
+                term *= c * c * (2 * k) / (2 * k + 1)
+            total += term
+        return (2.0 / math.pi) * (theta + s * total)
+    total, term = 0.0, 1.0
+    for k in range(df // 2):
+        if k > 0:
+            term *= c * c * (2 * k - 1) / (2 * k)
+        total += term
+    return s * total
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t distribution with ``df`` (a positive integer) degrees of freedom.
+
+    Exact up to bisection tolerance (1e-10 relative); e.g. ``t_quantile(0.975, 1) = 12.706``,
+    ``t_quantile(0.975, 2) = 4.303``, ``t_quantile(0.975, 30) = 2.042``.
+    """
+    if int(df) != df or df < 1:
+        raise ValueError(f"t_quantile: df must be a positive integer, got {df!r}")
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t_quantile: p must be in (0, 1), got {p!r}")
+    df = int(df)
+    if p == 0.5:
+        return 0.0
+    mass = abs(2.0 * p - 1.0)  # P(|T| <= q) for the quantile q we want
+    lo, hi = 0.0, 1.0
+    while _t_two_sided_mass(hi, df) < mass:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _t_two_sided_mass(mid, df) < mass:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-10 * hi:
+            break
+    q = 0.5 * (lo + hi)
+    return q if p > 0.5 else -q
+
+
+def _finite(x: Any) -> float | None:
+    """``x`` as a float when it is a finite real number (not bool), else None."""
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean of per-seed values with a two-sided Student-t confidence interval.
+
+    ``low``/``high`` are None when fewer than two values exist (interval undefined);
+    ``mean`` is None when there are none.
+    """
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
+    values: tuple[float, ...] = ()
+    confidence: float = 0.95
+
+    @property
+    def half_width(self) -> float | None:
+        if self.mean is None or self.high is None:
+            return None
+        return self.high - self.mean
+
+    @property
+    def has_ci(self) -> bool:
+        return self.low is not None and self.high is not None
+
+    def fmt(self, digits: int = 3, scale: float = 1.0, suffix: str = "") -> str:
+        """``"0.512 ± 0.034"`` (mean ± CI half-width), ``"0.512 ± n/a"`` for one seed, ``"n/a"``."""
+        if self.mean is None:
+            return "n/a"
+        m = f"{self.mean * scale:.{digits}f}{suffix}"
+        hw = self.half_width
+        return f"{m} ± {hw * scale:.{digits}f}" if hw is not None else f"{m} ± n/a"
+
+
+def mean_ci(values: Iterable[Any], confidence: float = 0.95) -> Estimate:
+    """Mean and Student-t confidence interval of ``values`` (None / NaN / inf entries are dropped).
+
+    n = 0: mean None; n = 1: mean only, interval None ("n/a"); n >= 2:
+    ``mean +- t_{(1+confidence)/2, n-1} * stdev / sqrt(n)`` with the unbiased (n-1) stdev.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"mean_ci: confidence must be in (0, 1), got {confidence!r}")
+    vals = tuple(v for v in (_finite(x) for x in values) if v is not None)
+    n = len(vals)
+    if n == 0:
+        return Estimate(None, None, None, 0, (), confidence)
+    mean = math.fsum(vals) / n
+    if n == 1:
+        return Estimate(mean, None, None, 1, vals, confidence)
+    sd = statistics.stdev(vals)
+    hw = t_quantile(0.5 + confidence / 2.0, n - 1) * sd / math.sqrt(n)
+    return Estimate(mean, mean - hw, mean + hw, n, vals, confidence)
+
+
+def separation(a: Estimate, b: Estimate) -> int | None:
+    """Compare two estimates by their confidence intervals.
+
+    Returns +1 if a's interval lies entirely above b's (a.low > b.high), -1 if entirely below
+    (a.high < b.low), 0 if the intervals overlap, None if either interval is undefined
+    (fewer than two seeds or no data).
+    """
+    if not (a.has_ci and b.has_ci):
+        return None
+    assert a.low is not None and a.high is not None and b.low is not None and b.high is not None
+    if a.low > b.high:
+        return 1
+    if a.high < b.low:
+        return -1
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading run dirs
+# ----------------------------------------------------------------------------------------------
+
+
+def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL metrics file, sorted by ``step``; [] when the file does not exist.
+
+    Blank lines are skipped. A row without a numeric ``step`` is skipped with a warning. When a
+    step occurs more than once (a resumed run re-logging steps), the last occurrence wins. A last
+    line that is not valid JSON (a write cut short by a kill) is skipped with a warning; invalid
+    JSON anywhere else, or a line that is not a JSON object, raises ValueError naming file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last_nonblank = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    by_step: dict[float, dict[str, Any]] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == last_nonblank:
+                warnings.warn(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})", stacklevel=2)
+                continue
+            raise ValueError(f"{path}:{i + 1}: invalid JSON: {e.msg}") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(row).__name__}")
+        step = _finite(row.get("step"))
+        if step is None:
+            warnings.warn(f"{path}:{i + 1}: row has no numeric 'step'; skipped", stacklevel=2)
+            continue
+        by_step[step] = row
+    return [by_step[s] for s in sorted(by_step)]
+
+
+@dataclass
+class RunData:
+    """The logged rows of one run (one seed)."""
+
+    path: Path
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read ``metrics.jsonl`` and ``eval.jsonl`` of a run dir (each may be missing).
+
+    Raises FileNotFoundError if ``run_dir`` is not a directory.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run dir not found: {run_dir}")
+    return RunData(run_dir, load_jsonl(run_dir / "metrics.jsonl"), load_jsonl(run_dir / "eval.jsonl"))
+
+
+def series(rows: Sequence[Mapping[str, Any]], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
+    """(xs, ys) float arrays of ``key`` against ``x`` over the rows that have finite values of both."""
+    xs, ys = [], []
+    for row in rows:
+        xv, yv = _finite(row.get(x)), _finite(row.get(key))
+        if xv is not None and yv is not None:
+            xs.append(xv)
+            ys.append(yv)
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-run summary
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """Scalar summaries of one run (definitions in the module docstring). None = not logged."""
+
+    path: Path
+    n_steps: int
+    last_step: float | None
+    total_time: float | None
+    final_accuracy: float | None
+    best_accuracy: float | None
+    best_accuracy_step: float | None
+    final_eval_length: float | None
+    final_entropy: float | None
+    entropy_first_third: float | None
+    entropy_last_third: float | None
+    entropy_retention: float | None
+    entropy_std: float | None
+    entropy_slope_per_100: float | None
+    final_length: float | None
+    mean_length: float | None
+    final_reward: float | None
+    step_time: float | None
+    peak_memory_mb: float | None
+    eval_steps: tuple[float, ...] = ()
+    eval_times: tuple[float | None, ...] = ()
+    eval_accuracy: tuple[float, ...] = ()
+
+
+def _mean(a: np.ndarray) -> float | None:
+    return float(np.mean(a)) if a.size else None
+
+
+def summarize_run(run: RunData | str | Path) -> RunSummary:
+    """Summarise one run dir (or loaded RunData) into a RunSummary."""
+    if not isinstance(run, RunData):
+        run = load_run(run)
+    m = run.metrics
+    n = len(m)
+    last_step = _finite(m[-1].get("step")) if m else None
+    times = [t for t in (_finite(r.get("time")) for r in m) if t is not None]
+    total_time = max(times) if times else None
+
+    # held-out accuracy
+    ev_rows = [r for r in run.evals if _finite(r.get("eval/accuracy")) is not None]
+    eval_steps = tuple(float(r["step"]) for r in ev_rows)
+    eval_times = tuple(_finite(r.get("time")) for r in ev_rows)
+    eval_acc = tuple(float(r["eval/accuracy"]) for r in ev_rows)
+    final_acc = eval_acc[-1] if eval_acc else None
+    if eval_acc:
+        i_best = int(np.argmax(eval_acc))  # first occurrence of the maximum
+        best_acc, best_step = eval_acc[i_best], eval_steps[i_best]
+    else:
+        best_acc = best_step = None
+    _, ev_len = series(run.evals, "eval/length_mean")
+    final_eval_len = float(ev_len[-1]) if ev_len.size else None
+
+    def final_window(key: str) -> float | None:
+        _, ys = series(m, key)
+        if not ys.size:
+            return None
+        k = max(1, math.ceil(ys.size / 10))
+        return float(np.mean(ys[-k:]))
+
+    # entropy over training
+    ent_x, ent = series(m, "entropy")
+    if ent.size:
+        third = max(1, ent.size // 3)
+        first_third, last_third = float(np.mean(ent[:third])), float(np.mean(ent[-third:]))
+        retention = last_third / first_third if first_third != 0 else None
+        ent_std = float(np.std(ent, ddof=1)) if ent.size >= 2 else None
+        slope = float(np.polyfit(ent_x, ent, 1)[0] * 100.0) if ent.size >= 2 and np.ptp(ent_x) > 0 else None
+    else:
+        first_third = last_third = retention = ent_std = slope = None
+
+    _, lengths = series(m, "length/mean")
+    _, step_times = series(m, "time/step")
+    if step_times.size >= 3:
+        step_times = step_times[1:]
+    _, mem = series(m, "memory/peak_mb")
+
+    return RunSummary(
+        path=run.path,
+        n_steps=n,
+        last_step=last_step,
+        total_time=total_time,
+        final_accuracy=final_acc,
+        best_accuracy=best_acc,
+        best_accuracy_step=best_step,
+        final_eval_length=final_eval_len,
+        final_entropy=final_window("entropy"),
+        entropy_first_third=first_third,
+        entropy_last_third=last_third,
+        entropy_retention=retention,
+        entropy_std=ent_std,
+        entropy_slope_per_100=slope,
+        final_length=final_window("length/mean"),
+        mean_length=_mean(lengths),
+        final_reward=final_window("reward/mean"),
+        step_time=_mean(step_times),
+        peak_memory_mb=float(np.max(mem)) if mem.size else None,
+        eval_steps=eval_steps,
+        eval_times=eval_times,
+        eval_accuracy=eval_acc,
+    )
+
+
+def steps_to_reach(summary: RunSummary, target: float) -> tuple[float | None, float | None]:
+    """(step, time) of the first evaluation with accuracy >= ``target``; (None, None) if never.
+
+    ``time`` may be None when the eval row has no ``time``.
+    """
+    for s, t, a in zip(summary.eval_steps, summary.eval_times, summary.eval_accuracy):
+        if a >= target:
+            return s, t
+    return None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation across seeds and algorithms
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AlgoAggregate:
+    """Per-seed summaries of one algorithm (label) and their across-seed estimates."""
+
+    label: str
+    runs: list[RunSummary]
+    final_accuracy: Estimate
+    best_accuracy: Estimate
+    final_entropy: Estimate
+    entropy_last_third: Estimate
+    entropy_retention: Estimate
+    entropy_std: Estimate
+    entropy_slope_per_100: Estimate
+    final_length: Estimate
+    mean_length: Estimate
+    final_eval_length: Estimate
+    final_reward: Estimate
+    step_time: Estimate
+    peak_memory_mb: Estimate
+    total_time: Estimate
+    # filled by `aggregate` once the baseline's target is known
+    steps_to_target: list[float | None] = field(default_factory=list)
+    time_to_target: list[float | None] = field(default_factory=list)
+    steps_to_target_censored: Estimate = field(default_factory=lambda: mean_ci([]))
+    time_to_target_censored: Estimate = field(default_factory=lambda: mean_ci([]))
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.runs)
+
+    @property
+    def n_reached(self) -> int:
+        return sum(s is not None for s in self.steps_to_target)
+
+    @property
+    def steps_to_target_reached(self) -> Estimate:
+        """Estimate over the seeds that reached the target only."""
+        return mean_ci(self.steps_to_target)
+
+    @property
+    def time_to_target_reached(self) -> Estimate:
+        return mean_ci(self.time_to_target)
+
+
+@dataclass
+class Comparison:
+    """Everything `spro compare` reports: per-label aggregates and ratios to the baseline.
+
+    ``ratios[label]`` has keys (None when not computable):
+    ``efficiency_steps`` and ``efficiency_time`` (baseline mean censored steps / time to target
+    divided by the label's), ``accuracy_gain_abs`` (final accuracy difference, label - baseline),
+    ``accuracy_gain_rel`` (that difference / baseline's final accuracy), ``length_ratio``
+    (final length, label / baseline), ``entropy_ratio`` (last-third entropy, label / baseline),
+    ``step_time_ratio`` and ``peak_memory_ratio`` (label / baseline).
+    """
+
+    baseline: str | None
+    target_accuracy: float | None
+    algos: dict[str, AlgoAggregate]
+    ratios: dict[str, dict[str, float | None]]
+    confidence: float = 0.95
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None:
+        return None
+    if den == 0:
+        return math.inf if num > 0 else (None if num == 0 else -math.inf)
+    return num / den
+
+
+def _aggregate_label(label: str, summaries: list[RunSummary], confidence: float) -> AlgoAggregate:
+    def est(attr: str) -> Estimate:
+        return mean_ci([getattr(s, attr) for s in summaries], confidence)
+
+    return AlgoAggregate(
+        label=label,
+        runs=summaries,
+        final_accuracy=est("final_accuracy"),
+        best_accuracy=est("best_accuracy"),
+        final_entropy=est("final_entropy"),
+        entropy_last_third=est("entropy_last_third"),
+        entropy_retention=est("entropy_retention"),
+        entropy_std=est("entropy_std"),
+        entropy_slope_per_100=est("entropy_slope_per_100"),
+        final_length=est("final_length"),
+        mean_length=est("mean_length"),
+        final_eval_length=est("final_eval_length"),
+        final_reward=est("final_reward"),
+        step_time=est("step_time"),
+        peak_memory_mb=est("peak_memory_mb"),
+        total_time=est("total_time"),
+    )
+
+
+def aggregate(
+    runs: Mapping[str, Sequence[str | Path | RunData]],
+    *,
+    baseline: str | None = "grpo",
+    confidence: float = 0.95,
+) -> Comparison:
+    """Aggregate run dirs per label (label -> one run dir per seed).
+
+    ``baseline``: the label everything is compared against (its mean best accuracy is the
+    efficiency target); None, or a label not in ``runs``, gives no target and no ratios.
+    Raises ValueError for an empty label list.
+    """
+    algos: dict[str, AlgoAggregate] = {}
+    for label, dirs in runs.items():
+        if not dirs:
+            raise ValueError(f"aggregate: label {label!r} has no run dirs")
+        summaries = [summarize_run(d) for d in dirs]
+        algos[label] = _aggregate_label(label, summaries, confidence)
+
+    base = algos.get(baseline) if baseline is not None else None
+    target = base.best_accuracy.mean if base is not None else None
+    if target is not None:
+        for agg in algos.values():
+            reach = [steps_to_reach(s, target) for s in agg.runs]
+            agg.steps_to_target = [r[0] for r in reach]
+            agg.time_to_target = [r[1] for r in reach]
+            cens_steps, cens_time = [], []
+            for s, (st, tt) in zip(agg.runs, reach):
+                if st is not None:
+                    cens_steps.append(st)
+                    cens_time.append(tt)
+                else:  # censored at the last evaluation
+                    cens_steps.append(s.eval_steps[-1] if s.eval_steps else None)
+                    cens_time.append(s.eval_times[-1] if s.eval_times else None)
+            agg.steps_to_target_censored = mean_ci(cens_steps, confidence)
+            agg.time_to_target_censored = mean_ci(cens_time, confidence)
+
+    ratios: dict[str, dict[str, float | None]] = {}
+    if base is not None:
+        for label, agg in algos.items():
+            gain_abs = (
+                agg.final_accuracy.mean - base.final_accuracy.mean
+                if agg.final_accuracy.mean is not None and base.final_accuracy.mean is not None
+                else None
+            )
+            ratios[label] = {
+                "efficiency_steps": _ratio(base.steps_to_target_censored.mean, agg.steps_to_target_censored.mean),
+                "efficiency_time": _ratio(base.time_to_target_censored.mean, agg.time_to_target_censored.mean),
+                "accuracy_gain_abs": gain_abs,
+                "accuracy_gain_rel": _ratio(gain_abs, base.final_accuracy.mean),
+                "length_ratio": _ratio(agg.final_length.mean, base.final_length.mean),
+                "entropy_ratio": _ratio(agg.entropy_last_third.mean, base.entropy_last_third.mean),
+                "step_time_ratio": _ratio(agg.step_time.mean, base.step_time.mean),
+                "peak_memory_ratio": _ratio(agg.peak_memory_mb.mean, base.peak_memory_mb.mean),
+            }
+    return Comparison(baseline if base is not None else None, target, algos, ratios, confidence)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------
+
+
+def _fx(x: float | None, digits: int = 2, suffix: str = "") -> str:
+    if x is None:
+        return "n/a"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.{digits}f}{suffix}"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-markdown table of ``rows`` (dicts); columns default to the first row's keys.
+
+    ``|`` inside cells is escaped.
+    """
+    if not rows:
+        return ""
+    cols = list(columns) if columns is not None else list(rows[0].keys())
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def _reach_text(agg: AlgoAggregate, time: bool = False) -> str:
+    if not agg.steps_to_target and agg.n_seeds:
+        return "n/a"
+    est = agg.time_to_target_reached if time else agg.steps_to_target_reached
+    digits = 1 if time else 0
+    suffix = " s" if time else ""
+    if agg.n_reached == 0:
+        return f"not reached (0/{agg.n_seeds})"
+    return f"{est.fmt(digits, suffix=suffix)} ({agg.n_reached}/{agg.n_seeds} reached)"
+
+
+def comparison_table(comp: Comparison) -> list[dict[str, str]]:
+    """One row per label: accuracy, time to the baseline's best accuracy, entropy, length, cost.
+
+    Values are formatted strings, "mean ± 95% CI half-width" ("± n/a" for one seed).
+    """
+    rows = []
+    for label, agg in comp.algos.items():
+        r = comp.ratios.get(label, {})
+        rows.append(
+            {
+                "algorithm": label,
+                "seeds": str(agg.n_seeds),
+                "final acc": agg.final_accuracy.fmt(3),
+                "best acc": agg.best_accuracy.fmt(3),
+                "steps to target": _reach_text(agg),
+                "time to target": _reach_text(agg, time=True),
+                "efficiency (steps)": _fx(r.get("efficiency_steps"), 2, "x"),
+                "entropy (last third)": agg.entropy_last_third.fmt(3),
+                "entropy retention": agg.entropy_retention.fmt(2),
+                "entropy std": agg.entropy_std.fmt(3),
+                "final length": agg.final_length.fmt(1),
+                "length ratio": _fx(r.get("length_ratio"), 2),
+                "step time (s)": agg.step_time.fmt(3),
+                "step time ratio": _fx(r.get("step_time_ratio"), 2),
+                "peak mem (MB)": agg.peak_memory_mb.fmt(0),
+                "mem ratio": _fx(r.get("peak_memory_ratio"), 2),
+            }
+        )
+    return rows
+
+
+def ablation_table(comp: Comparison | Mapping[str, Sequence[str | Path | RunData]]) -> list[dict[str, str]]:
+    """One row per variant label: final / best held-out accuracy (mean ± 95% CI), last-third
+    entropy, final length, step time. Accepts a Comparison or the ``runs`` mapping of `aggregate`.
+    """
+    if not isinstance(comp, Comparison):
+        comp = aggregate(comp, baseline=None)
+    return [
+        {
+            "variant": label,
+            "seeds": str(agg.n_seeds),
+            "final acc": agg.final_accuracy.fmt(3),
+            "best acc": agg.best_accuracy.fmt(3),
+            "entropy (last third)": agg.entropy_last_third.fmt(3),
+            "final length": agg.final_length.fmt(1),
+            "step time (s)": agg.step_time.fmt(3),
+        }
+        for label, agg in comp.algos.items()
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Claims
+# ----------------------------------------------------------------------------------------------
+
+# Paper magnitudes used by the rules (see spro-method.md, "Claims to test").
+PAPER_EFFICIENCY = 3.4
+PAPER_ACCURACY_GAIN_REL = 0.175
+PAPER_LENGTH_RATIO_MAX = 0.75  # "about 1/3 shorter": judged as at least 25% shorter
+ENTROPY_STABLE_BAND = (0.8, 1.25)  # last-third / first-third entropy
+COMPUTE_TOLERANCE = 1.05  # "no extra compute": ratio to GRPO at most 1.05
+
+CLAIM_RULES = f"""\
+How the verdicts are decided (95% Student-t intervals across seeds; one seed has no interval):
+
+- A claim comparing two algorithms is **unclear** when either side has fewer than two seeds with
+  data, when data is missing, or when the two confidence intervals overlap. When they do not
+  overlap, the claim **holds** if the difference is in the claimed direction *and* the point
+  estimate reaches the paper's magnitude; otherwise it **does not hold** (the note then says
+  whether the direction alone was significant).
+- Efficiency: steps to reach the baseline's mean best held-out accuracy (first evaluation at or
+  above it). Unreached seeds count with their last evaluated step (a lower bound). If any SPRO seed
+  never reaches the target the verdict is unclear, and if none does it does not hold. Magnitude:
+  ratio >= {PAPER_EFFICIENCY}x.
+- Accuracy: final held-out accuracy. The paper's "+17.5%" is undefined; it is read as a relative
+  gain (the more lenient reading; absolute points are shown too): gain / GRPO's accuracy >=
+  {PAPER_ACCURACY_GAIN_REL:.3f}.
+- Entropy higher: mean policy entropy over the last third of training steps, SPRO above GRPO.
+- Entropy stable: SPRO's retention (last-third mean / first-third mean) has its whole interval
+  inside [{ENTROPY_STABLE_BAND[0]}, {ENTROPY_STABLE_BAND[1]}] (holds), entirely outside it
+  (does not hold), otherwise unclear.
+- Length: final mean response length (mean of the last 10% of steps), SPRO shorter than GRPO by
+  at least 25% (ratio <= {PAPER_LENGTH_RATIO_MAX}), reading "about 1/3 shorter" with tolerance.
+- No extra compute: mean step time and peak memory, SPRO / GRPO <= {COMPUTE_TOLERANCE} holds;
+  above that with separated intervals does not hold; above that with overlapping or undefined
+  intervals unclear.
+- PRIME costs more: PRIME's mean step time (and peak memory) above SPRO's (GRPO's when there is no
+  SPRO run) with separated intervals holds, below with separated intervals does not hold,
+  otherwise unclear.
+"""
+
+
+def _row(claim: str, paper: str, measured: str, verdict: str, note: str) -> dict[str, str]:
+    return {"claim": claim, "paper": paper, "measured": measured, "verdict": verdict, "note": note}
+
+
+def _directional(
+    sep: int | None, want: int, magnitude_ok: bool | None, what: str, magnitude_text: str
+) -> tuple[str, str]:
+    """Verdict and note for 'a differs from b in direction `want` by the paper's magnitude'."""
+    if sep is None:
+        return UNCLEAR, "fewer than two seeds with data on one side: no interval"
+    if sep == 0:
+        return UNCLEAR, "confidence intervals overlap"
+    if sep != want:
+        return DOES_NOT_HOLD, f"significant, but opposite to the claim ({what})"
+    if magnitude_ok is None:
+        return UNCLEAR, f"direction significant ({what}); magnitude not computable"
+    if magnitude_ok:
+        return HOLDS, f"significant ({what}); {magnitude_text}"
+    return DOES_NOT_HOLD, f"direction significant ({what}), but {magnitude_text}"
+
+
+def _missing(*aggs: AlgoAggregate | None) -> bool:
+    return any(a is None for a in aggs)
+
+
+def _efficiency_row(comp: Comparison, method: str, time: bool) -> dict[str, str]:
+    base = comp.algos.get(comp.baseline) if comp.baseline else None
+    algo = comp.algos.get(method)
+    unit = "wall time" if time else "steps"
+    claim = f"{PAPER_EFFICIENCY}x training efficiency vs GRPO ({unit} to reach GRPO's best accuracy)"
+    paper = f"{PAPER_EFFICIENCY}x"
+    if base is None or algo is None or comp.target_accuracy is None:
+        return _row(claim, paper, "n/a", UNCLEAR, "missing runs or evaluations")
+    ratio = comp.ratios.get(method, {}).get("efficiency_time" if time else "efficiency_steps")
+    b_est = base.time_to_target_censored if time else base.steps_to_target_censored
+    a_est = algo.time_to_target_censored if time else algo.steps_to_target_censored
+    fmt_digits, suffix = (1, " s") if time else (0, "")
+    measured = (
+        f"{_fx(ratio, 2, 'x')} (GRPO {b_est.fmt(fmt_digits, suffix=suffix)}, "
+        f"{base.n_reached}/{base.n_seeds} reached; {method} {a_est.fmt(fmt_digits, suffix=suffix)}, "
+        f"{algo.n_reached}/{algo.n_seeds} reached; target {comp.target_accuracy:.3f})"
+    )
+    if algo.n_seeds and algo.n_reached == 0:
+        return _row(claim, paper, measured, DOES_NOT_HOLD, f"{method} never reached GRPO's mean best accuracy")
+    if algo.n_reached < algo.n_seeds:
+        return _row(claim, paper, measured, UNCLEAR, f"{method} reached the target in only {algo.n_reached}/{algo.n_seeds} seeds")
+    if time and any(t is None for t in algo.time_to_target):
+        return _row(claim, paper, measured, UNCLEAR, "evaluation rows have no 'time'")
+    sep = separation(b_est, a_est)  # +1: GRPO needs more -> method faster
+    ok = None if ratio is None else ratio >= PAPER_EFFICIENCY
+    verdict, note = _directional(
+        sep, +1, ok, f"{method} faster", f"ratio {_fx(ratio, 2, 'x')} {'>=' if ok else '<'} {PAPER_EFFICIENCY}x"
+    )
+    if base.n_reached < base.n_seeds:
+        note += f"; GRPO censored in {base.n_seeds - base.n_reached} seed(s), so the ratio is a lower bound"
+    return _row(claim, paper, measured, verdict, note)
+
+
+def claims_table(
+    comp: Comparison, *, method: str = "spro", prime: str = "prime"
+) -> list[dict[str, str]]:
+    """The paper's claims beside the measured figures, each with a verdict (HOLDS, DOES_NOT_HOLD,
+    UNCLEAR) and a note on why. ``comp`` must have been aggregated with GRPO as its baseline;
+    ``method`` / ``prime`` are the labels of the SPRO and PRIME runs. Rules: ``CLAIM_RULES``.
+
+    Rows are dicts with keys "claim", "paper", "measured", "verdict", "note".
+    """
+    base = comp.algos.get(comp.baseline) if comp.baseline else None
+    algo = comp.algos.get(method)
+    pr = comp.algos.get(prime)
+    r = comp.ratios.get(method, {})
+    rows = [_efficiency_row(comp, method, time=False), _efficiency_row(comp, method, time=True)]
+
+    # accuracy
+    claim, paper = "+17.5% test accuracy vs GRPO (final held-out accuracy)", "+17.5%"
+    if _missing(base, algo):
+        rows.append(_row(claim, paper, "n/a", UNCLEAR, "missing runs"))
+    else:
+        assert base is not None and algo is not None
+        gain_abs, gain_rel = r.get("accuracy_gain_abs"), r.get("accuracy_gain_rel")
+        measured = (
+            f"{method} {algo.final_accuracy.fmt(3)} vs GRPO {base.final_accuracy.fmt(3)}: "
+            f"{_fx(None if gain_abs is None else 100 * gain_abs, 1)} points, "
+            f"{_fx(None if gain_rel is None else 100 * gain_rel, 1, '%')} relative"
+        )
+        ok = None if gain_rel is None else gain_rel >= PAPER_ACCURACY_GAIN_REL
+        v, note = _directional(
+            separation(algo.final_accuracy, base.final_accuracy), +1, ok, f"{method} more accurate",
+            f"relative gain {_fx(None if gain_rel is None else 100 * gain_rel, 1, '%')} "
+            f"{'>=' if ok else '<'} 17.5%",
+        )
+        rows.append(_row(claim, paper, measured, v, note))
+
+    # entropy higher
+    claim, paper = "Policy entropy higher than GRPO's (mean over the last third of steps)", "higher"
+    if _missing(base, algo):
+        rows.append(_row(claim, paper, "n/a", UNCLEAR, "missing runs"))
+    else:
+        assert base is not None and algo is not None
+        measured = (
+            f"{method} {algo.entropy_last_third.fmt(3)} vs GRPO {base.entropy_last_third.fmt(3)} "
+            f"(ratio {_fx(r.get('entropy_ratio'), 2)})"
+        )
+        v, note = _directional(
+            separation(algo.entropy_last_third, base.entropy_last_third), +1, True, f"{method} higher",
+            "no magnitude claimed",
+        )
+        rows.append(_row(claim, paper, measured, v, note))
+
+    # entropy stable
+    claim, paper = "Policy entropy stays stable (last-third / first-third mean)", "stable"
+    if algo is None or algo.entropy_retention.mean is None:
+        rows.append(_row(claim, paper, "n/a", UNCLEAR, "missing runs or entropy not logged"))
+    else:
+        ret = algo.entropy_retention
+        measured = (
+            f"{method} retention {ret.fmt(2)}, std over training {algo.entropy_std.fmt(3)}, "
+            f"slope {algo.entropy_slope_per_100.fmt(3)} per 100 steps"
+        )
+        if base is not None:
+            measured += f"; GRPO retention {base.entropy_retention.fmt(2)}"
+        lo_b, hi_b = ENTROPY_STABLE_BAND
+        if not ret.has_ci:
+            v, note = UNCLEAR, "one seed: no interval"
+        elif lo_b <= ret.low and ret.high <= hi_b:  # type: ignore[operator]
+            v, note = HOLDS, f"interval inside [{lo_b}, {hi_b}]"
+        elif ret.high < lo_b or ret.low > hi_b:  # type: ignore[operator]
+            v, note = DOES_NOT_HOLD, f"interval outside [{lo_b}, {hi_b}]"
+        else:
+            v, note = UNCLEAR, f"interval straddles the band [{lo_b}, {hi_b}]"
+        rows.append(_row(claim, paper, measured, v, note))
+
+    # length
+    claim, paper = "Responses about 1/3 shorter than GRPO's (final mean length)", "~0.67x"
+    if _missing(base, algo):
+        rows.append(_row(claim, paper, "n/a", UNCLEAR, "missing runs"))
+    else:
+        assert base is not None and algo is not None
+        lr = r.get("length_ratio")
+        measured = f"{method} {algo.final_length.fmt(1)} vs GRPO {base.final_length.fmt(1)} (ratio {_fx(lr, 2)})"
+        ok = None if lr is None else lr <= PAPER_LENGTH_RATIO_MAX
+        v, note = _directional(
+            separation(algo.final_length, base.final_length), -1, ok, f"{method} shorter",
+            f"ratio {_fx(lr, 2)} {'<=' if ok else '>'} {PAPER_LENGTH_RATIO_MAX}",
+        )
+        rows.append(_row(claim, paper, measured, v, note))
+
+    # no extra compute
+    for attr, rkey, what, unit, digits in (
+        ("step_time", "step_time_ratio", "step time", " s", 3),
+        ("peak_memory_mb", "peak_memory_ratio", "peak memory", " MB", 0),
+    ):
+        claim, paper = f"No extra compute vs GRPO ({what})", "1.0x"
+        if _missing(base, algo):
+            rows.append(_row(claim, paper, "n/a", UNCLEAR, "missing runs"))
+            continue
+        assert base is not None and algo is not None
+        ratio = r.get(rkey)
+        a_est, b_est = getattr(algo, attr), getattr(base, attr)
+        measured = f"{method} {a_est.fmt(digits, suffix=unit)} vs GRPO {b_est.fmt(digits, suffix=unit)} (ratio {_fx(ratio, 2)})"
+        if ratio is None:
+            v, note = UNCLEAR, f"{what} not logged"
+        elif ratio <= COMPUTE_TOLERANCE:
+            v, note = HOLDS, f"ratio <= {COMPUTE_TOLERANCE}"
+        else:
+            sep = separation(a_est, b_est)
+            if sep == 1:
+                v, note = DOES_NOT_HOLD, f"ratio > {COMPUTE_TOLERANCE} with separated intervals"
+            else:
+                v, note = UNCLEAR, f"ratio > {COMPUTE_TOLERANCE} but intervals overlap or are undefined"
+        rows.append(_row(claim, paper, measured, v, note))
+
+    # PRIME costs more
+    ref_label, ref = (method, algo) if algo is not None else (comp.baseline or "grpo", base)
+    for attr, what, unit, digits in (("step_time", "step time", " s", 3), ("peak_memory_mb", "peak memory", " MB", 0)):
+        claim, paper = f"PRIME costs more than {ref_label} ({what})", "up to 6.7x GPU hours"
+        if pr is None or ref is None:
+            rows.append(_row(claim, paper, "n/a", UNCLEAR, "missing runs"))
+            continue
+        p_est, r_est = getattr(pr, attr), getattr(ref, attr)
+        ratio = _ratio(p_est.mean, r_est.mean)
+        measured = f"{prime} {p_est.fmt(digits, suffix=unit)} vs {ref_label} {r_est.fmt(digits, suffix=unit)} (ratio {_fx(ratio, 2)})"
+        v, note = _directional(separation(p_est, r_est), +1, True, f"{prime} costlier", "the paper gives only an upper figure")
+        rows.append(_row(claim, paper, measured, v, note))
+    return rows
