@@ -1,0 +1,224 @@
+"""Reward functions and their registry.
+
+A reward function follows TRL's convention::
+
+    fn(prompts: list, completions: list[str], **columns) -> list[float | None]
+
+``columns`` are the dataset's other columns, one list per column, aligned with ``completions``
+(e.g. ``answer=[...]``, ``tests=[...]``, ``data_source=[...]``). A function must accept and
+ignore columns it does not use (take ``**kwargs``).
+
+**None rule.** A reward of ``None`` means "this row cannot be scored" (no ground truth, an
+unreadable test specification, ...). It is never turned into a number here: it is passed on,
+and the trainer/evaluator counts such rows (and leaves them out of the mean). A completion that
+*can* be judged but fails (wrong answer, crashing program, grader time-out) gets ``0.0``.
+:func:`combine_rewards` propagates ``None``: if any component is ``None`` for a row, the
+combined reward of that row is ``None``.
+
+Functions are looked up by registered name (``"math"``, ``"code"``, ``"format"``, ``"eurus"``,
+``"arithmetic"``, ...; see :func:`list_rewards`) or by import path ``"package.module:function"``.
+Counters of notable events (grader time-outs, sandbox failures, rows without ground truth) are
+kept process-wide; read and reset them with :func:`pop_reward_stats` to log them as metrics.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import math as _math
+import threading
+from collections import Counter
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+__all__ = [
+    "RewardError",
+    "RewardFn",
+    "register_reward",
+    "get_reward",
+    "list_rewards",
+    "combine_rewards",
+    "call_reward",
+    "pop_reward_stats",
+    "count_event",
+]
+
+RewardFn = Callable[..., list]
+
+
+class RewardError(ValueError):
+    """A reward function raised, or returned something other than one float/None per row."""
+
+
+_REGISTRY: dict[str, RewardFn] = {}
+# Builtins that live in modules imported only when first asked for (keeps `import spro.rewards`
+# light and avoids import cycles with the task modules).
+_LAZY: dict[str, str] = {
+    "arithmetic": "spro.tasks.arithmetic:arithmetic_reward",
+    "math": "spro.rewards.math:math_reward",
+    "code": "spro.rewards.code:code_reward",
+    "format": "spro.rewards.format:format_reward",
+    "eurus": "spro.rewards.code:eurus_reward",
+}
+
+_STATS_LOCK = threading.Lock()
+_STATS: Counter = Counter()
+
+
+def count_event(name: str, n: int = 1) -> None:
+    """Add ``n`` to the process-wide counter ``name`` (e.g. ``"math/timeout"``)."""
+    with _STATS_LOCK:
+        _STATS[name] += n
+
+
+def pop_reward_stats() -> dict[str, int]:
+    """Return the counters collected since the last call and reset them."""
+    with _STATS_LOCK:
+        out = dict(_STATS)
+        _STATS.clear()
+    return out
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: make ``fn`` available to :func:`get_reward` as ``name``.
+
+    Re-registering a name replaces the earlier function (last one wins).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"reward name must be a non-empty string, got {name!r}")
+
+    def deco(fn: RewardFn) -> RewardFn:
+        if not callable(fn):
+            raise TypeError(f"register_reward({name!r}) expects a callable, got {type(fn).__name__}")
+        _REGISTRY[name] = fn
+        _LAZY.pop(name, None)
+        return fn
+
+    return deco
+
+
+def list_rewards() -> list[str]:
+    """Names :func:`get_reward` accepts (registered plus lazily imported builtins), sorted."""
+    return sorted(set(_REGISTRY) | set(_LAZY))
+
+
+def _import_path(spec: str) -> RewardFn:
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise ValueError(f"reward import path must look like 'package.module:function', got {spec!r}")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"reward {spec!r}: cannot import module {mod_name!r}: {e}") from e
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"reward {spec!r}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"reward {spec!r} is not callable ({type(obj).__name__})")
+    return obj
+
+
+def get_reward(spec: str | RewardFn) -> RewardFn:
+    """Return the reward function for a registered name or a ``"module:function"`` path.
+
+    A callable is returned unchanged. An unknown name raises ``ValueError`` listing the known
+    names and the closest match.
+    """
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str):
+        raise ValueError(f"reward spec must be a name, 'module:function' or a callable, got {spec!r}")
+    if spec in _REGISTRY:
+        return _REGISTRY[spec]
+    if spec in _LAZY:
+        fn = _import_path(_LAZY[spec])
+        return fn
+    if ":" in spec:
+        return _import_path(spec)
+    names = list_rewards()
+    close = difflib.get_close_matches(spec, names, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+        f"unknown reward {spec!r}.{hint} Known rewards: {', '.join(names)}; "
+        "or give an import path 'package.module:function'."
+    )
+
+
+def _fn_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def call_reward(fn: RewardFn, prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float | None]:
+    """Call ``fn`` and check what it returns: one ``float``/``int``/``bool``/``None`` per row.
+
+    Returns floats (``None`` kept). Raises :class:`RewardError` naming the function (and the row
+    index for a bad value) if it raises, returns a non-sequence, the wrong count, a non-number or
+    NaN.
+    """
+    n = len(completions)
+    name = _fn_name(fn)
+    try:
+        out = fn(list(prompts), list(completions), **columns)
+    except RewardError:
+        raise
+    except Exception as e:
+        raise RewardError(f"reward function {name} raised {type(e).__name__}: {e}") from e
+    if isinstance(out, (str, bytes)) or not isinstance(out, Iterable):
+        raise RewardError(f"reward function {name} returned {type(out).__name__}, expected a list of {n} floats")
+    out = list(out)
+    if len(out) != n:
+        raise RewardError(f"reward function {name} returned {len(out)} values for {n} completions")
+    res: list[float | None] = []
+    for i, v in enumerate(out):
+        if v is None:
+            res.append(None)
+            continue
+        if isinstance(v, bool):
+            v = float(v)
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise RewardError(
+                f"reward function {name} returned {type(v).__name__} {v!r} for row {i}; expected float or None"
+            ) from None
+        if _math.isnan(f):
+            raise RewardError(f"reward function {name} returned NaN for row {i}")
+        res.append(f)
+    return res
+
+
+def combine_rewards(
+    specs_with_weights: Mapping[str | RewardFn, float] | Sequence[tuple[str | RewardFn, float]],
+) -> RewardFn:
+    """One reward function that returns the weighted sum of several.
+
+    ``specs_with_weights`` is a mapping or a list of ``(spec, weight)`` pairs; each spec goes
+    through :func:`get_reward`. Every component is checked with :func:`call_reward`. If any
+    component gives ``None`` for a row, the combined reward for that row is ``None``.
+    """
+    items = list(specs_with_weights.items()) if isinstance(specs_with_weights, Mapping) else list(specs_with_weights)
+    if not items:
+        raise ValueError("combine_rewards needs at least one (reward, weight) pair")
+    fns: list[tuple[RewardFn, float]] = []
+    for pair in items:
+        try:
+            spec, w = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"combine_rewards expects (reward, weight) pairs, got {pair!r}") from None
+        fns.append((get_reward(spec), float(w)))
+
+    def combined(prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float | None]:
+        total: list[float | None] = [0.0] * len(completions)
+        for fn, w in fns:
+            vals = call_reward(fn, prompts, completions, **columns)
+            for i, v in enumerate(vals):
+                if total[i] is None or v is None:
+                    total[i] = None
+                else:
+                    total[i] = total[i] + w * v  # type: ignore[operator]
+        return total
+
+    combined.__name__ = combined.__qualname__ = "combined(" + ", ".join(
+        f"{w:g}*{_fn_name(f)}" for f, w in fns) + ")"
+    return combined

@@ -1,0 +1,310 @@
+"""Code reward: run the completion's Python against the row's tests in :mod:`spro.sandbox`.
+
+The program is the last fenced block marked ``python``/``py``/``python3`` in the completion,
+else the last fenced block of any language, else the whole completion text.
+
+Test specifications (the ``tests`` column, else the ``answer`` column; a JSON string is decoded):
+
+* stdin/stdout pairs ``{"inputs": [str, ...], "outputs": [str, ...]}`` (the Eurus-2-RL-Data /
+  PRIME / APPS / TACO ``ground_truth`` format): one sandboxed run per pair, the input on stdin;
+  outputs compared line by line ignoring trailing white space, then token by token with numbers
+  equal within 1e-6 (absolute or relative);
+* call-based ``{"fn_name": "f", "inputs": [[args...], ...], "outputs": [value, ...]}`` (APPS):
+  one run calls ``f`` (a function, or a method of ``class Solution``) on each argument list; a
+  return value ``v`` matches ``expected`` if ``v == expected`` or ``[v] == expected`` (APPS wraps
+  outputs in a list);
+* assert-style: a list of statements ``["assert f(1) == 2", ...]`` (also under the keys
+  ``"asserts"``, ``"test_list"`` or ``"tests"`` of a dict), or a single string of test code:
+  one run executes the program, then each statement on its globals.
+
+Reward per row: the fraction of test cases passed (``mode="fraction"``, default) or 1.0 only
+if all pass (``mode="all"``). A row whose tests are missing or unreadable scores ``None``
+(counted as ``code/bad_tests``); a program that fails to run scores 0.0.
+"""
+
+from __future__ import annotations
+
+import json
+import math as _math
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from spro import sandbox
+from spro.rewards import count_event, register_reward
+from spro.sandbox import SandboxLimits
+
+__all__ = [
+    "extract_code",
+    "parse_tests",
+    "TestSpec",
+    "outputs_match",
+    "run_tests",
+    "make_code_reward",
+    "code_reward",
+    "eurus_reward",
+    "CODE_SOURCES",
+]
+
+_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(text: Any) -> str:
+    """The program in a completion (rules in the module docstring)."""
+    if isinstance(text, list) and text and isinstance(text[-1], dict):  # chat-format completion
+        text = text[-1].get("content", "")
+    text = str(text)
+    blocks = _FENCE_RE.findall(text)
+    py = [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")]
+    if py:
+        return py[-1]
+    if blocks:
+        return blocks[-1][1]
+    # An opening fence without a closing one (truncated completion).
+    m = re.search(r"```[ \t]*(?:python3?|py)?[^\n]*\n(.*)\Z", text, re.DOTALL)
+    if m:
+        return m.group(1)
+    return text
+
+
+@dataclass
+class TestSpec:
+    """Parsed tests of one row. ``kind`` is "stdio", "call" or "asserts"."""
+
+    kind: Literal["stdio", "call", "asserts"]
+    inputs: list[Any]
+    outputs: list[Any]
+    fn_name: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def parse_tests(spec: Any) -> TestSpec:
+    """Read a row's test specification (formats in the module docstring).
+
+    Raises ValueError saying what is wrong (empty, mismatched lengths, unknown shape).
+    """
+    if spec is None:
+        raise ValueError("no tests given (None)")
+    if isinstance(spec, bytes):
+        spec = spec.decode("utf-8", errors="replace")
+    if isinstance(spec, str):
+        s = spec.strip()
+        if not s:
+            raise ValueError("tests are an empty string")
+        if s[0] in "[{":
+            try:
+                decoded = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"tests look like JSON but do not parse: {e}") from None
+            return parse_tests(decoded)
+        return TestSpec("asserts", [s], [None])
+    if isinstance(spec, dict):
+        for key in ("asserts", "test_list", "tests"):
+            if key in spec and spec[key] is not None:
+                return parse_tests(list(spec[key]) if not isinstance(spec[key], str) else spec[key])
+        if "inputs" in spec and "outputs" in spec:
+            ins, outs = spec["inputs"], spec["outputs"]
+            if not isinstance(ins, list) or not isinstance(outs, list):
+                raise ValueError("'inputs' and 'outputs' must be lists")
+            if len(ins) != len(outs):
+                raise ValueError(f"{len(ins)} inputs but {len(outs)} outputs")
+            if not ins:
+                raise ValueError("no test cases (empty 'inputs')")
+            fn = spec.get("fn_name")
+            if fn:
+                return TestSpec("call", [a if isinstance(a, list) else [a] for a in ins], list(outs), str(fn))
+            return TestSpec("stdio", [_as_text(x) for x in ins], [_as_text(x) for x in outs])
+        raise ValueError(f"unknown test format: dict with keys {sorted(spec)[:10]}")
+    if isinstance(spec, (list, tuple)):
+        items = list(spec)
+        if not items:
+            raise ValueError("empty list of tests")
+        if all(isinstance(t, str) for t in items):
+            items = [t for t in items if t.strip()]
+            if not items:
+                raise ValueError("all test statements are empty")
+            return TestSpec("asserts", items, [None] * len(items))
+        raise ValueError("a list of tests must hold strings (assert statements)")
+    raise ValueError(f"unknown test format: {type(spec).__name__}")
+
+
+def _as_text(x: Any) -> str:
+    if isinstance(x, list):
+        return "\n".join(str(v) for v in x)
+    return str(x)
+
+
+def _num(tok: str) -> float | None:
+    try:
+        v = float(tok)
+    except ValueError:
+        return None
+    return v if _math.isfinite(v) else None
+
+
+def outputs_match(got: str, expected: str, *, tol: float = 1e-6) -> bool:
+    """Compare program output with the expected output (see the module docstring)."""
+    g = [ln.rstrip() for ln in got.replace("\r\n", "\n").strip().split("\n")]
+    e = [ln.rstrip() for ln in str(expected).replace("\r\n", "\n").strip().split("\n")]
+    if g == e:
+        return True
+    gt, et = got.split(), str(expected).split()
+    if len(gt) != len(et):
+        return False
+    for a, b in zip(gt, et):
+        if a == b:
+            continue
+        x, y = _num(a), _num(b)
+        if x is None or y is None or not (abs(x - y) <= tol or abs(x - y) <= tol * max(abs(x), abs(y))):
+            return False
+    return True
+
+
+def _json_norm(v: Any) -> Any:
+    try:
+        return json.loads(json.dumps(v))
+    except (TypeError, ValueError):
+        return v
+
+
+def run_tests(
+    code: str,
+    tests: TestSpec,
+    *,
+    limits: SandboxLimits = SandboxLimits(),
+    isolation: str = "auto",
+    workers: int = 1,
+    max_cases: int | None = None,
+) -> list[bool]:
+    """Run ``code`` on every case of ``tests`` in the sandbox; per-case pass/fail."""
+    n = len(tests) if max_cases is None else min(len(tests), max_cases)
+    if tests.kind == "stdio":
+        jobs = [{"code": code, "stdin": tests.inputs[i]} for i in range(n)]
+        res = sandbox.run_many(jobs, workers=workers, limits=limits, isolation=isolation)  # type: ignore[arg-type]
+        return [r.status == "ok" and outputs_match(r.stdout, tests.outputs[i]) for i, r in enumerate(res)]
+    if tests.kind == "asserts":
+        passed, _ = sandbox.run_asserts(code, tests.inputs[:n], limits=limits, isolation=isolation)  # type: ignore[arg-type]
+        return passed
+    calls, _ = sandbox.run_calls(code, tests.fn_name or "", tests.inputs[:n], limits=limits, isolation=isolation)  # type: ignore[arg-type]
+    out = []
+    for (ok, val), exp in zip(calls, tests.outputs[:n]):
+        exp = _json_norm(exp)
+        out.append(bool(ok) and (val == exp or [val] == exp))
+    return out
+
+
+def make_code_reward(
+    *,
+    mode: Literal["fraction", "all"] = "fraction",
+    limits: SandboxLimits = SandboxLimits(),
+    workers: int = 2,
+    max_cases: int | None = None,
+    isolation: str = "auto",
+):
+    """A code reward function ``fn(prompts, completions, tests=None, answer=None, **kw)``.
+
+    Args:
+        mode: "fraction" = share of cases passed; "all" = 1.0 only if every case passes.
+        limits: sandbox limits per run (:class:`spro.sandbox.SandboxLimits`).
+        workers: rows graded concurrently (each a sandboxed process; threads only wait).
+        max_cases: use at most this many test cases per row (None = all).
+        isolation: sandbox isolation ("auto", "namespace", "none"); see :mod:`spro.sandbox`.
+    """
+    if mode not in ("fraction", "all"):
+        raise ValueError(f"mode must be 'fraction' or 'all', got {mode!r}")
+
+    def score_row(i: int, completion: Any, spec: Any) -> float | None:
+        try:
+            tests = parse_tests(spec)
+        except ValueError as e:
+            count_event("code/bad_tests")
+            warnings.warn(f"code reward: row {i}: unreadable tests ({e}); reward None", stacklevel=3)
+            return None
+        passed = run_tests(extract_code(completion), tests, limits=limits, isolation=isolation,
+                           max_cases=max_cases)
+        if not passed:
+            return None
+        if mode == "all":
+            return 1.0 if all(passed) else 0.0
+        return sum(passed) / len(passed)
+
+    def code_reward(prompts: Sequence[Any], completions: Sequence[Any], tests: Sequence[Any] | None = None,
+                    answer: Sequence[Any] | None = None, **kw: Any) -> list[float | None]:
+        specs = tests if tests is not None else answer
+        if specs is None:
+            raise ValueError("code reward needs a 'tests' column (or test cases in the 'answer' column)")
+        if len(specs) != len(completions):
+            raise ValueError(f"{len(completions)} completions but {len(specs)} test specifications")
+        rows = list(enumerate(zip(completions, specs)))
+        if workers <= 1 or len(rows) <= 1:
+            return [score_row(i, c, s) for i, (c, s) in rows]
+        with ThreadPoolExecutor(workers) as ex:
+            return list(ex.map(lambda r: score_row(r[0], r[1][0], r[1][1]), rows))
+
+    return code_reward
+
+
+_default_code = make_code_reward()
+
+
+@register_reward("code")
+def code_reward(prompts: Sequence[Any], completions: Sequence[Any], tests: Sequence[Any] | None = None,
+                answer: Sequence[Any] | None = None, **kw: Any) -> list[float | None]:
+    """Fraction of the row's test cases the completion's program passes (defaults of
+    :func:`make_code_reward`); tests from the ``tests`` column, else ``answer``."""
+    return _default_code(prompts, completions, tests=tests, answer=answer, **kw)
+
+
+# data_source values of Eurus-2-RL-Data's coding rows (and common code datasets).
+CODE_SOURCES = ("taco", "codecontests", "code_contests", "apps", "codeforces", "leetcode", "kodcode",
+                "mbpp", "humaneval", "livecodebench", "code")
+
+
+def _is_code_row(source: Any, spec: Any) -> bool:
+    if isinstance(source, str) and source:
+        s = source.lower()
+        return any(s == c or s.startswith(c) or s.endswith(c) for c in CODE_SOURCES)
+    if isinstance(spec, dict):
+        return "inputs" in spec
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        try:
+            d = json.loads(spec)
+        except ValueError:
+            return False
+        return isinstance(d, dict) and "inputs" in d
+    return False
+
+
+@register_reward("eurus")
+def eurus_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
+                 data_source: Sequence[Any] | None = None, tests: Sequence[Any] | None = None,
+                 **kw: Any) -> list[float | None]:
+    """Mixed math + code data (Eurus-2-RL-Data style): rows whose ``data_source`` is a coding
+    source (see ``CODE_SOURCES``; or, without a source, whose ground truth holds test cases) get
+    :func:`code_reward`, the others :func:`spro.rewards.math.math_reward`."""
+    from spro.rewards.math import math_reward
+
+    n = len(completions)
+    if answer is None and tests is None:
+        raise ValueError("eurus reward needs an 'answer' (ground truth) column")
+    answers = list(answer) if answer is not None else [None] * n
+    test_col = list(tests) if tests is not None else [None] * n
+    sources = list(data_source) if data_source is not None else [None] * n
+    is_code = [_is_code_row(sources[i], test_col[i] if test_col[i] is not None else answers[i]) for i in range(n)]
+    out: list[float | None] = [None] * n
+    ci = [i for i in range(n) if is_code[i]]
+    mi = [i for i in range(n) if not is_code[i]]
+    if ci:
+        vals = code_reward([prompts[i] for i in ci], [completions[i] for i in ci],
+                           tests=[test_col[i] if test_col[i] is not None else answers[i] for i in ci])
+        for i, v in zip(ci, vals):
+            out[i] = v
+    if mi:
+        vals = math_reward([prompts[i] for i in mi], [completions[i] for i in mi], answer=[answers[i] for i in mi])
+        for i, v in zip(mi, vals):
+            out[i] = v
+    return out

@@ -1,0 +1,440 @@
+"""Math reward: pull the final answer out of a completion and compare it with the ground truth
+using ``math-verify`` (symbolic equivalence: ``1/2`` = ``0.5`` = ``\\frac{1}{2}``, sets, intervals,
+percentages, ...).
+
+Answer extraction (:func:`extract_answer`), first rule that matches wins:
+
+1. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled);
+2. the last ``#### X`` (GSM8K style), X = rest of that line;
+3. the last "the answer is X" / "answer: X" (case-insensitive), X = rest of that line;
+4. the last ``A:`` followed by an answer (the arithmetic task's ``...;A:76`` style);
+5. the last number in the text.
+
+Time limits. math-verify's own time-outs use ``signal.alarm`` and fail off the main thread, so
+spro always calls it with ``parsing_timeout=None`` / ``timeout_seconds=None`` and enforces one
+limit per (completion, answer) pair itself:
+
+* in the main thread of any process (also inside worker processes): a ``SIGALRM`` interval
+  timer (``setitimer``, sub-second) around the whole parse + verify;
+* anywhere else (other threads), or with ``workers >= 1``: the pair is graded in a worker
+  process (a plain ``python -c`` subprocess speaking JSON lines, grading in its own main thread
+  with the timer above); the parent waits at most ``timeout + 2 s`` for the answer, and a worker
+  stuck past that (e.g. in C code the timer cannot interrupt) is killed and replaced.
+
+Scoring rule: no ground truth (None/empty) -> ``None`` (counted as ``math/no_gold``); no answer
+found in the completion -> 0.0 (``math/no_answer``); grader time-out -> 0.0 (``math/timeout``,
+with a warning naming the row); otherwise 1.0 if equivalent else 0.0.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import logging
+import math as _math
+import json
+import queue
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from typing import Any, Sequence
+
+from spro.rewards import count_event, register_reward
+
+__all__ = [
+    "extract_boxed",
+    "extract_answer",
+    "normalize_gold",
+    "grade_answer",
+    "MathGrader",
+    "GradeTimeout",
+    "make_math_reward",
+    "math_reward",
+]
+
+# math-verify logs a warning every time the timeout is disabled; we handle time-outs ourselves.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+logging.getLogger("math_verify.parser").setLevel(logging.ERROR)
+logging.getLogger("math_verify.grader").setLevel(logging.ERROR)
+
+
+class GradeTimeout(BaseException):
+    """Grading ran past its limit. A BaseException so that math-verify's ``except Exception``
+    handlers cannot swallow it."""
+
+
+# ------------------------------------------------------------------------------------------
+# Extraction
+# ------------------------------------------------------------------------------------------
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces matched.
+
+    ``\\boxed 5`` (no braces) gives ``"5"``. Unbalanced braces -> None.
+    """
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        m = list(re.finditer(r"\\boxed\s+([^\s$]+)", text))
+        return m[-1].group(1) if m else None
+    for m in reversed(matches):
+        i = m.end()
+        depth = 1
+        j = i
+        while j < len(text):
+            c = text[j]
+            if c == "\\" and j + 1 < len(text):
+                j += 2
+                continue
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[i:j].strip()
+            j += 1
+    return None
+
+
+_NUM_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_ANSWER_IS_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*:)\s*:?\s*(.+)", re.IGNORECASE)
+_A_RE = re.compile(r"(?:^|[\s;:,.])A:\s*([^\s;].*)")
+
+
+def _clean(s: str) -> str:
+    s = s.strip()
+    s = re.sub(r"^\$+|\$+$", "", s).strip()
+    s = s.rstrip(".").strip()
+    return s
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer written in ``text`` (rules in the module docstring), or None."""
+    if not text:
+        return None
+    b = extract_boxed(text)
+    if b is not None and b.strip():
+        return b.strip()
+    idx = text.rfind("####")
+    if idx >= 0:
+        line = text[idx + 4:].strip().split("\n", 1)[0]
+        if _clean(line):
+            return _clean(line)
+    ms = list(_ANSWER_IS_RE.finditer(text))
+    if ms:
+        line = ms[-1].group(1).split("\n", 1)[0]
+        if _clean(line):
+            return _clean(line)
+    ms = list(_A_RE.finditer(text))
+    if ms:
+        line = ms[-1].group(1).split("\n", 1)[0].split(";", 1)[0]
+        if _clean(line):
+            return _clean(line)
+    nums = _NUM_RE.findall(text)
+    if nums:
+        return nums[-1].replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", nums[-1]) else nums[-1]
+    return None
+
+
+def normalize_gold(gold: Any) -> str | None:
+    """Ground truth as a bare answer string: ``\\boxed{}`` and ``$`` stripped, GSM8K ``#### n``
+    reduced to ``n``; None/empty -> None. Lists (several accepted answers) are not handled here."""
+    if gold is None:
+        return None
+    if isinstance(gold, float) and _math.isnan(gold):
+        return None
+    s = str(gold).strip()
+    if not s:
+        return None
+    if "\\boxed" in s or "\\fbox" in s:
+        b = extract_boxed(s)
+        if b:
+            s = b
+    if "####" in s:
+        s = s.rsplit("####", 1)[1].strip() or s
+    s = _clean(s)
+    return s or None
+
+
+# ------------------------------------------------------------------------------------------
+# Grading
+# ------------------------------------------------------------------------------------------
+def _plain(s: str) -> str:
+    s = s.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("\\,", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\text", "")
+    s = re.sub(r"\s+", "", s).strip("{}().").lower()
+    return s
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(s: str) -> tuple:
+    from math_verify import parse
+
+    return tuple(parse("$" + s + "$", parsing_timeout=None))
+
+
+def _grade_unlimited(pred: str, gold: str) -> bool:
+    """Equivalence of two answer strings with math-verify, no time limit."""
+    from math_verify import verify
+
+    g = _parse(gold)
+    p = _parse(pred)
+    if g and p and verify(list(g), list(p), timeout_seconds=None):
+        return True
+    # Text answers math-verify cannot read (e.g. names, "(B)"): compare normalised strings.
+    return _plain(pred) == _plain(gold) and bool(_plain(gold))
+
+
+def _can_use_alarm() -> bool:
+    return threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+
+
+def _grade_with_alarm(pred: str, gold: str, timeout: float) -> bool:
+    """Grade in the current (main) thread under a SIGALRM interval timer."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise GradeTimeout()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    old_timer = signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return _grade_unlimited(pred, gold)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        if old_timer[0] > 0:  # re-arm an outer timer that was running
+            signal.setitimer(signal.ITIMER_REAL, *old_timer)
+
+
+def _worker_grade(pred: str, gold: str, timeout: float) -> bool | None:
+    """Runs in a pool worker's main thread. None = timed out."""
+    try:
+        return _grade_with_alarm(pred, gold, timeout)
+    except GradeTimeout:
+        return None
+
+
+def grade_answer(pred: str | None, gold: str | None, *, timeout: float | None = 5.0) -> bool:
+    """True if answer string ``pred`` is equivalent to ``gold``.
+
+    In the main thread the limit is a SIGALRM timer; in other threads the pair is graded in the
+    shared one-worker process pool. Raises :class:`GradeTimeout` past ``timeout`` seconds
+    (``None`` = no limit).
+    """
+    if pred is None or gold is None:
+        return False
+    if timeout is None:
+        return _grade_unlimited(pred, gold)
+    if _can_use_alarm():
+        return _grade_with_alarm(pred, gold, timeout)
+    r = _shared_pool().grade_pairs([(pred, gold)], timeout)[0]
+    if r is None:
+        raise GradeTimeout()
+    return r
+
+
+class _Worker:
+    """One grading process (``python -c`` running :func:`_serve`), spoken to in JSON lines.
+
+    A plain subprocess rather than ``multiprocessing`` so that it works from any caller (no
+    ``if __name__ == "__main__"`` guard needed, no fork of a threaded parent).
+    """
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def _start(self) -> subprocess.Popen:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from spro.rewards.math import _serve; _serve()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True, encoding="utf-8", bufsize=1,
+            )
+        return self.proc
+
+    def grade(self, pred: str, gold: str, timeout: float) -> bool | None:
+        """True/False, or None when the worker did not answer within ``timeout`` (+ slack)."""
+        proc = self._start()
+        try:
+            proc.stdin.write(json.dumps([pred, gold, timeout]) + "\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+            # First call pays the worker's start-up (imports math-verify / sympy): allow for it.
+            ready, _, _ = select.select([proc.stdout], [], [], timeout + 2.0 + (60.0 if not getattr(self, "_warm", False) else 0.0))
+            line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            line = ""
+        if not line:
+            self.kill()
+            return None
+        self._warm = True
+        r = json.loads(line)
+        return None if r is None else bool(r)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.kill()
+                self.proc.wait()
+            except OSError:
+                pass
+            self.proc = None
+            self._warm = False
+
+
+def _serve() -> None:
+    """Worker loop: read ``[pred, gold, timeout]`` lines, answer ``true``/``false``/``null``."""
+    for line in sys.stdin:
+        pred, gold, timeout = json.loads(line)
+        try:
+            r: bool | None = _grade_with_alarm(pred, gold, timeout)
+        except GradeTimeout:
+            r = None
+        except Exception:
+            r = False
+        sys.stdout.write(json.dumps(r) + "\n")
+        sys.stdout.flush()
+
+
+class _Pool:
+    """``workers`` grading processes; a worker that does not answer in time is killed and
+    replaced on next use."""
+
+    def __init__(self, workers: int):
+        self.workers = max(1, int(workers))
+        self._free: queue.Queue[_Worker] = queue.Queue()
+        for _ in range(self.workers):
+            self._free.put(_Worker())
+
+    def _one(self, pair: tuple[str, str], timeout: float) -> bool | None:
+        w = self._free.get()
+        try:
+            return w.grade(pair[0], pair[1], timeout)
+        finally:
+            self._free.put(w)
+
+    def grade_pairs(self, pairs: Sequence[tuple[str, str]], timeout: float) -> list[bool | None]:
+        if self.workers == 1 or len(pairs) <= 1:
+            return [self._one(p, timeout) for p in pairs]
+        with cf.ThreadPoolExecutor(self.workers) as ex:
+            return list(ex.map(lambda p: self._one(p, timeout), pairs))
+
+    def close(self) -> None:
+        ws = []
+        while not self._free.empty():
+            ws.append(self._free.get())
+        for w in ws:
+            w.kill()
+            self._free.put(w)
+
+
+_SHARED: _Pool | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_pool() -> _Pool:
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = _Pool(1)
+        return _SHARED
+
+
+class MathGrader:
+    """Grades completions against ground-truth answers.
+
+    Args:
+        timeout: seconds per (completion, answer) pair; past it the pair scores as wrong.
+        workers: 0 = grade in this process (SIGALRM timer in the main thread, a one-worker
+            process pool from other threads); N >= 1 = a pool of N spawned processes, graded in
+            parallel.
+    """
+
+    def __init__(self, timeout: float = 5.0, workers: int = 0):
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.timeout = timeout
+        self.workers = int(workers)
+        self._pool = _Pool(workers) if workers >= 1 else None
+
+    def grade(self, completions: Sequence[str], golds: Sequence[Any]) -> list[bool | None]:
+        """Per row: True/False, or None where the ground truth is missing. Time-outs -> False."""
+        if len(completions) != len(golds):
+            raise ValueError(f"{len(completions)} completions but {len(golds)} answers")
+        golds_n = [normalize_gold(g) for g in golds]
+        preds = [extract_answer(c if isinstance(c, str) else _completion_text(c)) for c in completions]
+        out: list[bool | None] = [None] * len(completions)
+        todo: list[int] = []
+        for i, (p, g) in enumerate(zip(preds, golds_n)):
+            if g is None:
+                count_event("math/no_gold")
+                warnings.warn(f"math reward: row {i} has no ground-truth answer; reward None", stacklevel=3)
+            elif p is None:
+                count_event("math/no_answer")
+                out[i] = False
+            else:
+                todo.append(i)
+        if self._pool is not None and todo:
+            res = self._pool.grade_pairs([(preds[i], golds_n[i]) for i in todo], self.timeout)  # type: ignore[misc]
+            for i, r in zip(todo, res):
+                out[i] = self._timed_out(i) if r is None else r
+            return out
+        for i in todo:
+            try:
+                out[i] = grade_answer(preds[i], golds_n[i], timeout=self.timeout)
+            except GradeTimeout:
+                out[i] = self._timed_out(i)
+        return out
+
+    def _timed_out(self, i: int) -> bool:
+        count_event("math/timeout")
+        warnings.warn(f"math reward: grading row {i} timed out after {self.timeout}s; reward 0.0", stacklevel=4)
+        return False
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> "MathGrader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _completion_text(c: Any) -> str:
+    """TRL conversational completions are ``[{"role": "assistant", "content": ...}]``."""
+    if isinstance(c, list) and c and isinstance(c[-1], dict):
+        return str(c[-1].get("content", ""))
+    return str(c)
+
+
+def make_math_reward(timeout: float = 5.0, workers: int = 0):
+    """A math reward function ``fn(prompts, completions, answer, **kw) -> list[float | None]``
+    with its own :class:`MathGrader` (``timeout`` seconds per row, ``workers`` processes)."""
+    grader = MathGrader(timeout=timeout, workers=workers)
+
+    def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
+                    **kw: Any) -> list[float | None]:
+        if answer is None:
+            raise ValueError("math reward needs an 'answer' column (the ground-truth answer per row)")
+        res = grader.grade(completions, answer)
+        return [None if r is None else float(r) for r in res]
+
+    math_reward.grader = grader  # type: ignore[attr-defined]
+    return math_reward
+
+
+_default = make_math_reward()
+
+
+@register_reward("math")
+def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
+                **kw: Any) -> list[float | None]:
+    """1.0 if the completion's final answer is equivalent to ``answer`` (math-verify), else 0.0;
+    None where the row has no answer. 5 s limit per row (see the module docstring)."""
+    return _default(prompts, completions, answer=answer, **kw)
