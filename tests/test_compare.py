@@ -205,6 +205,10 @@ def test_aggregate_time_to_target_and_ratios(tmp_path):
     assert s.final_accuracy.half_width == pytest.approx(4.302653 * 0.1 / math.sqrt(3), abs=1e-6)
     rows = comparison_table(comp)
     assert rows[0]["algorithm"] == "grpo" and "2/3 reached" in rows[0]["steps to target"]
+    d = json.loads(json.dumps(comp.to_dict()))
+    assert d["target_accuracy"] == pytest.approx(0.6) and d["algos"]["grpo"]["n_reached"] == 2
+    assert d["algos"]["spro"]["steps_to_target"] == [10, 10, 20]
+    assert d["algos"]["spro"]["final_accuracy"]["values"] == pytest.approx([0.7, 0.8, 0.9])
     assert rows[1]["efficiency (steps)"] == "2.00x"
     with pytest.raises(ValueError):
         aggregate({"x": []})

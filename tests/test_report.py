@@ -122,6 +122,9 @@ def test_write_report_with_claims(tmp_path):
     # spro learns twice as fast in these fake runs: its final accuracy beats grpo's
     row = next(ln for ln in md.splitlines() if ln.startswith("| spro | 3 |"))
     assert "0.810" in row  # min(1, 0.04 * 20 + 0.01 * seed) averaged over seeds 0..2
+    # per-seed rows: grpo's target is 0.41 (bests 0.40/0.41/0.42), grpo seed 0 never gets there
+    assert "| grpo | `../runs/grpo/seed0` | 20 | 0.400 | 0.400 | not reached |" in md
+    assert "| spro | `../runs/spro/seed0` | 20 | 0.800 | 0.800 | 15 |" in md
 
 
 def test_write_report_missing_keys_and_ablation(tmp_path):

@@ -39,7 +39,7 @@ import json
 import math
 import statistics
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -473,6 +473,26 @@ class Comparison:
     algos: dict[str, AlgoAggregate]
     ratios: dict[str, dict[str, float | None]]
     confidence: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of everything (paths as strings, estimates with their values,
+        infinite ratios as the strings "inf" / "-inf"), e.g. for a ``summary.json`` beside the report."""
+
+        def conv(x: Any) -> Any:
+            if isinstance(x, Path):
+                return x.as_posix()
+            if isinstance(x, float) and math.isinf(x):
+                return "inf" if x > 0 else "-inf"
+            if isinstance(x, dict):
+                return {k: conv(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [conv(v) for v in x]
+            return x
+
+        out = conv(asdict(self))
+        for label, agg in self.algos.items():
+            out["algos"][label]["n_reached"] = agg.n_reached
+        return out
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:

@@ -42,7 +42,7 @@ from spro.compare import (
     t_quantile,
 )
 
-__all__ = ["PLOTS", "Curve", "curve", "plot_metric", "summary_table", "write_report"]
+__all__ = ["PLOTS", "Curve", "curve", "plot_metric", "summary_table", "per_seed_table", "write_report"]
 
 # (file stem, source file, key, axis label)
 PLOTS: tuple[tuple[str, str, str, str], ...] = (
@@ -148,6 +148,8 @@ def plot_metric(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # colours follow the label order of `groups`, so a label keeps its colour in every plot
+    colours = {label: f"C{i % 10}" for i, label in enumerate(groups)}
     curves = {label: curve(runs, key, source=source, x=x, smooth=smooth) for label, runs in groups.items()}
     curves = {k: v for k, v in curves.items() if v is not None}
     if not curves:
@@ -159,9 +161,9 @@ def plot_metric(
         for label, c in curves.items():
             n_seeds = len(groups[label])
             marker = "o" if c.x.size <= 30 and source == "eval" else None
-            (line,) = ax.plot(c.x, c.mean, label=f"{label} (n={n_seeds})", marker=marker, markersize=3)
+            ax.plot(c.x, c.mean, label=f"{label} (n={n_seeds})", color=colours[label], marker=marker, markersize=3)
             if np.any(~np.isnan(c.low)):
-                ax.fill_between(c.x, c.low, c.high, color=line.get_color(), alpha=0.2, linewidth=0)
+                ax.fill_between(c.x, c.low, c.high, color=colours[label], alpha=0.2, linewidth=0)
         ax.set_xlabel(X_LABELS[x])
         ax.set_ylabel(ylabel or key)
         full_title = title or f"{ylabel or key} vs {x}"
@@ -193,6 +195,30 @@ def summary_table(comp: Comparison) -> list[dict[str, str]]:
         }
         for label, agg in comp.algos.items()
     ]
+
+
+def per_seed_table(comp: Comparison, relative_to: Path | None = None) -> list[dict[str, str]]:
+    """One row per run dir: label, path, steps logged, final / best held-out accuracy, steps to
+    the baseline's target ("-" without a baseline, "not reached" when never reached)."""
+    rows = []
+    for label, agg in comp.algos.items():
+        for i, s in enumerate(agg.runs):
+            if comp.target_accuracy is None:
+                reach = "-"
+            else:
+                st = agg.steps_to_target[i]
+                reach = "not reached" if st is None else f"{st:g}"
+            rows.append(
+                {
+                    "label": label,
+                    "run dir": f"`{_rel(s.path, relative_to) if relative_to is not None else s.path.as_posix()}`",
+                    "steps": str(s.n_steps),
+                    "final acc": "n/a" if s.final_accuracy is None else f"{s.final_accuracy:.3f}",
+                    "best acc": "n/a" if s.best_accuracy is None else f"{s.best_accuracy:.3f}",
+                    "steps to target": reach,
+                }
+            )
+    return rows
 
 
 def _rel(p: Path, start: Path) -> str:
@@ -296,10 +322,7 @@ def write_report(
     if missing:
         lines += ["No data logged for: " + ", ".join(missing) + ".", ""]
 
-    lines += ["## Runs", ""]
-    for label, rs in groups.items():
-        lines.append(f"- **{label}**: " + ", ".join(f"`{_rel(r.path, out_dir)}`" for r in rs))
-    lines.append("")
+    lines += ["## Runs", "", markdown_table(per_seed_table(comp, out_dir)), ""]
 
     report = out_dir / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
