@@ -167,23 +167,16 @@ class RewardFn:
 
 
 def resolve_reward(name: str, overrides: dict[str, Callable] | None = None) -> Callable[..., Any]:
-    """A reward function by registered name or ``module:function`` import path."""
+    """A reward function: ``overrides[name]`` if given, else ``spro.rewards.get_reward(name)``
+    (a registered name or a ``module:function`` import path)."""
     if overrides and name in overrides:
         return overrides[name]
-    try:
-        from spro.rewards import get_reward
-    except ImportError:  # spro.rewards not installed in this tree: minimal fallback
-        get_reward = None
-    if get_reward is not None:
-        return get_reward(name)
-    if name == "arithmetic":
-        from spro.tasks.arithmetic import arithmetic_reward
+    from spro.rewards import get_reward
 
-        return arithmetic_reward
-    if ":" in name:
-        mod, fn = name.split(":", 1)
-        return getattr(importlib.import_module(mod), fn)
-    raise ValueError(f"data.rewards: unknown reward '{name}'")
+    try:
+        return get_reward(name)
+    except ValueError as e:
+        raise ConfigError(f"data.rewards: {e}") from None
 
 
 def load_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
@@ -488,58 +481,43 @@ class Trainer:
                 any_value[i] = True
                 if k == self.acc_index:
                     correct[i] = v >= self.cfg.data.correct_threshold
+        from spro.rewards import pop_reward_stats
+
         stats = {"reward/errors": float(errors), "reward/none_frac": nones / (B * len(self.rewards))}
+        stats.update({f"reward/{k}": float(v) for k, v in pop_reward_stats().items()})
         return total.float(), correct, stats
 
     def _call_reward(self, rf: RewardFn, prompts: list, completions: list[str], columns: dict) -> tuple[list[float | None], int]:
+        """Values of one reward (checked by spro.rewards.call_reward) and the number of errors.
+
+        A function that raises on the batch is called again response by response; responses on
+        which it still raises get None and are counted. Raising on every response, or returning
+        a wrong type / count / NaN, stops training with a RewardError naming the function.
+        """
+        from spro.rewards import RewardError, call_reward
+
         B = len(completions)
         try:
-            values = rf.fn(prompts=prompts, completions=completions, **columns)
-        except Exception as batch_exc:  # noqa: BLE001 - isolate the responses that fail
-            values, errors = [], 0
-            for i in range(B):
-                try:
-                    v = rf.fn(prompts=[prompts[i]], completions=[completions[i]], **{c: [col[i]] for c, col in columns.items()})
-                    values.append(self._check_values(rf, v, 1)[0])
-                except RewardFunctionError:
-                    raise
-                except Exception:  # noqa: BLE001
-                    values.append(None)
-                    errors += 1
-            if errors == B:
-                raise RewardFunctionError(
-                    f"reward function '{rf.name}' raised on every response: {type(batch_exc).__name__}: {batch_exc}"
-                ) from batch_exc
-            return values, errors
-        return self._check_values(rf, values, B), 0
-
-    @staticmethod
-    def _check_values(rf: RewardFn, values: Any, B: int) -> list[float | None]:
-        if isinstance(values, torch.Tensor):
-            values = values.tolist()
-        if isinstance(values, np.ndarray):
-            values = values.tolist()
-        if not isinstance(values, (list, tuple)):
-            raise RewardFunctionError(
-                f"reward function '{rf.name}' must return a list of floats (or None), got {type(values).__name__}"
-            )
-        if len(values) != B:
-            raise RewardFunctionError(
-                f"reward function '{rf.name}' returned {len(values)} values for {B} completions"
-            )
-        out: list[float | None] = []
-        for i, v in enumerate(values):
-            if v is None:
-                out.append(None)
-            elif isinstance(v, (bool, int, float, np.floating, np.integer)):
-                v = float(v)
-                out.append(v if math.isfinite(v) else None)
-            else:
-                raise RewardFunctionError(
-                    f"reward function '{rf.name}' returned {type(v).__name__} ({v!r}) at position {i}; "
-                    f"expected a float or None"
-                )
-        return out
+            return call_reward(rf.fn, prompts, completions, **columns), 0
+        except RewardError as batch_exc:
+            first_error = str(batch_exc)
+            raised = batch_exc.__cause__ is not None and not isinstance(batch_exc.__cause__, RewardError)
+            if not raised:
+                raise RewardFunctionError(f"data.rewards '{rf.name}': {batch_exc}") from None
+        values: list[float | None] = []
+        errors = 0
+        for i in range(B):
+            try:
+                values.append(call_reward(rf.fn, prompts[i : i + 1], completions[i : i + 1],
+                                          **{c: col[i : i + 1] for c, col in columns.items()})[0])
+            except RewardError as e:
+                if e.__cause__ is None or isinstance(e.__cause__, RewardError):
+                    raise RewardFunctionError(f"data.rewards '{rf.name}': {e}") from None
+                values.append(None)
+                errors += 1
+        if errors == B:
+            raise RewardFunctionError(f"data.rewards '{rf.name}' raised on every response: {first_error}")
+        return values, errors
 
     def _diverged(self, what: str) -> TrainingDivergedError:
         where = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was saved yet"

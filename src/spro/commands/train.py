@@ -1,0 +1,79 @@
+"""`spro train`: RL-train a causal LM with SPRO, GRPO, Dr. GRPO, RLOO (or PRIME)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "RL-train a causal LM (spro, grpo, dr_grpo, rloo, prime)."
+
+EPILOG = """\
+Settings come from (later wins): the defaults < --preset NAME < --config FILE < key=value
+overrides, e.g.
+
+  spro train --preset tiny-arithmetic algorithm.name=grpo output_dir=runs/grpo
+  spro train --config run.yaml optim.lr=2e-5 rollout.num_generations=8
+  spro train --resume runs/grpo                 # continue from the latest checkpoint
+  spro train --config run.yaml --print-config   # show the full resolved config and exit
+  accelerate launch -m spro train --config run.yaml   # data parallel over processes
+
+Override values use YAML syntax (true, 1e-5, null, [a, b], {k: v}). Every key, with its
+default and help text:
+
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from spro.config import describe_options, list_presets
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG + describe_options()
+    parser.add_argument("--config", metavar="FILE", help="YAML file with config keys (nested or dotted).")
+    parser.add_argument(
+        "--preset", metavar="NAME",
+        help=f"A shipped preset (spro/presets/NAME.yaml): {', '.join(list_presets())}.",
+    )
+    parser.add_argument(
+        "--resume", metavar="DIR",
+        help="Continue from a run folder (its latest checkpoint) or a checkpoint folder. Without "
+        "--config / --preset the checkpoint's own config is used.",
+    )
+    parser.add_argument("--print-config", action="store_true", help="Print the resolved config as YAML and exit.")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. optim.lr=2e-5.")
+
+
+def resolve_config(args: argparse.Namespace):
+    from spro.config import config_from_dict, load_config, _set_dotted, parse_override
+
+    if args.resume and not args.config and not args.preset:
+        from spro.checkpoint import find_checkpoint, read_run_config
+
+        data = read_run_config(find_checkpoint(args.resume))
+        for text in args.overrides:
+            key, value = parse_override(text)
+            _set_dotted(data, key, value)
+        return config_from_dict(data)
+    return load_config(args.config, args.overrides, preset=args.preset)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spro.checkpoint import CheckpointError
+    from spro.config import ConfigError, dump_yaml
+
+    try:
+        cfg = resolve_config(args)
+    except (ConfigError, CheckpointError) as e:
+        print(f"spro train: error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    from spro.trainer import TrainingDivergedError, train
+
+    try:
+        out = train(cfg, resume=args.resume)
+    except (ValueError, TrainingDivergedError) as e:  # ConfigError, CheckpointError, RewardFunctionError, ...
+        print(f"spro train: error: {e}", file=sys.stderr)
+        return 1
+    print(f"run folder: {out}")
+    return 0

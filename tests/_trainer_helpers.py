@@ -1,0 +1,51 @@
+"""Shared helpers for the trainer tests: a very small random Llama and a fast config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def save_small_model(path: Path, *, max_position_embeddings: int = 64, seed: int = 0) -> Path:
+    """A ~30k-parameter random Llama with the character tokenizer, saved as an HF folder."""
+    from spro.tiny import build_char_tokenizer, build_tiny_model
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                             max_position_embeddings=max_position_embeddings, seed=seed)
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+def digit_reward(prompts, completions, **kw):
+    """Fraction of digits in the completion: varies across random samples, so advantages are non-zero."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+def small_overrides(model_dir: Path, out: Path, algorithm: str = "spro", **extra) -> list[str]:
+    o = {
+        "model.name_or_path": str(model_dir),
+        "output_dir": str(out),
+        "algorithm.name": algorithm,
+        "total_steps": 2,
+        "eval_every": 0,
+        "save_every": 0,
+        "data.task": "arithmetic",
+        "data.train_size": 32,
+        "data.eval_size": 4,
+        "data.rewards": "[{name: digits, weight: 1.0}]",
+        "rollout.prompts_per_step": 2,
+        "rollout.num_generations": 4,
+        "rollout.max_new_tokens": 8,
+        "optim.lr": 1e-3,
+        "logging.tensorboard": False,
+        "logging.progress_bar": False,
+    }
+    o.update(extra)
+    return [f"{k}={v}" for k, v in o.items()]
+
+
+REWARDS = {"digits": digit_reward}
