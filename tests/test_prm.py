@@ -101,6 +101,28 @@ def test_token_logps_match_a_plain_forward(tok, policy):
     torch.testing.assert_close(prm.token_logps(input_ids, attention_mask, cmask, micro_batch=3), got)
 
 
+def test_left_padded_prompts_match_unpadded_rows(tok, policy):
+    """With prompts of different lengths left-padded, each row's log-probs equal those of the
+    same row run alone without padding (positions follow the attention mask)."""
+    prompts = ["Q:12+3=", "Q:1+2="]
+    completion = "1+2=3;A:3"
+    p = [tok(x, add_special_tokens=False)["input_ids"] for x in prompts]
+    c = tok(completion, add_special_tokens=False)["input_ids"]
+    width = max(map(len, p))
+    rows, masks = [], []
+    for ids in p:
+        pad = width - len(ids)
+        rows.append([tok.pad_token_id] * pad + ids + c)
+        masks.append([0] * pad + [1] * (len(ids) + len(c)))
+    input_ids, attention_mask = torch.tensor(rows), torch.tensor(masks)
+    cmask = torch.ones(2, len(c), dtype=torch.long)
+    got = ImplicitPRM(policy, beta=0.05, lr=1e-3).token_logps(input_ids, attention_mask, cmask)
+    for i, ids in enumerate(p):
+        alone = torch.tensor([ids + c])
+        want = completion_token_logps(policy, alone, torch.ones_like(alone), len(c)).detach()
+        torch.testing.assert_close(got[i : i + 1], want, atol=1e-5, rtol=1e-5)
+
+
 def test_update_lowers_loss_and_only_trains_the_prm(tok, policy):
     input_ids, attention_mask, cmask, labels = make_batch(tok)
     ref = copy.deepcopy(policy)

@@ -17,9 +17,9 @@ the logit with ``binary_cross_entropy_with_logits``, which is the same function,
 Tensor conventions (as in TRL): ``input_ids`` / ``attention_mask`` are [B, L] = prompt followed by
 completion, ``completion_mask`` is [B, T] and covers the *last* T positions of ``input_ids``
 (1 = a completion token that counts, 0 = padding / after eos); per-token outputs are [B, T].
-``ref_logp`` must come from the same log-prob convention (same positions, same temperature) as the
-PRM's, otherwise q is not zero for an untrained PRM; pass ``logp_fn`` to the constructor to share
-the trainer's log-prob function.
+``ref_logp`` must come from the same log-prob convention (positions from the attention mask, same
+temperature) as the PRM's, otherwise q is not zero for an untrained PRM; set ``temperature`` to the
+one the reference log-probs used, or pass ``logp_fn`` to share the trainer's log-prob function.
 
 `filter_groups_by_accuracy` is PRIME's prompt filter: keep only groups whose accuracy (mean outcome
 reward) lies in [low, high], bounds included.
@@ -55,16 +55,22 @@ def completion_token_logps(
 
     input_ids, attention_mask: [B, L]; returns [B, T] float32 with T = n_completion, where entry
     [b, t] is log p(input_ids[b, L-T+t] | input_ids[b, :L-T+t]) from logits divided by
-    ``temperature``. Gradients flow if enabled by the caller.
+    ``temperature``. Position ids follow the attention mask (``cumsum - 1``, as ``generate`` and
+    the trainer's ``sequence_logps`` do), so left-padded prompts get the positions they were
+    sampled with. Gradients flow if enabled by the caller.
     """
     if not 0 < n_completion < input_ids.shape[1]:
         raise ValueError(
             f"completion_token_logps: n_completion={n_completion} must be in [1, L-1] with L={input_ids.shape[1]}"
         )
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     try:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_completion + 1, use_cache=False)
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+            logits_to_keep=n_completion + 1, use_cache=False,
+        )
     except TypeError:  # models without logits_to_keep
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False)
     logits = out.logits[:, -(n_completion + 1) : -1, :].float()  # [B, T, V], predicts the next token
     if temperature != 1.0:
         logits = logits / temperature
