@@ -1,40 +1,49 @@
 """Run untrusted (model-written) Python in a separate, limited process.
 
-Every call of :func:`run_python` starts a fresh interpreter (``python -I``) in its own session
-and, where the machine allows it, in new Linux namespaces. What is in force is decided once per
-process and reported by :func:`isolation_report`; nothing is claimed that was not probed:
+Every call starts a fresh interpreter (``python -I``: no ``PYTHON*`` variables, no user site,
+no script directory on ``sys.path``) in its own session. What is in force is probed once per
+process and reported by :func:`isolation_report`; nothing is claimed that was not checked.
 
-* **Process** — a fresh ``python -I`` (isolated mode: no ``PYTHON*`` variables, no user site,
-  no script directory on ``sys.path``), ``start_new_session=True``; at the end the whole process
-  group is killed with ``SIGKILL``.
-* **Resource limits** (``setrlimit`` in the child, before the program runs): ``RLIMIT_CPU``
-  (CPU seconds), ``RLIMIT_AS`` (address space), ``RLIMIT_FSIZE`` (largest file, which also caps
-  stdout/stderr: they go to files, never to pipes), ``RLIMIT_NPROC`` (fork bombs), ``RLIMIT_NOFILE``
-  and ``RLIMIT_CORE = 0``. A wall-clock limit is enforced by the parent.
-* **Namespaces** (``isolation="namespace"``, the default when the ``unshare`` probe succeeds):
-  ``unshare --net --pid --fork --kill-child --mount --mount-proc`` (plus ``--map-root-user`` when
-  not root). The net namespace has no interfaces up, so no connection can be opened. In the pid
-  namespace the program sees only its own processes, cannot signal any process outside, and when
-  its first process ends the kernel kills every process left in the namespace, so nothing
-  survives the run, even a double-forked, ``setsid()``-ed daemon. A private ``tmpfs`` is
-  mounted on ``/tmp`` and ``/dev/shm``.
-* **User** — when the parent is root, the child drops to ``nobody`` (uid/gid 65534, no
-  supplementary groups) before running the program, so it cannot write outside its working
-  directory (which it owns), read root's files, or signal the parent. ``RLIMIT_NPROC`` only
-  binds non-root users, so it only works together with this drop (or as a non-root parent,
-  where it counts all of that user's processes).
-* **Environment** — a minimal one built from scratch (``PATH``, ``LANG``, ``HOME`` = the working
-  directory, one-thread settings for BLAS/OpenMP, and the run's marker ``SPRO_SANDBOX_RUN``);
-  none of the parent's variables is passed on.
-* **Files** — a fresh temporary working directory per run, removed afterwards. The program text
-  and the harness's settings live outside it, in a directory the program cannot read.
-* **Fallback** (``isolation="none"``, or ``"auto"`` where ``unshare`` fails): no namespaces; the
-  network is blocked only by replacing ``socket.socket`` / ``socket.create_connection`` in the
-  child before the program runs (a Python-level guard that ``ctypes`` can bypass), and leftover
-  processes are found by scanning ``/proc/*/environ`` for the run's marker and killed.
+``isolation="namespace"`` (the default where the probe succeeds; ``"auto"`` picks it):
 
-Not defended against: a program that deliberately inspects the harness inside its own
-interpreter (e.g. walks stack frames) to forge a test result; kernel exploits.
+* ``unshare --user --map-root-user --net --pid --fork --kill-child --mount --mount-proc``;
+* **network**: a new net namespace with no interface up, so no connection can be made;
+* **processes**: a new pid namespace with its own ``/proc``: the program sees and can signal
+  only its own processes (not the parent, whose pid it cannot even name); the harness runs as
+  process 1 and the program as its child, and when process 1 ends the kernel kills everything
+  left in the namespace, including double-forked ``setsid()`` daemons;
+* **files**: the whole file system is remounted read-only (``mount_setattr`` recursive)
+  except the fresh temporary working directory (bind-mounted read-write), which is removed
+  afterwards. Files stay *readable* (the interpreter and its libraries must be), so do not keep
+  secrets in world-/user-readable files on a machine that runs untrusted code;
+* **privileges**: all capabilities dropped (bounding set, effective/permitted/inheritable) and
+  ``no_new_privs`` set before the program runs, so it cannot undo the mounts.
+
+Always (both modes):
+
+* **limits** (``setrlimit`` in the child before the program runs): ``RLIMIT_CPU``,
+  ``RLIMIT_AS`` (memory), ``RLIMIT_FSIZE`` (largest file, which also caps stdout/stderr: they
+  go to files, never pipes, so a flood cannot fill the parent's memory), ``RLIMIT_NPROC``,
+  ``RLIMIT_NOFILE``, ``RLIMIT_CORE = 0``; a wall-clock limit enforced by the parent, which then
+  kills the whole process group with ``SIGKILL``;
+* **fork bombs**: a per-run ``pids`` cgroup with ``pids.max = max_processes`` where a writable
+  cgroup hierarchy exists (root here), which also lets the parent kill every process of the
+  run afterwards; otherwise ``RLIMIT_NPROC``, which the kernel does not apply to real root
+  (kuid 0), so root without a writable pids cgroup has only the wall-time kill;
+* **environment**: built from scratch (``PATH``, ``LANG``, ``HOME``/``TMPDIR`` = the working
+  directory, one-thread BLAS/OpenMP settings, the run's marker ``SPRO_SANDBOX_RUN``); none of
+  the parent's variables is passed on. The program text and harness settings live outside the
+  working directory.
+
+``isolation="none"`` (or ``"auto"`` where ``unshare`` does not work): no namespaces. The network
+is blocked only by replacing ``socket.socket``/``socket.create_connection`` in the child (a
+Python-level guard that ``ctypes`` can bypass); the file system is **not** read-only and the
+program runs as the parent's user (it could write the user's files or signal the parent);
+leftover processes are found through the pids cgroup if any and by scanning
+``/proc/*/environ`` for the run's marker. Use it only where namespaces are unavailable.
+
+Not defended against: a program that inspects the harness inside its own interpreter (e.g. walks
+stack frames) to forge a test result; kernel exploits.
 """
 
 from __future__ import annotations
