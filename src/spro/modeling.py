@@ -1,0 +1,113 @@
+"""Loading and saving Hugging Face causal LMs with clear errors.
+
+``load_model_and_tokenizer(path)`` checks that the folder holds a causal LM config and a
+tokenizer with pad and eos tokens before the caller starts work, and names what is wrong.
+``save_model_and_tokenizer(model, tokenizer, path)`` writes atomically (a temporary sibling
+folder renamed into place), so a crash never leaves a half-written checkpoint under ``path``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class ModelLoadError(ValueError):
+    """The folder is not a loadable causal LM with a usable tokenizer."""
+
+
+def load_tokenizer(path: str | os.PathLike, *, padding_side: str | None = None) -> Any:
+    """``AutoTokenizer.from_pretrained(path)``, checked for pad and eos tokens."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the folder named
+        raise ModelLoadError(f"{path}: could not load a tokenizer ({type(exc).__name__}: {exc})") from exc
+    if tok.eos_token_id is None:
+        raise ModelLoadError(f"{path}: the tokenizer has no eos_token; set one (tokenizer.eos_token = ...) and save again")
+    if tok.pad_token_id is None:
+        raise ModelLoadError(
+            f"{path}: the tokenizer has no pad_token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token) "
+            "and save again"
+        )
+    if padding_side is not None:
+        tok.padding_side = padding_side
+    return tok
+
+
+def load_model_and_tokenizer(
+    path: str | os.PathLike, *, dtype: Any = None, device: Any = None, padding_side: str | None = None
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from an HF folder, with ModelLoadError (a ValueError) naming the problem.
+
+    Checks: the folder exists and has a ``config.json`` whose architecture loads with
+    ``AutoModelForCausalLM``; the tokenizer loads and has eos and pad tokens. The model's
+    generation config gets the tokenizer's pad/eos ids where it lacks them.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: model folder does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: no config.json; not a Hugging Face model folder")
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: unreadable config.json ({type(exc).__name__}: {exc})") from exc
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(
+            f"{path}: model_type {config.model_type!r} is not a causal LM (AutoModelForCausalLM cannot load it)"
+        )
+    tok = load_tokenizer(path, padding_side=padding_side)
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: could not load the causal LM weights ({type(exc).__name__}: {exc})") from exc
+    gc = model.generation_config
+    if gc.pad_token_id is None:
+        gc.pad_token_id = tok.pad_token_id
+    if gc.eos_token_id is None:
+        gc.eos_token_id = tok.eos_token_id
+    if device is not None:
+        model.to(device)
+    return model, tok
+
+
+def save_model_and_tokenizer(
+    model: Any, tokenizer: Any, path: str | os.PathLike, *, extra_files: dict[str, str] | None = None
+) -> Path:
+    """Save both to ``path`` atomically: write into a temporary sibling folder, then rename.
+
+    ``extra_files`` maps file names to text written alongside. An existing ``path`` is replaced
+    (moved aside, then deleted after the rename).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "x")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
