@@ -479,6 +479,17 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _expand_dotted(data: dict) -> dict:
+    """Turn top-level 'a.b: v' entries of a YAML file into nested mappings."""
+    out: dict = {}
+    for k, v in data.items():
+        if isinstance(k, str) and "." in k:
+            _set_dotted(out, k, v)
+        else:
+            out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
 def _merge(base: dict, new: dict) -> dict:
     out = dict(base)
     for k, v in new.items():
@@ -550,10 +561,15 @@ def load_config(
     values of the wrong type (naming the key) and invalid combinations (see :func:`validate`).
     """
     data: dict = {}
-    if preset:
-        data = _merge(data, _read_yaml(preset_path(preset)))
-    if path is not None:
-        data = _merge(data, _read_yaml(Path(path)))
+    try:
+        if preset:
+            data = _merge(data, _expand_dotted(_read_yaml(preset_path(preset))))
+        if path is not None:
+            data = _merge(data, _expand_dotted(_read_yaml(Path(path))))
+    except ConfigError as e:
+        if path is not None and str(path) not in str(e):
+            raise ConfigError(f"{path}: {e}") from None
+        raise
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(data, key, value)

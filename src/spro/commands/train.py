@@ -16,6 +16,11 @@ overrides, e.g.
   spro train --resume runs/grpo                 # continue from the latest checkpoint
   spro train --config run.yaml --print-config   # show the full resolved config and exit
   accelerate launch -m spro train --config run.yaml   # data parallel over processes
+  accelerate launch --multi_gpu --num_processes 2 -m spro train --config run.yaml device=cpu
+                                                # two CPU processes (torchrun + gloo)
+
+rollout.prompts_per_step is the global number of prompts per step; it must be divisible by the
+number of processes (each process generates whole groups).
 
 Override values use YAML syntax (true, 1e-5, null, [a, b], {k: v}). Every key, with its
 default and help text:

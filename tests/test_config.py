@@ -1,0 +1,125 @@
+"""TrainConfig: YAML + presets + typed overrides, suggestions for unknown keys, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+import yaml
+
+from spro import config as C
+from spro.config import ConfigError, TrainConfig, load_config
+
+
+def _walk(cls):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        yield cls, f
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _walk(hints[f.name])
+
+
+def test_every_field_has_help_text_and_defaults_validate():
+    for cls, f in list(_walk(TrainConfig)) + list(_walk(C.RewardSpec)):
+        assert f.metadata.get("help", "").strip(), f"{cls.__name__}.{f.name} has no help text"
+    C.validate(TrainConfig())
+    assert "arXiv:2507.01551" in C.AlgorithmConfig.__dataclass_fields__["beta"].metadata["help"]
+
+
+def test_yaml_then_overrides_with_types(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "seed": 3, "algorithm": {"name": "grpo", "beta": 0.1}, "optim.lr": "3e-5",
+        "data": {"rewards": [{"name": "arithmetic", "weight": 2}]},
+    }))
+    cfg = load_config(path, ["optim.lr=2e-5", "logging.tensorboard=false", "algorithm.clip_eps_high=0.28",
+                             "data.task_kwargs.num_operands=[2, 3]", "model.ref_model=null", "total_steps=7"])
+    assert cfg.seed == 3 and cfg.algorithm.name == "grpo" and cfg.algorithm.beta == 0.1
+    assert cfg.optim.lr == 2e-5 and isinstance(cfg.optim.lr, float)
+    assert cfg.logging.tensorboard is False and cfg.algorithm.clip_eps_high == 0.28
+    assert cfg.data.task_kwargs == {"num_operands": [2, 3]} and cfg.total_steps == 7
+    assert cfg.data.rewards == [C.RewardSpec("arithmetic", 2.0)]
+    assert load_config(path).optim.lr == 3e-5  # "3e-5" from YAML (a string in YAML 1.1) is a float
+
+
+@pytest.mark.parametrize("override, match", [
+    ("algorithm.nam=spro", "unknown config key 'algorithm.nam'; did you mean 'algorithm.name'"),
+    ("lr=1e-5", "did you mean 'optim.lr'"),
+    ("rollout.temprature=0.7", "did you mean 'rollout.temperature'"),
+    ("algorithm.name=sprp", "algorithm.name: 'sprp' is not one of .*did you mean 'spro'"),
+    ("algorithm.loss_agg=token_mean", "did you mean 'token-mean'"),
+])
+def test_unknown_keys_and_choices_suggest_the_closest(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("override, match", [
+    ("rollout.num_generations=4.5", "rollout.num_generations: expected an integer, got 4.5"),
+    ("logging.tensorboard=maybe", "logging.tensorboard: expected true or false"),
+    ("optim.lr=fast", "optim.lr: expected a number"),
+    ("data.rewards=arithmetic", "data.rewards: expected a list"),
+    ("data.rewards=[{weight: 1}]", "data.rewards"),
+    ("seed", "must look like key=value"),
+])
+def test_wrong_types_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=[override])
+
+
+def test_errors_in_a_file_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lrr: 1e-5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key 'optim\.lrr'; did you mean 'optim\.lr'"):
+        load_config(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["rollout.num_generations=1"], "num_generations must be >= 2"),
+    (["rollout.num_generations=4", "algorithm.mini_batch_size=6"], "divisible by the group size"),
+    (["rollout.prompts_per_step=3", "rollout.num_generations=4", "algorithm.mini_batch_size=8"],
+     r"batch .* = 12\) must be divisible by algorithm.mini_batch_size \(8\)"),
+    (["algorithm.grad_accum_steps=3"], "divisible by algorithm.grad_accum_steps"),
+    (["rollout.generation_batch_size=12"], "generation_batch_size .* divisible by the group size"),
+    (["model.use_reference=false"], "needs the reference model"),
+    (["data.accuracy_reward=math"], "not one of data.rewards"),
+    (["rollout.top_p=0"], "top_p"),
+])
+def test_validation(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=overrides)
+
+
+def test_presets():
+    assert {"tiny-arithmetic", "tiny-random"} <= set(C.list_presets())
+    cfg = load_config(preset="tiny-arithmetic", overrides=["algorithm.name=grpo"])
+    assert cfg.model.name_or_path == "warmstart:weak" and cfg.algorithm.name == "grpo"
+    with pytest.raises(ConfigError, match="unknown preset 'tiny-arithmetc'.*did you mean 'tiny-arithmetic'"):
+        load_config(preset="tiny-arithmetc")
+
+
+def test_diff_configs_ignores_what_may_change_on_resume():
+    a = C.to_dict(load_config())
+    b = C.to_dict(load_config(overrides=["total_steps=500", "output_dir=x", "logging.wandb=true", "seed=1"]))
+    assert C.diff_configs(a, b) == ["seed"]
+
+
+def test_cli_print_config_and_help(capsys):
+    from spro.cli import main
+
+    assert main(["train", "--preset", "tiny-random", "--print-config", "algorithm.name=rloo"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["algorithm"]["name"] == "rloo"
+    assert C.config_from_dict(printed) == load_config(preset="tiny-random", overrides=["algorithm.name=rloo"])
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--print-config" in text and "algorithm.beta" in text and "accelerate launch" in text
+    assert main(["train", "--print-config", "optim.lr=abc"]) == 2
+    assert "optim.lr: expected a number" in capsys.readouterr().err
