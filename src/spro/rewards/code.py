@@ -73,6 +73,8 @@ def extract_code(text: Any) -> str:
 class TestSpec:
     """Parsed tests of one row. ``kind`` is "stdio", "call" or "asserts"."""
 
+    __test__ = False  # not a pytest test class
+
     kind: Literal["stdio", "call", "asserts"]
     inputs: list[Any]
     outputs: list[Any]

@@ -107,9 +107,11 @@ _A_RE = re.compile(r"(?:^|[\s;:,.])A:\s*([^\s;].*)")
 
 
 def _clean(s: str) -> str:
-    s = s.strip()
-    s = re.sub(r"^\$+|\$+$", "", s).strip()
-    s = s.rstrip(".").strip()
+    prev = None
+    while prev != s:
+        prev = s
+        s = s.strip().rstrip(".").strip()
+        s = re.sub(r"^\$+|\$+$", "", s)
     return s
 
 
