@@ -59,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Literal, Sequence
 
@@ -371,7 +372,15 @@ def _resolve_isolation(isolation: str) -> str:
     ok = _probe()["namespaces"]
     if isolation == "namespace" and not ok:
         raise RuntimeError(f"namespace isolation requested but unavailable: {_probe()['reason']}")
+    if not ok and not _WARNED:
+        _WARNED.append(True)
+        warnings.warn("spro.sandbox: Linux namespaces unavailable (" + _probe()["reason"] + "); running "
+                      "model-written code with the weaker fallback isolation (see spro.sandbox docs)",
+                      RuntimeWarning, stacklevel=3)
     return "namespace" if ok else "none"
+
+
+_WARNED: list[bool] = []
 
 
 def _base_env(marker: str, home: str) -> dict[str, str]:
