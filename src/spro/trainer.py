@@ -129,6 +129,7 @@ def sequence_logps(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
     idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the response tokens (and per-token entropies) in one forward pass.
@@ -137,7 +138,8 @@ def sequence_logps(
     the attention mask as in ``generate``. Logits are divided by ``temperature`` (the sampling
     distribution). Only the last T+1 positions' logits are computed (``logits_to_keep``).
     Returns ``(logp [b, T], entropy [b, T] or None)`` for the rows ``idx`` (default: all).
-    Gradients flow when called outside ``torch.no_grad()``.
+    Gradients flow when called outside ``torch.no_grad()`` (to the entropy only if
+    ``entropy_grad``).
     """
     p_ids, p_mask, c_ids, c_mask = batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
     if idx is not None:
@@ -151,7 +153,13 @@ def sequence_logps(
     if temperature != 1.0:
         logits = logits / temperature
     logp = logits.gather(-1, c_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    ent = entropy_from_logits(logits) if with_entropy else None
+    ent = None
+    if with_entropy:
+        if entropy_grad:
+            ent = entropy_from_logits(logits)
+        else:
+            with torch.no_grad():
+                ent = entropy_from_logits(logits.detach())
     return logp, ent
 
 
@@ -348,6 +356,8 @@ class Trainer:
                 f"({self.local_batch} responses)"
             )
         self.micro = self.mini // a.grad_accum_steps
+        # one optimizer step per batch: the training forward pass doubles as the pi_old pass
+        self.on_policy = a.ppo_epochs == 1 and self.mini == self.local_batch and a.grad_accum_steps == 1
         self.estimator = get_estimator(a.name)
         self.needs_ref = cfg.model.use_reference or a.name in ("spro", "prime") or a.kl_coef > 0
         self.loss_agg = "seq-mean-token-sum-norm" if a.name == "dr_grpo" else a.loss_agg
@@ -556,10 +566,19 @@ class Trainer:
         rewards, correct, reward_stats = self.score(rows, batch.completions)
         rewards = rewards.to(mask.device)
 
-        # 3. log-probs of the sampling policy and the reference, once per batch
+        # 3. log-probs of the sampling policy and the reference, once per batch. With one
+        #    optimizer step per batch (on-policy) the training forward pass itself gives
+        #    log pi_old (= its detached values), so no separate no-grad policy pass is run.
         t0 = time.perf_counter()
-        old_logp, entropy = self._logps_no_grad(self.model, batch, with_entropy=True)
         ref_logp = self._logps_no_grad(self.ref, batch, with_entropy=False)[0] if self.ref is not None else None
+        fused = None
+        if self.on_policy:
+            logp, ent = sequence_logps(self.ddp_model, batch, temperature=self.cfg.rollout.temperature,
+                                       with_entropy=True, entropy_grad=a.entropy_coef > 0)
+            fused = (logp, ent if a.entropy_coef > 0 else None)
+            old_logp, entropy = logp.detach(), ent.detach()
+        else:
+            old_logp, entropy = self._logps_no_grad(self.model, batch, with_entropy=True)
         mb = mask.bool()
         if not torch.isfinite(old_logp[mb]).all():
             raise self._diverged("the sampling policy's log-probs")
@@ -579,7 +598,7 @@ class Trainer:
 
         # 5. PPO update
         t0 = time.perf_counter()
-        upd = self.ppo_update(batch, old_logp, ref_logp, adv, step)
+        upd = self.ppo_update(batch, old_logp, ref_logp, adv, step, fused=fused)
         t_update = time.perf_counter() - t0
 
         # 6. metrics (reduced over processes)
@@ -606,7 +625,13 @@ class Trainer:
         return {}
 
     def ppo_update(self, batch: RolloutBatch, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-                   adv: torch.Tensor, step: int) -> dict[str, float]:
+                   adv: torch.Tensor, step: int, fused: tuple | None = None) -> dict[str, float]:
+        """PPO epochs over mini-batches with gradient accumulation; one optimizer step per mini-batch.
+
+        ``fused``: ``(logp, entropy)`` of the whole batch from a forward pass that still holds
+        its graph (the on-policy case: one epoch, one mini-batch, no accumulation), reused
+        instead of a second forward pass.
+        """
         cfg, a = self.cfg, self.cfg.algorithm
         B, accum = len(batch), a.grad_accum_steps
         mask = batch.completion_mask
@@ -625,8 +650,11 @@ class Trainer:
                     idx = mb_idx[k * self.micro : (k + 1) * self.micro]
                     sync = contextlib.nullcontext() if k == accum - 1 else self.acc.no_sync(self.ddp_model)
                     with sync:
-                        logp, ent = sequence_logps(self.ddp_model, batch, temperature=cfg.rollout.temperature,
-                                                   with_entropy=a.entropy_coef > 0, idx=idx)
+                        if fused is not None:
+                            logp, ent = fused
+                        else:
+                            logp, ent = sequence_logps(self.ddp_model, batch, temperature=cfg.rollout.temperature,
+                                                       with_entropy=a.entropy_coef > 0, idx=idx)
                         if not torch.isfinite(logp[mask[idx].bool()]).all():
                             raise self._diverged("the policy's log-probs during the update")
                         loss, m = policy_loss(

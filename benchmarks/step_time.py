@@ -1,0 +1,140 @@
+"""Step time of spro's trainer (GRPO and SPRO) against TRL's GRPOTrainer, on CPU.
+
+Same tiny model (spro.tiny defaults, ~1M parameters, random init), same batch (8 prompts x 8
+samples = 64 responses, 32 new tokens, temperature 1, top-p 1), one optimizer step per batch,
+a frozen reference model in all three (KL coefficient 0.04, so TRL loads one too), AdamW,
+fp32, no gradient checkpointing, all on CPU. A step = generation + rewards + log-probs +
+advantages + update.
+
+The blocks run interleaved (spro-GRPO, spro-SPRO, TRL, repeated ``--rounds`` times, each block
+``--steps`` steps after one warm-up step) so load from other processes on the machine hits all
+three alike; the medians over all timed steps are compared.
+
+    python benchmarks/step_time.py [--rounds 2] [--steps 4] [--out runs/bench]
+
+Targets (issue 4): SPRO / GRPO <= 1.05 (SPRO's process reward reuses the log-probs GRPO with a
+reference model computes anyway); spro / TRL <= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPTS, G, NEW_TOKENS, KL, LR = 8, 8, 32, 0.04, 1e-5
+
+
+def make_model(folder: Path) -> Path:
+    from spro.tiny import build_char_tokenizer, build_tiny_model
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(tok, seed=0)
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def spro_block(model_dir: Path, out: Path, algorithm: str, steps: int) -> list[float]:
+    from spro.config import load_config
+    from spro.trainer import Trainer
+
+    cfg = load_config(overrides=[
+        f"model.name_or_path={model_dir}", f"output_dir={out}", f"algorithm.name={algorithm}",
+        f"total_steps={steps + 1}", "eval_every=-1", "device=cpu", "data.task=arithmetic", "data.train_size=2000",
+        f"rollout.prompts_per_step={PROMPTS}", f"rollout.num_generations={G}", f"rollout.max_new_tokens={NEW_TOKENS}",
+        f"algorithm.kl_coef={KL}", f"optim.lr={LR}", "logging.tensorboard=false", "logging.progress_bar=false",
+    ])
+    t = Trainer(cfg)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        t.train_step()
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    t.logger.close()
+    return times
+
+
+def trl_block(model_dir: Path, out: Path, steps: int) -> list[float]:
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from spro.tasks import get_task
+    from spro.tasks.arithmetic import arithmetic_reward
+
+    ds = get_task("arithmetic").split("train", n=2000)
+    ds = datasets.Dataset.from_dict({"prompt": ds["prompt"], "answer": ds["answer"]})
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    args = GRPOConfig(
+        output_dir=str(out), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=PROMPTS * G, gradient_accumulation_steps=1, steps_per_generation=1,
+        num_generations=G, max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0,
+        beta=KL, loss_type="grpo", learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
+        max_steps=steps + 1, logging_steps=1, report_to="none", save_strategy="no", seed=0,
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step > 1:
+                times.append(time.perf_counter() - self.t0)
+
+    trainer = GRPOTrainer(model=model, reward_funcs=arithmetic_reward, args=args, train_dataset=ds,
+                          processing_class=tok, callbacks=[Timer()])
+    trainer.train()
+    return times
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per block (after one warm-up step)")
+    ap.add_argument("--out", default=None, help="scratch folder (default: a temporary one)")
+    args = ap.parse_args()
+    import torch
+    import transformers
+    import trl
+
+    root = Path(args.out or tempfile.mkdtemp(prefix="spro-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    model_dir = make_model(root / "model")
+    res: dict[str, list[float]] = {"spro-grpo": [], "spro-spro": [], "trl-grpo": []}
+    for r in range(args.rounds):
+        res["spro-grpo"] += spro_block(model_dir, root / f"grpo{r}", "grpo", args.steps)
+        res["spro-spro"] += spro_block(model_dir, root / f"spro{r}", "spro", args.steps)
+        res["trl-grpo"] += trl_block(model_dir, root / f"trl{r}", args.steps)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {statistics.median(v):.3f}s" for k, v in res.items()),
+              flush=True)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+          f"{torch.get_num_threads()} threads; batch {PROMPTS} prompts x {G} samples, {NEW_TOKENS} new tokens")
+    print(f"{'trainer':<12} {'median s/step':>14} {'min':>8} {'max':>8} {'n':>4}")
+    for k, v in res.items():
+        print(f"{k:<12} {med[k]:>14.3f} {min(v):>8.3f} {max(v):>8.3f} {len(v):>4}")
+    r1 = med["spro-spro"] / med["spro-grpo"]
+    r2 = med["spro-grpo"] / med["trl-grpo"]
+    r3 = med["spro-spro"] / med["trl-grpo"]
+    print(f"\nSPRO / GRPO (this trainer, both with a reference model): {r1:.3f}  (target <= 1.05: "
+          f"{'met' if r1 <= 1.05 else 'NOT met'})")
+    print(f"this trainer / TRL GRPOTrainer (GRPO step): {r2:.3f}  (target <= 0.8: {'met' if r2 <= 0.8 else 'NOT met'})")
+    print(f"this trainer's SPRO step / TRL GRPO step: {r3:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
