@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from spro.data import get_load_report, load_prompt_dataset
+from spro.data import default_reward, get_load_report, load_prompt_dataset
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -141,3 +141,9 @@ def test_loaded_rows_feed_the_rewards():
                    "```python\ndef square(n):\n    return n * n\n```"]
     r = get_reward("eurus")(ds["prompt"], completions, answer=ds["answer"], data_source=ds["data_source"])
     assert r == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_default_reward_per_schema():
+    assert default_reward(_load(FIX / "eurus.jsonl")[0]) == "eurus"
+    assert default_reward(_load(FIX / "gsm8k.jsonl")[0]) == "math"
+    assert default_reward(_load(FIX / "code_asserts.jsonl", column_map={"answer": "tests"})[0]) == "code"

@@ -49,7 +49,7 @@ from typing import Any, Iterator, Literal, Mapping
 
 import datasets
 
-__all__ = ["load_prompt_dataset", "LoadReport", "get_load_report", "SCHEMAS"]
+__all__ = ["load_prompt_dataset", "LoadReport", "get_load_report", "default_reward", "SCHEMAS"]
 
 SCHEMAS = ("eurus", "gsm8k", "math", "plain")
 _REPORT_KEY = "spro_load_report"
@@ -482,3 +482,15 @@ def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
                 data[k] = [None if v is None else (v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
                            for v in vals]
         return datasets.Dataset.from_dict(data)
+
+
+def default_reward(ds: datasets.Dataset) -> str:
+    """The registered reward name that fits a dataset from :func:`load_prompt_dataset`:
+    ``"eurus"`` for Eurus-style data (math and code rows mixed, routed by ``data_source``),
+    ``"code"`` for rows with a ``tests`` column, otherwise ``"math"``."""
+    rep = get_load_report(ds)
+    if rep is not None and rep.schema == "eurus":
+        return "eurus"
+    if "tests" in ds.column_names:
+        return "code"
+    return "math"

@@ -28,6 +28,7 @@ with a warning naming the row); otherwise 1.0 if equivalent else 0.0.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import functools
 import logging
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import threading
 import warnings
+import weakref
 from typing import Any, Sequence
 
 from spro.rewards import count_event, register_reward
@@ -196,8 +198,21 @@ def _can_use_alarm() -> bool:
     return threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
 
 
+_WARM = False
+
+
+def _warmup() -> None:
+    """Import math-verify and run it once, so that its one-off start-up cost (imports, grammar
+    set-up: seconds on a busy machine) is not charged to the first row's time limit."""
+    global _WARM
+    if not _WARM:
+        _grade_unlimited("1", "1")
+        _WARM = True
+
+
 def _grade_with_alarm(pred: str, gold: str, timeout: float) -> bool:
     """Grade in the current (main) thread under a SIGALRM interval timer."""
+    _warmup()
 
     def handler(signum: int, frame: Any) -> None:
         raise GradeTimeout()
@@ -282,6 +297,9 @@ class _Worker:
             try:
                 self.proc.kill()
                 self.proc.wait()
+                for f in (self.proc.stdin, self.proc.stdout):
+                    if f is not None:
+                        f.close()
             except OSError:
                 pass
             self.proc = None
@@ -290,6 +308,7 @@ class _Worker:
 
 def _serve() -> None:
     """Worker loop: read ``[pred, gold, timeout]`` lines, answer ``true``/``false``/``null``."""
+    _warmup()
     for line in sys.stdin:
         pred, gold, timeout = json.loads(line)
         try:
@@ -302,6 +321,15 @@ def _serve() -> None:
         sys.stdout.flush()
 
 
+_ALL_POOLS: "weakref.WeakSet[_Pool]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_pools() -> None:
+    for p in list(_ALL_POOLS):
+        p.close()
+
+
 class _Pool:
     """``workers`` grading processes; a worker that does not answer in time is killed and
     replaced on next use."""
@@ -311,6 +339,7 @@ class _Pool:
         self._free: queue.Queue[_Worker] = queue.Queue()
         for _ in range(self.workers):
             self._free.put(_Worker())
+        _ALL_POOLS.add(self)
 
     def _one(self, pair: tuple[str, str], timeout: float) -> bool | None:
         w = self._free.get()
