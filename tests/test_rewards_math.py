@@ -185,3 +185,18 @@ def test_format_reward_and_length_penalty():
     assert pen(["p"] * 3, ["", "ab", "abcdefgh"]) == [0.0, -0.25, -0.5]
     with pytest.raises(ValueError):
         make_length_penalty(0.5, 0)
+
+
+def _grade_in_child(pair):
+    try:
+        return grade_answer(*pair, timeout=0.5)
+    except GradeTimeout:
+        return "timeout"
+
+
+def test_time_limit_works_inside_worker_processes():
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as ex:
+        assert list(ex.map(_grade_in_child, [("\\frac{1}{2}", "0.5"), SLOW_PAIR])) == [True, "timeout"]
