@@ -73,25 +73,73 @@ def _float_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+class _Mask:
+    """A validated ``[B, T]`` 0/1 mask with cached bool and float views.
+
+    Validation avoids ``[B, T]`` temporaries: bool masks need none; integer masks are checked
+    with ``aminmax``; floating masks with ``aminmax`` plus ``sum == count_nonzero`` (exact
+    while the count fits the dtype's mantissa, otherwise ``count_nonzero(mask == 1)``).
+    """
+
+    def __init__(self, mask: Any, name: str = "mask"):
+        mask = _as_tensor(mask, name)
+        if mask.dim() != 2:
+            raise ValueError(f"{name} must be 2-D [B, T], got shape {tuple(mask.shape)}")
+        if mask.shape[0] == 0:
+            raise ValueError(f"{name}: empty batch (B = 0)")
+        if mask.is_complex():
+            raise ValueError(f"{name} must be bool or real numeric, got {mask.dtype}")
+        self.raw, self.name, self.shape, self.device = mask, name, mask.shape, mask.device
+        self._b: Tensor | None = mask if mask.dtype == torch.bool else None
+        self._notb: Tensor | None = None
+        self._f: dict[torch.dtype, Tensor] = {}
+        if mask.dtype == torch.bool or mask.numel() == 0:
+            return
+        lo, hi = torch.aminmax(mask)
+        ok = bool(lo >= 0) and bool(hi <= 1)  # False for NaN too
+        if ok and mask.is_floating_point():
+            if mask.numel() <= 2 / torch.finfo(mask.dtype).eps and mask.is_contiguous():
+                # with 0 <= m <= 1, sum(m) == sum(m * m) iff every m is 0 or 1 (m - m^2 >= 0);
+                # sums of 0/1 values are exact while the count fits the mantissa
+                flat = mask.view(-1)
+                ok = bool(flat.sum() == torch.dot(flat, flat))
+            else:
+                ok = bool(torch.count_nonzero(mask) == torch.count_nonzero(mask == 1))
+        if not ok:
+            bad = ((mask != 0) & (mask != 1)).nonzero()[0].tolist()
+            raise ValueError(
+                f"{name} must contain only 0 and 1; found {mask[bad[0], bad[1]].item()!r} "
+                f"at row {bad[0]}, token {bad[1]}"
+            )
+
+    @property
+    def b(self) -> Tensor:
+        """bool [B, T]"""
+        if self._b is None:
+            self._b = self.raw != 0
+        return self._b
+
+    @property
+    def notb(self) -> Tensor:
+        """~bool [B, T]"""
+        if self._notb is None:
+            self._notb = ~self.b
+        return self._notb
+
+    def f(self, dtype: torch.dtype) -> Tensor:
+        """the mask as a 0./1. tensor of `dtype` (the caller's tensor when it already is)"""
+        if dtype not in self._f:
+            self._f[dtype] = self.raw if self.raw.dtype == dtype else self.raw.to(dtype)
+        return self._f[dtype]
+
+    def owns_f(self, dtype: torch.dtype) -> bool:
+        return self.raw.dtype != dtype
+
+
 def _check_mask(mask: Any, name: str = "mask") -> tuple[Tensor, Tensor]:
-    """Validate a [B, T] 0/1 mask; return (original tensor, bool view/copy)."""
-    mask = _as_tensor(mask, name)
-    if mask.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [B, T], got shape {tuple(mask.shape)}")
-    if mask.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch (B = 0)")
-    if mask.dtype == torch.bool:
-        return mask, mask
-    if mask.is_complex():
-        raise ValueError(f"{name} must be bool or real numeric, got {mask.dtype}")
-    mb = mask != 0  # NaN counts as nonzero here and then fails the == 1 test below
-    if torch.count_nonzero(mb) != torch.count_nonzero(mask == 1):
-        bad = ((mask != 0) & (mask != 1)).nonzero()[0].tolist()
-        raise ValueError(
-            f"{name} must contain only 0 and 1; found {mask[bad[0], bad[1]].item()!r} "
-            f"at row {bad[0]}, token {bad[1]}"
-        )
-    return mask, mb
+    """Validate a [B, T] 0/1 mask; return (original tensor, bool mask)."""
+    m = _Mask(mask, name)
+    return m.raw, m.b
 
 
 def _check_group_ids(group_ids: Any, B: int, device: torch.device) -> tuple[Tensor, int]:
@@ -168,27 +216,50 @@ def _raise_nonfinite(name: str, x: Tensor, mb: Tensor) -> None:
         )
 
 
-def _masked_values(x: Tensor, mb: Tensor, name: str, dtype: torch.dtype) -> Tensor:
-    """x as `dtype`, 0 where mask is 0, checked finite at valid positions. Fresh tensor."""
-    out = torch.where(mb, x.to(dtype), 0.0)
+def _masked_values(x: Tensor, m: _Mask, name: str, dtype: torch.dtype) -> Tensor:
+    """x as `dtype`, 0 where mask is 0, checked finite at valid positions. Fresh tensor.
+
+    Fast path: multiply by the float mask and test the sum for finiteness; only when that
+    fails (non-finite values somewhere, possibly only at masked positions) are the valid
+    positions inspected and the masked ones replaced with ``torch.where``."""
+    out = torch.mul(x.to(dtype), m.f(dtype))
+    if bool(torch.isfinite(out.sum())):
+        return out
+    _raise_nonfinite(name, x, m.b)
+    out = torch.where(m.b, x.to(dtype), 0.0)
     if not bool(torch.isfinite(out.sum())):
-        _raise_nonfinite(name, x, mb)
         raise ValueError(f"{name}: values overflow when summed; rescale them")
     return out
 
 
 def _process_reward(
-    logp: Tensor, ref_logp: Tensor, mb: Tensor, beta: float, dtype: torch.dtype, names=("logp", "ref_logp")
+    logp: Tensor, ref_logp: Tensor, m: _Mask, beta: float, dtype: torch.dtype, names=("logp", "ref_logp")
 ) -> Tensor:
-    """beta * (logp - ref_logp) at valid positions, 0 elsewhere. Fresh [B, T] tensor."""
+    """beta * (logp - ref_logp) at valid positions, 0 elsewhere. Fresh [B, T] tensor (same
+    fast path / slow path as `_masked_values`)."""
     p = torch.sub(logp.to(dtype), ref_logp.to(dtype))
-    p.mul_(beta)
-    p.masked_fill_(~mb, 0.0)
+    p.mul_(m.f(dtype))
+    if beta != 1.0:
+        p.mul_(beta)
+    if bool(torch.isfinite(p.sum())):
+        return p
+    _raise_nonfinite(names[0], logp, m.b)
+    _raise_nonfinite(names[1], ref_logp, m.b)
+    p = torch.where(m.b, logp.to(dtype) - ref_logp.to(dtype), 0.0).mul_(beta)
     if not bool(torch.isfinite(p.sum())):
-        _raise_nonfinite(names[0], logp, mb)
-        _raise_nonfinite(names[1], ref_logp, mb)
         raise ValueError(f"beta * ({names[0]} - {names[1]}) overflows when summed; check the inputs")
     return p
+
+
+def _contiguous_group_size(inv: Tensor, G: int) -> int | None:
+    """n when the batch is laid out as G consecutive blocks of n responses each (the layout
+    trainers produce with repeat_interleave), else None. Costs O(B)."""
+    B = inv.shape[0]
+    if B % G:
+        return None
+    n = B // G
+    expected = torch.arange(G, device=inv.device).repeat_interleave(n)
+    return n if bool(torch.equal(inv, expected)) else None
 
 
 def _group_sum(values: Tensor, inv: Tensor, G: int) -> Tensor:
@@ -238,8 +309,7 @@ def _outcome_advantage(r: Tensor, inv: Tensor, G: int, scale: str, eps: float) -
     if scale == "none":
         return centered
     var = _group_sum(centered * centered, inv, G) / (n - 1).clamp(min=1)
-    adv = centered / (var.sqrt()[inv] + eps)
-    return torch.where(n[inv] > 1, adv, 0.0)
+    return centered / _safe_denom(var.sqrt(), eps, n)[inv]
 
 
 def rloo_advantage(rewards: Tensor, group_ids: Tensor) -> Tensor:
@@ -287,12 +357,13 @@ def cumulative_process_reward(logp: Tensor, ref_logp: Tensor, mask: Tensor, beta
         ``[B, T]`` cumulative process reward, 0 at masked positions.
     """
     beta = _check_scalar(beta, "beta", nonneg=True)
-    mask, mb = _check_mask(mask)
-    logp = _check_bt(logp, "logp", mask.shape, mask.device)
-    ref_logp = _check_bt(ref_logp, "ref_logp", mask.shape, mask.device)
-    p = _process_reward(logp, ref_logp, mb, beta, _float_dtype(logp, ref_logp))
+    m = _Mask(mask)
+    logp = _check_bt(logp, "logp", m.shape, m.device)
+    ref_logp = _check_bt(ref_logp, "ref_logp", m.shape, m.device)
+    dtype = _float_dtype(logp, ref_logp)
+    p = _process_reward(logp, ref_logp, m, beta, dtype)
     p.cumsum_(dim=1)
-    return p.masked_fill_(~mb, 0.0)
+    return p.mul_(m.f(dtype))
 
 
 def masked_step_advantage(
@@ -322,53 +393,71 @@ def masked_step_advantage(
         ``[B, T]`` MSA, 0 at masked positions.
     """
     eps = _check_scalar(eps, "eps", nonneg=True)
-    mask, mb = _check_mask(mask)
-    cpr = _check_bt(cpr, "cpr", mask.shape, mask.device)
-    inv, G = _check_group_ids(group_ids, mask.shape[0], mask.device)
-    dtype = _float_dtype(cpr)
-    vals = _masked_values(cpr, mb, "cpr", dtype)
-    return _msa_(vals, mb, inv, G, scale_std, eps)
+    m = _Mask(mask)
+    cpr = _check_bt(cpr, "cpr", m.shape, m.device)
+    inv, G = _check_group_ids(group_ids, m.shape[0], m.device)
+    vals = _masked_values(cpr, m, "cpr", _float_dtype(cpr))
+    return _msa_(vals, m, inv, G, scale_std, eps)
 
 
-def _msa_(vals: Tensor, mb: Tensor, inv: Tensor, G: int, scale_std: bool, eps: float) -> Tensor:
-    """Per-index masked group baseline, in place on `vals` (0 at masked positions already)."""
-    count = _group_sum(mb.to(vals.dtype), inv, G)
+def _safe_denom(std: Tensor, eps: float, n: Tensor) -> Tensor:
+    """std + eps, replaced by 1 where fewer than two values or where it is 0 (then the centred
+    values are all 0 and stay 0 instead of becoming 0/0)."""
+    denom = std.add_(eps)
+    return torch.where((n < 2) | (denom == 0), 1.0, denom)
+
+
+def _msa_(vals: Tensor, m: _Mask, inv: Tensor, G: int, scale_std: bool, eps: float, a_out: Tensor | None = None) -> Tensor:
+    """Per-index masked group baseline, in place on `vals` (0 at masked positions already);
+    adds the per-response outcome term `a_out` [B] when given. 0 at masked positions."""
+    mf = m.f(vals.dtype)
+    B, T = vals.shape
+    n = _contiguous_group_size(inv, G)
+    if n is not None and not scale_std:
+        # fast path, groups are consecutive blocks of n rows: strided sums and a broadcast
+        # subtraction instead of index_add_ / index_select (same arithmetic otherwise)
+        count = mf.view(G, n, T).sum(dim=1)
+        base = vals.view(G, n, T).sum(dim=1).div_(count.clamp_(min=1))
+        vals.view(G, n, T).sub_(base.unsqueeze(1))
+        if a_out is not None:
+            vals.add_(a_out.unsqueeze(1))
+        return vals.mul_(mf)
+    count = _group_sum(mf, inv, G)  # [G, T] number of valid responses at each index
     base = _group_sum(vals, inv, G).div_(count.clamp(min=1))
-    vals.sub_(base.index_select(0, inv))
-    vals.masked_fill_(~mb, 0.0)
+    scratch = base.index_select(0, inv)
+    vals.sub_(scratch)
     if scale_std:
-        var = _group_sum(vals * vals, inv, G).div_((count - 1).clamp_(min=1))
-        denom = var.sqrt_().add_(eps).index_select(0, inv)
-        vals.div_(denom)
-        vals.masked_fill_(~mb | (count.index_select(0, inv) < 2), 0.0)
-    return vals
+        vals.mul_(mf)
+        var = _group_sum(torch.mul(vals, vals, out=scratch), inv, G).div_((count - 1).clamp(min=1))
+        vals.div_(torch.index_select(_safe_denom(var.sqrt_(), eps, count), 0, inv, out=scratch))
+    if a_out is not None:
+        vals.add_(a_out.unsqueeze(1))
+    return vals.mul_(mf)
 
 
-def _pooled_(vals: Tensor, mb: Tensor, inv: Tensor, G: int, scale_std: bool, eps: float) -> Tensor:
+def _pooled_(vals: Tensor, m: _Mask, inv: Tensor, G: int, scale_std: bool, eps: float) -> Tensor:
     """Token-pooled group baseline: mean over all valid tokens of the group (inclusive)."""
-    count = _group_sum(mb.sum(dim=1).to(vals.dtype), inv, G)
+    count = _group_sum(m.b.sum(dim=1).to(vals.dtype), inv, G)
     base = _group_sum(vals.sum(dim=1), inv, G) / count.clamp(min=1)
     vals.sub_(base[inv].unsqueeze(1))
-    vals.masked_fill_(~mb, 0.0)
+    vals.masked_fill_(m.notb, 0.0)
     if scale_std:
         var = _group_sum((vals * vals).sum(dim=1), inv, G) / (count - 1).clamp(min=1)
-        denom = (var.sqrt() + eps)[inv].unsqueeze(1)
-        vals.div_(denom)
-        vals.masked_fill_(~mb | (count[inv] < 2).unsqueeze(1), 0.0)
+        vals.div_(_safe_denom(var.sqrt(), eps, count)[inv].unsqueeze(1))
     return vals
 
 
-def _pooled_loo_(vals: Tensor, mb: Tensor, inv: Tensor, G: int) -> Tensor:
+def _pooled_loo_(vals: Tensor, m: _Mask, inv: Tensor, G: int) -> Tensor:
     """PRIME-style leave-one-out baseline: mean over the group's OTHER non-empty responses of
     their per-response mean value. 0 for a response with no other non-empty response."""
-    length = mb.sum(dim=1).to(vals.dtype)
+    length = m.b.sum(dim=1).to(vals.dtype)
     nonempty = (length > 0).to(vals.dtype)
     rmean = vals.sum(dim=1) / length.clamp(min=1)  # 0 for empty rows
     n_other = _group_sum(nonempty, inv, G)[inv] - nonempty
     s_other = _group_sum(rmean, inv, G)[inv] - rmean
     base = s_other / n_other.clamp(min=1)
     vals.sub_(base.unsqueeze(1))
-    vals.masked_fill_(~mb | (n_other == 0).unsqueeze(1), 0.0)
+    vals.masked_fill_(m.notb | (n_other == 0).unsqueeze(1), 0.0)
     return vals
 
 
@@ -428,28 +517,24 @@ def spro_advantage(
     _check_choice(baseline, "baseline", ("masked_step", "pooled", "pooled_loo"))
     if baseline == "pooled_loo" and msa_scale_std:
         raise ValueError("msa_scale_std=True is not supported with baseline='pooled_loo'")
-    mask, mb = _check_mask(mask)
-    B = mask.shape[0]
-    rewards = _check_rewards(rewards, B, mask.device)
-    logp = _check_bt(logp, "logp", mask.shape, mask.device)
-    ref_logp = _check_bt(ref_logp, "ref_logp", mask.shape, mask.device)
-    inv, G = _check_group_ids(group_ids, B, mask.device)
+    m = _Mask(mask)
+    B = m.shape[0]
+    rewards = _check_rewards(rewards, B, m.device)
+    logp = _check_bt(logp, "logp", m.shape, m.device)
+    ref_logp = _check_bt(ref_logp, "ref_logp", m.shape, m.device)
+    inv, G = _check_group_ids(group_ids, B, m.device)
     dtype = _float_dtype(rewards, logp, ref_logp)
 
-    vals = _process_reward(logp, ref_logp, mb, beta, dtype)
+    a_out = None if process_only else _outcome_advantage(rewards.to(dtype), inv, G, outcome_scale, eps)
+    vals = _process_reward(logp, ref_logp, m, beta, dtype)  # p, 0 at masked positions
     if process_reward == "cumulative":
         vals.cumsum_(dim=1)
-        vals.masked_fill_(~mb, 0.0)
+        vals.mul_(m.f(dtype))
     if baseline == "masked_step":
-        adv = _msa_(vals, mb, inv, G, msa_scale_std, eps)
-    elif baseline == "pooled":
-        adv = _pooled_(vals, mb, inv, G, msa_scale_std, eps)
-    else:
-        adv = _pooled_loo_(vals, mb, inv, G)
-    if not process_only:
-        a_out = _outcome_advantage(rewards.to(dtype), inv, G, outcome_scale, eps)
-        adv.add_(a_out.unsqueeze(1))
-        adv.masked_fill_(~mb, 0.0)
+        return _msa_(vals, m, inv, G, msa_scale_std, eps, a_out)
+    adv = _pooled_(vals, m, inv, G, msa_scale_std, eps) if baseline == "pooled" else _pooled_loo_(vals, m, inv, G)
+    if a_out is not None:
+        adv.add_(a_out.unsqueeze(1)).masked_fill_(m.notb, 0.0)
     return adv
 
 
@@ -525,7 +610,8 @@ def prime_advantage(
     process_coef = _check_scalar(process_coef, "process_coef")
     whiten_eps = _check_scalar(whiten_eps, "whiten_eps", positive=True)
     _check_choice(process_baseline, "process_baseline", ("others_mean", "verl_recipe"))
-    mask, mb = _check_mask(mask)
+    m = _Mask(mask)
+    mask, mb = m.raw, m.b
     B, T = mask.shape
     rewards = _check_rewards(rewards, B, mask.device)
     prm_logp = _check_bt(prm_logp, "prm_logp", mask.shape, mask.device)
@@ -533,9 +619,9 @@ def prime_advantage(
     inv, G = _check_group_ids(group_ids, B, mask.device)
     dtype = _float_dtype(rewards, prm_logp, ref_logp)
 
-    q = _process_reward(prm_logp, ref_logp, mb, beta, dtype, names=("prm_logp", "ref_logp"))
+    q = _process_reward(prm_logp, ref_logp, m, beta, dtype, names=("prm_logp", "ref_logp"))
     if process_baseline == "others_mean":
-        q = _pooled_loo_(q, mb, inv, G)
+        q = _pooled_loo_(q, m, inv, G)
     else:
         length = mb.sum(dim=1).to(dtype)
         nonempty = (length > 0).to(dtype)
@@ -620,10 +706,11 @@ def _need(est: str, **inputs: Any) -> None:
 
 
 def _broadcast(adv: Tensor, mask: Tensor) -> Tensor:
-    mask, mb = _check_mask(mask)
-    if adv.shape[0] != mask.shape[0]:
-        raise ValueError(f"rewards has {adv.shape[0]} entries but mask has B = {mask.shape[0]} rows")
-    return torch.where(mb, adv.to(mask.device).unsqueeze(1), 0.0)
+    """[B] -> [B, T]: adv[i] at valid positions, 0 elsewhere."""
+    m = _Mask(mask)
+    if adv.shape[0] != m.shape[0]:
+        raise ValueError(f"rewards has {adv.shape[0]} entries but mask has B = {m.shape[0]} rows")
+    return adv.to(m.device).unsqueeze(1) * m.f(adv.dtype)
 
 
 @register_estimator("grpo")
