@@ -260,6 +260,11 @@ def test_asserts_are_per_test_and_unforgeable_by_printing():
     code = "def f(x):\n    return x * 2\nprint('0 PASS')\nprint('1 PASS')\n"
     passed, res = run_asserts(code, ["assert f(2) == 4", "assert f(3) == 7", "assert f(0) == 0"], limits=NORMAL)
     assert passed == [True, False, True]
+    # The harness's result channel is not reachable through the __main__ module.
+    probe = ("import sys\nm = vars(sys.modules['__main__'])\n"
+             "assert not any(k in m for k in ('nonce', '_emit', 'cfg', 'tests'))\nok = True\n")
+    passed, _ = run_asserts(probe, ["assert ok"], limits=NORMAL)
+    assert passed == [True]
     # A program that exits before the tests passes none of them.
     passed, _ = run_asserts("import os\nos._exit(0)\ndef f(x): return 1", ["assert f(1) == 1"], limits=NORMAL)
     assert passed == [False]

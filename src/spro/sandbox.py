@@ -129,140 +129,148 @@ class SandboxResult:
 # --------------------------------------------------------------------------------------------
 RUNNER = r'''
 import json, os, sys, resource
-with open(sys.argv[1], encoding="utf-8") as f:
-    cfg = json.load(f)
-with open(cfg["code_path"], encoding="utf-8") as f:
-    code = f.read()
-if cfg.get("cgroup"):
+
+
+def _main():
+    # Everything is local to this function, so the program cannot reach the harness's state
+    # (the nonce of result lines) through sys.modules['__main__'].
+    with open(sys.argv[1], encoding="utf-8") as f:
+        cfg = json.load(f)
+    with open(cfg["code_path"], encoding="utf-8") as f:
+        code = f.read()
+    if cfg.get("cgroup"):
+        try:
+            with open(os.path.join(cfg["cgroup"], "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError:
+            pass
+    if cfg.get("pid1"):
+        # We are process 1 of a new pid namespace: run the program in a child with ordinary signal
+        # semantics and pass on its exit status; when we exit the kernel kills whatever is left.
+        _pid = os.fork()
+        if _pid:
+            while True:
+                try:
+                    _, _st = os.waitpid(_pid, 0)
+                    break
+                except InterruptedError:
+                    continue
+            if os.WIFSIGNALED(_st):
+                os._exit(128 + os.WTERMSIG(_st))
+            os._exit(os.WEXITSTATUS(_st) if os.WIFEXITED(_st) else 1)
+    work = cfg["workdir"]
+    if cfg.get("lockdown"):
+        # In our own user+mount namespace: everything read-only except the working directory, then
+        # drop every capability so that nothing can be remounted.
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        class _MountAttr(ctypes.Structure):
+            _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64),
+                        ("prop", ctypes.c_uint64), ("userns", ctypes.c_uint64)]
+        _a = _MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY
+        if libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(_a), ctypes.sizeof(_a)) != 0:
+            sys.stderr.write("sandbox: read-only remount failed\n"); os._exit(120)
+        if libc.mount(work.encode(), work.encode(), None, 4096, None) != 0 or \
+           libc.mount(None, work.encode(), None, 32 | 4096, None) != 0:
+            sys.stderr.write("sandbox: workdir bind failed\n"); os._exit(120)
+    os.chdir(work)
+    L = cfg["limits"]
+    def _set(res, v):
+        try:
+            resource.setrlimit(res, (v, v))
+        except (ValueError, OSError):
+            pass
+    _set(resource.RLIMIT_CORE, 0)
+    _set(resource.RLIMIT_FSIZE, L["fsize"])
+    _set(resource.RLIMIT_NOFILE, L["nofile"])
+    _set(resource.RLIMIT_AS, L["as"])
+    _set(resource.RLIMIT_NPROC, L["nproc"])
     try:
-        with open(os.path.join(cfg["cgroup"], "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
-    except OSError:
-        pass
-if cfg.get("pid1"):
-    # We are process 1 of a new pid namespace: run the program in a child with ordinary signal
-    # semantics and pass on its exit status; when we exit the kernel kills whatever is left.
-    _pid = os.fork()
-    if _pid:
-        while True:
-            try:
-                _, _st = os.waitpid(_pid, 0)
-                break
-            except InterruptedError:
-                continue
-        if os.WIFSIGNALED(_st):
-            os._exit(128 + os.WTERMSIG(_st))
-        os._exit(os.WEXITSTATUS(_st) if os.WIFEXITED(_st) else 1)
-work = cfg["workdir"]
-if cfg.get("lockdown"):
-    # In our own user+mount namespace: everything read-only except the working directory, then
-    # drop every capability so that nothing can be remounted.
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    class _MountAttr(ctypes.Structure):
-        _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64),
-                    ("prop", ctypes.c_uint64), ("userns", ctypes.c_uint64)]
-    _a = _MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY
-    if libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(_a), ctypes.sizeof(_a)) != 0:
-        sys.stderr.write("sandbox: read-only remount failed\n"); os._exit(120)
-    if libc.mount(work.encode(), work.encode(), None, 4096, None) != 0 or \
-       libc.mount(None, work.encode(), None, 32 | 4096, None) != 0:
-        sys.stderr.write("sandbox: workdir bind failed\n"); os._exit(120)
-os.chdir(work)
-L = cfg["limits"]
-def _set(res, v):
-    try:
-        resource.setrlimit(res, (v, v))
+        resource.setrlimit(resource.RLIMIT_CPU, (L["cpu"], L["cpu"] + 1))
     except (ValueError, OSError):
         pass
-_set(resource.RLIMIT_CORE, 0)
-_set(resource.RLIMIT_FSIZE, L["fsize"])
-_set(resource.RLIMIT_NOFILE, L["nofile"])
-_set(resource.RLIMIT_AS, L["as"])
-_set(resource.RLIMIT_NPROC, L["nproc"])
-try:
-    resource.setrlimit(resource.RLIMIT_CPU, (L["cpu"], L["cpu"] + 1))
-except (ValueError, OSError):
-    pass
-if cfg.get("lockdown"):
-    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    for _c in range(64):
-        libc.prctl(24, _c, 0, 0, 0)  # PR_CAPBSET_DROP
-    class _H(ctypes.Structure):
-        _fields_ = [("v", ctypes.c_uint32), ("pid", ctypes.c_int)]
-    class _D(ctypes.Structure):
-        _fields_ = [("e", ctypes.c_uint32), ("p", ctypes.c_uint32), ("i", ctypes.c_uint32)]
-    if libc.capset(ctypes.byref(_H(0x20080522, 0)), (_D * 2)()) != 0:
-        sys.stderr.write("sandbox: capset failed\n"); os._exit(120)
-    del libc, ctypes, _MountAttr, _a, _H, _D
-if cfg.get("block_socket"):
-    import socket as _s
-    def _blocked(*a, **k):
-        raise OSError(101, "network is disabled in the spro sandbox")
-    _s.socket = _blocked
-    _s.create_connection = _blocked
-    _s.socketpair = _blocked
-    try:
-        import _socket
-        _socket.socket = _blocked
-    except Exception:
-        pass
-nonce = cfg["nonce"]
-mode = cfg["mode"]
-out = sys.stdout
-def _emit(line):
-    try:
-        out.write("\n" + nonce + " " + line + "\n")
-        out.flush()
-    except Exception:
-        pass
-del f, L, _set
-if mode == "script":
-    del cfg
-    sys.argv = ["main.py"]
-    g = {"__name__": "__main__", "__builtins__": __builtins__}
-    exec(compile(code, "main.py", "exec"), g)
-    sys.exit(0)
-tests = cfg["tests"]
-fn_name = cfg.get("fn_name")
-del cfg
-import traceback
-g = {"__name__": "__main__", "__builtins__": __builtins__}
-sys.stdin = open(os.devnull)
-try:
-    exec(compile(code, "main.py", "exec"), g)
-except BaseException as e:
-    if not isinstance(e, SystemExit):
-        traceback.print_exc()
-if mode == "asserts":
-    for i, t in enumerate(tests):
+    if cfg.get("lockdown"):
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        for _c in range(64):
+            libc.prctl(24, _c, 0, 0, 0)  # PR_CAPBSET_DROP
+        class _H(ctypes.Structure):
+            _fields_ = [("v", ctypes.c_uint32), ("pid", ctypes.c_int)]
+        class _D(ctypes.Structure):
+            _fields_ = [("e", ctypes.c_uint32), ("p", ctypes.c_uint32), ("i", ctypes.c_uint32)]
+        if libc.capset(ctypes.byref(_H(0x20080522, 0)), (_D * 2)()) != 0:
+            sys.stderr.write("sandbox: capset failed\n"); os._exit(120)
+        del libc, ctypes, _MountAttr, _a, _H, _D
+    if cfg.get("block_socket"):
+        import socket as _s
+        def _blocked(*a, **k):
+            raise OSError(101, "network is disabled in the spro sandbox")
+        _s.socket = _blocked
+        _s.create_connection = _blocked
+        _s.socketpair = _blocked
         try:
-            exec(compile(t, "test_%d" % i, "exec"), g)
-            _emit("%d PASS" % i)
-        except BaseException as e:
-            print("test %d failed: %s: %s" % (i, type(e).__name__, str(e)[:200]), file=sys.stderr)
-            _emit("%d FAIL" % i)
-elif mode == "call":
-    fn = g.get(fn_name)
-    if fn is None and "Solution" in g:
-        try:
-            fn = getattr(g["Solution"](), fn_name)
+            import _socket
+            _socket.socket = _blocked
         except Exception:
-            fn = None
-    for i, args in enumerate(tests):
-        if fn is None:
-            _emit("%d ERR" % i)
-            continue
+            pass
+    nonce = cfg["nonce"]
+    mode = cfg["mode"]
+    out = sys.stdout
+    def _emit(line):
         try:
-            if not isinstance(args, list):
-                args = [args]
-            res = fn(*args)
-            _emit("%d RET %s" % (i, json.dumps(res, default=repr)))
-        except BaseException as e:
-            print("call %d failed: %s: %s" % (i, type(e).__name__, str(e)[:200]), file=sys.stderr)
-            _emit("%d ERR" % i)
-sys.stdout.flush()
-os._exit(0)
+            out.write("\n" + nonce + " " + line + "\n")
+            out.flush()
+        except Exception:
+            pass
+    del f, L, _set
+    if mode == "script":
+        del cfg
+        sys.argv = ["main.py"]
+        g = {"__name__": "__main__", "__builtins__": __builtins__}
+        exec(compile(code, "main.py", "exec"), g)
+        sys.exit(0)
+    tests = cfg["tests"]
+    fn_name = cfg.get("fn_name")
+    del cfg
+    import traceback
+    g = {"__name__": "__main__", "__builtins__": __builtins__}
+    sys.stdin = open(os.devnull)
+    try:
+        exec(compile(code, "main.py", "exec"), g)
+    except BaseException as e:
+        if not isinstance(e, SystemExit):
+            traceback.print_exc()
+    if mode == "asserts":
+        for i, t in enumerate(tests):
+            try:
+                exec(compile(t, "test_%d" % i, "exec"), g)
+                _emit("%d PASS" % i)
+            except BaseException as e:
+                print("test %d failed: %s: %s" % (i, type(e).__name__, str(e)[:200]), file=sys.stderr)
+                _emit("%d FAIL" % i)
+    elif mode == "call":
+        fn = g.get(fn_name)
+        if fn is None and "Solution" in g:
+            try:
+                fn = getattr(g["Solution"](), fn_name)
+            except Exception:
+                fn = None
+        for i, args in enumerate(tests):
+            if fn is None:
+                _emit("%d ERR" % i)
+                continue
+            try:
+                if not isinstance(args, list):
+                    args = [args]
+                res = fn(*args)
+                _emit("%d RET %s" % (i, json.dumps(res, default=repr)))
+            except BaseException as e:
+                print("call %d failed: %s: %s" % (i, type(e).__name__, str(e)[:200]), file=sys.stderr)
+                _emit("%d ERR" % i)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+_main()
 '''
 
 
