@@ -18,7 +18,8 @@ limit per (completion, answer) pair itself:
   timer (``setitimer``, sub-second) around the whole parse + verify;
 * anywhere else (other threads), or with ``workers >= 1``: the pair is graded in a worker
   process (a plain ``python -c`` subprocess speaking JSON lines, grading in its own main thread
-  with the timer above); the parent waits at most ``timeout + 2 s`` for the answer, and a worker
+  with the timer above); the parent waits at most ``timeout + 2 s`` for the answer (plus 60 s
+  for a fresh worker's start-up on its first pair), and a worker
   stuck past that (e.g. in C code the timer cannot interrupt) is killed and replaced.
 
 Scoring rule: no ground truth (None/empty) -> ``None`` (counted as ``math/no_gold``); no answer
