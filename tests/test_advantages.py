@@ -586,3 +586,58 @@ def test_empty_batch_and_other_functions_validate():
         prime_advantage(b["rewards"], b["prm_logp"], b["ref_logp"], b["mask"], b["group_ids"], process_baseline="x")
     with pytest.raises(ValueError, match=r"beta must be >= 0"):
         prime_advantage(b["rewards"], b["prm_logp"], b["ref_logp"], b["mask"], b["group_ids"], beta=-1)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 5), G=st.integers(1, 4), msa_scale_std=st.booleans(),
+       process_only=st.booleans(), sort_labels=st.booleans())
+def test_contiguous_equal_groups_fast_path_matches_loop(seed, n, G, msa_scale_std, process_only, sort_labels):
+    """Groups laid out as consecutive equal blocks take a strided fast path: same results."""
+    rng = np.random.default_rng(seed)
+    T = int(rng.integers(1, 7))
+    B = n * G
+    labels = torch.tensor(rng.choice(np.arange(-9, 99), size=G, replace=False), dtype=torch.int64)
+    if sort_labels:  # consecutive blocks in label order: the fast path
+        labels = labels.sort().values
+    b = dict(
+        rewards=torch.tensor(rng.integers(0, 2, size=B), dtype=torch.float64),
+        logp=torch.tensor(-np.abs(rng.normal(size=(B, T))), dtype=torch.float64),
+        ref_logp=torch.tensor(-np.abs(rng.normal(size=(B, T))), dtype=torch.float64),
+        mask=torch.tensor(rng.random((B, T)) < 0.7, dtype=torch.float64),
+        group_ids=labels.repeat_interleave(n),
+    )
+    assert adv._contiguous_group_size(torch.unique(b["group_ids"], return_inverse=True)[1], G) == (
+        n if bool((labels[1:] > labels[:-1]).all()) or G == 1 else None
+    )
+    kw = dict(msa_scale_std=msa_scale_std, process_only=process_only)
+    out = spro_advantage(b["rewards"], b["logp"], b["ref_logp"], b["mask"], b["group_ids"], beta=0.4, **kw)
+    close(out, ref_spro(b, 0.4, **kw), rtol=1e-8, atol=1e-9)
+    masked_zero(out, b["mask"])
+    # the same batch with rows shuffled (general path) gives the same values
+    perm = torch.from_numpy(rng.permutation(B))
+    out_p = spro_advantage(b["rewards"][perm], b["logp"][perm], b["ref_logp"][perm], b["mask"][perm],
+                           b["group_ids"][perm], beta=0.4, **kw)
+    torch.testing.assert_close(out_p, out[perm], rtol=1e-10, atol=1e-12)
+
+
+def test_mask_validation_paths():
+    good = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    for bad_value in (0.5, 2.0, -1.0, float("nan"), float("inf")):
+        m = good.clone()
+        m[1, 0] = bad_value
+        with pytest.raises(ValueError, match=r"mask must contain only 0 and 1; found .* at row 1, token 0"):
+            get_estimator("grpo")(rewards=torch.ones(2), mask=m, group_ids=torch.zeros(2, dtype=torch.long))
+    # values that fool a sum == sum-of-squares test without the range check
+    m = torch.tensor([[0.5] * 8 + [2.0]])
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        get_estimator("grpo")(rewards=torch.ones(1), mask=m, group_ids=torch.zeros(1, dtype=torch.long))
+    # non-contiguous float mask and integer masks
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        get_estimator("grpo")(rewards=torch.ones(2), mask=torch.tensor([[0.5, 1.0], [1.0, 1.0]]).T,
+                              group_ids=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="found 3 at row 0"):
+        get_estimator("grpo")(rewards=torch.ones(2), mask=torch.tensor([[3, 0], [1, 1]]),
+                              group_ids=torch.zeros(2, dtype=torch.long))
+    out = get_estimator("grpo")(rewards=torch.tensor([1.0, 0.0]), mask=good.T.contiguous().T,
+                                group_ids=torch.zeros(2, dtype=torch.long))
+    assert out[0, 1] == 0 and out[0, 0] > 0
