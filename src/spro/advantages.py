@@ -232,17 +232,25 @@ def _masked_values(x: Tensor, m: _Mask, name: str, dtype: torch.dtype) -> Tensor
     return out
 
 
+class _NonFinite(Exception):
+    """Raised inside a fast path when a non-finite value showed up; the caller redoes the
+    computation on the checked slow path (which raises a ValueError or sanitises)."""
+
+
 def _process_reward(
-    logp: Tensor, ref_logp: Tensor, m: _Mask, beta: float, dtype: torch.dtype, names=("logp", "ref_logp")
+    logp: Tensor, ref_logp: Tensor, m: _Mask, beta: float, dtype: torch.dtype, names=("logp", "ref_logp"),
+    check: bool = True, sanitize: bool = False,
 ) -> Tensor:
     """beta * (logp - ref_logp) at valid positions, 0 elsewhere. Fresh [B, T] tensor (same
-    fast path / slow path as `_masked_values`)."""
-    p = torch.sub(logp.to(dtype), ref_logp.to(dtype))
-    p.mul_(m.f(dtype))
-    if beta != 1.0:
-        p.mul_(beta)
-    if bool(torch.isfinite(p.sum())):
-        return p
+    fast path / slow path as `_masked_values`). With ``check=False`` the result is not
+    tested (the caller tests something downstream that a non-finite value would reach, and
+    calls again with ``sanitize=True`` if it fails)."""
+    if not sanitize:
+        p = torch.sub(logp.to(dtype), ref_logp.to(dtype))
+        # p = 0 + beta * p * mask in one pass
+        torch.addcmul(torch.zeros((), dtype=dtype, device=p.device), p, m.f(dtype), value=beta, out=p)
+        if not check or bool(torch.isfinite(p.sum())):
+            return p
     _raise_nonfinite(names[0], logp, m.b)
     _raise_nonfinite(names[1], ref_logp, m.b)
     p = torch.where(m.b, logp.to(dtype) - ref_logp.to(dtype), 0.0).mul_(beta)
@@ -407,9 +415,14 @@ def _safe_denom(std: Tensor, eps: float, n: Tensor) -> Tensor:
     return torch.where((n < 2) | (denom == 0), 1.0, denom)
 
 
-def _msa_(vals: Tensor, m: _Mask, inv: Tensor, G: int, scale_std: bool, eps: float, a_out: Tensor | None = None) -> Tensor:
+def _msa_(
+    vals: Tensor, m: _Mask, inv: Tensor, G: int, scale_std: bool, eps: float, a_out: Tensor | None = None,
+    finite_check: bool = False,
+) -> Tensor:
     """Per-index masked group baseline, in place on `vals` (0 at masked positions already);
-    adds the per-response outcome term `a_out` [B] when given. 0 at masked positions."""
+    adds the per-response outcome term `a_out` [B] when given. 0 at masked positions.
+    With `finite_check`, raises `_NonFinite` if the [G, T] group sums are not finite (which
+    they are iff every value of `vals` is finite), before `vals` is modified."""
     mf = m.f(vals.dtype)
     B, T = vals.shape
     n = _contiguous_group_size(inv, G)
@@ -417,13 +430,19 @@ def _msa_(vals: Tensor, m: _Mask, inv: Tensor, G: int, scale_std: bool, eps: flo
         # fast path, groups are consecutive blocks of n rows: strided sums and a broadcast
         # subtraction instead of index_add_ / index_select (same arithmetic otherwise)
         count = mf.view(G, n, T).sum(dim=1)
-        base = vals.view(G, n, T).sum(dim=1).div_(count.clamp_(min=1))
+        base = vals.view(G, n, T).sum(dim=1)
+        if finite_check and not bool(torch.isfinite(base.sum())):
+            raise _NonFinite
+        base.div_(count.clamp_(min=1))
         vals.view(G, n, T).sub_(base.unsqueeze(1))
         if a_out is not None:
             vals.add_(a_out.unsqueeze(1))
         return vals.mul_(mf)
     count = _group_sum(mf, inv, G)  # [G, T] number of valid responses at each index
-    base = _group_sum(vals, inv, G).div_(count.clamp(min=1))
+    base = _group_sum(vals, inv, G)
+    if finite_check and not bool(torch.isfinite(base.sum())):
+        raise _NonFinite
+    base.div_(count.clamp(min=1))
     scratch = base.index_select(0, inv)
     vals.sub_(scratch)
     if scale_std:
@@ -526,12 +545,27 @@ def spro_advantage(
     dtype = _float_dtype(rewards, logp, ref_logp)
 
     a_out = None if process_only else _outcome_advantage(rewards.to(dtype), inv, G, outcome_scale, eps)
-    vals = _process_reward(logp, ref_logp, m, beta, dtype)  # p, 0 at masked positions
-    if process_reward == "cumulative":
-        vals.cumsum_(dim=1)
-        vals.mul_(m.f(dtype))
+
+    def process_values(sanitize: bool) -> Tensor:
+        # p (or its cumulative sum R), 0 at masked positions. The default path skips the
+        # finiteness test of p: a non-finite p (even at a masked position) reaches the MSA
+        # group sums, which _msa_ tests; then this runs again with the checked slow path.
+        check = baseline != "masked_step" or sanitize
+        v = _process_reward(logp, ref_logp, m, beta, dtype, check=check, sanitize=sanitize)
+        if process_reward == "cumulative":
+            v.cumsum_(dim=1)
+            v.mul_(m.f(dtype))
+        return v
+
     if baseline == "masked_step":
-        return _msa_(vals, m, inv, G, msa_scale_std, eps, a_out)
+        try:
+            return _msa_(process_values(False), m, inv, G, msa_scale_std, eps, a_out, finite_check=True)
+        except _NonFinite:
+            vals = process_values(True)
+            if not bool(torch.isfinite(vals.sum())):
+                raise ValueError("beta * (logp - ref_logp) overflows when accumulated; check the inputs") from None
+            return _msa_(vals, m, inv, G, msa_scale_std, eps, a_out)
+    vals = process_values(False)
     adv = _pooled_(vals, m, inv, G, msa_scale_std, eps) if baseline == "pooled" else _pooled_loo_(vals, m, inv, G)
     if a_out is not None:
         adv.add_(a_out.unsqueeze(1)).masked_fill_(m.notb, 0.0)
