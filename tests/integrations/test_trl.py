@@ -29,6 +29,13 @@ MODEL_KW = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
 PROMPTS = ["Q:12+7=", "Q:3+45=", "Q:8+8=", "Q:21+30="]
 
 
+def make_model(tokenizer):
+    """The tiny model, also stopping at any of ten letters so that completion lengths vary."""
+    model = build_tiny_model(tokenizer, **MODEL_KW)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(list("abcdefghij"))]
+    return model
+
+
 def digit_reward(prompts, completions, **kwargs):
     """Fraction of digits in the completion: varies within a group even for a random model."""
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
@@ -98,10 +105,12 @@ def run_and_check(tmp_path, model_arg, args, tokenizer):
     assert trainer.records, "no generation happened"
     policy = build_tiny_model(tokenizer, **MODEL_KW).eval()
     process_seen = False
+    lengths = set()
     for rec in trainer.records:
         out = rec["output"]
         policy.load_state_dict(rec["policy_state"])
         mask = out["completion_mask"]
+        lengths.update(mask.sum(dim=1).tolist())
         ids = (out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask)
         logp = completion_logps(policy, *ids, temperature=args.temperature)
         ref_logp = completion_logps(reference, *ids, temperature=args.temperature)
@@ -120,6 +129,7 @@ def run_and_check(tmp_path, model_arg, args, tokenizer):
                                  **{**args.spro_options(), "process_only": True})
         process_seen |= bool(process.abs().max() > 1e-3)
 
+    assert len(lengths) > 1, "all completions had the same length: the masks were not exercised"
     # Once the policy has moved away from the reference, the process term is really there.
     assert process_seen, "the process term stayed 0 in every step: the check above only tested the outcome part"
     end = trainer.model.state_dict()
@@ -134,7 +144,7 @@ def run_and_check(tmp_path, model_arg, args, tokenizer):
 def test_spro_trainer_in_memory_model_beta0(tmp_path):
     """TRL's defaults: KL beta 0 (SPROTrainer builds the frozen reference), on-policy (pi_old computed here)."""
     tok = build_char_tokenizer()
-    model = build_tiny_model(tok, **MODEL_KW)
+    model = make_model(tok)
     args = make_args(tmp_path)
     trainer = run_and_check(tmp_path, model, args, tok)
     assert trainer.ref_model is not None
@@ -151,7 +161,7 @@ def test_spro_trainer_model_path(tmp_path, kl_beta, steps_per_generation):
     steps_per_generation=2 TRL computes pi_old itself (the batch is reused across optimizer steps)."""
     tok = build_char_tokenizer()
     path = tmp_path / "tiny"
-    build_tiny_model(tok, **MODEL_KW).save_pretrained(path)
+    make_model(tok).save_pretrained(path)
     tok.save_pretrained(path)
     args = make_args(
         tmp_path,
@@ -197,7 +207,7 @@ def test_spro_ablation_options_reach_the_core(tmp_path):
     tok = build_char_tokenizer()
     args = make_args(tmp_path, spro_baseline="pooled", spro_process_reward="per_token", spro_outcome_scale="none",
                      max_steps=2)
-    model = build_tiny_model(tok, **MODEL_KW)
+    model = make_model(tok)
     trainer = RecordingSPROTrainer(model=model, reward_funcs=digit_reward, args=args,
                                    train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=tok)
     seen = []
@@ -218,3 +228,73 @@ def test_spro_ablation_options_reach_the_core(tmp_path):
             break
     else:
         pytest.fail("the ablation options made no difference in any step")
+
+
+_MULTIPROC_WORKER = '''
+import os, sys
+os.environ["HF_HUB_OFFLINE"] = "1"
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset
+from spro.advantages import spro_advantage
+from spro.integrations.trl import SPROConfig, SPROTrainer
+from spro.tiny import build_char_tokenizer, build_tiny_model
+
+PROMPTS = ["Q:12+7=", "Q:3+45=", "Q:8+8=", "Q:21+30="]
+
+def digit_reward(prompts, completions, **kw):
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+class Checked(SPROTrainer):
+    checks = 0
+    def _spro_compute_advantages(self, **batch):
+        adv = super()._spro_compute_advantages(**batch)
+        self._seen = ({k: v.clone() for k, v in batch.items()}, adv.clone())
+        return adv
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        batch, full = self._seen
+        prompts = gather_object([x["prompt"] for x in inputs])  # process order, like TRL's rewards
+        label = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        groups = torch.tensor([label[p] for p in prompts])
+        assert torch.equal(groups, batch["group_ids"] // self.num_generations), (groups, batch["group_ids"])
+        b, t = out["completion_mask"].shape
+        start = self.accelerator.process_index * b
+        assert torch.equal(batch["mask"][start:start + b, :t], out["completion_mask"].float())
+        assert batch["mask"][start:start + b, t:].sum() == 0
+        torch.testing.assert_close(out["advantages"], full[start:start + b, :t].float())
+        torch.testing.assert_close(full, spro_advantage(**batch, **self.args.spro_options()))
+        Checked.checks += 1
+        return out
+
+tok = build_char_tokenizer()
+model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
+model.generation_config.eos_token_id = [tok.eos_token_id, *tok.convert_tokens_to_ids(list("abcdefghij"))]
+args = SPROConfig(output_dir=sys.argv[1], use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+                  per_device_train_batch_size=2, num_generations=4, max_completion_length=8, max_steps=4,
+                  learning_rate=3e-2, logging_steps=1, spro_beta=1.0, gradient_checkpointing=False, seed=0)
+trainer = Checked(model=model, reward_funcs=digit_reward, args=args,
+                  train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=tok)
+trainer.train()
+assert trainer.accelerator.num_processes == 2
+print(f"RANK {trainer.accelerator.process_index} OK checks={Checked.checks}")
+'''
+
+
+@pytest.mark.slow
+def test_spro_trainer_two_processes(tmp_path):
+    """Two CPU processes (torchrun, gloo), two completions each of a 4-completion group: the group is
+    gathered before its statistics and each process gets back its own rows and columns."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(_MULTIPROC_WORKER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(tmp_path / "out")],
+        capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "RANK 0 OK checks=4" in proc.stdout and "RANK 1 OK checks=4" in proc.stdout, proc.stdout[-4000:]
