@@ -641,3 +641,16 @@ def test_mask_validation_paths():
     out = get_estimator("grpo")(rewards=torch.tensor([1.0, 0.0]), mask=good.T.contiguous().T,
                                 group_ids=torch.zeros(2, dtype=torch.long))
     assert out[0, 1] == 0 and out[0, 0] > 0
+
+
+def test_equal_rewards_and_eps_zero_give_zero_not_nan():
+    r = torch.tensor([1.0, 1.0, 0.0, 3.0], dtype=torch.float64)
+    g = torch.tensor([4, 4, 9, 9])
+    out = outcome_advantage(r, g, eps=0.0)
+    assert out[0] == 0 and out[1] == 0 and bool(torch.isfinite(out).all())
+    # group 9: rewards 0, 3 -> mean 1.5, unbiased std sqrt(4.5)
+    assert out[3].item() == pytest.approx(1.5 / math.sqrt(4.5)) and out[2].item() == pytest.approx(-1.5 / math.sqrt(4.5))
+    cpr = torch.tensor([[1.0, 2.0], [1.0, 5.0]], dtype=torch.float64)
+    msa = masked_step_advantage(cpr, torch.ones(2, 2), torch.tensor([0, 0]), scale_std=True, eps=0.0)
+    assert msa[0, 0] == 0 and msa[1, 0] == 0
+    assert msa[0, 1].item() == pytest.approx(-1 / math.sqrt(2)) and msa[1, 1].item() == pytest.approx(1 / math.sqrt(2))

@@ -10,7 +10,9 @@ Conventions used by every function in this module
 * ``group_ids``: ``[B]`` integer labels saying which prompt each response answers. Labels may
   be any integers in any order; groups need not be contiguous or of equal size. They are
   relabelled to ``0..G-1`` with ``torch.unique(return_inverse=True)`` and all group statistics
-  are computed with ``index_add_`` (no Python loop over samples, groups or tokens).
+  are computed with ``index_add_`` / ``index_select`` (no Python loop over samples, groups or
+  tokens); when the groups are consecutive blocks of equal size (the layout trainers produce)
+  the per-index SPRO statistics use strided sums over a ``[G, n, T]`` view instead.
 * Log-probabilities (``logp``, ``ref_logp``, ``prm_logp``) are ``[B, T]`` per-token log-probs
   of the sampled tokens. Values at masked positions are ignored (they may be anything,
   including ``-inf`` or NaN); non-finite values at valid positions raise ``ValueError``.
@@ -292,13 +294,14 @@ def outcome_advantage(
 
     ``A[i] = (r[i] - mean_g r) / (std_g r + eps)`` with the unbiased (n-1) group std, where
     ``g`` is the group of response ``i``. ``scale="none"`` (Dr. GRPO) skips the division:
-    ``A[i] = r[i] - mean_g r``. A group of one response gets exactly 0.
+    ``A[i] = r[i] - mean_g r``. A group of one response gets exactly 0, and so does a group
+    whose rewards are all equal (also with ``eps = 0``, where 0/0 would be NaN).
 
     Args:
         rewards: ``[B]`` outcome rewards.
         group_ids: ``[B]`` integer group labels (any values, any order).
         scale: ``"group"`` (divide by the group std + eps) or ``"none"``.
-        eps: added to the std before dividing; must be > 0 when ``scale="group"``.
+        eps: added to the std before dividing (>= 0).
 
     Returns:
         ``[B]`` advantages (floating dtype of ``rewards``, default dtype for int/bool).
@@ -388,7 +391,8 @@ def masked_step_advantage(
     ``b[g, t] = mean{ cpr[k, t] : group(k) = g, mask[k, t] = 1 }`` (inclusive mean) and
     ``MSA[i, t] = cpr[i, t] - b[g(i), t]`` where ``mask[i, t] = 1``, else 0. A response that is
     alone at index ``t`` gets exactly 0 there. With ``scale_std``, divide by the unbiased std
-    of those values plus ``eps`` (0 where fewer than two responses share the index).
+    of those values plus ``eps`` (0 where fewer than two responses share the index, or where
+    they are all equal).
 
     Args:
         cpr: ``[B, T]`` values to compare (normally ``cumulative_process_reward(...)``).
