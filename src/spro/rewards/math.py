@@ -275,23 +275,43 @@ class _Worker:
             )
         return self.proc
 
-    def grade(self, pred: str, gold: str, timeout: float) -> bool | None:
-        """True/False, or None when the worker did not answer within ``timeout`` (+ slack)."""
-        proc = self._start()
-        try:
-            proc.stdin.write(json.dumps([pred, gold, timeout]) + "\n")  # type: ignore[union-attr]
-            proc.stdin.flush()  # type: ignore[union-attr]
-            # First call pays the worker's start-up (imports math-verify / sympy): allow for it.
-            ready, _, _ = select.select([proc.stdout], [], [], timeout + 2.0 + (60.0 if not getattr(self, "_warm", False) else 0.0))
-            line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
-        except (OSError, ValueError):
-            line = ""
-        if not line:
-            self.kill()
-            return None
-        self._warm = True
-        r = json.loads(line)
-        return None if r is None else bool(r)
+    def grade_batch(self, pairs: Sequence[tuple[str, str]], timeout: float) -> list[bool | None]:
+        """Grade ``pairs`` in one round trip; the answer to each pair must arrive within
+        ``timeout + 2 s`` of the previous one. A pair that does not answer in time gets None, the
+        worker is killed and the rest of the batch goes to a fresh worker."""
+        out: list[bool | None] = []
+        todo = list(pairs)
+        while todo:
+            proc = self._start()
+            slack = 2.0 + (0.0 if getattr(self, "_warm", False) else 60.0)
+            try:
+                proc.stdin.write(json.dumps([[p, g, timeout] for p, g in todo]) + "\n")  # type: ignore[union-attr]
+                proc.stdin.flush()  # type: ignore[union-attr]
+            except (OSError, ValueError):
+                self.kill()
+                out.append(None)
+                todo = todo[1:]
+                continue
+            done = 0
+            for _ in todo:
+                try:
+                    ready, _, _ = select.select([proc.stdout], [], [], timeout + slack)
+                    line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+                except (OSError, ValueError):
+                    line = ""
+                if not line:
+                    break
+                self._warm = True
+                slack = 2.0
+                r = json.loads(line)
+                out.append(None if r is None else bool(r))
+                done += 1
+            if done < len(todo):  # the pair at index `done` hung: drop it, restart, go on
+                self.kill()
+                out.append(None)
+                done += 1
+            todo = todo[done:]
+        return out
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -308,18 +328,19 @@ class _Worker:
 
 
 def _serve() -> None:
-    """Worker loop: read ``[pred, gold, timeout]`` lines, answer ``true``/``false``/``null``."""
+    """Worker loop: each input line is a JSON list of ``[pred, gold, timeout]``; one output line
+    per item, ``true``/``false``/``null`` (null = timed out)."""
     _warmup()
     for line in sys.stdin:
-        pred, gold, timeout = json.loads(line)
-        try:
-            r: bool | None = _grade_with_alarm(pred, gold, timeout)
-        except GradeTimeout:
-            r = None
-        except Exception:
-            r = False
-        sys.stdout.write(json.dumps(r) + "\n")
-        sys.stdout.flush()
+        for pred, gold, timeout in json.loads(line):
+            try:
+                r: bool | None = _grade_with_alarm(pred, gold, timeout)
+            except GradeTimeout:
+                r = None
+            except Exception:
+                r = False
+            sys.stdout.write(json.dumps(r) + "\n")
+            sys.stdout.flush()
 
 
 _ALL_POOLS: "weakref.WeakSet[_Pool]" = weakref.WeakSet()
@@ -342,18 +363,35 @@ class _Pool:
             self._free.put(_Worker())
         _ALL_POOLS.add(self)
 
-    def _one(self, pair: tuple[str, str], timeout: float) -> bool | None:
+    def _batch(self, pairs: Sequence[tuple[str, str]], timeout: float) -> list[bool | None]:
         w = self._free.get()
         try:
-            return w.grade(pair[0], pair[1], timeout)
+            return w.grade_batch(pairs, timeout)
         finally:
             self._free.put(w)
 
     def grade_pairs(self, pairs: Sequence[tuple[str, str]], timeout: float) -> list[bool | None]:
-        if self.workers == 1 or len(pairs) <= 1:
-            return [self._one(p, timeout) for p in pairs]
-        with cf.ThreadPoolExecutor(self.workers) as ex:
-            return list(ex.map(lambda p: self._one(p, timeout), pairs))
+        """Grade in ``workers`` processes at once, in chunks of at most 64 pairs."""
+        if not pairs:
+            return []
+        size = max(1, min(64, -(-len(pairs) // self.workers)))
+        chunks = [list(pairs[i:i + size]) for i in range(0, len(pairs), size)]
+        if self.workers == 1 or len(chunks) == 1:
+            res = [self._batch(c, timeout) for c in chunks]
+        else:
+            with cf.ThreadPoolExecutor(self.workers) as ex:
+                res = list(ex.map(lambda c: self._batch(c, timeout), chunks))
+        return [r for chunk in res for r in chunk]
+
+    def warm(self) -> None:
+        """Start every worker process and wait until each has math-verify loaded."""
+        ws = [self._free.get() for _ in range(self.workers)]
+        try:
+            with cf.ThreadPoolExecutor(self.workers) as ex:
+                list(ex.map(lambda w: w.grade_batch([("1", "1")], 5.0), ws))
+        finally:
+            for w in ws:
+                self._free.put(w)
 
     def close(self) -> None:
         ws = []
@@ -421,6 +459,13 @@ class MathGrader:
             except GradeTimeout:
                 out[i] = self._timed_out(i)
         return out
+
+    def warm(self) -> None:
+        """Pay the start-up cost now (load math-verify here, or start every worker process)."""
+        if self._pool is not None:
+            self._pool.warm()
+        else:
+            _warmup()
 
     def _timed_out(self, i: int) -> bool:
         count_event("math/timeout")
