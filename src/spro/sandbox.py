@@ -67,12 +67,11 @@ __all__ = [
     "SandboxLimits",
     "SandboxResult",
     "run_python",
+    "run_asserts",
+    "run_calls",
     "run_many",
     "isolation_report",
-    "SANDBOX_UID",
 ]
-
-SANDBOX_UID = 65534  # nobody
 
 Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "sandbox_error"]
 
