@@ -654,3 +654,24 @@ def test_equal_rewards_and_eps_zero_give_zero_not_nan():
     msa = masked_step_advantage(cpr, torch.ones(2, 2), torch.tensor([0, 0]), scale_std=True, eps=0.0)
     assert msa[0, 0] == 0 and msa[1, 0] == 0
     assert msa[0, 1].item() == pytest.approx(-1 / math.sqrt(2)) and msa[1, 1].item() == pytest.approx(1 / math.sqrt(2))
+
+
+def test_inputs_requiring_grad_are_detached_and_T_zero():
+    b = make_batch(21, garbage=False)
+    lp = b["logp"].clone().requires_grad_(True)
+    for name in list_estimators():
+        out = get_estimator(name)(**{**b, "logp": lp, "prm_logp": lp}, beta=0.1)
+        assert not out.requires_grad and out.shape == b["mask"].shape
+    B = 3
+    empty = dict(rewards=torch.tensor([1.0, 0.0, 1.0]), mask=torch.zeros(B, 0), group_ids=torch.tensor([1, 1, 2]),
+                 logp=torch.zeros(B, 0), ref_logp=torch.zeros(B, 0), prm_logp=torch.zeros(B, 0))
+    for name in ("grpo", "dr_grpo", "rloo", "spro", "prime"):
+        assert get_estimator(name)(**empty, beta=0.1).shape == (B, 0)
+
+
+def test_plain_python_inputs_are_accepted():
+    out = outcome_advantage([1, 0, 1, 1], [0, 0, 5, 5])
+    assert out.dtype == torch.get_default_dtype()
+    close(out.double(), ref_outcome([1.0, 0.0, 1.0, 1.0], [0, 0, 5, 5]), rtol=1e-6, atol=1e-6)
+    close(rloo_advantage([True, False, True], [3, 3, 3]).double(), ref_rloo([1.0, 0.0, 1.0], [3, 3, 3]),
+          rtol=1e-6, atol=1e-6)

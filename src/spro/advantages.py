@@ -18,8 +18,8 @@ Conventions used by every function in this module
   including ``-inf`` or NaN); non-finite values at valid positions raise ``ValueError``.
 * The result dtype is the promoted floating dtype of the floating inputs (float64 in gives
   float64 out; integer-only inputs use ``torch.get_default_dtype()``). Results live on the
-  device of the inputs. Nothing here tracks gradients on purpose: advantages are constants
-  of the policy-gradient loss (call under ``torch.no_grad()`` if inputs require grad).
+  device of the inputs. Inputs are detached: advantages are constants of the
+  policy-gradient loss, so nothing here tracks gradients.
 
 Bad input raises ``ValueError`` with a message naming the argument (and row, where one is at
 fault). The formulas are written out in ``docs/algorithms.md``.
@@ -174,7 +174,7 @@ def _check_rewards(rewards: Any, B: int | None, device: torch.device | None) -> 
         if not bool(finite.all()):
             row = int((~finite).nonzero()[0, 0])
             raise ValueError(f"rewards must be finite; rewards[{row}] = {rewards[row].item()}")
-    return rewards
+    return rewards.detach()
 
 
 def _check_bt(x: Any, name: str, shape: torch.Size, device: torch.device) -> Tensor:
@@ -185,7 +185,7 @@ def _check_bt(x: Any, name: str, shape: torch.Size, device: torch.device) -> Ten
         raise ValueError(f"{name} has shape {tuple(x.shape)} but mask has shape {tuple(shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
-    return x
+    return x.detach()
 
 
 def _check_scalar(value: Any, name: str, *, nonneg: bool = False, positive: bool = False) -> float:
