@@ -6,9 +6,12 @@ a frozen reference model in all three (KL coefficient 0.04, so TRL loads one too
 fp32, no gradient checkpointing, all on CPU. A step = generation + rewards + log-probs +
 advantages + update.
 
-The blocks run interleaved (spro-GRPO, spro-SPRO, TRL, repeated ``--rounds`` times, each block
-``--steps`` steps after one warm-up step) so load from other processes on the machine hits all
-three alike; the medians over all timed steps are compared.
+Steps use ``--threads`` torch threads (default 1: on a shared machine, multi-threaded ops
+stall whenever another process takes one of their cores). Each round runs ``--steps`` steps of this trainer's GRPO and SPRO, alternating step by step,
+then a fresh TRL GRPOTrainer for ``--steps`` + 1 steps (its first step, a warm-up, is not
+timed); rounds repeat ``--rounds`` times so load from other processes on the machine hits all
+three alike. The medians over all timed steps are compared (and the fastest steps, as a
+check).
 
     python benchmarks/step_time.py [--rounds 2] [--steps 4] [--out runs/bench]
 
@@ -41,25 +44,25 @@ def make_model(folder: Path) -> Path:
     return folder
 
 
-def spro_block(model_dir: Path, out: Path, algorithm: str, steps: int) -> list[float]:
+def spro_trainer(model_dir: Path, out: Path, algorithm: str):
     from spro.config import load_config
     from spro.trainer import Trainer
 
     cfg = load_config(overrides=[
         f"model.name_or_path={model_dir}", f"output_dir={out}", f"algorithm.name={algorithm}",
-        f"total_steps={steps + 1}", "eval_every=-1", "device=cpu", "data.task=arithmetic", "data.train_size=2000",
+        "total_steps=1000", "eval_every=-1", "device=cpu", "data.task=arithmetic", "data.train_size=2000",
         f"rollout.prompts_per_step={PROMPTS}", f"rollout.num_generations={G}", f"rollout.max_new_tokens={NEW_TOKENS}",
         f"algorithm.kl_coef={KL}", f"optim.lr={LR}", "logging.tensorboard=false", "logging.progress_bar=false",
     ])
     t = Trainer(cfg)
-    times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        t.train_step()
-        if i:  # the first step warms up
-            times.append(time.perf_counter() - t0)
-    t.logger.close()
-    return times
+    t.train_step()  # warm-up
+    return t
+
+
+def timed_step(trainer) -> float:
+    t0 = time.perf_counter()
+    trainer.train_step()
+    return time.perf_counter() - t0
 
 
 def trl_block(model_dir: Path, out: Path, steps: int) -> list[float]:
@@ -105,8 +108,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per block (after one warm-up step)")
     ap.add_argument("--out", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads for all three (1 keeps timings stable on a shared machine)")
     args = ap.parse_args()
     import torch
+
+    torch.set_num_threads(args.threads)
     import transformers
     import trl
 
@@ -114,9 +121,12 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     model_dir = make_model(root / "model")
     res: dict[str, list[float]] = {"spro-grpo": [], "spro-spro": [], "trl-grpo": []}
+    ours = {"spro-grpo": spro_trainer(model_dir, root / "grpo", "grpo"),
+            "spro-spro": spro_trainer(model_dir, root / "spro", "spro")}
     for r in range(args.rounds):
-        res["spro-grpo"] += spro_block(model_dir, root / f"grpo{r}", "grpo", args.steps)
-        res["spro-spro"] += spro_block(model_dir, root / f"spro{r}", "spro", args.steps)
+        for k in range(args.steps):  # GRPO and SPRO steps alternate (order flipped every step)
+            for name in (("spro-grpo", "spro-spro") if k % 2 == 0 else ("spro-spro", "spro-grpo")):
+                res[name].append(timed_step(ours[name]))
         res["trl-grpo"] += trl_block(model_dir, root / f"trl{r}", args.steps)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {statistics.median(v):.3f}s" for k, v in res.items()),
               flush=True)
@@ -129,6 +139,9 @@ def main() -> int:
     r1 = med["spro-spro"] / med["spro-grpo"]
     r2 = med["spro-grpo"] / med["trl-grpo"]
     r3 = med["spro-spro"] / med["trl-grpo"]
+    mins = {k: min(v) for k, v in res.items()}
+    print(f"ratios of the fastest steps (least disturbed by other load): SPRO/GRPO "
+          f"{mins['spro-spro'] / mins['spro-grpo']:.3f}, this trainer/TRL {mins['spro-grpo'] / mins['trl-grpo']:.3f}")
     print(f"\nSPRO / GRPO (this trainer, both with a reference model): {r1:.3f}  (target <= 1.05: "
           f"{'met' if r1 <= 1.05 else 'NOT met'})")
     print(f"this trainer / TRL GRPOTrainer (GRPO step): {r2:.3f}  (target <= 0.8: {'met' if r2 <= 0.8 else 'NOT met'})")

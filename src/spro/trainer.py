@@ -719,7 +719,7 @@ class Trainer:
             msa_abs = acc.reduce(msa_abs, "sum")
         peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        peak = float(acc.reduce(torch.tensor([peak], device=dev), "sum")[0])
+        peak = float(acc.gather(torch.tensor([peak], device=dev)).max())  # the largest process
         r, c, L, tr = per_resp.T.cpu()
         groups = r.view(-1, G)
         n_tok = float(tok_sums[0])
