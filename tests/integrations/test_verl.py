@@ -166,6 +166,22 @@ def test_options_validation():
     assert opts.spro_beta == 0.3 and opts.spro_baseline == "masked_step"
 
 
+def test_launcher_adds_the_ray_setup_hook(monkeypatch):
+    """main() installs, appends the Ray worker hook override (unless given) and runs verl's main_ppo.main."""
+    seen = []
+    fake_main_ppo = types.SimpleNamespace(main=lambda: seen.append(list(__import__("sys").argv[1:])))
+    monkeypatch.setattr(sv, "install", lambda: seen.append("installed"))
+    monkeypatch.setattr(sv, "_import_verl", lambda name: fake_main_ppo)
+    monkeypatch.setattr("sys.argv", ["prog"])
+    sv.main(["algorithm.adv_estimator=spro", "+algorithm.spro_beta=0.1"])
+    hook = "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=spro.integrations.verl.ray_worker_setup"
+    assert seen == ["installed", ["algorithm.adv_estimator=spro", "+algorithm.spro_beta=0.1", hook]]
+    seen.clear()
+    own = "+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=my.module.setup"
+    sv.main(["algorithm.adv_estimator=spro", own])
+    assert seen == ["installed", ["algorithm.adv_estimator=spro", own]]
+
+
 @pytest.mark.skipif(HAS_VERL, reason="checks the error raised when verl is missing")
 def test_without_verl_imports_cleanly_and_explains():
     with pytest.raises(ImportError, match=r"spro\[verl\]"):
@@ -315,38 +331,42 @@ def test_real_verl_v1_trainer_advantage_step(installed, monkeypatch):
     assert metrics["process/msa_abs_mean"] > 0 and "process/cpr_final_mean" in metrics
 
 
-@needs_verl
-def test_real_verl_hydra_config_accepts_spro_keys():
-    """The overrides in examples/verl_spro.md compose with verl's own ppo_trainer.yaml and pass validate_config."""
-    import verl
-    from hydra import compose, initialize_config_dir
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
+def doc_command() -> list[str]:
+    """The arguments of the first `python -m spro.integrations.verl` command in examples/verl_spro.md."""
+    import re
+    import shlex
 
-    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
-    overrides = [
-        "algorithm.adv_estimator=spro",
-        "+algorithm.spro_beta=0.05",
-        "+algorithm.spro_outcome_scale=group",
-        "actor_rollout_ref.actor.use_kl_loss=True",
-        "actor_rollout_ref.actor.kl_loss_coef=0.0",
-        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
-        "actor_rollout_ref.rollout.n=8",
-        "data.train_batch_size=64",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=32",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-        "trainer.n_gpus_per_node=8",
-        f"+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook={sv._SETUP_HOOK}",
-    ]
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        cfg = compose(config_name="ppo_trainer", overrides=overrides)
-    assert need_reference_policy(cfg) and not need_critic(cfg)
-    validate_config(config=cfg, use_reference_policy=True, use_critic=False)
-    opts = sv.SPROVerlOptions.from_config(cfg.algorithm)
-    assert opts.spro_beta == 0.05 and opts.spro_outcome_scale == "group"
-    assert cfg.ray_kwargs.ray_init.runtime_env.worker_process_setup_hook == "spro.integrations.verl.ray_worker_setup"
+    doc = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "verl_spro.md")
+    with open(doc) as f:
+        text = f.read()
+    block = re.search(r"```bash\n(python -m spro\.integrations\.verl .*?)```", text, re.S).group(1)
+    argv = shlex.split(block.replace("\\\n", " ").replace("$HOME", "/home/user"))
+    assert argv[:3] == ["python", "-m", "spro.integrations.verl"]
+    return argv[3:]
+
+
+@needs_verl
+def test_real_verl_launcher_with_the_documented_command(monkeypatch, tmp_path):
+    """`python -m spro.integrations.verl <the overrides in examples/verl_spro.md>` runs verl's own
+    main_ppo (Hydra config, validate_config) up to the Ray launch, which is intercepted here."""
+    from verl.trainer import main_ppo
+
+    launched = {}
+    monkeypatch.setattr(main_ppo, "run_ppo", lambda config, task_runner_class: launched.update(config=config))
+    monkeypatch.chdir(tmp_path)  # Hydra writes its run folder under the working directory
+    monkeypatch.setattr("sys.argv", ["spro-verl"])
+    try:
+        sv.main(doc_command())
+        cfg = launched["config"]
+        assert cfg.algorithm.adv_estimator == "spro"
+        opts = sv.SPROVerlOptions.from_config(cfg.algorithm)
+        assert (opts.spro_beta, opts.spro_outcome_scale, opts.spro_msa_scale_std) == (0.05, "group", False)
+        assert cfg.actor_rollout_ref.actor.use_kl_loss and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.0
+        assert cfg.actor_rollout_ref.actor.loss_agg_mode == "seq-mean-token-mean"
+        assert cfg.ray_kwargs.ray_init.runtime_env.worker_process_setup_hook == sv._SETUP_HOOK
+        assert sv.is_installed()
+    finally:
+        sv.uninstall()
 
 
 @needs_verl
