@@ -93,11 +93,16 @@ def make_args(tmp_path, **overrides):
     return SPROConfig(**kw)
 
 
-def run_and_check(tmp_path, model_arg, args, tokenizer):
+def every_fourth_unscorable(prompts, completions, **kwargs):
+    """digit_reward, but None (no verdict) for every 4th completion."""
+    return [None if i % 4 == 3 else r for i, r in enumerate(digit_reward(prompts, completions))]
+
+
+def run_and_check(tmp_path, model_arg, args, tokenizer, reward_fn=digit_reward):
     reference = build_tiny_model(tokenizer, **MODEL_KW).eval()  # = the starting policy
     dataset = Dataset.from_dict({"prompt": PROMPTS})
     trainer = RecordingSPROTrainer(
-        model=model_arg, reward_funcs=digit_reward, args=args, train_dataset=dataset, processing_class=tokenizer
+        model=model_arg, reward_funcs=reward_fn, args=args, train_dataset=dataset, processing_class=tokenizer
     )
     start = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
@@ -115,17 +120,21 @@ def run_and_check(tmp_path, model_arg, args, tokenizer):
         logp = completion_logps(policy, *ids, temperature=args.temperature)
         ref_logp = completion_logps(reference, *ids, temperature=args.temperature)
         completions = tokenizer.batch_decode(out["completion_ids"] * mask, skip_special_tokens=True)
-        rewards = torch.tensor(digit_reward(rec["prompts"], completions))
+        rewards = torch.tensor([float("nan") if r is None else r for r in reward_fn(rec["prompts"], completions)])
         group_of = {p: i for i, p in enumerate(dict.fromkeys(rec["prompts"]))}
         group_ids = torch.tensor([group_of[p] for p in rec["prompts"]])
         assert torch.bincount(group_ids).tolist() == [args.num_generations] * len(group_of)
 
-        expected = spro_advantage(rewards, logp, ref_logp, mask, group_ids, **args.spro_options())
+        # Completions without a reward get 0 and stay out of their group's statistics (as in TRL).
+        keep = ~torch.isnan(rewards)
+        expected = torch.zeros_like(logp)
+        expected[keep] = spro_advantage(rewards[keep], logp[keep], ref_logp[keep], mask[keep], group_ids[keep],
+                                        **args.spro_options())
         got = out["advantages"]
         assert got.shape == mask.shape  # per-token [B, T], not GRPO's [B]
         torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=1e-4)
 
-        process = spro_advantage(rewards, logp, ref_logp, mask, group_ids,
+        process = spro_advantage(rewards[keep], logp[keep], ref_logp[keep], mask[keep], group_ids[keep],
                                  **{**args.spro_options(), "process_only": True})
         process_seen |= bool(process.abs().max() > 1e-3)
 
@@ -153,6 +162,14 @@ def test_spro_trainer_in_memory_model_beta0(tmp_path):
     fresh = build_tiny_model(tok, **MODEL_KW).state_dict()
     ref_state = trainer.accelerator.unwrap_model(trainer.ref_model).state_dict()
     assert all(torch.equal(fresh[k], ref_state[k]) for k in fresh)
+
+
+def test_spro_trainer_unscorable_completions(tmp_path):
+    """Completions every reward function left unscored (None) get advantage 0 and no say in the baselines."""
+    tok = build_char_tokenizer()
+    trainer = run_and_check(tmp_path, make_model(tok), make_args(tmp_path, max_steps=2), tok,
+                            reward_fn=every_fourth_unscorable)
+    assert all((rec["output"]["advantages"][3::4] == 0).all() for rec in trainer.records)
 
 
 @pytest.mark.parametrize("kl_beta,steps_per_generation", [(0.0, 2), (0.01, 1)])
