@@ -22,8 +22,10 @@ How it hooks into TRL (supported: ``trl>=1.16,<1.17``):
   TRL puts in the batch for its own loss is left unchanged.
 - With ``beta == 0`` (TRL's default) TRL builds no reference model, so ``SPROTrainer`` makes a
   frozen copy of the starting policy (a deep copy of a model instance, or a second load of a
-  model path) and prepares it like TRL prepares its own reference. With PEFT the reference is
-  the base model with the adapter disabled, as in TRL.
+  model path; under DeepSpeed ZeRO-3 pass a path) and prepares it like TRL prepares its own
+  reference. With PEFT the reference is the base model with the adapter disabled, as in TRL.
+- Completions no reward function could score (all rewards ``None``) get advantage 0 and are left
+  out of their group's statistics, as TRL does.
 - The completions of a prompt may sit on several processes, so log-probs and masks are padded
   to a common length and gathered (in the process order TRL uses for the rewards) before the
   group statistics; each process then keeps its own rows and columns.
@@ -47,6 +49,7 @@ import torch
 
 try:
     from accelerate.utils import is_peft_model
+    from transformers.integrations import is_deepspeed_zero3_enabled
     from trl import GRPOConfig, GRPOTrainer
     from trl.models import prepare_deepspeed, prepare_fsdp
     from trl.models.utils import disable_gradient_checkpointing
@@ -227,6 +230,11 @@ class SPROTrainer(GRPOTrainer):
         ref_copy = None
         needs_own_ref = args.beta == 0.0 and peft_config is None and not is_peft_model(model)
         if needs_own_ref and not isinstance(model, str):
+            if is_deepspeed_zero3_enabled():
+                raise ValueError(
+                    "SPROTrainer: with DeepSpeed ZeRO-3 and beta=0, pass the model as a path (the frozen reference "
+                    "is then loaded from it); a model instance's partitioned weights cannot be copied"
+                )
             ref_copy = copy.deepcopy(model)
 
         super().__init__(model, reward_funcs, args, *rest, **kwargs)
