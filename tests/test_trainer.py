@@ -89,6 +89,20 @@ def test_sequence_logps_match_unpadded_rows(model_dir):
             ref = logits.log_softmax(-1).gather(-1, c.unsqueeze(-1)).squeeze(-1)
             torch.testing.assert_close(lp[i, :n], ref, atol=1e-5, rtol=1e-5)
     assert ent.shape == lp.shape and bool((ent[batch.completion_mask.bool()] > 0).all())
+    # prefix sharing (each group's prompt run once, its KV cache repeated) gives the same values
+    # and the same gradients as the plain pass
+    mask = batch.completion_mask.bool()
+    model.zero_grad()
+    plain, plain_ent = sequence_logps(model, batch, temperature=0.7, with_entropy=True)
+    plain.masked_fill(~mask, 0).sum().backward()
+    g_plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    shared, shared_ent = sequence_logps(model, batch, temperature=0.7, with_entropy=True, group_size=3)
+    shared.masked_fill(~mask, 0).sum().backward()
+    torch.testing.assert_close(shared[mask], plain[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_ent[mask], plain_ent[mask], atol=1e-5, rtol=1e-5)
+    for gp, p in zip(g_plain, model.parameters()):
+        torch.testing.assert_close(p.grad, gp, atol=1e-5, rtol=1e-4)
     # the mask covers tokens up to and including the first eos; truncated = no eos
     for i in range(6):
         ids = batch.completion_ids[i].tolist()
@@ -129,11 +143,12 @@ def test_wrong_type_and_group_divisibility():
 
 def test_prompts_longer_than_context(tmp_path):
     short = save_small_model(tmp_path / "short", max_position_embeddings=16)
-    cfg = load_config(overrides=small_overrides(short, tmp_path / "run", **{"rollout.max_new_tokens": 8}))
+    knobs = {"data.task_kwargs": "{value_range: [10, 99]}"}  # prompts of 11-17 characters
+    cfg = load_config(overrides=small_overrides(short, tmp_path / "run", **{"rollout.max_new_tokens": 8, **knobs}))
     with pytest.raises(ConfigError, match=r"row \d+: the prompt has \d+ tokens.*context of 16"):
         Trainer(cfg, reward_funcs=REWARDS)
     cfg = load_config(overrides=small_overrides(short, tmp_path / "run", **{"rollout.max_new_tokens": 4,
-                                                                          "data.long_prompts": "drop"}))
+                                                                          "data.long_prompts": "drop", **knobs}))
     with pytest.warns(UserWarning, match="dropping"):
         t = Trainer(cfg, reward_funcs=REWARDS)
     assert t.train_prompts and all(len(p) <= 12 for p in t.train_prompts) and len(t.train_prompts) < 32

@@ -79,6 +79,12 @@ class ModelConfig:
         False, help="Recompute activations in the backward pass to save memory (slower)."
     )
     tiny_seed: int = _f(0, help="Initialisation seed when name_or_path is 'tiny'.")
+    share_prompt_prefix: bool = _f(
+        True,
+        help="In the log-prob passes, run each group's prompt once and reuse its KV cache for the "
+        "G responses (same values up to float rounding, less compute). Set false for models "
+        "whose forward does not support a batch-repeated KV cache. Off with gradient checkpointing.",
+    )
 
 
 @dataclass
