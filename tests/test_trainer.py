@@ -79,6 +79,12 @@ def test_sequence_logps_match_unpadded_rows(model_dir):
     backend = HFGenerateBackend(model, tok, max_new_tokens=6)
     batch = backend.generate(["Q:1+2=", "Q:12+34+5="], 3)
     assert batch.prompt_ids.shape[0] == 6 and batch.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+    # generation from a once-per-prompt pre-filled cache samples the same tokens as plain generate
+    torch.manual_seed(0)
+    plain_batch = HFGenerateBackend(model, tok, max_new_tokens=6, share_prompt_prefix=False).generate(
+        ["Q:1+2=", "Q:12+34+5="], 3)
+    assert torch.equal(plain_batch.completion_ids, batch.completion_ids)
+    assert torch.equal(plain_batch.prompt_ids, batch.prompt_ids)
     with torch.no_grad():
         lp, ent = sequence_logps(model, batch, temperature=0.7, with_entropy=True)
         for i in range(6):

@@ -81,9 +81,10 @@ class ModelConfig:
     tiny_seed: int = _f(0, help="Initialisation seed when name_or_path is 'tiny'.")
     share_prompt_prefix: bool = _f(
         True,
-        help="In the log-prob passes, run each group's prompt once and reuse its KV cache for the "
-        "G responses (same values up to float rounding, less compute). Set false for models "
-        "whose forward does not support a batch-repeated KV cache. Off with gradient checkpointing.",
+        help="Run each group's prompt once and reuse its KV cache for the G responses, in "
+        "generation (pre-fill) and in the log-prob passes (same values up to float rounding, "
+        "less compute). Set false for models whose forward does not support a batch-repeated "
+        "KV cache. The log-prob passes do not share with gradient checkpointing.",
     )
 
 

@@ -49,7 +49,7 @@ from spro.advantages import cumulative_process_reward, get_estimator, masked_ste
 from spro.config import ConfigError, TrainConfig, config_from_dict, diff_configs, to_dict
 from spro.losses import entropy_from_logits, kl_penalty, policy_loss
 from spro.prompts import render_prompt
-from spro.rollout import RolloutBatch, make_backend
+from spro.rollout import RolloutBatch, _cache_kw, make_backend
 
 METRIC_KEYS = (
     "step", "time", "reward/mean", "reward/std", "accuracy", "groups/zero_variance_frac",
@@ -121,15 +121,6 @@ def load_model(name: str, *, dtype: str = "float32", tiny_seed: int = 0, tokeniz
 
         tok = load_tokenizer(tokenizer)
     return model, tok
-
-
-def _cache_kw(model: Any) -> str:
-    """Name of the KV-cache argument of ``model.forward`` ('cache' in newer transformers)."""
-    import inspect
-
-    base = getattr(model, "module", model)  # DDP wrapper
-    params = inspect.signature(base.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def _groups_share_prompts(batch: RolloutBatch, G: int) -> bool:
@@ -461,7 +452,7 @@ class Trainer:
             num_training_steps=cfg.total_steps * self.opt_steps_per_step,
         )
         self.ddp_model = self.acc.prepare(self.model)
-        self.backend = make_backend(r.backend, self.model, self.tok, r)
+        self.backend = make_backend(r.backend, self.model, self.tok, r, share_prompt_prefix=m.share_prompt_prefix)
 
         self.step = 0
         self.elapsed = 0.0
