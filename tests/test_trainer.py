@@ -250,3 +250,27 @@ def test_cli_train_runs_and_reports_errors(model_dir, tmp_path, capsys):
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
     assert main(["train", "algorithm.nme=spro"]) == 2
     assert "did you mean 'algorithm.name'" in capsys.readouterr().err
+
+
+def test_process_reward_model_hook_for_prime(model_dir, tmp_path):
+    """algorithm.name=prime calls prm.compute_logp(batch) and prm.update(batch, rewards) each step."""
+    class FakePRM:
+        def __init__(self, model):
+            self.model, self.calls = model, []
+
+        def compute_logp(self, batch):
+            with torch.no_grad():
+                return sequence_logps(self.model, batch)[0]
+
+        def update(self, batch, rewards):
+            self.calls.append((len(batch), tuple(rewards.shape)))
+            return {"loss": 0.5}
+
+    from spro.modeling import load_model_and_tokenizer
+
+    prm = FakePRM(load_model_and_tokenizer(model_dir)[0])
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "prime"))
+    out = train(cfg, prm=prm, reward_funcs=REWARDS)
+    assert prm.calls == [(8, (8,)), (8, (8,))]
+    metrics = _records(out / "metrics.jsonl")
+    assert all(m["prm/loss"] == 0.5 for m in metrics) and all(k in metrics[0] for k in METRIC_KEYS)
