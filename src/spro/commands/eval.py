@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for --k (default 1.0).")
     parser.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling for --k (default 1.0).")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="Generation budget (default: 96 for tasks, 512 for --data).")
-    parser.add_argument("--batch-size", type=int, default=64, help="Sequences per generate() call (default 64).")
+    parser.add_argument("--batch-size", type=int, default=256, help="Sequences per generate() call (default 256; lower it for big models).")
     parser.add_argument("--seed", type=int, default=0, help="Sampling seed.")
     parser.add_argument("--out", default=None, help="Write the results as JSON to this file.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")

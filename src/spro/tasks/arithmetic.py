@@ -168,8 +168,9 @@ class ArithmeticTask:
     """Seeded generator of chain-of-thought arithmetic problems (see the module docstring).
 
     Knobs (all checked; nonsense raises ValueError naming the knob):
-      num_operands: operands per problem, an int or an inclusive (min, max) range, >= 2.
-      value_range: inclusive (min, max) range of each operand, min >= 0.
+      num_operands: operands per problem, an int or an inclusive (min, max) range, >= 2
+        (default 3-5: 2-4 steps plus the answer, 15-40 characters per solution).
+      value_range: inclusive (min, max) range of each operand, min >= 0 (default 0-9).
       operators: string of allowed operators, a non-empty subset of "+-".
       allow_negative: if False (default), a "-" that would make the running value negative is
         turned into "+", so every intermediate value is >= 0.
@@ -178,7 +179,7 @@ class ArithmeticTask:
     """
 
     num_operands: Any = (3, 5)
-    value_range: Any = (0, 99)
+    value_range: Any = (0, 9)
     operators: str = "+-"
     allow_negative: bool = False
     seed: int = 0
