@@ -140,7 +140,9 @@ class DataConfig:
     )
     rewards: list[RewardSpec] = _f(
         help="Reward functions with weights; the reward of a response is the weighted sum of "
-        "the values that are not None (None = 'not applicable').",
+        "the values that are not None (None = 'not applicable'); a response no function could "
+        "score gets 0 (counted in the reward/none_frac metric). A function that raises is "
+        "retried response by response; responses it still fails on count as None (reward/errors).",
         factory=_default_rewards,
     )
     accuracy_reward: str | None = _f(
