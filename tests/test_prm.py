@@ -252,3 +252,123 @@ def test_filter_bounds_are_inclusive():
         filter_groups_by_accuracy(rewards, ids[:-1])
     with pytest.raises(ValueError):
         filter_groups_by_accuracy(rewards, ids, 0.8, 0.2)
+
+
+# ---------------------------------------------------------------------------- the trainer hook
+
+
+def _rollout(tok, model, G=3):
+    from spro.rollout import HFGenerateBackend
+
+    torch.manual_seed(0)
+    return HFGenerateBackend(model, tok, max_new_tokens=6).generate(["Q:1+2=", "Q:12+34+5="], G)
+
+
+def test_stage_logps_match_the_reference_convention(tok, policy):
+    """PRMStage.compute_logp uses the trainer's sequence_logps: an untrained PRM gives q = 0 exactly,
+    with and without prompt-prefix sharing, and equals completion_token_logps on the concatenation."""
+    from spro.prm import PRMStage
+    from spro.trainer import sequence_logps
+
+    batch = _rollout(tok, policy)
+    ref = copy.deepcopy(policy).eval()
+    with torch.no_grad():
+        ref_logp = sequence_logps(ref, batch, temperature=0.7)[0] * batch.completion_mask
+    for group_size, micro in ((None, None), (3, None), (3, 3), (None, 2)):
+        stage = PRMStage(ImplicitPRM(ref, lr=1e-3), temperature=0.7, group_size=group_size, micro_batch=micro)
+        got = stage.compute_logp(batch)
+        torch.testing.assert_close(got, ref_logp, rtol=1e-5, atol=1e-5)
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
+    am = torch.cat([batch.prompt_mask, batch.completion_mask], 1)
+    plain = completion_token_logps(ref, ids, am, batch.completion_ids.shape[1], temperature=0.7) * batch.completion_mask
+    torch.testing.assert_close(stage.compute_logp(batch), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_stage_update_equals_implicit_prm_update_and_a_hand_loop(tok, policy):
+    """One PRMStage step (trainer batch, shared ref_logp, micro-batches) = ImplicitPRM.update on
+    the concatenated tensors = a plain loop: full-batch BCE, backward, clip, AdamW step."""
+    from spro.prm import PRMStage
+
+    batch = _rollout(tok, policy)
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
+    am = torch.cat([batch.prompt_mask, batch.completion_mask], 1)
+    cm = batch.completion_mask
+    T = cm.shape[1]
+    ref = copy.deepcopy(policy).eval()
+    # make the PRM differ from the reference so the loss is not at its symmetric point
+    start = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ref_logp = completion_token_logps(ref, ids, am, T).detach() * cm
+
+    # adam_eps=1: the first AdamW step is ~lr * grad (not lr * sign(grad), which float noise can flip)
+    stage = PRMStage(ImplicitPRM(start, lr=1e-2, max_grad_norm=0.5, adam_eps=1.0), group_size=3, micro_batch=3)
+    m_stage = stage.update(batch, labels, ref_logp=ref_logp)
+    direct = ImplicitPRM(start, lr=1e-2, max_grad_norm=0.5, adam_eps=1.0)
+    m_direct = direct.update(ids, am, cm, ref_logp, labels)
+
+    # the obviously-correct loop
+    loop_model = copy.deepcopy(start)
+    opt = torch.optim.AdamW(loop_model.parameters(), lr=1e-2, eps=1.0, weight_decay=0.0)
+    loss = 0.0
+    for i in range(len(batch)):
+        lp = completion_token_logps(loop_model, ids[i : i + 1], am[i : i + 1], T)[0]
+        s = 0.05 * sum(float(cm[i, t]) * (lp[t] - ref_logp[i, t]) for t in range(T))
+        y = float(labels[i])
+        loss = loss - (y * F.logsigmoid(s) + (1 - y) * F.logsigmoid(-s)) / len(batch)
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(list(loop_model.parameters()), 0.5)
+    opt.step()
+
+    assert m_stage["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert m_direct["prm/loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert m_stage["grad_norm"] == pytest.approx(float(gn), rel=1e-4)
+    for (name, a), b, c in zip(stage.model.named_parameters(), direct.model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8, msg=name)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-8, msg=name)
+    assert any(not torch.equal(a, b) for a, b in zip(stage.model.parameters(), start.parameters()))
+    with pytest.raises(ValueError, match="ref_logp is required"):
+        stage.update(batch, labels)
+
+
+def test_stage_save_load_round_trip(tok, policy, tmp_path):
+    from spro.prm import PRMStage
+
+    batch = _rollout(tok, policy)
+    ref_logp = torch.zeros(batch.completion_mask.shape) - 3.0
+    a = PRMStage(ImplicitPRM(policy, lr=1e-2))
+    a.update(batch, torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0]), ref_logp=ref_logp)
+    a.save(tmp_path)
+    b = PRMStage(ImplicitPRM(policy, lr=1e-2))
+    b.load(tmp_path)
+    assert b.prm.num_updates == 1
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+        assert torch.equal(x, y)
+    # the optimiser continues identically
+    labels = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    ma, mb = a.update(batch, labels, ref_logp=ref_logp), b.update(batch, labels, ref_logp=ref_logp)
+    assert ma == mb
+    for x, y in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="model.safetensors is missing"):
+        b.load(tmp_path / "nowhere")
+
+
+def test_grad_reducer_sees_every_parameter_and_may_get_an_empty_batch(tok, policy):
+    seen = []
+
+    def reducer(params, n):
+        seen.append((n, all(p.grad is not None for p in params)))
+        for p in params:
+            p.grad.fill_(0.0)  # e.g. another process's gradients cancelled ours
+
+    prm = ImplicitPRM(policy, lr=1e-2)
+    before = [p.detach().clone() for p in prm.model.parameters()]
+    ids, am, cm, labels = make_batch(tok)
+    prm.update(ids[:0], am[:0], cm[:0], torch.zeros(0, cm.shape[1]), labels[:0], grad_reducer=reducer)
+    assert seen == [(0, True)]
+    assert all(torch.equal(a, b) for a, b in zip(before, prm.model.parameters()))
+    with pytest.raises(ValueError, match="empty"):
+        prm.update(ids[:0], am[:0], cm[:0], torch.zeros(0, cm.shape[1]), labels[:0])

@@ -28,12 +28,14 @@ reward) lies in [low, high], bounds included.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "PRMStage",
     "completion_token_logps",
     "implicit_prm_loss",
     "ImplicitPRM",
@@ -240,6 +242,7 @@ class ImplicitPRM:
         outcome_labels: torch.Tensor,
         *,
         micro_batch: int | None = None,
+        grad_reducer: Callable[[list[torch.Tensor], int], None] | None = None,
     ) -> dict[str, float]:
         """One optimiser step of the PRM on a batch, with gradient accumulation over micro-batches.
 
@@ -251,20 +254,51 @@ class ImplicitPRM:
         Returns floats: ``prm/loss`` (the BCE before the step), ``prm/accuracy`` (fraction of
         responses where sign(beta * sum_t q) agrees with the label, label > 0.5 counting as
         positive and a score of exactly 0 counting half), ``prm/score_mean`` (mean of
-        beta * sum_t q), ``prm/grad_norm`` (before clipping), ``prm/lr``.
+        beta * sum_t q), ``prm/grad_norm`` (before clipping), ``prm/lr``. ``grad_reducer``: see
+        `update_with`.
         """
         t = self._check(input_ids, attention_mask, completion_mask)
         b = input_ids.shape[0]
-        labels = torch.as_tensor(outcome_labels, dtype=torch.float32, device=input_ids.device).reshape(-1)
+        if ref_logp is None:
+            ref_logp = self.ref_token_logps(input_ids, attention_mask, completion_mask, micro_batch=micro_batch)
+        return self.update_with(
+            lambda s: self._logp_fn(self.model, input_ids[s], attention_mask[s], t),
+            b, completion_mask, ref_logp, outcome_labels, micro_batch=micro_batch, grad_reducer=grad_reducer,
+        )
+
+    def update_with(
+        self,
+        logp_of: Callable[[slice], torch.Tensor],
+        n_rows: int,
+        completion_mask: torch.Tensor,
+        ref_logp: torch.Tensor,
+        outcome_labels: torch.Tensor,
+        *,
+        micro_batch: int | None = None,
+        grad_reducer: Callable[[list[torch.Tensor], int], None] | None = None,
+    ) -> dict[str, float]:
+        """The optimiser step of `update`, with the PRM's log-probs given by ``logp_of``.
+
+        ``logp_of(rows: slice) -> [b, T]`` must return log pi_phi of the completion tokens of those
+        rows *with gradients* (e.g. the trainer's ``sequence_logps`` on a slice of its batch).
+        completion_mask, ref_logp: [n_rows, T]; outcome_labels: [n_rows] in [0, 1].
+        ``grad_reducer(params, n_rows)``, when given, is called after the backward passes and before
+        clipping, to combine gradients across processes; every parameter then has a ``.grad``
+        (zeros where no gradient arrived) and ``n_rows`` may be 0 (this process contributes
+        nothing but still takes part in the collective step).
+        """
+        b = int(n_rows)
+        if b < 1 and grad_reducer is None:
+            raise ValueError("ImplicitPRM.update: the batch is empty")
+        labels = torch.as_tensor(outcome_labels, dtype=torch.float32, device=completion_mask.device).reshape(-1)
         if labels.shape[0] != b:
             raise ValueError(f"ImplicitPRM.update: outcome_labels has {labels.shape[0]} entries, batch has {b}")
         if not torch.isfinite(labels).all() or (labels < 0).any() or (labels > 1).any():
             raise ValueError("ImplicitPRM.update: outcome_labels must be finite and in [0, 1]")
-        if ref_logp is None:
-            ref_logp = self.ref_token_logps(input_ids, attention_mask, completion_mask, micro_batch=micro_batch)
-        if tuple(ref_logp.shape) != tuple(completion_mask.shape):
+        if tuple(ref_logp.shape) != tuple(completion_mask.shape) or completion_mask.shape[0] != b:
             raise ValueError(
-                f"ImplicitPRM.update: ref_logp {tuple(ref_logp.shape)} must match completion_mask {tuple(completion_mask.shape)}"
+                f"ImplicitPRM.update: ref_logp {tuple(ref_logp.shape)} must match completion_mask "
+                f"{tuple(completion_mask.shape)} with {b} rows"
             )
         ref_logp = ref_logp.detach().float()
         mask = completion_mask.to(torch.float32)
@@ -272,8 +306,8 @@ class ImplicitPRM:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, correct, score_sum = 0.0, 0.0, 0.0
-        for s in self._micro_batches(b, micro_batch):
-            logp = self._logp_fn(self.model, input_ids[s], attention_mask[s], t).float()
+        for s in self._micro_batches(b, micro_batch) if b else []:
+            logp = logp_of(s).float()
             loss = implicit_prm_loss(logp, ref_logp[s], mask[s], labels[s], self.beta, reduction="sum")
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -286,7 +320,13 @@ class ImplicitPRM:
                 correct += float(((pred_pos == target) & ~tie).sum() + 0.5 * tie.sum())
                 loss_sum += float(loss)
                 score_sum += float(score.sum())
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if grad_reducer is not None:
+            for p in trainable:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            grad_reducer(trainable, b)
+        params = [p for p in trainable if p.grad is not None]
         if self.max_grad_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
         else:
@@ -295,10 +335,11 @@ class ImplicitPRM:
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
         self.num_updates += 1
+        n = max(b, 1)
         return {
-            "prm/loss": loss_sum / b,
-            "prm/accuracy": correct / b,
-            "prm/score_mean": score_sum / b,
+            "prm/loss": loss_sum / n,
+            "prm/accuracy": correct / n,
+            "prm/score_mean": score_sum / n,
             "prm/grad_norm": grad_norm,
             "prm/lr": float(self.optimizer.param_groups[0]["lr"]),
         }
@@ -360,3 +401,106 @@ def filter_groups_by_accuracy(
     acc = (sums / counts)[inverse]
     tol = 1e-9
     return (acc >= low - tol) & (acc <= high + tol)
+
+
+class PRMStage:
+    """The trainer's process-reward-model hook (``spro.trainer``'s ``prm=`` protocol) on an ImplicitPRM.
+
+    ``compute_logp(batch) -> [B, T]`` and ``update(batch, labels, ref_logp=None) -> metrics`` take the
+    trainer's `spro.rollout.RolloutBatch` and compute log-probs with the trainer's own
+    ``sequence_logps`` (same temperature, position ids and prompt-prefix sharing as the policy
+    and reference passes), so ``prm_logp - ref_logp`` is exactly 0 for an untrained PRM.
+    ``update`` reuses the ``ref_logp`` the trainer already computed (no extra reference pass).
+    ``save(folder)`` / ``load(folder)`` write / read ``model.safetensors`` and ``state.pt``
+    (optimiser state, beta, update count) for checkpoints.
+
+    Args:
+        prm: the ImplicitPRM (its model, optimiser and beta).
+        temperature: the sampling temperature (the trainer divides logits by it everywhere).
+        group_size: responses per prompt, enabling prompt-prefix sharing when a micro-batch holds
+            whole groups (None: plain passes).
+        micro_batch: responses per forward/backward pass (None or 0: the whole batch at once).
+        grad_reducer: combines PRM gradients across processes (see `ImplicitPRM.update_with`).
+    """
+
+    def __init__(
+        self,
+        prm: ImplicitPRM,
+        *,
+        temperature: float = 1.0,
+        group_size: int | None = None,
+        micro_batch: int | None = None,
+        grad_reducer: Callable[[list[torch.Tensor], int], None] | None = None,
+    ) -> None:
+        if not temperature > 0:
+            raise ValueError(f"PRMStage: temperature must be > 0, got {temperature!r}")
+        self.prm = prm
+        self.temperature = float(temperature)
+        self.group_size = group_size
+        self.micro_batch = micro_batch or None
+        self.grad_reducer = grad_reducer
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.prm.model
+
+    def _slices(self, b: int) -> list[slice]:
+        return self.prm._micro_batches(b, self.micro_batch) if b else []
+
+    def _logp(self, batch: Any, rows: slice) -> torch.Tensor:
+        from spro.trainer import sequence_logps  # lazy: spro.trainer builds this class
+
+        sub = batch if rows == slice(0, len(batch)) else batch.select(torch.arange(len(batch))[rows])
+        return sequence_logps(self.prm.model, sub, temperature=self.temperature, group_size=self.group_size)[0]
+
+    def compute_logp(self, batch: Any) -> torch.Tensor:
+        """log pi_phi of the response tokens, [B, T] float32, no gradient; 0 where masked."""
+        model = self.prm.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                parts = [self._logp(batch, s) for s in self._slices(len(batch))]
+        finally:
+            model.train(was_training)
+        mask = batch.completion_mask.to(torch.float32)
+        if not parts:
+            return torch.zeros_like(mask)
+        return torch.cat(parts, dim=0).float() * mask
+
+    def update(self, batch: Any, labels: torch.Tensor, ref_logp: torch.Tensor | None = None) -> dict[str, float]:
+        """One PRM optimiser step on ``batch`` with outcome ``labels`` [B] in [0, 1].
+
+        ``ref_logp`` [B, T]: the reference log-probs of the batch (the trainer passes the ones it
+        computed); required, since this stage holds no reference model. Returns
+        `ImplicitPRM.update`'s metrics without the ``prm/`` prefix (the trainer adds it).
+        """
+        if ref_logp is None:
+            raise ValueError("PRMStage.update: ref_logp is required (the trainer passes its reference log-probs)")
+        metrics = self.prm.update_with(
+            lambda s: self._logp(batch, s), len(batch), batch.completion_mask, ref_logp, labels,
+            micro_batch=self.micro_batch, grad_reducer=self.grad_reducer,
+        )
+        return {k.removeprefix("prm/"): v for k, v in metrics.items()}
+
+    def save(self, folder: str | Path) -> None:
+        """Write the PRM into ``folder``: ``model.safetensors`` (weights) and ``state.pt`` (the rest)."""
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        save_model(self.prm.model, str(folder / "model.safetensors"))
+        state = self.prm.state_dict()
+        state.pop("model")
+        torch.save(state, folder / "state.pt")
+
+    def load(self, folder: str | Path) -> None:
+        """Restore what `save` wrote (ValueError naming the file when something is missing)."""
+        from safetensors.torch import load_model
+
+        folder = Path(folder)
+        for name in ("model.safetensors", "state.pt"):
+            if not (folder / name).is_file():
+                raise ValueError(f"PRMStage.load: {folder / name} is missing")
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        load_model(self.prm.model, str(folder / "model.safetensors"), device=str(next(self.prm.model.parameters()).device))
+        self.prm.load_state_dict({**state, "model": self.prm.model.state_dict()})
