@@ -194,14 +194,15 @@ class AlgorithmConfig:
         "spro",
         help="Advantage estimator from spro.advantages' registry: spro (arXiv:2507.01551), grpo "
         "(arXiv:2402.03300), dr_grpo (arXiv:2503.20783), rloo (arXiv:2402.14740), prime "
-        "(arXiv:2502.01456; needs a process reward model plugged into the trainer).",
+        "(arXiv:2502.01456; the trainer trains an implicit PRM, a copy of the starting policy, "
+        "with the algorithm.prm_* / prime_* settings).",
         choices=ALGORITHMS,
     )
     beta: float = _f(
         0.05,
         help="SPRO's process-reward weight: p[t] = beta * (log pi_old - log pi_ref) "
         "(arXiv:2507.01551, eq. for the self-guided process reward; the paper's value is not "
-        "public, 0.05 follows PRIME's implicit PRM). Also PRIME's beta.",
+        "public, 0.05 follows PRIME's implicit PRM). PRIME uses algorithm.prm_beta instead.",
     )
     outcome_scale: str = _f(
         "group",
@@ -261,6 +262,49 @@ class AlgorithmConfig:
         1,
         help="Micro-batches per mini-batch: each mini-batch is split into this many forward/"
         "backward passes whose gradients are summed before the optimizer step.",
+    )
+    # PRIME (algorithm.name=prime): the implicit PRM the trainer builds and trains online
+    prm_lr: float = _f(
+        2e-5,
+        help="PRIME: AdamW learning rate of the implicit PRM (a copy of the starting policy). "
+        "PRIME used 1e-6 for the PRM with 5e-7 for the 7B policy (arXiv:2502.01456, verl "
+        "recipe/prime); the default keeps that 2x ratio to the default optim.lr (1e-5) of the "
+        "tiny model.",
+    )
+    prm_beta: float = _f(
+        0.05,
+        help="PRIME: the implicit PRM's beta, in its loss BCE(sigmoid(beta * sum_t (log pi_phi - "
+        "log pi_ref)), label) and in its process reward beta * (log pi_phi - log pi_ref) "
+        "(arXiv:2502.01456: 0.05).",
+    )
+    prm_micro_batch: int = _f(
+        0,
+        help="PRIME: responses per PRM forward/backward pass (gradient accumulation; one PRM "
+        "optimizer step per training step); 0 = the whole batch at once.",
+    )
+    prm_max_grad_norm: float = _f(
+        1.0, help="PRIME: clip the PRM's gradient norm to this (0 = no clipping; verl's recipe default 1.0)."
+    )
+    prm_update: str = _f(
+        "before",
+        help="PRIME: 'before' = update the PRM on the batch, then compute the process rewards with "
+        "the updated PRM (PRIME's default 'double forward'); 'after' = process rewards from the "
+        "PRM before its update ('single forward').",
+        choices=("before", "after"),
+    )
+    prime_filter: bool = _f(
+        True,
+        help="PRIME: drop the prompts whose group accuracy (fraction of correct responses) is "
+        "outside [prime_filter_low, prime_filter_high] before the PRM and policy updates; a "
+        "step where every prompt is dropped makes no update (prime/skipped = 1).",
+    )
+    prime_filter_low: float = _f(0.2, help="PRIME: lower bound of the accuracy filter (inclusive).")
+    prime_filter_high: float = _f(0.8, help="PRIME: upper bound of the accuracy filter (inclusive).")
+    prime_outcome_coef: float = _f(
+        1.0, help="PRIME advantage: weight of the outcome (leave-one-out) source (PRIME: 5, equal to the process weight)."
+    )
+    prime_process_coef: float = _f(
+        1.0, help="PRIME advantage: weight of the implicit process-reward source (PRIME: 5; only the ratio matters after whitening)."
     )
 
 
@@ -666,6 +710,15 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= a.clip_eps_low < 1, f"algorithm.clip_eps_low must be in [0, 1), got {a.clip_eps_low}")
     need(a.clip_eps_high is None or a.clip_eps_high >= 0, "algorithm.clip_eps_high must be >= 0")
     need(a.kl_coef >= 0, f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
+    need(a.prm_lr > 0, f"algorithm.prm_lr must be > 0, got {a.prm_lr}")
+    need(a.prm_beta > 0, f"algorithm.prm_beta must be > 0, got {a.prm_beta}")
+    need(a.prm_micro_batch >= 0, f"algorithm.prm_micro_batch must be >= 0, got {a.prm_micro_batch}")
+    need(a.prm_max_grad_norm >= 0, f"algorithm.prm_max_grad_norm must be >= 0, got {a.prm_max_grad_norm}")
+    need(
+        0 <= a.prime_filter_low <= a.prime_filter_high <= 1,
+        f"algorithm.prime_filter_low / prime_filter_high must satisfy 0 <= low <= high <= 1, got "
+        f"{a.prime_filter_low} / {a.prime_filter_high}",
+    )
     if not cfg.model.use_reference:
         need(
             a.name not in ("spro", "prime") and a.kl_coef == 0,

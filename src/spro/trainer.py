@@ -18,12 +18,18 @@ One training step (:meth:`Trainer.train_step`):
 6. metrics (metrics.jsonl, TensorBoard, W&B), periodic greedy evaluation (eval.jsonl) and
    atomic checkpoints (``spro.checkpoint``).
 
-PRIME plugs in through the ``prm`` argument: any object with
-``compute_logp(batch: RolloutBatch) -> [B, T]`` (log-probs of the response tokens under the
-implicit PRM, no grad) and ``update(batch: RolloutBatch, rewards: [B]) -> dict[str, float]``
-(one training step of the PRM, returning metrics), optionally ``save(folder)`` /
-``load(folder)`` for checkpoints. The trainer calls ``compute_logp`` then ``update`` every step
-when the algorithm needs ``prm_logp``.
+PRIME (``algorithm.name=prime``): the trainer builds an implicit PRM from the starting policy
+(``spro.prm.PRMStage`` over ``spro.prm.ImplicitPRM``, settings ``algorithm.prm_*``), or uses the
+``prm`` argument: any object with ``compute_logp(batch: RolloutBatch) -> [B, T]`` (log-probs
+of the response tokens under the implicit PRM, no grad) and ``update(batch: RolloutBatch,
+labels: [B]) -> dict[str, float]`` (one training step of the PRM on the 0/1 correctness labels,
+returning metrics logged as ``prm/*``; if it accepts a ``ref_logp`` keyword it gets the
+reference log-probs [B, T] the trainer already computed), optionally ``save(folder)`` /
+``load(folder)`` for checkpoints (``checkpoint/prm/``). Each PRIME step, in PRIME's order
+(verl ``recipe/prime``): score, drop the prompts whose group accuracy is outside
+``[prime_filter_low, prime_filter_high]`` (``prime_filter``), policy and reference log-probs,
+``update`` then ``compute_logp`` (``prm_update=before``, PRIME's default; ``after`` computes the
+rewards first), PRIME advantages, policy update on the kept prompts. Its time is ``time/prm``.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ METRIC_KEYS = (
     "process/msa_abs_mean", "perf/tokens_per_sec", "time/rollout", "time/logprob",
     "time/update", "time/step", "memory/peak_mb", "loss", "lr", "grad_norm",
 )
+# extra keys of PRIME steps (algorithm.name=prime)
+PRIME_METRIC_KEYS = ("time/prm", "prime/filtered_frac", "prime/skipped")
 EVAL_KEYS = ("step", "time", "eval/accuracy", "eval/length_mean", "eval/n")
 
 
@@ -75,7 +83,7 @@ class ProcessRewardModel(Protocol):
 
     def compute_logp(self, batch: RolloutBatch) -> torch.Tensor: ...
 
-    def update(self, batch: RolloutBatch, rewards: torch.Tensor) -> dict[str, float]: ...
+    def update(self, batch: RolloutBatch, labels: torch.Tensor) -> dict[str, float]: ...
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,10 +408,10 @@ class Trainer:
         self.estimator = get_estimator(a.name)
         self.needs_ref = cfg.model.use_reference or a.name in ("spro", "prime") or a.kl_coef > 0
         self.loss_agg = "seq-mean-token-sum-norm" if a.name == "dr_grpo" else a.loss_agg
-        if a.name == "prime" and prm is None:
+        if a.name == "prime" and a.prime_filter and self.world > 1:
             raise ConfigError(
-                "algorithm.name=prime needs a process reward model: pass train(config, prm=...) "
-                "(an object with compute_logp(batch) and update(batch, rewards))"
+                "algorithm.prime_filter=true is not supported with several processes (each would "
+                "drop a different number of prompts); set algorithm.prime_filter=false"
             )
 
         # models (the reference is the starting policy, also when resuming)
@@ -422,6 +430,9 @@ class Trainer:
         # prompt-prefix sharing needs a KV cache in the training forward (not with checkpointing)
         self.share_group = r.num_generations if (m.share_prompt_prefix and not m.gradient_checkpointing) else None
         self.model.to(self.acc.device).train()
+        if a.name == "prime" and self.prm is None:
+            self.prm = self._build_prm()
+        self._prm_takes_ref = self.prm is not None and _accepts_keyword(self.prm.update, "ref_logp")
 
         # data and rewards
         self.train_ds, self.eval_ds = load_datasets(cfg)
@@ -462,8 +473,8 @@ class Trainer:
             state = ckpt_lib.read_trainer_state(self.resume_ckpt)
             self.step, self.elapsed = int(state["step"]), float(state["time"])
             self.last_ckpt = self.resume_ckpt
-            if prm is not None and hasattr(prm, "load") and (self.resume_ckpt / "prm").is_dir():
-                prm.load(self.resume_ckpt / "prm")
+            if self.prm is not None and hasattr(self.prm, "load") and (self.resume_ckpt / "prm").is_dir():
+                self.prm.load(self.resume_ckpt / "prm")
             ckpt_lib.load_rng_state(self.resume_ckpt, self.rank, self.world)
         else:
             from transformers import set_seed
@@ -475,6 +486,27 @@ class Trainer:
             (self.out / "config.yaml").write_text(__import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
 
     # -------------------------------------------------------------------------------- helpers
+
+    def _build_prm(self) -> Any:
+        """PRIME's implicit PRM: a trainable copy of the starting policy (the reference model)."""
+        from spro.prm import ImplicitPRM, PRMStage
+
+        a = self.cfg.algorithm
+        prm = ImplicitPRM(
+            self.ref, beta=a.prm_beta, lr=a.prm_lr, weight_decay=self.cfg.optim.weight_decay,
+            adam_betas=(self.cfg.optim.adam_beta1, self.cfg.optim.adam_beta2), adam_eps=self.cfg.optim.adam_eps,
+            max_grad_norm=a.prm_max_grad_norm or None, temperature=self.cfg.rollout.temperature,
+        )
+        return PRMStage(prm, temperature=self.cfg.rollout.temperature, group_size=self.share_group,
+                        micro_batch=a.prm_micro_batch or None,
+                        grad_reducer=self._reduce_prm_grads if self.world > 1 else None)
+
+    def _reduce_prm_grads(self, params: list[torch.Tensor], n_rows: int) -> None:
+        """Average the PRM's gradients over processes, weighted by their number of responses."""
+        total = float(self.acc.reduce(torch.tensor(float(n_rows), device=self.acc.device), "sum"))
+        for p in params:
+            p.grad.mul_(n_rows / max(total, 1.0))
+            p.grad.copy_(self.acc.reduce(p.grad, "sum"))
 
     def _check_lengths(self, ds: Any, prompts: list[str], split: str) -> tuple[Any, list[str]]:
         ctx = getattr(self.model.config, "max_position_embeddings", None)
@@ -626,22 +658,55 @@ class Trainer:
             raise self._diverged("the sampling policy's log-probs")
         if ref_logp is not None and not torch.isfinite(ref_logp[mb]).all():
             raise self._diverged("the reference model's log-probs")
-        prm_logp, prm_metrics = None, {}
-        if self.prm is not None and a.name == "prime":
-            prm_logp = self.prm.compute_logp(batch)
-            prm_metrics = {f"prm/{k}": v for k, v in (self.prm.update(batch, rewards) or {}).items()}
         t_logprob = time.perf_counter() - t0
+        prime = a.name == "prime"
+        prm_logp, prm_metrics, skip = None, {}, False
+        # PRIME's accuracy filter: only the kept prompts train the PRM and the policy (the metrics
+        # below still describe the whole batch)
+        ub, u_rewards, u_old, u_ref, u_fused = batch, rewards, old_logp, ref_logp, fused
+        if prime:
+            keep = torch.ones(len(batch), dtype=torch.bool, device=mask.device)
+            if a.prime_filter:
+                from spro.prm import filter_groups_by_accuracy
 
-        # 4. advantages
-        adv = self.estimator(
-            rewards=rewards, mask=mask, group_ids=batch.group_ids, logp=old_logp,
-            ref_logp=ref_logp, prm_logp=prm_logp, **self._estimator_options(),
-        ).to(old_logp.dtype)
+                keep = filter_groups_by_accuracy(correct.float(), batch.group_ids.cpu(), a.prime_filter_low,
+                                                 a.prime_filter_high).to(mask.device)
+            prm_metrics["prime/filtered_frac"] = 1.0 - float(keep.float().mean())
+            skip = not bool(keep.any())
+            if not skip and not bool(keep.all()):
+                kidx = keep.nonzero().squeeze(1)
+                ub, u_rewards, u_old, u_ref = batch.select(kidx), rewards[kidx], old_logp[kidx], ref_logp[kidx]
+                if fused is not None:
+                    u_fused = (fused[0][kidx], fused[1][kidx] if fused[1] is not None else None)
+            prm_metrics["prime/skipped"] = float(skip)
 
-        # 5. PPO update
+        # PRIME's implicit PRM: its update and its process rewards (timed as time/prm)
         t0 = time.perf_counter()
-        upd = self.ppo_update(batch, old_logp, ref_logp, adv, step, fused=fused)
-        t_update = time.perf_counter() - t0
+        if self.prm is not None and prime and not skip:
+            labels = correct.float().to(mask.device)[keep]
+            kw = {"ref_logp": u_ref} if self._prm_takes_ref else {}
+            if a.prm_update == "after":
+                prm_logp = self.prm.compute_logp(ub)
+            prm_metrics.update({f"prm/{k}": v for k, v in (self.prm.update(ub, labels, **kw) or {}).items()})
+            if a.prm_update == "before":
+                prm_logp = self.prm.compute_logp(ub)
+        t_prm = time.perf_counter() - t0
+
+        if skip:  # every prompt filtered out: no PRM or policy update this step
+            adv = None
+            upd = {"lr": self.scheduler.get_last_lr()[0], "grad_norm": None}
+            t_update = 0.0
+        else:
+            # 4. advantages
+            adv = self.estimator(
+                rewards=u_rewards, mask=ub.completion_mask, group_ids=ub.group_ids, logp=u_old,
+                ref_logp=u_ref, prm_logp=prm_logp, **self._estimator_options(),
+            ).to(old_logp.dtype)
+
+            # 5. PPO update
+            t0 = time.perf_counter()
+            upd = self.ppo_update(ub, u_old, u_ref, adv, step, fused=u_fused)
+            t_update = time.perf_counter() - t0
 
         # 6. metrics (reduced over processes)
         t_total = time.perf_counter() - t_step
@@ -649,6 +714,10 @@ class Trainer:
         metrics = self._metrics(step, batch, rewards, correct, old_logp, ref_logp, entropy, upd,
                                 t_rollout, t_logprob, t_update, t_total)
         metrics.update(reward_stats)
+        if prime:
+            metrics["time/prm"] = t_prm
+            if skip:
+                metrics.update({"loss": None, "clip/low_frac": None, "clip/high_frac": None})
         metrics.update(prm_metrics)
         self.logger.log_completions(step, batch.prompts[: cfg.logging.log_completions],
                                     batch.completions[: cfg.logging.log_completions], rewards.tolist()[: cfg.logging.log_completions])
@@ -663,7 +732,7 @@ class Trainer:
         if a.name == "grpo":
             return dict(scale=a.outcome_scale, eps=a.eps)
         if a.name == "prime":
-            return dict(beta=a.beta)
+            return dict(beta=a.prm_beta, outcome_coef=a.prime_outcome_coef, process_coef=a.prime_process_coef)
         return {}
 
     def ppo_update(self, batch: RolloutBatch, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -690,6 +759,8 @@ class Trainer:
                 lrs.append(self.scheduler.get_last_lr()[0])
                 for k in range(accum):
                     idx = mb_idx[k * self.micro : (k + 1) * self.micro]
+                    if idx.numel() == 0:  # a short batch (PRIME's filter kept fewer responses)
+                        continue
                     sync = contextlib.nullcontext() if k == accum - 1 else self.acc.no_sync(self.ddp_model)
                     with sync:
                         if fused is not None:
@@ -872,6 +943,18 @@ class Trainer:
                 bar.close()
             self.logger.close()
         return self.out
+
+
+def _accepts_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` can be called with the keyword argument ``name``."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.kind == p.VAR_KEYWORD
+               for p in params)
 
 
 def _flat(d: dict) -> dict:
