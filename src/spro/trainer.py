@@ -497,6 +497,8 @@ class Trainer:
             adam_betas=(self.cfg.optim.adam_beta1, self.cfg.optim.adam_beta2), adam_eps=self.cfg.optim.adam_eps,
             max_grad_norm=a.prm_max_grad_norm or None, temperature=self.cfg.rollout.temperature,
         )
+        if self.cfg.model.gradient_checkpointing:
+            prm.model.gradient_checkpointing_enable()
         return PRMStage(prm, temperature=self.cfg.rollout.temperature, group_size=self.share_group,
                         micro_batch=a.prm_micro_batch or None,
                         grad_reducer=self._reduce_prm_grads if self.world > 1 else None)
