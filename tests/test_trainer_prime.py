@@ -210,3 +210,50 @@ def test_kill_and_resume_restores_the_prm(model_dir, tmp_path, monkeypatch):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     sa = torch.load(full / "checkpoints" / "step-000003" / "prm" / "state.pt", weights_only=True)
     assert sa["num_updates"] == 3
+
+
+DDP_SCRIPT = """
+import sys
+import torch
+sys.path.insert(0, {tests!r})
+from _trainer_helpers import small_overrides
+from spro.config import load_config
+from spro.trainer import Trainer
+from test_trainer_prime import REWARDS
+
+model_dir, out = sys.argv[1], sys.argv[2]
+over = small_overrides(model_dir, out, "prime", device="cpu", total_steps=2, **{{
+    "rollout.prompts_per_step": 4, "data.rewards": "[{{name: parity}}]", "algorithm.prm_lr": 1e-3,
+    "algorithm.prime_filter": False}})
+t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+start = {{n: p.detach().clone() for n, p in t.prm.model.named_parameters()}}
+t.train()
+torch.save({{"policy": {{n: p.detach().clone() for n, p in t.model.named_parameters()}},
+            "prm": {{n: p.detach().clone() for n, p in t.prm.model.named_parameters()}}, "prm_start": start}},
+           f"{{out}}/rank{{t.rank}}.pt")
+"""
+
+
+def test_two_processes_keep_one_prm(model_dir, tmp_path):
+    """With two processes the PRM's gradients are averaged: both hold the same, trained PRM."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run_ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    out = tmp_path / "run"
+    out.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(model_dir), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r0, r1 = (torch.load(out / f"rank{i}.pt", weights_only=False) for i in (0, 1))
+    for part in ("policy", "prm"):
+        for name, p in r0[part].items():
+            assert torch.equal(p, r1[part][name]), (part, name)
+    assert any(not torch.equal(p, r0["prm_start"][n]) for n, p in r0["prm"].items())
+    metrics = _records(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2] and all(m["prm/grad_norm"] > 0 for m in metrics)
