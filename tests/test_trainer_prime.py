@@ -91,8 +91,10 @@ def test_prime_order_before_and_after(model_dir, tmp_path, monkeypatch):
     seen = {}
     for order in ("before", "after"):
         cfg = _cfg(model_dir, tmp_path / order, total_steps=1, **{"algorithm.prime_filter": False,
-                                                                   "algorithm.prm_update": order})
+                                                                   "algorithm.prm_update": order,
+                                                                   "algorithm.prm_lr": "null"})
         t = Trainer(cfg, reward_funcs=REWARDS)
+        assert t.prm.prm.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)  # null: 2 x optim.lr
         real = t.estimator
 
         def spy(**kw):

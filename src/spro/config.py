@@ -264,12 +264,12 @@ class AlgorithmConfig:
         "backward passes whose gradients are summed before the optimizer step.",
     )
     # PRIME (algorithm.name=prime): the implicit PRM the trainer builds and trains online
-    prm_lr: float = _f(
-        2e-5,
-        help="PRIME: AdamW learning rate of the implicit PRM (a copy of the starting policy). "
-        "PRIME used 1e-6 for the PRM with 5e-7 for the 7B policy (arXiv:2502.01456, verl "
-        "recipe/prime); the default keeps that 2x ratio to the default optim.lr (1e-5) of the "
-        "tiny model.",
+    prm_lr: float | None = _f(
+        None,
+        help="PRIME: AdamW learning rate of the implicit PRM (a copy of the starting policy); "
+        "null = 2 x optim.lr, the ratio PRIME used (PRM 1e-6, 7B policy 5e-7; arXiv:2502.01456, "
+        "verl recipe/prime), e.g. 2e-5 with the default optim.lr and 4e-5 with the "
+        "tiny-arithmetic preset's 2e-5, the rates at which the tiny model trains stably.",
     )
     prm_beta: float = _f(
         0.05,
@@ -710,7 +710,7 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= a.clip_eps_low < 1, f"algorithm.clip_eps_low must be in [0, 1), got {a.clip_eps_low}")
     need(a.clip_eps_high is None or a.clip_eps_high >= 0, "algorithm.clip_eps_high must be >= 0")
     need(a.kl_coef >= 0, f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
-    need(a.prm_lr > 0, f"algorithm.prm_lr must be > 0, got {a.prm_lr}")
+    need(a.prm_lr is None or a.prm_lr > 0, f"algorithm.prm_lr must be > 0 (or null), got {a.prm_lr}")
     need(a.prm_beta > 0, f"algorithm.prm_beta must be > 0, got {a.prm_beta}")
     need(a.prm_micro_batch >= 0, f"algorithm.prm_micro_batch must be >= 0, got {a.prm_micro_batch}")
     need(a.prm_max_grad_norm >= 0, f"algorithm.prm_max_grad_norm must be >= 0, got {a.prm_max_grad_norm}")

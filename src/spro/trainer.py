@@ -493,7 +493,7 @@ class Trainer:
 
         a = self.cfg.algorithm
         prm = ImplicitPRM(
-            self.ref, beta=a.prm_beta, lr=a.prm_lr, weight_decay=self.cfg.optim.weight_decay,
+            self.ref, beta=a.prm_beta, lr=a.prm_lr or 2 * self.cfg.optim.lr, weight_decay=self.cfg.optim.weight_decay,
             adam_betas=(self.cfg.optim.adam_beta1, self.cfg.optim.adam_beta2), adam_eps=self.cfg.optim.adam_eps,
             max_grad_norm=a.prm_max_grad_norm or None, temperature=self.cfg.rollout.temperature,
         )
