@@ -21,6 +21,11 @@ completion, ``completion_mask`` is [B, T] and covers the *last* T positions of `
 temperature) as the PRM's, otherwise q is not zero for an untrained PRM; set ``temperature`` to the
 one the reference log-probs used, or pass ``logp_fn`` to share the trainer's log-prob function.
 
+`PRMStage` adapts an ImplicitPRM to the trainer's ``prm=`` hook (``compute_logp(batch)``,
+``update(batch, labels, ref_logp=...)``, ``save`` / ``load``) on `spro.rollout.RolloutBatch`
+batches, with the trainer's own ``sequence_logps``; the trainer builds one for
+``algorithm.name=prime`` (see docs/algorithms.md, "PRIME in the trainer").
+
 `filter_groups_by_accuracy` is PRIME's prompt filter: keep only groups whose accuracy (mean outcome
 reward) lies in [low, high], bounds included.
 """
