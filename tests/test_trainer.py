@@ -236,12 +236,6 @@ def test_nan_loss_stops(model_dir, tmp_path, monkeypatch):
         train(cfg, reward_funcs=REWARDS)
 
 
-def test_prime_without_prm_is_a_clear_error(model_dir, tmp_path):
-    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "prime"))
-    with pytest.raises(ConfigError, match="needs a process reward model"):
-        Trainer(cfg, reward_funcs=REWARDS)
-
-
 def test_cli_train_runs_and_reports_errors(model_dir, tmp_path, capsys):
     from spro.cli import main
 
@@ -269,7 +263,8 @@ def test_process_reward_model_hook_for_prime(model_dir, tmp_path):
     from spro.modeling import load_model_and_tokenizer
 
     prm = FakePRM(load_model_and_tokenizer(model_dir)[0])
-    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "prime"))
+    # the digits reward never reaches correct_threshold, so PRIME's accuracy filter would drop every prompt
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "prime", **{"algorithm.prime_filter": False}))
     out = train(cfg, prm=prm, reward_funcs=REWARDS)
     assert prm.calls == [(8, (8,)), (8, (8,))]
     metrics = _records(out / "metrics.jsonl")
