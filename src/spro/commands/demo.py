@@ -22,8 +22,8 @@ HELP = "The offline demo: SPRO against GRPO on the built-in task."
 
 # Seconds on 2 CPU cores, measured on the reference machine (see docs/demo.md); used only for the
 # estimate printed before the demo starts.
-EST_WARM_START_S = 150
-EST_STEP_S = 2.6
+EST_WARM_START_S = 180
+EST_STEP_S = 0.35
 EST_EVAL_PER_PROBLEM_S = 0.02
 
 
