@@ -49,3 +49,24 @@ def small_overrides(model_dir: Path, out: Path, algorithm: str = "spro", **extra
 
 
 REWARDS = {"digits": digit_reward}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl / eval.jsonl file."""
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def launch_two_processes(script: Path, *args: str):
+    """Run ``script *args`` (or ``-m module *args``) under ``accelerate launch`` with 2 CPU processes (gloo); returns the
+    finished process, after asserting that it exited 0."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from _trainer_helpers import REWARDS, save_small_model, small_overrides
+from _trainer_helpers import REWARDS, read_jsonl, save_small_model, small_overrides
 from spro import checkpoint as ck
 from spro.config import load_config
 from spro.trainer import Trainer, train
@@ -20,10 +19,6 @@ COMPARED = ("reward/mean", "reward/std", "accuracy", "entropy", "length/mean", "
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_small_model(tmp_path_factory.mktemp("model") / "small")
-
-
-def _records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _cfg(model_dir, out, **extra):
@@ -51,14 +46,14 @@ def test_kill_and_resume_gives_the_same_metrics(model_dir, tmp_path, monkeypatch
     assert [p.name for p in ck.list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["step-000002"]
 
     train(_cfg(model_dir, tmp_path / "killed"), resume=tmp_path / "killed", reward_funcs=REWARDS)
-    a = _records(full / "metrics.jsonl")
-    b = _records(tmp_path / "killed" / "metrics.jsonl")
+    a = read_jsonl(full / "metrics.jsonl")
+    b = read_jsonl(tmp_path / "killed" / "metrics.jsonl")
     assert [m["step"] for m in b] == [1, 2, 3, 4]
     for ma, mb in zip(a, b):
         for k in COMPARED:
             assert ma[k] == mb[k], (ma["step"], k, ma[k], mb[k])  # exact equality
-    assert [e["eval/accuracy"] for e in _records(full / "eval.jsonl")] == \
-           [e["eval/accuracy"] for e in _records(tmp_path / "killed" / "eval.jsonl")]
+    assert [e["eval/accuracy"] for e in read_jsonl(full / "eval.jsonl")] == \
+           [e["eval/accuracy"] for e in read_jsonl(tmp_path / "killed" / "eval.jsonl")]
     wa = load_file(str(full / "checkpoints" / "step-000004" / "model.safetensors"))
     wb = load_file(str(tmp_path / "killed" / "checkpoints" / "step-000004" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

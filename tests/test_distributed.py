@@ -8,17 +8,13 @@ process writes logs and checkpoints.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from _trainer_helpers import save_small_model
+from _trainer_helpers import launch_two_processes, read_jsonl, save_small_model
 from spro.advantages import get_estimator
 
 SCRIPT = textwrap.dedent(
@@ -61,11 +57,7 @@ def test_two_processes_match_single_process_advantages(tmp_path):
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     out = tmp_path / "run"
     out.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(model_dir), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    launch_two_processes(script, model_dir, out)
 
     r0, r1 = (torch.load(out / f"rank{i}.pt", weights_only=False) for i in (0, 1))
     assert r0["world"] == r1["world"] == 2 and r0["local_prompts"] == 2
@@ -73,7 +65,7 @@ def test_two_processes_match_single_process_advantages(tmp_path):
     for name, p in r0["params"].items():
         assert torch.equal(p, r1["params"][name]), name
 
-    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]  # written once, by the main process
     est = get_estimator("spro")
     for step, (d0, d1) in enumerate(zip(r0["dumps"], r1["dumps"]), start=1):
@@ -105,11 +97,7 @@ def test_accelerate_launch_spro_train_cli(tmp_path):
     out = tmp_path / "run"
     over = small_overrides(model_dir, out, "grpo", device="cpu", total_steps=1,
                            **{"data.rewards": "[{name: arithmetic}]", "rollout.prompts_per_step": 4})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "spro", "train", *over]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    (m,) = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    launch_two_processes("-m", "spro", "train", *over)
+    (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["step"] == 1 and m["length/max"] <= 8
     assert (out / "checkpoints" / "step-000001" / "model.safetensors").is_file()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from _trainer_helpers import save_small_model, small_overrides
+from _trainer_helpers import launch_two_processes, read_jsonl, save_small_model, small_overrides
 from spro import checkpoint as ck
 from spro.config import ConfigError, load_config
 from spro.prm import PRMStage
@@ -19,10 +18,6 @@ from spro.trainer import METRIC_KEYS, PRIME_METRIC_KEYS, Trainer, sequence_logps
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_small_model(tmp_path_factory.mktemp("model") / "small")
-
-
-def _records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def parity_reward(prompts, completions, **kw):
@@ -65,7 +60,7 @@ def test_prime_trains_policy_and_prm_and_logs_its_cost(model_dir, tmp_path):
     assert isinstance(t.prm, PRMStage) and t.prm.model is not t.model and t.prm.model is not t.ref
     assert t.prm.prm.beta == 0.05 and t.prm.prm.optimizer.param_groups[0]["lr"] == 1e-3
     out = t.train()
-    metrics = _records(out / "metrics.jsonl")
+    metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
         for k in METRIC_KEYS + PRIME_METRIC_KEYS + ("prm/loss", "prm/accuracy", "prm/grad_norm", "prm/lr"):
@@ -131,7 +126,7 @@ def test_filter_drops_groups_outside_the_band(model_dir, tmp_path, monkeypatch):
     assert [s[:2] for s in sizes["prm"]] == [(4, [1.0, 0.0, 1.0, 0.0])] * 2
     assert all(s[2][0] == 4 for s in sizes["prm"])
     assert sizes["ppo"] == [(4, (4, sizes["ppo"][0][1][1]), 4)] * 2
-    metrics = _records(out / "metrics.jsonl")
+    metrics = read_jsonl(out / "metrics.jsonl")
     for m in metrics:
         assert m["prime/filtered_frac"] == 0.5 and m["prime/skipped"] == 0.0
         assert m["accuracy"] == pytest.approx(6 / 8)  # the metrics still describe the whole batch
@@ -146,7 +141,7 @@ def test_filter_drops_groups_outside_the_band(model_dir, tmp_path, monkeypatch):
 
 def test_a_fully_filtered_batch_skips_the_update(model_dir, tmp_path):
     out = train(_cfg(model_dir, tmp_path / "run", reward="all_right", total_steps=1), reward_funcs=REWARDS)
-    (m,) = _records(out / "metrics.jsonl")
+    (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["prime/skipped"] == 1.0 and m["prime/filtered_frac"] == 1.0
     assert m["loss"] is None and m["grad_norm"] is None and "prm/loss" not in m
     assert m["accuracy"] == 1.0 and m["time/prm"] >= 0
@@ -176,7 +171,7 @@ def test_a_custom_prm_without_ref_logp_and_config_checks(model_dir, tmp_path):
     out = train(_cfg(model_dir, tmp_path / "run", reward="banded", **{"algorithm.prime_filter": False}),
                 prm=prm, reward_funcs=REWARDS)
     assert prm.calls == [(8, [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0])] * 2  # 0/1 correctness labels
-    assert all(m["prm/loss"] == 0.5 for m in _records(out / "metrics.jsonl"))
+    assert all(m["prm/loss"] == 0.5 for m in read_jsonl(out / "metrics.jsonl"))
     with pytest.raises(ConfigError, match="prime_filter_low"):
         _cfg(model_dir, tmp_path / "x", **{"algorithm.prime_filter_low": 0.9})
     with pytest.raises(ConfigError, match="prm_lr"):
@@ -201,7 +196,7 @@ def test_kill_and_resume_restores_the_prm(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", real_step)
     assert [p.name for p in ck.list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["step-000002"]
     train(cfg(tmp_path / "killed"), resume=tmp_path / "killed", reward_funcs=REWARDS)
-    a, b = _records(full / "metrics.jsonl"), _records(tmp_path / "killed" / "metrics.jsonl")
+    a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(tmp_path / "killed" / "metrics.jsonl")
     assert [m["step"] for m in b] == [1, 2, 3]
     for ma, mb in zip(a, b):
         for k in ("reward/mean", "accuracy", "entropy", "kl", "loss", "grad_norm", "prm/loss",
@@ -247,15 +242,11 @@ def test_two_processes_keep_one_prm(model_dir, tmp_path):
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
     out = tmp_path / "run"
     out.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(model_dir), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    launch_two_processes(script, model_dir, out)
     r0, r1 = (torch.load(out / f"rank{i}.pt", weights_only=False) for i in (0, 1))
     for part in ("policy", "prm"):
         for name, p in r0[part].items():
             assert torch.equal(p, r1[part][name]), (part, name)
     assert any(not torch.equal(p, r0["prm_start"][n]) for n, p in r0["prm"].items())
-    metrics = _records(out / "metrics.jsonl")
+    metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2] and all(m["prm/grad_norm"] > 0 for m in metrics)
