@@ -619,7 +619,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 def _reach_text(agg: AlgoAggregate, time: bool = False) -> str:
     if not agg.steps_to_target and agg.n_seeds:
         return "n/a"
-    est = agg.time_to_target_reached if time else agg.steps_to_target_reached
+    # the same censored figure the efficiency ratio and the claims table use
+    est = agg.time_to_target_censored if time else agg.steps_to_target_censored
     digits = 1 if time else 0
     suffix = " s" if time else ""
     if agg.n_reached == 0:
