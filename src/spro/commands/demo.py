@@ -20,11 +20,11 @@ from pathlib import Path
 
 HELP = "The offline demo: SPRO against GRPO on the built-in task."
 
-# Seconds on 2 CPU cores, measured on the reference machine (see docs/demo.md); used only for the
+# Seconds on 2 idle CPU cores, measured here (a cold-cache `make demo` took 3.1 minutes); used only for the
 # estimate printed before the demo starts.
-EST_WARM_START_S = 180
-EST_STEP_S = 0.35
-EST_EVAL_PER_PROBLEM_S = 0.02
+EST_WARM_START_S = 45
+EST_STEP_S = 0.15
+EST_EVAL_PER_PROBLEM_S = 0.005
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         f"({cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} samples per step), "
         f"then greedy evaluation on {args.test_n} held-out test problems.\n"
         f"Estimated time on 2 CPU cores: about {math.ceil(est / 60)} minutes"
-        f"{'' if cached else ' (includes building the warm start once, about 2-3 minutes)'}.",
+        f"{'' if cached else ' (includes building the warm start once, under a minute)'}.",
         flush=True,
     )
     t_start = time.time()
