@@ -70,3 +70,48 @@ def launch_two_processes(script: Path, *args: str):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+class RecordingPRM:
+    """A stand-in process reward model for the trainer's PRM hook.
+
+    Its log-probs are those of ``model`` (the trainer's convention); ``update`` records
+    ``(batch size, label shape, labels)`` and reports a constant loss of 0.5.
+    """
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def compute_logp(self, batch):
+        import torch
+
+        from spro.trainer import sequence_logps
+
+        with torch.no_grad():
+            return sequence_logps(self.model, batch)[0]
+
+    def update(self, batch, labels):
+        self.calls.append((len(batch), tuple(labels.shape), labels.tolist()))
+        return {"loss": 0.5}
+
+
+def train_killed_at(step: int, monkeypatch, config, **train_kwargs) -> None:
+    """Run ``train(config)`` but raise KeyboardInterrupt when it is about to run step ``step + 1``,
+    as a kill would; the trainer is restored afterwards."""
+    import pytest
+
+    from spro.trainer import Trainer, train
+
+    real_step = Trainer.train_step
+
+    def dying_step(self):
+        if self.step == step:
+            raise KeyboardInterrupt("killed")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, **train_kwargs)
+    finally:
+        monkeypatch.setattr(Trainer, "train_step", real_step)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _trainer_helpers import REWARDS, read_jsonl, save_small_model, small_overrides
+from _trainer_helpers import REWARDS, read_jsonl, save_small_model, small_overrides, train_killed_at
 from spro import checkpoint as ck
 from spro.config import load_config
 from spro.trainer import Trainer, train
@@ -32,17 +32,7 @@ def test_kill_and_resume_gives_the_same_metrics(model_dir, tmp_path, monkeypatch
     full = train(_cfg(model_dir, tmp_path / "full"), reward_funcs=REWARDS)
 
     # the same run, killed during step 3 (after the step-2 checkpoint)
-    real_step = Trainer.train_step
-
-    def dying_step(self):
-        if self.step == 2:
-            raise KeyboardInterrupt("killed")
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(model_dir, tmp_path / "killed"), reward_funcs=REWARDS)
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    train_killed_at(2, monkeypatch, _cfg(model_dir, tmp_path / "killed"), reward_funcs=REWARDS)
     assert [p.name for p in ck.list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["step-000002"]
 
     train(_cfg(model_dir, tmp_path / "killed"), resume=tmp_path / "killed", reward_funcs=REWARDS)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from _trainer_helpers import REWARDS, save_small_model, small_overrides
+from _trainer_helpers import REWARDS, RecordingPRM, read_jsonl, save_small_model, small_overrides
 from spro.config import ConfigError, load_config
 from spro.trainer import (
     EVAL_KEYS, METRIC_KEYS, RewardFunctionError, Trainer, TrainingDivergedError, sequence_logps, train,
@@ -21,15 +20,11 @@ def model_dir(tmp_path_factory):
     return save_small_model(tmp_path_factory.mktemp("model") / "small")
 
 
-def _records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.mark.parametrize("algorithm", ["spro", "grpo", "dr_grpo", "rloo"])
 def test_loop_changes_weights_and_logs_every_metric(model_dir, tmp_path, algorithm):
     cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", algorithm))
     out = train(cfg, reward_funcs=REWARDS)
-    metrics = _records(out / "metrics.jsonl")
+    metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
         missing = [k for k in METRIC_KEYS if k not in m]
@@ -44,7 +39,7 @@ def test_loop_changes_weights_and_logs_every_metric(model_dir, tmp_path, algorit
     assert metrics[1]["kl"] > 0
     if algorithm == "spro":
         assert metrics[1]["process/msa_abs_mean"] > 0 and metrics[1]["process/cpr_final_std"] > 0
-    (ev,) = _records(out / "eval.jsonl")  # eval_every=0: once, at the end
+    (ev,) = read_jsonl(out / "eval.jsonl")  # eval_every=0: once, at the end
     assert set(EVAL_KEYS) <= set(ev) and ev["step"] == 2 and ev["eval/n"] == 4
     # the final checkpoint holds weights different from the starting model
     start = load_file(str(model_dir / "model.safetensors"))
@@ -62,11 +57,11 @@ def test_mini_batches_epochs_accumulation_tensorboard(model_dir, tmp_path):
     t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
     assert t.opt_steps_per_step == 4  # 2 epochs x (8 responses / 4 per mini-batch)
     out = t.train()
-    (m,) = _records(out / "metrics.jsonl")
+    (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["lr"] == pytest.approx(0.0)  # first optimizer step of a 2-step warmup
     assert t.scheduler.get_last_lr()[0] == pytest.approx(1e-3)  # after 4 optimizer steps
     assert list((out / "tensorboard").iterdir())
-    assert len(_records(out / "completions.jsonl")) == 2
+    assert len(read_jsonl(out / "completions.jsonl")) == 2
 
 
 def test_sequence_logps_match_unpadded_rows(model_dir):
@@ -185,7 +180,7 @@ def test_reward_errors_on_some_responses_are_counted(model_dir, tmp_path):
         return [1.0]
 
     out = _run_with_reward(model_dir, tmp_path, flaky)
-    (m,) = _records(out / "metrics.jsonl")
+    (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["reward/errors"] == 4 and m["reward/none_frac"] == 0.5
 
 
@@ -218,7 +213,7 @@ def test_nan_in_logprobs_stops_and_keeps_last_checkpoint(model_dir, tmp_path, mo
         train(cfg, reward_funcs=REWARDS)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["step-000001"]
-    assert [m["step"] for m in _records(tmp_path / "run" / "metrics.jsonl")] == [1]
+    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
 
 
 def test_nan_loss_stops(model_dir, tmp_path, monkeypatch):
@@ -248,24 +243,13 @@ def test_cli_train_runs_and_reports_errors(model_dir, tmp_path, capsys):
 
 def test_process_reward_model_hook_for_prime(model_dir, tmp_path):
     """algorithm.name=prime calls prm.compute_logp(batch) and prm.update(batch, rewards) each step."""
-    class FakePRM:
-        def __init__(self, model):
-            self.model, self.calls = model, []
-
-        def compute_logp(self, batch):
-            with torch.no_grad():
-                return sequence_logps(self.model, batch)[0]
-
-        def update(self, batch, rewards):
-            self.calls.append((len(batch), tuple(rewards.shape)))
-            return {"loss": 0.5}
 
     from spro.modeling import load_model_and_tokenizer
 
-    prm = FakePRM(load_model_and_tokenizer(model_dir)[0])
+    prm = RecordingPRM(load_model_and_tokenizer(model_dir)[0])
     # the digits reward never reaches correct_threshold, so PRIME's accuracy filter would drop every prompt
     cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "prime", **{"algorithm.prime_filter": False}))
     out = train(cfg, prm=prm, reward_funcs=REWARDS)
-    assert prm.calls == [(8, (8,)), (8, (8,))]
-    metrics = _records(out / "metrics.jsonl")
+    assert [(n, shape) for n, shape, _ in prm.calls] == [(8, (8,)), (8, (8,))]
+    metrics = read_jsonl(out / "metrics.jsonl")
     assert all(m["prm/loss"] == 0.5 for m in metrics) and all(k in metrics[0] for k in METRIC_KEYS)

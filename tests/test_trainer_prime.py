@@ -8,11 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _trainer_helpers import launch_two_processes, read_jsonl, save_small_model, small_overrides
+from _trainer_helpers import (
+    RecordingPRM, launch_two_processes, read_jsonl, save_small_model, small_overrides, train_killed_at,
+)
 from spro import checkpoint as ck
 from spro.config import ConfigError, load_config
 from spro.prm import PRMStage
-from spro.trainer import METRIC_KEYS, PRIME_METRIC_KEYS, Trainer, sequence_logps, train
+from spro.trainer import METRIC_KEYS, PRIME_METRIC_KEYS, Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -153,24 +155,12 @@ def test_a_fully_filtered_batch_skips_the_update(model_dir, tmp_path):
 
 
 def test_a_custom_prm_without_ref_logp_and_config_checks(model_dir, tmp_path):
-    class FakePRM:
-        def __init__(self, model):
-            self.model, self.calls = model, []
-
-        def compute_logp(self, batch):
-            with torch.no_grad():
-                return sequence_logps(self.model, batch)[0]
-
-        def update(self, batch, labels):
-            self.calls.append((len(batch), labels.tolist()))
-            return {"loss": 0.5}
-
     from spro.modeling import load_model_and_tokenizer
 
-    prm = FakePRM(load_model_and_tokenizer(model_dir)[0])
+    prm = RecordingPRM(load_model_and_tokenizer(model_dir)[0])
     out = train(_cfg(model_dir, tmp_path / "run", reward="banded", **{"algorithm.prime_filter": False}),
                 prm=prm, reward_funcs=REWARDS)
-    assert prm.calls == [(8, [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0])] * 2  # 0/1 correctness labels
+    assert [(n, labels) for n, _, labels in prm.calls] == [(8, [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0])] * 2  # 0/1 correctness labels
     assert all(m["prm/loss"] == 0.5 for m in read_jsonl(out / "metrics.jsonl"))
     with pytest.raises(ConfigError, match="prime_filter_low"):
         _cfg(model_dir, tmp_path / "x", **{"algorithm.prime_filter_low": 0.9})
@@ -183,17 +173,7 @@ def test_kill_and_resume_restores_the_prm(model_dir, tmp_path, monkeypatch):
         return _cfg(model_dir, out, total_steps=3, save_every=2, **{"algorithm.prime_filter": False})
 
     full = train(cfg(tmp_path / "full"), reward_funcs=REWARDS)
-    real_step = Trainer.train_step
-
-    def dying_step(self):
-        if self.step == 2:
-            raise KeyboardInterrupt("killed")
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "killed"), reward_funcs=REWARDS)
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    train_killed_at(2, monkeypatch, cfg(tmp_path / "killed"), reward_funcs=REWARDS)
     assert [p.name for p in ck.list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["step-000002"]
     train(cfg(tmp_path / "killed"), resume=tmp_path / "killed", reward_funcs=REWARDS)
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(tmp_path / "killed" / "metrics.jsonl")
