@@ -40,7 +40,7 @@ import subprocess
 
 import torch
 
-from spro.advantages import get_estimator
+from spro.algorithms.core import get_estimator
 
 
 def make_batch(B: int, group: int, T: int, seed: int = 0, shuffle: bool = True) -> dict:

@@ -64,8 +64,8 @@ def bench_math(n: int, workers: int) -> dict:
 
 
 def bench_sandbox(n: int, workers: int) -> dict:
-    from spro import sandbox
-    from spro.sandbox import SandboxLimits
+    from spro.rewards import sandbox
+    from spro.rewards.sandbox import SandboxLimits
 
     code = "import sys\nnums = list(map(int, sys.stdin.read().split()))\nprint(sum(nums))\n"
     jobs = [{"code": code, "stdin": " ".join(str(j) for j in range(i + 1))} for i in range(n)]
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
-    from spro.sandbox import isolation_report
+    from spro.rewards.sandbox import isolation_report
 
     result = {
         "cpus": os.cpu_count(),

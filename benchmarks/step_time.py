@@ -1,6 +1,6 @@
 """Step time of spro's trainer (GRPO and SPRO) against TRL's GRPOTrainer, on CPU.
 
-Same tiny model (spro.tiny defaults, ~1M parameters, random init), same batch (8 prompts x 8
+Same tiny model (spro.models.tiny defaults, ~1M parameters, random init), same batch (8 prompts x 8
 samples = 64 responses, 32 new tokens, temperature 1, top-p 1), one optimizer step per batch,
 a frozen reference model in all three (KL coefficient 0.04, so TRL loads one too), AdamW,
 fp32, no gradient checkpointing, all on CPU. A step = generation + rewards + log-probs +
@@ -35,7 +35,7 @@ PROMPTS, G, NEW_TOKENS, KL, LR = 8, 8, 32, 0.04, 1e-5
 
 
 def make_model(folder: Path) -> Path:
-    from spro.tiny import build_char_tokenizer, build_tiny_model
+    from spro.models.tiny import build_char_tokenizer, build_tiny_model
 
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=0)
@@ -70,8 +70,8 @@ def trl_block(model_dir: Path, out: Path, steps: int) -> list[float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from spro.tasks import get_task
-    from spro.tasks.arithmetic import arithmetic_reward
+    from spro.data.tasks import get_task
+    from spro.data.tasks.arithmetic import arithmetic_reward
 
     ds = get_task("arithmetic").split("train", n=2000)
     ds = datasets.Dataset.from_dict({"prompt": ds["prompt"], "answer": ds["answer"]})

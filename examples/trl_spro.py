@@ -22,9 +22,9 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from spro.integrations.trl import SPROConfig, SPROTrainer  # noqa: E402
-from spro.tasks import get_task  # noqa: E402
-from spro.tasks.arithmetic import arithmetic_reward  # noqa: E402
-from spro.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
+from spro.data.tasks import get_task  # noqa: E402
+from spro.data.tasks.arithmetic import arithmetic_reward  # noqa: E402
+from spro.models.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
 
 
 ARITHMETIC_CHARS = set("0123456789+-*=;:A")
@@ -49,7 +49,7 @@ def main() -> None:
     if args.warm_start:
         from transformers import AutoTokenizer
 
-        from spro.warmstart import warm_start
+        from spro.models.warmstart import warm_start
 
         path = warm_start(args.warm_start)
         model, tokenizer = str(path), AutoTokenizer.from_pretrained(path)

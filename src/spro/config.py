@@ -58,7 +58,7 @@ class ModelConfig:
         "tiny",
         help="The policy: a local folder with an AutoModelForCausalLM and its tokenizer, a hub id "
         "(when online), 'tiny' (a randomly initialised ~1M-parameter Llama with the character "
-        "tokenizer of spro.tiny) or 'warmstart:weak' / 'warmstart:strong' (spro.warmstart's SFT "
+        "tokenizer of spro.models.tiny) or 'warmstart:weak' / 'warmstart:strong' (spro.models.warmstart's SFT "
         "models for the built-in arithmetic task, built once and cached).",
     )
     tokenizer: str | None = _f(None, help="Tokenizer folder or id; null = the model's own.")
@@ -106,7 +106,7 @@ def _default_rewards() -> list[RewardSpec]:
 class DataConfig:
     task: str | None = _f(
         "arithmetic",
-        help="Built-in task (spro.tasks.get_task). Set null and give 'source' to train on a "
+        help="Built-in task (spro.data.tasks.get_task). Set null and give 'source' to train on a "
         "dataset instead.",
     )
     task_kwargs: dict[str, Any] = _f(
@@ -192,7 +192,7 @@ class RolloutConfig:
 class AlgorithmConfig:
     name: str = _f(
         "spro",
-        help="Advantage estimator from spro.advantages' registry: spro (arXiv:2507.01551), grpo "
+        help="Advantage estimator from spro.algorithms.core' registry: spro (arXiv:2507.01551), grpo "
         "(arXiv:2402.03300), dr_grpo (arXiv:2503.20783), rloo (arXiv:2402.14740), prime "
         "(arXiv:2502.01456; the trainer trains an implicit PRM, a copy of the starting policy, "
         "with the algorithm.prm_* / prime_* settings).",

@@ -1,6 +1,6 @@
 """SPROTrainer (TRL 1.16) on the tiny model, on CPU.
 
-The advantages SPROTrainer hands to TRL's loss are checked against ``spro.advantages.spro_advantage``
+The advantages SPROTrainer hands to TRL's loss are checked against ``spro.algorithms.core.spro_advantage``
 recomputed outside the trainer from independent ingredients: log-probs of a plain forward of a
 snapshot of the policy taken just before sampling (pi_old) and of the initial model (pi_ref), rewards
 re-scored from the decoded completions, groups taken from the prompt texts.
@@ -21,9 +21,9 @@ pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
-from spro.advantages import spro_advantage  # noqa: E402
+from spro.algorithms.core import spro_advantage  # noqa: E402
 from spro.integrations.trl import SPROConfig, SPROTrainer  # noqa: E402
-from spro.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
+from spro.models.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
 
 MODEL_KW = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
 PROMPTS = ["Q:12+7=", "Q:3+45=", "Q:8+8=", "Q:21+30="]
@@ -253,9 +253,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
-from spro.advantages import spro_advantage
+from spro.algorithms.core import spro_advantage
 from spro.integrations.trl import SPROConfig, SPROTrainer
-from spro.tiny import build_char_tokenizer, build_tiny_model
+from spro.models.tiny import build_char_tokenizer, build_tiny_model
 
 PROMPTS = ["Q:12+7=", "Q:3+45=", "Q:8+8=", "Q:21+30="]
 

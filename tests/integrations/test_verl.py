@@ -4,7 +4,7 @@ Two layers:
 
 * Always run (no verl needed): the estimator and the ``compute_advantage`` wrapper on a stand-in
   with the shape of verl's ``DataProto`` (``.batch`` mapping of ``[B, T]`` tensors, ``.non_tensor_batch``
-  with a numpy ``uid`` array, ``.meta_info`` dict), checked against ``spro.advantages.spro_advantage``
+  with a numpy ``uid`` array, ``.meta_info`` dict), checked against ``spro.algorithms.core.spro_advantage``
   and against a hand-computed example.
 * Only where verl 0.9.1 imports (it cannot share this project's main environment: it needs
   transformers<5.11 and tensordict<=0.10): the real ``DataProto``, verl's own ``compute_advantage``
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from spro.advantages import spro_advantage
+from spro.algorithms.core import spro_advantage
 from spro.integrations import verl as sv
 
 HAS_VERL = importlib.util.find_spec("verl") is not None

@@ -52,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spro.checkpoint import CheckpointError
+    from spro.trainer.checkpoint import CheckpointError
     from spro.config import ConfigError
-    from spro.experiment import parse_variant, run_grid
+    from spro.experiments.grid import parse_variant, run_grid
 
     try:
         variants = [parse_variant(a) for a in args.algos.split(",") if a.strip()] if args.algos else []
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"spro compare: error: {e}", file=sys.stderr)
         return 2
 
-    from spro.compare import aggregate
-    from spro.report import write_report
+    from spro.experiments.compare import aggregate
+    from spro.experiments.report import write_report
 
     labels = list(runs)
     baseline = args.baseline if args.baseline in labels else None

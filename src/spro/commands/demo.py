@@ -50,9 +50,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def final_eval(model_dir: Path, test_ds, max_new_tokens: int) -> dict:
     """Greedy pass@1 and mean length of one model on the test split."""
-    from spro.evaluation import evaluate
-    from spro.modeling import load_model_and_tokenizer
-    from spro.tasks.arithmetic import arithmetic_reward, first_wrong_step
+    from spro.experiments.evaluation import evaluate
+    from spro.models.loading import load_model_and_tokenizer
+    from spro.data.tasks.arithmetic import arithmetic_reward, first_wrong_step
 
     model, tok = load_model_and_tokenizer(model_dir)
     model.eval()
@@ -64,12 +64,12 @@ def final_eval(model_dir: Path, test_ds, max_new_tokens: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from spro.checkpoint import list_checkpoints
+    from spro.trainer.checkpoint import list_checkpoints
     from spro.config import ConfigError
-    from spro.experiment import parse_variant, run_grid, build_config
-    from spro.report import write_report
-    from spro.tasks import get_task
-    from spro.warmstart import default_cache_dir, cache_key, warm_start
+    from spro.experiments.grid import parse_variant, run_grid, build_config
+    from spro.experiments.report import write_report
+    from spro.data.tasks import get_task
+    from spro.models.warmstart import default_cache_dir, cache_key, warm_start
 
     out = Path(args.out)
     try:

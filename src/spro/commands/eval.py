@@ -43,7 +43,7 @@ def _resolve_model(spec: str):
     from pathlib import Path
 
     if spec.startswith("warmstart:"):
-        from spro.warmstart import warm_start
+        from spro.models.warmstart import warm_start
 
         return warm_start(preset=spec.split(":", 1)[1])
     return Path(spec)
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from spro.evaluation import evaluate
-    from spro.modeling import load_model_and_tokenizer
+    from spro.experiments.evaluation import evaluate
+    from spro.models.loading import load_model_and_tokenizer
 
     console = Console(stderr=True)
     try:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             max_new = args.max_new_tokens or 512
         else:
             from spro.commands.sft import parse_knobs
-            from spro.tasks import get_task
+            from spro.data.tasks import get_task
 
             task = get_task(args.task or "arithmetic", **parse_knobs(args.task_knob))
             dataset = task.split(args.split, n=args.n)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.console import Console
 
-    from spro.sft import get_preset, sft
+    from spro.trainer.sft import get_preset, sft
 
     console = Console(stderr=True)
     try:

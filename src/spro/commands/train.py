@@ -51,7 +51,7 @@ def resolve_config(args: argparse.Namespace):
     from spro.config import config_from_dict, load_config, _set_dotted, parse_override
 
     if args.resume and not args.config and not args.preset:
-        from spro.checkpoint import find_checkpoint, read_run_config
+        from spro.trainer.checkpoint import find_checkpoint, read_run_config
 
         data = read_run_config(find_checkpoint(args.resume))
         for text in args.overrides:
@@ -62,7 +62,7 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from spro.checkpoint import CheckpointError
+    from spro.trainer.checkpoint import CheckpointError
     from spro.config import ConfigError, dump_yaml
 
     try:

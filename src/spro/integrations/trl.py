@@ -7,7 +7,7 @@ advantage; SPRO gives token ``t`` of completion ``i``
 
     A[i,t] = (A_out[i] + MSA[i,t]) * mask[i,t]
 
-computed by :func:`spro.advantages.spro_advantage` from the rewards, the per-token log-probs of
+computed by :func:`spro.algorithms.core.spro_advantage` from the rewards, the per-token log-probs of
 the sampling policy (``pi_old``) and of a frozen reference (``pi_ref``). TRL's loss accepts a
 ``[B, T]`` advantage as it is, so the loss is not overridden.
 
@@ -66,7 +66,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"(import failed: {exc})"
     ) from exc
 
-from spro.advantages import cumulative_process_reward, spro_advantage
+from spro.algorithms.core import cumulative_process_reward, spro_advantage
 
 __all__ = ["SPROConfig", "SPROTrainer", "SUPPORTED_TRL"]
 
@@ -188,7 +188,7 @@ class SPROConfig(GRPOConfig):
             )
 
     def spro_options(self) -> dict[str, Any]:
-        """Keyword options for :func:`spro.advantages.spro_advantage` (everything but the tensors)."""
+        """Keyword options for :func:`spro.algorithms.core.spro_advantage` (everything but the tensors)."""
         return {
             "beta": float(self.spro_beta),
             "outcome_scale": self.spro_outcome_scale,

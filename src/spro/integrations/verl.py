@@ -7,7 +7,7 @@ log-probs SPRO's process reward needs. This module therefore has three pieces:
 - :func:`compute_spro_advantage`: the estimator, with verl's calling convention plus
   ``old_log_probs`` (pi_old, the policy that sampled the batch) and ``ref_log_prob`` (pi_ref);
   it reads its options from the ``algorithm`` config (keys in :class:`SPROVerlOptions`) and calls
-  :func:`spro.advantages.spro_advantage`. Pure torch/numpy: it needs no verl.
+  :func:`spro.algorithms.core.spro_advantage`. Pure torch/numpy: it needs no verl.
 - :func:`compute_advantage`: a drop-in wrapper of ``verl.trainer.ppo.ray_trainer.compute_advantage``.
   For ``adv_estimator == "spro"`` it takes ``old_log_probs`` and ``ref_log_prob`` from the
   ``DataProto`` batch (verl's legacy trainer and its v1 trainer both put them there before the
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spro.advantages import cumulative_process_reward, spro_advantage
+from spro.algorithms.core import cumulative_process_reward, spro_advantage
 
 __all__ = [
     "ESTIMATOR_NAME",
@@ -133,7 +133,7 @@ class SPROVerlOptions:
         return cls(**values)
 
     def core_kwargs(self) -> dict[str, Any]:
-        """Keyword options for :func:`spro.advantages.spro_advantage`."""
+        """Keyword options for :func:`spro.algorithms.core.spro_advantage`."""
         return {
             "beta": float(self.spro_beta),
             "outcome_scale": self.spro_outcome_scale,

@@ -53,7 +53,7 @@ _REGISTRY: dict[str, RewardFn] = {}
 # Builtins that live in modules imported only when first asked for (keeps `import spro.rewards`
 # light and avoids import cycles with the task modules).
 _LAZY: dict[str, str] = {
-    "arithmetic": "spro.tasks.arithmetic:arithmetic_reward",
+    "arithmetic": "spro.data.tasks.arithmetic:arithmetic_reward",
     "math": "spro.rewards.math:math_reward",
     "code": "spro.rewards.code:code_reward",
     "format": "spro.rewards.format:format_reward",

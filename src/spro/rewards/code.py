@@ -1,4 +1,4 @@
-"""Code reward: run the completion's Python against the row's tests in :mod:`spro.sandbox`.
+"""Code reward: run the completion's Python against the row's tests in :mod:`spro.rewards.sandbox`.
 
 The program is the last fenced block marked ``python``/``py``/``python3`` in the completion,
 else the last fenced block of any language, else the whole completion text.
@@ -32,9 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from spro import sandbox
+from spro.rewards import sandbox
 from spro.rewards import count_event, register_reward
-from spro.sandbox import SandboxLimits
+from spro.rewards.sandbox import SandboxLimits
 
 __all__ = [
     "extract_code",
@@ -211,10 +211,10 @@ def make_code_reward(
 
     Args:
         mode: "fraction" = share of cases passed; "all" = 1.0 only if every case passes.
-        limits: sandbox limits per run (:class:`spro.sandbox.SandboxLimits`).
+        limits: sandbox limits per run (:class:`spro.rewards.sandbox.SandboxLimits`).
         workers: rows graded concurrently (each a sandboxed process; threads only wait).
         max_cases: use at most this many test cases per row (None = all).
-        isolation: sandbox isolation ("auto", "namespace", "none"); see :mod:`spro.sandbox`.
+        isolation: sandbox isolation ("auto", "namespace", "none"); see :mod:`spro.rewards.sandbox`.
     """
     if mode not in ("fraction", "all"):
         raise ValueError(f"mode must be 'fraction' or 'all', got {mode!r}")

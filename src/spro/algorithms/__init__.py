@@ -1,0 +1,1 @@
+"""Algorithms: advantage estimators, losses, and the registry that the trainer selects them from."""

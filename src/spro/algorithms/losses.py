@@ -1,0 +1,286 @@
+"""Policy-gradient loss pieces: PPO clipped surrogate, KL estimators, entropy, aggregation.
+
+Shapes: ``B`` responses, ``T`` padded response length, ``V`` vocabulary size. ``mask`` is a
+``[B, T]`` 0/1 tensor (bool or numeric); only positions with ``mask == 1`` contribute to a loss
+or a metric, and values at masked positions are never read (they may be non-finite).
+Bad input raises ``ValueError`` naming the argument. Formulas: ``docs/algorithms.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from spro.algorithms.core import _check_mask, _check_scalar, _check_choice
+
+__all__ = ["policy_loss", "kl_penalty", "entropy_from_logits", "aggregate_loss", "AGG_MODES", "KL_ESTIMATORS"]
+
+Tensor = torch.Tensor
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _check_same(x: Tensor, name: str, shape: torch.Size) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [B, T], got shape {tuple(x.shape)}")
+    if x.shape != shape:
+        raise ValueError(f"{name} has shape {tuple(x.shape)} but expected {tuple(shape)} (the mask's)")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+    return x
+
+
+def _check_finite(x: Tensor, name: str, mb: Tensor) -> None:
+    with torch.no_grad():
+        bad = (~torch.isfinite(x)) & mb
+        if bool(bad.any()):
+            r, t = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"{name} must be finite at valid (mask = 1) positions; {name}[{r}, {t}] = {x[r, t].item()}"
+            )
+
+
+def kl_penalty(
+    logp: Tensor,
+    ref_logp: Tensor,
+    kind: Literal["k1", "k2", "k3"] = "k3",
+    *,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Per-token KL(pi_theta || pi_ref) estimate from samples of pi_theta (Schulman's k1/k2/k3).
+
+    With ``d = logp - ref_logp``:
+
+    * ``"k1"``: ``d``
+    * ``"k2"``: ``0.5 * d**2``
+    * ``"k3"``: ``exp(-d) + d - 1`` = ``exp(ref - logp) - (ref - logp) - 1``; as in verl's
+      ``low_var_kl`` the exponent ``ref - logp`` is clamped to [-20, 20] and the result to
+      [-10, 10] (gradients are zero where a clamp is active).
+
+    Args:
+        logp: ``[B, T]`` log-probs under the current policy (may require grad).
+        ref_logp: ``[B, T]`` log-probs under the reference policy.
+        kind: ``"k1"``, ``"k2"`` or ``"k3"``.
+        mask: optional ``[B, T]`` 0/1 mask; if given, inputs are checked finite at valid
+            positions and the result is 0 at masked positions.
+
+    Returns:
+        ``[B, T]`` per-token KL estimate (elementwise; no reduction).
+    """
+    _check_choice(kind, "kind", KL_ESTIMATORS)
+    if not isinstance(logp, Tensor) or not isinstance(ref_logp, Tensor):
+        raise ValueError("logp and ref_logp must be torch tensors")
+    if logp.shape != ref_logp.shape:
+        raise ValueError(f"logp has shape {tuple(logp.shape)} but ref_logp has {tuple(ref_logp.shape)}")
+    if not logp.is_floating_point() or not ref_logp.is_floating_point():
+        raise ValueError("logp and ref_logp must be floating tensors")
+    mb = None
+    if mask is not None:
+        mask, mb = _check_mask(mask)
+        _check_same(logp, "logp", mask.shape)
+        _check_finite(logp, "logp", mb)
+        _check_finite(ref_logp, "ref_logp", mb)
+        logp = torch.where(mb, logp, 0.0)
+        ref_logp = torch.where(mb, ref_logp, 0.0)
+    d = logp - ref_logp
+    if kind == "k1":
+        out = d
+    elif kind == "k2":
+        out = 0.5 * d * d
+    else:
+        neg = torch.clamp(-d, min=-20.0, max=20.0)
+        out = torch.clamp(torch.exp(neg) - neg - 1.0, min=-10.0, max=10.0)
+    if mb is not None:
+        out = torch.where(mb, out, 0.0)
+    return out
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the softmax distribution at every position, computed stably.
+
+    ``H = logsumexp(z) - sum_v softmax(z)_v * z_v`` written as ``-sum_v p_v log p_v`` with
+    ``log p = log_softmax(z)``; entries with ``p_v = 0`` (e.g. ``z_v = -inf``) contribute 0.
+
+    Args:
+        logits: ``[B, T, V]`` (any leading shape ``[..., V]`` works) floating logits.
+
+    Returns:
+        ``[B, T]`` (the leading shape) entropies in nats; differentiable.
+    """
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have a non-empty last (vocabulary) dim, got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating, got dtype {logits.dtype}")
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    plogp = torch.where(p > 0, p * logp, 0.0)
+    return -plogp.sum(dim=-1)
+
+
+def aggregate_loss(
+    loss_mat: Tensor,
+    mask: Tensor,
+    mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean",
+    max_len: int | None = None,
+) -> Tensor:
+    """Reduce a per-token loss ``[B, T]`` to a scalar over the valid tokens.
+
+    * ``"token-mean"``: ``sum(L * m) / sum(m)`` (0 if no valid token). DAPO-style.
+    * ``"seq-mean-token-mean"``: mean over the non-empty sequences of each sequence's token
+      mean ``sum_t(L * m) / sum_t(m)`` (original GRPO; empty rows are skipped; 0 if all empty).
+    * ``"seq-mean-token-sum-norm"``: ``sum(L * m) / (B * max_len)`` (Dr. GRPO), where
+      ``max_len`` is the maximum completion length (default ``T``); it must be >= the longest
+      valid row.
+
+    Args:
+        loss_mat: ``[B, T]`` per-token loss.
+        mask: ``[B, T]`` 0/1 mask.
+        mode: one of the three modes above.
+        max_len: normaliser for ``"seq-mean-token-sum-norm"`` (ignored otherwise).
+
+    Returns:
+        Scalar tensor (differentiable w.r.t. ``loss_mat``).
+    """
+    _check_choice(mode, "mode", AGG_MODES)
+    mask, mb = _check_mask(mask)
+    _check_same(loss_mat, "loss_mat", mask.shape)
+    return _aggregate(loss_mat, mb, mode, max_len)
+
+
+def _aggregate(loss_mat: Tensor, mb: Tensor, mode: str, max_len: int | None) -> Tensor:
+    lm = torch.where(mb, loss_mat, 0.0)
+    if mode == "token-mean":
+        return lm.sum() / mb.sum().clamp(min=1).to(lm.dtype)
+    if mode == "seq-mean-token-mean":
+        length = mb.sum(dim=1).to(lm.dtype)
+        seq = lm.sum(dim=1) / length.clamp(min=1)
+        n_seq = (length > 0).sum().clamp(min=1).to(lm.dtype)
+        return seq.sum() / n_seq
+    B, T = mb.shape
+    if max_len is None:
+        max_len = T
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
+        raise ValueError(f"max_len / max_completion_length must be a positive int, got {max_len!r}")
+    longest = int(mb.sum(dim=1).max()) if T > 0 else 0
+    if longest > max_len:
+        raise ValueError(
+            f"max_completion_length={max_len} is smaller than the longest response in the batch ({longest} tokens)"
+        )
+    return lm.sum() / (B * max_len)
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float | None = None,
+    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean",
+    max_completion_length: int | None = None,
+    ref_logp: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3",
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """PPO clipped surrogate (with clip-higher), optional KL-to-reference and entropy terms.
+
+    Per valid token, with ``ratio = exp(logp - old_logp)`` and ``A = advantages``:
+    ``pg = max(-A * ratio, -A * clip(ratio, 1 - clip_eps_low, 1 + clip_eps_high))``
+    (``clip_eps_high`` defaults to ``clip_eps_low``; a larger one is DAPO's clip-higher).
+    Per-token loss ``L = pg + kl_coef * kl_penalty(logp, ref_logp, kl_estimator)
+    - entropy_coef * entropy``, reduced with ``aggregate_loss(L, mask, agg,
+    max_completion_length)``.
+
+    Metrics (Python floats):
+
+    * ``"pg_loss"``: the surrogate alone, aggregated with ``agg``.
+    * ``"clip/low_frac"``: fraction of valid tokens with ``ratio < 1 - clip_eps_low`` and
+      ``A < 0`` (lower clip active); ``"clip/high_frac"``: ``ratio > 1 + clip_eps_high`` and
+      ``A > 0`` (upper clip active).
+    * ``"approx_kl"``: token mean of ``(ratio - 1) - log(ratio)`` (k3 estimate of
+      KL(pi_old || pi_theta)).
+    * ``"kl"`` (only when ``ref_logp`` is given): token mean of the chosen KL estimator.
+    * ``"entropy"`` (only when ``entropy`` is given): token mean of ``entropy``.
+
+    Args:
+        logp: ``[B, T]`` log-probs of the sampled tokens under the current policy (with grad).
+        old_logp: ``[B, T]`` log-probs under the sampling policy (treated as constants).
+        advantages: ``[B, T]`` per-token advantages (constants).
+        mask: ``[B, T]`` 0/1 mask.
+        ref_logp: ``[B, T]`` reference log-probs, required when ``kl_coef != 0``.
+        entropy: ``[B, T]`` per-token entropy (e.g. ``entropy_from_logits``), required when
+            ``entropy_coef != 0``; gradients flow through it.
+
+    Returns:
+        ``(loss, metrics)``: scalar loss tensor and a dict of floats.
+    """
+    _check_choice(agg, "agg", AGG_MODES)
+    _check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
+    low = _check_scalar(clip_eps_low, "clip_eps_low", nonneg=True)
+    high = low if clip_eps_high is None else _check_scalar(clip_eps_high, "clip_eps_high", nonneg=True)
+    if low >= 1:
+        raise ValueError(f"clip_eps_low must be < 1, got {low}")
+    kl_coef = _check_scalar(kl_coef, "kl_coef")
+    entropy_coef = _check_scalar(entropy_coef, "entropy_coef")
+    mask, mb = _check_mask(mask)
+    shape = mask.shape
+    _check_same(logp, "logp", shape)
+    _check_same(old_logp, "old_logp", shape)
+    _check_same(advantages, "advantages", shape)
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages)):
+        _check_finite(x, name, mb)
+    if kl_coef != 0 and ref_logp is None:
+        raise ValueError("kl_coef != 0 needs ref_logp")
+    if entropy_coef != 0 and entropy is None:
+        raise ValueError("entropy_coef != 0 needs entropy ([B, T] per-token entropies)")
+    if ref_logp is not None:
+        _check_same(ref_logp, "ref_logp", shape)
+        _check_finite(ref_logp, "ref_logp", mb)
+    if entropy is not None:
+        _check_same(entropy, "entropy", shape)
+        _check_finite(entropy, "entropy", mb)
+
+    # zero the masked positions first so nothing non-finite there reaches the graph
+    logp_v = torch.where(mb, logp, 0.0)
+    old_v = torch.where(mb, old_logp.detach(), 0.0)
+    adv = torch.where(mb, advantages.detach(), 0.0)
+    log_ratio = logp_v - old_v
+    ratio = torch.exp(log_ratio)
+    pg1 = -adv * ratio
+    pg2 = -adv * torch.clamp(ratio, 1.0 - low, 1.0 + high)
+    pg = torch.maximum(pg1, pg2)
+    loss_mat = pg
+    metrics: dict[str, float] = {}
+    n_tok = mb.sum().clamp(min=1)
+
+    def tmean(x: Tensor) -> float:
+        return float(torch.where(mb, x.detach(), 0.0).sum() / n_tok)
+
+    if ref_logp is not None:
+        kl = kl_penalty(logp_v, torch.where(mb, ref_logp.detach(), 0.0), kl_estimator)
+        metrics["kl"] = tmean(kl)
+        if kl_coef != 0:
+            loss_mat = loss_mat + kl_coef * kl
+    if entropy is not None:
+        ent = torch.where(mb, entropy, 0.0)
+        metrics["entropy"] = tmean(ent)
+        if entropy_coef != 0:
+            loss_mat = loss_mat - entropy_coef * ent
+
+    loss = _aggregate(loss_mat, mb, agg, max_completion_length)
+    with torch.no_grad():
+        metrics["pg_loss"] = float(_aggregate(pg.detach(), mb, agg, max_completion_length))
+        r = ratio.detach()
+        metrics["clip/low_frac"] = tmean(((r < 1.0 - low) & (adv < 0)).to(r.dtype))
+        metrics["clip/high_frac"] = tmean(((r > 1.0 + high) & (adv > 0)).to(r.dtype))
+        metrics["approx_kl"] = tmean((r - 1.0) - log_ratio.detach())
+    return loss, metrics

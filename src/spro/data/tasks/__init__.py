@@ -1,0 +1,37 @@
+"""Built-in tasks: procedurally generated problems with a verifier.
+
+A task object provides ``split(name, n=None) -> datasets.Dataset`` (columns prompt, answer,
+solution), ``reward(prompts, completions, answer, **kw) -> list[float]`` and, where it can judge
+steps, ``first_wrong_step(prompt, completion) -> int | None``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable
+
+from spro.data.tasks.arithmetic import ArithmeticTask
+
+_TASKS: dict[str, Callable[..., Any]] = {
+    "arithmetic": ArithmeticTask,
+}
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks."""
+    return sorted(_TASKS)
+
+
+def get_task(name: str, **knobs: Any) -> Any:
+    """Build the task ``name`` with its knobs; unknown names raise ValueError with a suggestion."""
+    if name not in _TASKS:
+        close = difflib.get_close_matches(str(name), list(_TASKS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown task {name!r}{hint} (known tasks: {', '.join(list_tasks())})")
+    try:
+        return _TASKS[name](**knobs)
+    except TypeError as exc:  # unknown knob names
+        raise ValueError(f"task {name!r}: {exc}") from exc
+
+
+__all__ = ["ArithmeticTask", "get_task", "list_tasks"]

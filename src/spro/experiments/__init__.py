@@ -1,0 +1,1 @@
+"""Experiments: evaluation, multi-seed grids of runs, statistics, and reports with plots."""

@@ -1,0 +1,329 @@
+"""Markdown reports with PNG plots from run dirs (``metrics.jsonl`` / ``eval.jsonl``).
+
+`write_report` takes ``{label: [run_dir, ...]}`` (one dir per seed; a label is an algorithm or an
+ablation variant) and writes, under ``out_dir``:
+
+- ``plots/<metric>_vs_step.png`` and ``plots/<metric>_vs_time.png`` for held-out accuracy
+  (``eval/accuracy``), policy entropy (``entropy``), mean response length (``length/mean``) and
+  mean reward (``reward/mean``): one line per label; with several seeds, the mean across seeds with
+  a shaded 95% Student-t confidence band. Seeds are put on a common x grid by linear interpolation
+  inside each seed's own range (no extrapolation), so the band at a point uses the seeds that have
+  data there. Training metrics are smoothed per seed with a trailing moving average (the window
+  is written in the plot title); held-out accuracy is not smoothed.
+- ``report.md``: a summary table per label (final and best held-out accuracy, final entropy,
+  final mean length, mean step time, peak memory), optionally the comparison against a baseline
+  with the claims table (`spro.experiments.compare.claims_table`) and an ablation table, then the plots, all
+  linked by relative paths. Only files that were written are linked.
+
+Plots use matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from spro.experiments.compare import (
+    CLAIM_RULES,
+    Comparison,
+    RunData,
+    ablation_table,
+    aggregate,
+    claims_table,
+    comparison_table,
+    load_run,
+    markdown_table,
+    series,
+    t_quantile,
+)
+
+__all__ = ["PLOTS", "Curve", "curve", "plot_metric", "summary_table", "per_seed_table", "write_report"]
+
+# (file stem, source file, key, axis label)
+PLOTS: tuple[tuple[str, str, str, str], ...] = (
+    ("eval_accuracy", "eval", "eval/accuracy", "held-out accuracy (greedy pass@1)"),
+    ("entropy", "metrics", "entropy", "policy entropy (nats / token)"),
+    ("response_length", "metrics", "length/mean", "mean response length (tokens)"),
+    ("reward", "metrics", "reward/mean", "mean reward"),
+)
+X_LABELS = {"step": "training step", "time": "wall time (s, excluding evaluation)"}
+
+
+@dataclass
+class Curve:
+    """A label's curve on a common x grid: mean across seeds and a CI band (NaN where undefined)."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n: np.ndarray  # number of seeds with data at each x
+
+
+def _trailing_mean(y: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last ``window`` values up to each index (fewer at the start)."""
+    if window <= 1 or y.size == 0:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    idx = np.arange(1, y.size + 1)
+    start = np.maximum(idx - window, 0)
+    return (c[idx] - c[start]) / (idx - start)
+
+
+def curve(
+    runs: Sequence[RunData],
+    key: str,
+    *,
+    source: str = "metrics",
+    x: str = "step",
+    smooth: int = 1,
+    confidence: float = 0.95,
+    n_grid: int = 200,
+) -> Curve | None:
+    """Mean and confidence band of ``key`` across seeds against ``x`` ("step" or "time").
+
+    ``source``: "metrics" (metrics.jsonl rows) or "eval" (eval.jsonl rows). Against steps the grid
+    is the union of the logged steps; against time, ``n_grid`` evenly spaced points over the
+    logged range. Returns None when no seed has data.
+    """
+    if source not in ("metrics", "eval"):
+        raise ValueError(f"curve: source must be 'metrics' or 'eval', got {source!r}")
+    if x not in ("step", "time"):
+        raise ValueError(f"curve: x must be 'step' or 'time', got {x!r}")
+    per_seed = []
+    for r in runs:
+        xs, ys = series(r.metrics if source == "metrics" else r.evals, key, x=x)
+        if xs.size == 0:
+            continue
+        order = np.argsort(xs, kind="stable")
+        xs, ys = xs[order], _trailing_mean(ys[order], smooth)
+        per_seed.append((xs, ys))
+    if not per_seed:
+        return None
+    if x == "step":
+        grid = np.unique(np.concatenate([xs for xs, _ in per_seed]))
+    else:
+        lo = min(xs[0] for xs, _ in per_seed)
+        hi = max(xs[-1] for xs, _ in per_seed)
+        grid = np.linspace(lo, hi, n_grid) if hi > lo else np.array([lo])
+    mat = np.full((len(per_seed), grid.size), np.nan)
+    for i, (xs, ys) in enumerate(per_seed):
+        inside = (grid >= xs[0]) & (grid <= xs[-1])
+        mat[i, inside] = np.interp(grid[inside], xs, ys)
+    n = np.sum(~np.isnan(mat), axis=0)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(n > 0, np.nansum(mat, axis=0) / np.maximum(n, 1), np.nan)
+        low = np.full(grid.size, np.nan)
+        high = np.full(grid.size, np.nan)
+        for j in np.nonzero(n >= 2)[0]:
+            col = mat[~np.isnan(mat[:, j]), j]
+            hw = t_quantile(0.5 + confidence / 2, col.size - 1) * np.std(col, ddof=1) / math.sqrt(col.size)
+            low[j], high[j] = mean[j] - hw, mean[j] + hw
+    return Curve(grid, mean, low, high, n)
+
+
+def plot_metric(
+    groups: Mapping[str, Sequence[RunData]],
+    key: str,
+    path: str | Path,
+    *,
+    source: str = "metrics",
+    x: str = "step",
+    ylabel: str | None = None,
+    title: str | None = None,
+    smooth: int = 1,
+) -> Path | None:
+    """Plot ``key`` against ``x`` for every label into a PNG at ``path``.
+
+    One line per label (mean over seeds), a shaded 95% band where two or more seeds have data.
+    Returns the path, or None (and writes nothing) when no run has data for ``key``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # colours follow the label order of `groups`, so a label keeps its colour in every plot
+    colours = {label: f"C{i % 10}" for i, label in enumerate(groups)}
+    curves = {label: curve(runs, key, source=source, x=x, smooth=smooth) for label, runs in groups.items()}
+    curves = {k: v for k, v in curves.items() if v is not None}
+    if not curves:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    try:
+        for label, c in curves.items():
+            n_seeds = len(groups[label])
+            marker = "o" if c.x.size <= 30 and source == "eval" else None
+            ax.plot(c.x, c.mean, label=f"{label} (n={n_seeds})", color=colours[label], marker=marker, markersize=3)
+            if np.any(~np.isnan(c.low)):
+                ax.fill_between(c.x, c.low, c.high, color=colours[label], alpha=0.2, linewidth=0)
+        ax.set_xlabel(X_LABELS[x])
+        ax.set_ylabel(ylabel or key)
+        full_title = title or f"{ylabel or key} vs {x}"
+        if smooth > 1:
+            full_title += f" (moving average over {smooth} steps)"
+        ax.set_title(full_title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def summary_table(comp: Comparison) -> list[dict[str, str]]:
+    """The per-label table: final / best held-out accuracy, final entropy, final mean length,
+    mean step time, peak memory (mean ± 95% CI half-width across seeds, "± n/a" for one seed)."""
+    return [
+        {
+            "run": label,
+            "seeds": str(agg.n_seeds),
+            "final held-out acc": agg.final_accuracy.fmt(3),
+            "best held-out acc": agg.best_accuracy.fmt(3),
+            "final entropy": agg.final_entropy.fmt(3),
+            "final mean length": agg.final_length.fmt(1),
+            "mean step time (s)": agg.step_time.fmt(3),
+            "peak memory (MB)": agg.peak_memory_mb.fmt(0),
+        }
+        for label, agg in comp.algos.items()
+    ]
+
+
+def per_seed_table(comp: Comparison, relative_to: Path | None = None) -> list[dict[str, str]]:
+    """One row per run dir: label, path, steps logged, final / best held-out accuracy, steps to
+    the baseline's target ("-" without a baseline, "not reached" when never reached)."""
+    rows = []
+    for label, agg in comp.algos.items():
+        for i, s in enumerate(agg.runs):
+            if comp.target_accuracy is None:
+                reach = "-"
+            else:
+                st = agg.steps_to_target[i]
+                reach = "not reached" if st is None else f"{st:g}"
+            rows.append(
+                {
+                    "label": label,
+                    "run dir": f"`{_rel(s.path, relative_to) if relative_to is not None else s.path.as_posix()}`",
+                    "steps": str(s.n_steps),
+                    "final acc": "n/a" if s.final_accuracy is None else f"{s.final_accuracy:.3f}",
+                    "best acc": "n/a" if s.best_accuracy is None else f"{s.best_accuracy:.3f}",
+                    "steps to target": reach,
+                }
+            )
+    return rows
+
+
+def _rel(p: Path, start: Path) -> str:
+    try:
+        return Path(os.path.relpath(p, start)).as_posix()
+    except ValueError:  # different drives on Windows
+        return p.as_posix()
+
+
+def write_report(
+    runs: Mapping[str, Sequence[str | Path]],
+    out_dir: str | Path,
+    *,
+    title: str,
+    command: str | None = None,
+    notes: str | None = None,
+    baseline: str | None = None,
+    method: str = "spro",
+    prime: str = "prime",
+    ablation: bool = False,
+    smooth: int | None = None,
+) -> Path:
+    """Write ``out_dir/report.md`` and ``out_dir/plots/*.png``; returns the report's path.
+
+    runs: label -> run dirs (one per seed). command: the exact command that produced the runs
+    (quoted in the report). notes: free markdown put after the title (e.g. the conclusion).
+    baseline: a label (e.g. "grpo") to compare every label against; then the comparison table and
+    the claims table (``method`` / ``prime`` name the SPRO / PRIME labels) are included.
+    ablation: include the ablation table (rows = labels). smooth: moving-average window for the
+    training-metric plots; None picks ``max(1, round(n_steps / 25))``.
+    Raises ValueError for an empty ``runs`` or a label without dirs, FileNotFoundError for a
+    missing run dir.
+    """
+    if not runs:
+        raise ValueError("write_report: runs is empty")
+    out_dir = Path(out_dir)
+    plots_dir = out_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[RunData]] = {}
+    for label, dirs in runs.items():
+        if not dirs:
+            raise ValueError(f"write_report: label {label!r} has no run dirs")
+        groups[label] = [load_run(d) for d in dirs]
+    comp = aggregate(groups, baseline=baseline)
+
+    if smooth is None:
+        n_steps = max((len(r.metrics) for rs in groups.values() for r in rs), default=0)
+        smooth = max(1, round(n_steps / 25))
+
+    lines = [f"# {title}", ""]
+    if notes:
+        lines += [notes.strip(), ""]
+    if command:
+        lines += ["Produced by:", "", "```bash", command.strip(), "```", ""]
+
+    lines += ["## Summary", "", markdown_table(summary_table(comp)), ""]
+    lines += [
+        "Mean ± 95% confidence half-width across seeds (Student t; \"± n/a\" with one seed). "
+        "Final held-out accuracy is the last evaluation's, best is the maximum over evaluations. "
+        "Final entropy and final length are means over the last 10% of training steps. Step time "
+        "is the mean `time/step` without the first (warm-up) step; peak memory is the maximum "
+        "`memory/peak_mb`.",
+        "",
+    ]
+
+    if comp.baseline is not None:
+        lines += [f"## Comparison with {comp.baseline}", ""]
+        if comp.target_accuracy is not None:
+            lines += [
+                f"Target for steps / time to reach: {comp.baseline}'s mean best held-out accuracy, "
+                f"{comp.target_accuracy:.3f}. Ratios are relative to {comp.baseline}; efficiency = "
+                f"{comp.baseline}'s mean steps to the target / the algorithm's (unreached seeds count "
+                "with their last evaluated step).",
+                "",
+            ]
+        lines += [markdown_table(comparison_table(comp)), ""]
+        lines += ["## Paper claims", "", markdown_table(claims_table(comp, method=method, prime=prime)), ""]
+        lines += [CLAIM_RULES, ""]
+
+    if ablation:
+        lines += ["## Ablation", "", markdown_table(ablation_table(comp)), ""]
+
+    lines += ["## Plots", ""]
+    missing = []
+    for stem, source, key, ylabel in PLOTS:
+        for x in ("step", "time"):
+            path = plot_metric(
+                groups,
+                key,
+                plots_dir / f"{stem}_vs_{x}.png",
+                source=source,
+                x=x,
+                ylabel=ylabel,
+                title=f"{ylabel} vs {'step' if x == 'step' else 'wall time'}",
+                smooth=1 if source == "eval" else smooth,
+            )
+            if path is None:
+                missing.append(f"{key} vs {x}")
+            else:
+                lines += [f"![{ylabel} vs {x}]({_rel(path, out_dir)})", ""]
+    if missing:
+        lines += ["No data logged for: " + ", ".join(missing) + ".", ""]
+
+    lines += ["## Runs", "", markdown_table(per_seed_table(comp, out_dir)), ""]
+
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report

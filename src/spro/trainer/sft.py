@@ -1,0 +1,254 @@
+"""Supervised warm start: fine-tune a causal LM on a task's reference solutions.
+
+Each example is ``render_prompt(prompt)`` followed by ``solution + eos``; the loss is the mean
+token cross-entropy over the completion tokens only (prompt and padding are masked with -100).
+AdamW with linear warm-up and cosine decay, gradient clipping, random mini-batches (seeded),
+a progress bar, periodic greedy validation accuracy, and an atomic HF-format save at the end.
+
+Presets (see :data:`PRESETS`): ``weak`` - a tiny model trained briefly, greedy test accuracy
+in the 20-50% range, the starting policy for RL; ``strong`` - trained longer, a competent model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spro.data.prompts import render_prompt
+
+
+@dataclass
+class SFTConfig:
+    """Configuration of one supervised warm-start run."""
+
+    task: str = field(default="arithmetic", metadata={"help": "Task name (spro.data.tasks.get_task)."})
+    task_knobs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Keyword knobs for the task."})
+    model: str | None = field(
+        default=None, metadata={"help": "HF folder of the causal LM to fine-tune; None builds a fresh tiny model."}
+    )
+    hidden_size: int = field(default=128, metadata={"help": "Tiny model width (only when model is None)."})
+    num_layers: int = field(default=4, metadata={"help": "Tiny model depth (only when model is None)."})
+    num_heads: int = field(default=4, metadata={"help": "Tiny model attention heads (only when model is None)."})
+    intermediate_size: int = field(default=512, metadata={"help": "Tiny model MLP width (only when model is None)."})
+    max_position_embeddings: int = field(default=256, metadata={"help": "Tiny model context length."})
+    steps: int = field(default=1000, metadata={"help": "Optimizer steps."})
+    batch_size: int = field(default=64, metadata={"help": "Examples per step."})
+    lr: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps, then cosine decay to 10% of lr."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (<= 0: off)."})
+    eval_every: int = field(default=0, metadata={"help": "Validation every N steps (0: only at the end)."})
+    eval_n: int = field(default=200, metadata={"help": "Validation problems per evaluation."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Generation budget for validation."})
+    train_size: int | None = field(default=None, metadata={"help": "Training problems (None: task default)."})
+    seed: int = field(default=0, metadata={"help": "Seed of model init and batch order."})
+    threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (None: leave as is)."})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_n", "max_new_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("warmup_steps", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if not (self.lr > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Both presets use a 4-layer, 64-wide Llama (~270k parameters): depth matters more than width for
+# copying the right operand, and a narrow model trains ~4x faster per step than the 1M default.
+# Accuracy rises sharply after ~500 steps (the model learns to find the next operand), so "weak"
+# stops before that and "strong" trains well past it. Measured numbers: see the project notes.
+_PRESET_MODEL = dict(hidden_size=64, num_layers=4, num_heads=4, intermediate_size=256, max_position_embeddings=256)
+PRESETS: dict[str, SFTConfig] = {
+    "weak": SFTConfig(steps=450, batch_size=64, lr=5e-3, warmup_steps=30, eval_every=0, eval_n=200, **_PRESET_MODEL),
+    "strong": SFTConfig(steps=1200, batch_size=64, lr=5e-3, warmup_steps=30, eval_every=300, eval_n=200, **_PRESET_MODEL),
+}
+
+
+def get_preset(name: str) -> SFTConfig:
+    """A fresh copy of the named preset."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown SFT preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return dataclasses.replace(PRESETS[name], task_knobs=dict(PRESETS[name].task_knobs))
+
+
+@dataclass
+class SFTResult:
+    """What an SFT run produced."""
+
+    path: Path | None
+    losses: list[float]
+    validation: list[dict[str, Any]]
+    seconds: float
+    num_parameters: int
+    cpu_seconds: float = 0.0  # process CPU time (all threads); wall time suffers from CPU contention
+
+
+def encode_example(tokenizer: Any, prompt: Any, solution: str) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered prompt and of ``solution + eos`` (the supervised part)."""
+    p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    c = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return p, c
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 outside completions)."""
+    import torch
+
+    width = max(len(p) + len(c) for p, c in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(examples), width), dtype=torch.long)
+    lab = torch.full((len(examples), width), -100, dtype=torch.long)
+    for i, (p, c) in enumerate(examples):
+        seq = p + c
+        ids[i, : len(seq)] = torch.tensor(seq)
+        att[i, : len(seq)] = 1
+        lab[i, len(p) : len(seq)] = torch.tensor(c)
+    return ids, att, lab
+
+
+def completion_loss(model: Any, ids: Any, att: Any, lab: Any):
+    """Mean cross-entropy of the completion tokens (labels != -100), next-token shifted."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+    target = lab[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
+
+
+def validation_accuracy(model: Any, tokenizer: Any, task: Any, n: int, max_new_tokens: int) -> dict[str, Any]:
+    """Greedy accuracy and mean length on the first ``n`` validation problems."""
+    from spro.experiments.evaluation import evaluate
+
+    ds = task.split("validation", n=n)
+    r = evaluate(model, tokenizer, ds, task.reward, k=0, max_new_tokens=max_new_tokens, batch_size=100, keep_samples=0)
+    return {"accuracy": r["pass@1"], "length_mean": r["length_mean"], "n": r["n"]}
+
+
+def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progress: bool = True,
+        log_file: str | os.PathLike | None = None) -> SFTResult:
+    """Run supervised fine-tuning; save model + tokenizer atomically to ``output_dir`` if given.
+
+    Also writes ``sft_config.json`` and ``sft_log.jsonl`` (loss per step, validation results)
+    into the saved folder.
+    """
+    import torch
+
+    from spro.models.loading import load_model_and_tokenizer, save_model_and_tokenizer
+    from spro.data.tasks import get_task
+    from spro.models.tiny import build_char_tokenizer, build_tiny_model, count_parameters
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    t0, c0 = time.time(), time.process_time()
+    task = get_task(config.task, **config.task_knobs)
+    if config.model is None:
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(
+            tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads,
+            intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
+            seed=config.seed,
+        )
+    else:
+        model, tokenizer = load_model_and_tokenizer(config.model)
+    train = task.split("train", n=config.train_size)
+    examples = [encode_example(tokenizer, p, s) for p, s in zip(train["prompt"], train["solution"])]
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit:
+        too_long = [i for i, (p, c) in enumerate(examples) if len(p) + len(c) > limit]
+        if too_long:
+            raise ValueError(
+                f"training example {too_long[0]} is {sum(map(len, examples[too_long[0]]))} tokens, longer than the "
+                f"model's max_position_embeddings ({limit})"
+            )
+
+    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n_, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return config.lr * (step + 1) / config.warmup_steps
+        frac = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    gen = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(examples), generator=gen).tolist()
+    pos = 0
+    losses: list[float] = []
+    validation: list[dict[str, Any]] = []
+    log_lines: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, desc="sft", unit="step")
+    model.train()
+    eval_time = 0.0
+    for step in range(config.steps):
+        if pos + config.batch_size > len(order):
+            order = torch.randperm(len(examples), generator=gen).tolist()
+            pos = 0
+        batch = [examples[i] for i in order[pos : pos + config.batch_size]]
+        pos += config.batch_size
+        ids, att, lab = collate(batch, tokenizer.pad_token_id)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = completion_loss(model, ids, att, lab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        opt.step()
+        losses.append(float(loss.detach()))
+        log_lines.append({"step": step + 1, "loss": losses[-1], "lr": lr_at(step)})
+        last = step + 1 == config.steps
+        if (config.eval_every and (step + 1) % config.eval_every == 0) or last:
+            te = time.time()
+            v = validation_accuracy(model, tokenizer, task, config.eval_n, config.max_new_tokens)
+            model.train()
+            eval_time += time.time() - te
+            v["step"] = step + 1
+            validation.append(v)
+            log_lines.append({"step": step + 1, **{f"val/{k}": x for k, x in v.items() if k != "step"}})
+        if bar is not None:
+            post = {"loss": f"{losses[-1]:.3f}"}
+            if validation:
+                post["val_acc"] = f"{validation[-1]['accuracy']:.2f}"
+            bar.set_postfix(post)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    seconds = time.time() - t0
+    cpu_seconds = time.process_time() - c0
+    path = None
+    if output_dir is not None:
+        meta = {**config.to_dict(), "task_knobs_resolved": task.knobs() if hasattr(task, "knobs") else None,
+                "seconds": seconds, "cpu_seconds": cpu_seconds,
+                "eval_seconds": eval_time, "torch_threads": torch.get_num_threads(), "validation": validation}
+        path = save_model_and_tokenizer(model, tokenizer, output_dir, extra_files={
+            "sft_config.json": json.dumps(meta, indent=2),
+            "sft_log.jsonl": "".join(json.dumps(line) + "\n" for line in log_lines),
+        })
+    if log_file is not None:
+        with open(log_file, "w") as f:
+            for line in log_lines:
+                f.write(json.dumps(line) + "\n")
+    return SFTResult(path=path, losses=losses, validation=validation, seconds=seconds,
+                     num_parameters=count_parameters(model), cpu_seconds=cpu_seconds)

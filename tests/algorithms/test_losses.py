@@ -1,0 +1,325 @@
+"""spro.algorithms.losses against pure-Python loop references; gradients; bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spro.algorithms.losses import aggregate_loss, entropy_from_logits, kl_penalty, policy_loss
+
+SETTINGS = settings(max_examples=60, deadline=None)
+MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+def make(seed: int, garbage: bool = True):
+    rng = np.random.default_rng(seed)
+    B, T = int(rng.integers(1, 9)), int(rng.integers(1, 8))
+    mask = torch.tensor(rng.random((B, T)) < rng.uniform(0.3, 1.0), dtype=torch.float64)
+    if rng.random() < 0.3:
+        mask[int(rng.integers(0, B))] = 0
+    old = torch.tensor(-np.abs(rng.normal(size=(B, T))), dtype=torch.float64)
+    logp = old + torch.tensor(rng.normal(size=(B, T)) * 0.3, dtype=torch.float64)
+    ref = old + torch.tensor(rng.normal(size=(B, T)) * 0.5, dtype=torch.float64)
+    advs = torch.tensor(rng.normal(size=(B, T)), dtype=torch.float64)
+    ent = torch.tensor(rng.random((B, T)) * 3, dtype=torch.float64)
+    if garbage:
+        for x in (old, ref, advs, ent):
+            x[mask == 0] = float("nan")
+    return dict(logp=logp, old_logp=old, advantages=advs, mask=mask, ref_logp=ref, entropy=ent)
+
+
+# ------------------------------------------------------------------ loop references
+
+
+def ref_kl(lp, rl, kind):
+    d = lp - rl
+    if kind == "k1":
+        return d
+    if kind == "k2":
+        return 0.5 * d * d
+    x = min(max(rl - lp, -20.0), 20.0)
+    return min(max(math.exp(x) - x - 1.0, -10.0), 10.0)
+
+
+def ref_aggregate(Lm, m, mode, max_len=None):
+    B, T = len(m), len(m[0])
+    if mode == "token-mean":
+        n = sum(sum(row) for row in m)
+        return sum(Lm[i][t] for i in range(B) for t in range(T) if m[i][t]) / max(n, 1)
+    if mode == "seq-mean-token-mean":
+        seqs = []
+        for i in range(B):
+            n = sum(m[i])
+            if n:
+                seqs.append(sum(Lm[i][t] for t in range(T) if m[i][t]) / n)
+        return sum(seqs) / len(seqs) if seqs else 0.0
+    return sum(Lm[i][t] for i in range(B) for t in range(T) if m[i][t]) / (B * (max_len or T))
+
+
+def ref_policy(b, low, high, agg, kl_coef, kl_est, ent_coef, max_len=None):
+    m, lp, old, A = b["mask"].tolist(), b["logp"].tolist(), b["old_logp"].tolist(), b["advantages"].tolist()
+    rl, ent = b["ref_logp"].tolist(), b["entropy"].tolist()
+    B, T = len(m), len(m[0])
+    Lm = [[0.0] * T for _ in range(B)]
+    pgm = [[0.0] * T for _ in range(B)]
+    n = lowc = highc = 0
+    akl = kl = en = 0.0
+    for i in range(B):
+        for t in range(T):
+            if not m[i][t]:
+                continue
+            ratio = math.exp(lp[i][t] - old[i][t])
+            clipped = min(max(ratio, 1 - low), 1 + high)
+            pg = max(-A[i][t] * ratio, -A[i][t] * clipped)
+            k = ref_kl(lp[i][t], rl[i][t], kl_est)
+            pgm[i][t] = pg
+            Lm[i][t] = pg + kl_coef * k - ent_coef * ent[i][t]
+            n += 1
+            lowc += ratio < 1 - low and A[i][t] < 0
+            highc += ratio > 1 + high and A[i][t] > 0
+            akl += (ratio - 1) - math.log(ratio)
+            kl += k
+            en += ent[i][t]
+    n1 = max(n, 1)
+    metrics = {"pg_loss": ref_aggregate(pgm, m, agg, max_len), "clip/low_frac": lowc / n1,
+               "clip/high_frac": highc / n1, "approx_kl": akl / n1, "kl": kl / n1, "entropy": en / n1}
+    return ref_aggregate(Lm, m, agg, max_len), metrics
+
+
+# ------------------------------------------------------------------ tests
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["k1", "k2", "k3"]), scale=st.sampled_from([1.0, 30.0]))
+def test_kl_penalty_matches_loop(seed, kind, scale):
+    b = make(seed, garbage=False)
+    lp, rl = b["logp"] * scale, b["ref_logp"] * scale  # scale 30 exercises the k3 clamps
+    out = kl_penalty(lp, rl, kind)
+    B, T = lp.shape
+    expect = [[ref_kl(lp[i, t].item(), rl[i, t].item(), kind) for t in range(T)] for i in range(B)]
+    torch.testing.assert_close(out, torch.tensor(expect, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    if kind != "k1":
+        assert bool((out >= -1e-15).all())
+    masked = kl_penalty(lp, rl, kind, mask=b["mask"])
+    assert bool((masked[b["mask"] == 0] == 0).all())
+    torch.testing.assert_close(masked[b["mask"] == 1], out[b["mask"] == 1])
+
+
+def test_k3_value_and_clamp():
+    lp, rl = torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[0.0, math.log(2.0), 50.0]])
+    out = kl_penalty(lp, rl, "k3")
+    assert out[0, 0].item() == 0.0
+    assert out[0, 1].item() == pytest.approx(2.0 - math.log(2.0) - 1.0)
+    assert out[0, 2].item() == 10.0  # exp(20) - 21 clamped to 10
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), V=st.integers(1, 9), scale=st.sampled_from([1.0, 100.0]))
+def test_entropy_matches_loop(seed, V, scale):
+    rng = np.random.default_rng(seed)
+    z = torch.tensor(rng.normal(size=(2, 3, V)) * scale, dtype=torch.float64)
+    if V > 1:
+        z[0, 0, 0] = float("-inf")  # a forbidden token contributes 0
+    out = entropy_from_logits(z)
+    assert out.shape == (2, 3)
+    expect = []
+    for i in range(2):
+        row = []
+        for t in range(3):
+            zs = z[i, t].tolist()
+            mx = max(zs)
+            ex = [math.exp(v - mx) for v in zs]
+            s = sum(ex)
+            row.append(-sum((e / s) * math.log(e / s) for e in ex if e > 0))
+        expect.append(row)
+    torch.testing.assert_close(out, torch.tensor(expect, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    assert bool(torch.isfinite(out).all()) and bool((out >= -1e-12).all())
+
+
+def test_entropy_known_values_and_gradcheck():
+    z = torch.zeros(1, 1, 4, dtype=torch.float64)
+    assert entropy_from_logits(z).item() == pytest.approx(math.log(4))
+    z = torch.tensor([[[1000.0, 0.0]]], dtype=torch.float64)  # no overflow
+    assert entropy_from_logits(z).item() == pytest.approx(0.0, abs=1e-12)
+    z = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(entropy_from_logits, (z,))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(MODES), extra=st.integers(0, 5))
+def test_aggregate_matches_loop(seed, mode, extra):
+    b = make(seed, garbage=False)
+    Lm = b["advantages"]
+    Lm_g = Lm.clone()
+    Lm_g[b["mask"] == 0] = float("nan")  # never read
+    T = Lm.shape[1]
+    max_len = T + extra if mode == "seq-mean-token-sum-norm" else None
+    out = aggregate_loss(Lm_g, b["mask"], mode, max_len)
+    expect = ref_aggregate(Lm.tolist(), b["mask"].tolist(), mode, max_len)
+    assert out.dim() == 0
+    assert out.item() == pytest.approx(expect, rel=1e-12, abs=1e-12)
+
+
+def test_aggregate_modes_differ_as_documented():
+    Lm = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    m = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
+    assert aggregate_loss(Lm, m, "token-mean").item() == pytest.approx(8 / 5)
+    assert aggregate_loss(Lm, m, "seq-mean-token-mean").item() == pytest.approx((1 + 4) / 2)
+    assert aggregate_loss(Lm, m, "seq-mean-token-sum-norm").item() == pytest.approx(8 / (2 * 4))
+    assert aggregate_loss(Lm, m, "seq-mean-token-sum-norm", 10).item() == pytest.approx(8 / (2 * 10))
+    assert aggregate_loss(Lm, torch.zeros_like(m), "seq-mean-token-mean").item() == 0.0
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), clip=st.sampled_from([(0.2, None), (0.2, 0.28), (0.1, 0.5), (0.0, 0.0)]),
+       agg=st.sampled_from(MODES), kl_coef=st.sampled_from([0.0, 0.1]), kl_est=st.sampled_from(["k1", "k2", "k3"]),
+       ent_coef=st.sampled_from([0.0, 0.01]))
+def test_policy_loss_matches_loop(seed, clip, agg, kl_coef, kl_est, ent_coef):
+    b = make(seed)
+    low, high = clip
+    loss, metrics = policy_loss(
+        b["logp"], b["old_logp"], b["advantages"], b["mask"], clip_eps_low=low, clip_eps_high=high, agg=agg,
+        ref_logp=b["ref_logp"], kl_coef=kl_coef, kl_estimator=kl_est, entropy=b["entropy"], entropy_coef=ent_coef,
+    )
+    expect, em = ref_policy(b, low, low if high is None else high, agg, kl_coef, kl_est, ent_coef)
+    assert loss.item() == pytest.approx(expect, rel=1e-10, abs=1e-12)
+    assert set(metrics) == {"pg_loss", "clip/low_frac", "clip/high_frac", "approx_kl", "kl", "entropy"}
+    for k, v in em.items():
+        assert isinstance(metrics[k], float)
+        assert metrics[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
+
+
+def test_policy_loss_optional_metrics_absent():
+    b = make(1, garbage=False)
+    _, metrics = policy_loss(b["logp"], b["old_logp"], b["advantages"], b["mask"])
+    assert set(metrics) == {"pg_loss", "clip/low_frac", "clip/high_frac", "approx_kl"}
+
+
+def test_clip_fractions_on_toy_case():
+    old = torch.zeros(1, 4, dtype=torch.float64)
+    logp = torch.log(torch.tensor([[0.5, 1.5, 1.25, 0.9]], dtype=torch.float64))
+    A = torch.tensor([[-1.0, 1.0, 1.0, -1.0]], dtype=torch.float64)
+    m = torch.ones(1, 4)
+    _, met = policy_loss(logp, old, A, m, clip_eps_low=0.2, clip_eps_high=0.28)
+    assert met["clip/low_frac"] == 0.25  # ratio .5 < .8 with A < 0
+    assert met["clip/high_frac"] == 0.25  # ratio 1.5 > 1.28 with A > 0; 1.25 is inside
+    # pg per token: max(-A r, -A clip(r)) -> [0.8, -1.28, -1.25, 0.9]
+    assert met["pg_loss"] == pytest.approx((0.8 - 1.28 - 1.25 + 0.9) / 4)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), agg=st.sampled_from(MODES), high=st.sampled_from([None, 0.3]))
+def test_policy_loss_gradient_matches_hand_derivation(seed, agg, high):
+    b = make(seed, garbage=False)
+    logp = b["logp"].clone().requires_grad_(True)
+    loss, _ = policy_loss(logp, b["old_logp"], b["advantages"], b["mask"], clip_eps_high=high, agg=agg)
+    loss.backward()
+    hi = 0.2 if high is None else high
+    m, lp, old, A = b["mask"].tolist(), b["logp"].tolist(), b["old_logp"].tolist(), b["advantages"].tolist()
+    B, T = len(m), len(m[0])
+    n_tok = sum(map(sum, m))
+    n_seq = sum(1 for row in m if sum(row))
+    expect = [[0.0] * T for _ in range(B)]
+    for i in range(B):
+        for t in range(T):
+            if not m[i][t]:
+                continue
+            if agg == "token-mean":
+                w = 1 / n_tok
+            elif agg == "seq-mean-token-mean":
+                w = 1 / (n_seq * sum(m[i]))
+            else:
+                w = 1 / (B * T)
+            r = math.exp(lp[i][t] - old[i][t])
+            # d/dlogp of max(-A r, -A clip(r)): -A r where the unclipped branch is the max and
+            # r is inside the clip range or on the side that does not bind, else 0
+            unclipped_active = (A[i][t] >= 0 and r <= 1 + hi) or (A[i][t] < 0 and r >= 1 - 0.2)
+            expect[i][t] = w * (-A[i][t] * r) if unclipped_active else 0.0
+    torch.testing.assert_close(logp.grad, torch.tensor(expect, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+
+
+def test_policy_loss_gradcheck_with_kl_and_entropy():
+    b = make(42, garbage=False)
+    ent = b["entropy"].clone().requires_grad_(True)
+
+    def f(logp, ent):
+        loss, _ = policy_loss(logp, b["old_logp"], b["advantages"], b["mask"], ref_logp=b["ref_logp"],
+                              kl_coef=0.3, kl_estimator="k3", entropy=ent, entropy_coef=0.05)
+        return loss
+
+    logp = b["logp"].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (logp, ent))
+
+
+def test_masked_garbage_does_not_reach_gradient():
+    b = make(7)  # NaN at masked positions of old_logp, advantages, ref_logp, entropy
+    logp = b["logp"].clone()
+    logp[b["mask"] == 0] = float("-inf")
+    logp.requires_grad_(True)
+    loss, metrics = policy_loss(logp, b["old_logp"], b["advantages"], b["mask"], ref_logp=b["ref_logp"],
+                                kl_coef=0.1, entropy=b["entropy"], entropy_coef=0.1)
+    loss.backward()
+    assert math.isfinite(loss.item()) and all(math.isfinite(v) for v in metrics.values())
+    assert bool(torch.isfinite(logp.grad).all())
+    assert bool((logp.grad[b["mask"] == 0] == 0).all())
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _args():
+    b = next(b for b in (make(s, garbage=False) for s in range(100)) if b["mask"].shape[1] >= 3)
+    b["mask"][0] = 1
+    return b
+
+
+@pytest.mark.parametrize(
+    "change, kw, match",
+    [
+        (lambda b: b.update(logp=b["logp"][:, :-1]), {}, r"logp has shape .* expected"),
+        (lambda b: b.update(advantages=b["advantages"][0]), {}, r"advantages must be 2-D"),
+        (lambda b: b["logp"].__setitem__((0, 0), float("nan")), {}, r"logp must be finite .*logp\[0, 0\] = nan"),
+        (lambda b: b["advantages"].__setitem__((0, 0), float("inf")), {}, r"advantages must be finite"),
+        (lambda b: b["mask"].__setitem__((0, 0), 0.5), {}, r"mask must contain only 0 and 1; found 0.5"),
+        (lambda b: b.update(mask=b["mask"][:0]), {}, r"empty batch"),
+        (lambda b: None, dict(clip_eps_low=-0.1), r"clip_eps_low must be >= 0"),
+        (lambda b: None, dict(clip_eps_low=1.5), r"clip_eps_low must be < 1"),
+        (lambda b: None, dict(clip_eps_high=float("nan")), r"clip_eps_high must be finite"),
+        (lambda b: None, dict(agg="sum"), r"agg must be one of"),
+        (lambda b: None, dict(kl_estimator="k4"), r"kl_estimator must be one of"),
+        (lambda b: None, dict(kl_coef=0.1), r"kl_coef != 0 needs ref_logp"),
+        (lambda b: None, dict(entropy_coef=0.1), r"entropy_coef != 0 needs entropy"),
+        (lambda b: None, dict(agg="seq-mean-token-sum-norm", max_completion_length=1), r"smaller than the longest"),
+        (lambda b: None, dict(agg="seq-mean-token-sum-norm", max_completion_length=0), r"positive int"),
+    ],
+)
+def test_policy_loss_bad_input(change, kw, match):
+    b = _args()
+    change(b)
+    with pytest.raises(ValueError, match=match):
+        policy_loss(b["logp"], b["old_logp"], b["advantages"], b["mask"], **kw)
+
+
+def test_other_functions_bad_input():
+    b = _args()
+    with pytest.raises(ValueError, match=r"kind must be one of"):
+        kl_penalty(b["logp"], b["ref_logp"], "kl")
+    with pytest.raises(ValueError, match=r"logp has shape .* but ref_logp has"):
+        kl_penalty(b["logp"], b["ref_logp"][:, :1], "k3")
+    bad = b["ref_logp"].clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"ref_logp must be finite"):
+        kl_penalty(b["logp"], bad, "k3", mask=b["mask"])
+    with pytest.raises(ValueError, match=r"mode must be one of"):
+        aggregate_loss(b["logp"], b["mask"], "mean")
+    with pytest.raises(ValueError, match=r"loss_mat has shape"):
+        aggregate_loss(b["logp"][:, :1], b["mask"], "token-mean")
+    with pytest.raises(ValueError, match=r"non-empty last"):
+        entropy_from_logits(torch.zeros(2, 3, 0))
+    with pytest.raises(ValueError, match=r"logits must be floating"):
+        entropy_from_logits(torch.zeros(2, 3, 4, dtype=torch.long))

@@ -1,0 +1,151 @@
+"""spro.experiments.report: curves across seeds, PNG plots, and report.md with working relative links."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spro.experiments.compare import load_run, t_quantile
+from spro.experiments.report import curve, plot_metric, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def fake_run(d: Path, *, seed: int, n_steps: int = 20, step_time: float = 0.5, skill: float = 0.02,
+             entropy: bool = True) -> Path:
+    """Synthetic metrics.jsonl / eval.jsonl with a little seed-dependent noise."""
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in range(1, n_steps + 1):
+        row = {
+            "step": s,
+            "time": s * step_time * (1 + 0.05 * seed),
+            "reward/mean": min(1.0, skill * s + 0.05 * rng.standard_normal()),
+            "length/mean": 30 - 0.5 * s + rng.standard_normal(),
+            "time/step": step_time,
+            "memory/peak_mb": 100 + seed,
+        }
+        if entropy:
+            row["entropy"] = 1.5 - 0.02 * s + 0.01 * rng.standard_normal()
+        rows.append(row)
+    write_jsonl(d / "metrics.jsonl", rows)
+    write_jsonl(
+        d / "eval.jsonl",
+        [{"step": s, "time": s * step_time, "eval/accuracy": min(1.0, skill * s + 0.01 * seed), "eval/length_mean": 20.0, "eval/n": 1000}
+         for s in range(0, n_steps + 1, 5)],
+    )
+    return d
+
+
+def links_in(md: str) -> list[str]:
+    return re.findall(r"!?\[[^\]]*\]\(([^)]+)\)", md)
+
+
+def test_curve_mean_and_band_by_hand(tmp_path):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    c = tmp_path / "c"
+    for d, vals in ((a, [1.0, 2.0, 3.0]), (b, [3.0, 4.0, 5.0]), (c, [2.0, 3.0])):  # c stops at step 2
+        d.mkdir()
+        write_jsonl(d / "metrics.jsonl", [{"step": i + 1, "time": 2.0 * (i + 1), "entropy": v} for i, v in enumerate(vals)])
+    runs = [load_run(a), load_run(b), load_run(c)]
+    cv = curve(runs, "entropy", x="step")
+    assert cv.x.tolist() == [1.0, 2.0, 3.0]
+    assert cv.n.tolist() == [3, 3, 2]
+    assert cv.mean.tolist() == pytest.approx([2.0, 3.0, 4.0])
+    # step 1: values 1, 3, 2 -> sd 1, half width t_{.975,2} / sqrt(3)
+    hw = t_quantile(0.975, 2) / math.sqrt(3)
+    assert (cv.low[0], cv.high[0]) == pytest.approx((2.0 - hw, 2.0 + hw))
+    # step 3: values 3, 5 -> sd sqrt(2), half width t_{.975,1} * sqrt(2) / sqrt(2)
+    assert cv.high[2] - cv.mean[2] == pytest.approx(t_quantile(0.975, 1))
+    # against time: interpolation inside each run's range only
+    ct = curve(runs, "entropy", x="time", n_grid=5)
+    assert ct.x.tolist() == pytest.approx([2.0, 3.0, 4.0, 5.0, 6.0])
+    assert ct.n.tolist() == [3, 3, 3, 2, 2]
+    assert ct.mean[1] == pytest.approx((1.5 + 3.5 + 2.5) / 3)
+    # one seed: no band; smoothing is a trailing moving average
+    single = curve([runs[0]], "entropy", smooth=2)
+    assert single.mean.tolist() == pytest.approx([1.0, 1.5, 2.5])
+    assert np.isnan(single.low).all()
+    assert curve(runs, "not/logged") is None
+    with pytest.raises(ValueError):
+        curve(runs, "entropy", x="tokens")
+
+
+def test_plot_metric_writes_png_or_nothing(tmp_path):
+    runs = {"grpo": [load_run(fake_run(tmp_path / "g0", seed=0))]}
+    p = plot_metric(runs, "reward/mean", tmp_path / "out" / "r.png", x="time")
+    assert p is not None and p.read_bytes()[:8] == PNG_MAGIC
+    assert plot_metric(runs, "not/logged", tmp_path / "out" / "n.png") is None
+    assert not (tmp_path / "out" / "n.png").exists()
+
+
+def test_write_report_with_claims(tmp_path):
+    runs = {
+        "grpo": [fake_run(tmp_path / "runs/grpo" / f"seed{i}", seed=i, skill=0.02) for i in range(3)],
+        "spro": [fake_run(tmp_path / "runs/spro" / f"seed{i}", seed=i, skill=0.04) for i in range(3)],
+        "prime": [fake_run(tmp_path / "runs/prime/seed0", seed=0, step_time=1.5)],
+    }
+    out = tmp_path / "report"
+    path = write_report(runs, out, title="SPRO vs GRPO", command="spro compare --algos grpo,spro,prime --seeds 3",
+                        notes="Closing note.", baseline="grpo")
+    assert path == out / "report.md"
+    md = path.read_text()
+    assert md.startswith("# SPRO vs GRPO")
+    assert "spro compare --algos grpo,spro,prime --seeds 3" in md and "Closing note." in md
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert pngs == sorted(f"{m}_vs_{x}.png" for m in ("eval_accuracy", "entropy", "response_length", "reward") for x in ("step", "time"))
+    for p in (out / "plots").glob("*.png"):
+        assert p.read_bytes()[:8] == PNG_MAGIC
+    links = links_in(md)
+    assert len(links) == 8
+    for link in links:
+        assert not Path(link).is_absolute()
+        assert (out / link).is_file(), link
+    # tables: summary, comparison, claims with the rule text
+    assert "| run | seeds | final held-out acc | best held-out acc | final entropy | final mean length | mean step time (s) | peak memory (MB) |" in md
+    assert "## Comparison with grpo" in md and "## Paper claims" in md
+    assert "How the verdicts are decided" in md
+    for verdict_cell in re.findall(r"\| (holds|does not hold|unclear) \|", md):
+        assert verdict_cell in ("holds", "does not hold", "unclear")
+    assert "± n/a" in md  # prime has one seed
+    # spro learns twice as fast in these fake runs: its final accuracy beats grpo's
+    row = next(ln for ln in md.splitlines() if ln.startswith("| spro | 3 |"))
+    assert "0.810" in row  # min(1, 0.04 * 20 + 0.01 * seed) averaged over seeds 0..2
+    # per-seed rows: grpo's target is 0.41 (bests 0.40/0.41/0.42), grpo seed 0 never gets there
+    assert "| grpo | `../runs/grpo/seed0` | 20 | 0.400 | 0.400 | not reached |" in md
+    assert "| spro | `../runs/spro/seed0` | 20 | 0.800 | 0.800 | 15 |" in md
+
+
+def test_write_report_missing_keys_and_ablation(tmp_path):
+    runs = {
+        "beta=0.01": [fake_run(tmp_path / "a", seed=0, entropy=False)],
+        "beta=0.1": [fake_run(tmp_path / "b", seed=1, entropy=False)],
+    }
+    (tmp_path / "empty").mkdir()
+    runs["crashed"] = [tmp_path / "empty"]  # no files at all
+    path = write_report(runs, tmp_path / "rep", title="Ablation", ablation=True)
+    md = path.read_text()
+    assert "## Ablation" in md and "| variant |" in md
+    assert "## Paper claims" not in md
+    assert not (tmp_path / "rep/plots/entropy_vs_step.png").exists()
+    assert "No data logged for: entropy vs step, entropy vs time." in md
+    for link in links_in(md):
+        assert (tmp_path / "rep" / link).is_file(), link
+    assert len(links_in(md)) == 6
+    crashed = next(ln for ln in md.splitlines() if ln.startswith("| crashed |"))
+    assert crashed.count("n/a") >= 5
+    with pytest.raises(ValueError):
+        write_report({}, tmp_path / "x", title="t")
+    with pytest.raises(FileNotFoundError):
+        write_report({"a": [tmp_path / "nope"]}, tmp_path / "x", title="t")

@@ -1,0 +1,250 @@
+"""The RL loop end to end on a very small random Llama (CPU, a few steps)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import REWARDS, RecordingPRM, read_jsonl, save_small_model, small_overrides
+from spro.config import ConfigError, load_config
+from spro.trainer import (
+    EVAL_KEYS, METRIC_KEYS, RewardFunctionError, Trainer, TrainingDivergedError, sequence_logps, train,
+)
+
+
+@pytest.mark.parametrize("algorithm", ["spro", "grpo", "dr_grpo", "rloo"])
+def test_loop_changes_weights_and_logs_every_metric(model_dir, tmp_path, algorithm):
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", algorithm))
+    out = train(cfg, reward_funcs=REWARDS)
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        missing = [k for k in METRIC_KEYS if k not in m]
+        assert not missing, missing
+        for k in METRIC_KEYS:  # a reference model is used by default: no metric is null
+            assert m[k] is not None and math.isfinite(m[k]), (k, m[k])
+        assert 0 < m["reward/std"] and m["groups/zero_variance_frac"] < 1
+        assert m["length/min"] <= m["length/mean"] <= m["length/max"] <= 8
+        assert m["lr"] == pytest.approx(1e-3)
+        assert m["grad_norm"] > 0 and m["perf/tokens_per_sec"] > 0 and m["memory/peak_mb"] > 0
+    # the second step is sampled from the updated policy: it has moved away from the reference
+    assert metrics[1]["kl"] > 0
+    if algorithm == "spro":
+        assert metrics[1]["process/msa_abs_mean"] > 0 and metrics[1]["process/cpr_final_std"] > 0
+    (ev,) = read_jsonl(out / "eval.jsonl")  # eval_every=0: once, at the end
+    assert set(EVAL_KEYS) <= set(ev) and ev["step"] == 2 and ev["eval/n"] == 4
+    # the final checkpoint holds weights different from the starting model
+    start = load_file(str(model_dir / "model.safetensors"))
+    end = load_file(str(out / "checkpoints" / "step-000002" / "model.safetensors"))
+    assert any(not torch.equal(start[k], end[k]) for k in start)
+
+
+def test_mini_batches_epochs_accumulation_tensorboard(model_dir, tmp_path):
+    over = small_overrides(
+        model_dir, tmp_path / "run", "spro", total_steps=1, **{
+            "algorithm.ppo_epochs": 2, "algorithm.mini_batch_size": 4, "algorithm.grad_accum_steps": 2,
+            "algorithm.kl_coef": 0.01, "algorithm.entropy_coef": 0.01, "algorithm.clip_eps_high": 0.28,
+            "optim.warmup_steps": 2, "logging.tensorboard": True, "logging.log_completions": 2,
+        })
+    t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+    assert t.opt_steps_per_step == 4  # 2 epochs x (8 responses / 4 per mini-batch)
+    out = t.train()
+    (m,) = read_jsonl(out / "metrics.jsonl")
+    assert m["lr"] == pytest.approx(0.0)  # first optimizer step of a 2-step warmup
+    assert t.scheduler.get_last_lr()[0] == pytest.approx(1e-3)  # after 4 optimizer steps
+    assert list((out / "tensorboard").iterdir())
+    assert len(read_jsonl(out / "completions.jsonl")) == 2
+
+
+def test_sequence_logps_match_unpadded_rows(model_dir):
+    """Batched log-probs with left-padded prompts equal those of each row alone."""
+    from spro.models.loading import load_model_and_tokenizer
+    from spro.rollout import HFGenerateBackend
+
+    model, tok = load_model_and_tokenizer(model_dir)
+    torch.manual_seed(0)
+    backend = HFGenerateBackend(model, tok, max_new_tokens=6)
+    batch = backend.generate(["Q:1+2=", "Q:12+34+5="], 3)
+    assert batch.prompt_ids.shape[0] == 6 and batch.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+    # generation from a once-per-prompt pre-filled cache samples the same tokens as plain generate
+    torch.manual_seed(0)
+    plain_batch = HFGenerateBackend(model, tok, max_new_tokens=6, share_prompt_prefix=False).generate(
+        ["Q:1+2=", "Q:12+34+5="], 3)
+    assert torch.equal(plain_batch.completion_ids, batch.completion_ids)
+    assert torch.equal(plain_batch.prompt_ids, batch.prompt_ids)
+    with torch.no_grad():
+        lp, ent = sequence_logps(model, batch, temperature=0.7, with_entropy=True)
+        for i in range(6):
+            p = batch.prompt_ids[i][batch.prompt_mask[i].bool()]
+            n = int(batch.completion_mask[i].sum())
+            c = batch.completion_ids[i, :n]
+            logits = model(torch.cat([p, c]).unsqueeze(0)).logits[0, len(p) - 1 : -1] / 0.7
+            ref = logits.log_softmax(-1).gather(-1, c.unsqueeze(-1)).squeeze(-1)
+            torch.testing.assert_close(lp[i, :n], ref, atol=1e-5, rtol=1e-5)
+    assert ent.shape == lp.shape and bool((ent[batch.completion_mask.bool()] > 0).all())
+    # prefix sharing (each group's prompt run once, its KV cache repeated) gives the same values
+    # and the same gradients as the plain pass
+    mask = batch.completion_mask.bool()
+    model.zero_grad()
+    plain, plain_ent = sequence_logps(model, batch, temperature=0.7, with_entropy=True)
+    plain.masked_fill(~mask, 0).sum().backward()
+    g_plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    shared, shared_ent = sequence_logps(model, batch, temperature=0.7, with_entropy=True, group_size=3)
+    shared.masked_fill(~mask, 0).sum().backward()
+    torch.testing.assert_close(shared[mask], plain[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_ent[mask], plain_ent[mask], atol=1e-5, rtol=1e-5)
+    for gp, p in zip(g_plain, model.parameters()):
+        torch.testing.assert_close(p.grad, gp, atol=1e-5, rtol=1e-4)
+    # the mask covers tokens up to and including the first eos; truncated = no eos
+    for i in range(6):
+        ids = batch.completion_ids[i].tolist()
+        has_eos = tok.eos_token_id in ids
+        assert bool(batch.truncated[i]) == (not has_eos)
+
+
+def test_spro_costs_no_extra_forward_pass(model_dir, tmp_path):
+    """SPRO's process reward reuses the log-probs GRPO computes anyway: same number of passes."""
+    calls = {}
+    for alg in ("grpo", "spro"):
+        t = Trainer(load_config(overrides=small_overrides(model_dir, tmp_path / alg, alg, total_steps=1)),
+                    reward_funcs=REWARDS)
+        n = [0]
+        for m in (t.model, t.ref):
+            m.register_forward_hook(lambda *a, n=n: n.__setitem__(0, n[0] + 1))
+        t.train_step()
+        calls[alg] = n[0]
+    assert calls["spro"] == calls["grpo"]
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_unknown_algorithm_and_key_suggest_the_closest():
+    with pytest.raises(ConfigError, match="did you mean 'grpo'"):
+        load_config(overrides=["algorithm.name=grpoo"])
+    with pytest.raises(ConfigError, match="did you mean 'rollout.num_generations'"):
+        load_config(overrides=["rollout.num_generation=4"])
+
+
+def test_wrong_type_and_group_divisibility():
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        load_config(overrides=["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="divisible by the group size"):
+        load_config(overrides=["rollout.num_generations=4", "algorithm.mini_batch_size=6"])
+
+
+def test_prompts_longer_than_context(tmp_path):
+    short = save_small_model(tmp_path / "short", max_position_embeddings=16)
+    knobs = {"data.task_kwargs": "{value_range: [10, 99]}"}  # prompts of 11-17 characters
+    cfg = load_config(overrides=small_overrides(short, tmp_path / "run", **{"rollout.max_new_tokens": 8, **knobs}))
+    with pytest.raises(ConfigError, match=r"row \d+: the prompt has \d+ tokens.*context of 16"):
+        Trainer(cfg, reward_funcs=REWARDS)
+    cfg = load_config(overrides=small_overrides(short, tmp_path / "run", **{"rollout.max_new_tokens": 4,
+                                                                          "data.long_prompts": "drop", **knobs}))
+    with pytest.warns(UserWarning, match="dropping"):
+        t = Trainer(cfg, reward_funcs=REWARDS)
+    assert t.train_prompts and all(len(p) <= 12 for p in t.train_prompts) and len(t.train_prompts) < 32
+
+
+def _run_with_reward(model_dir, tmp_path, fn):
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", total_steps=1))
+    return train(cfg, reward_funcs={"digits": fn})
+
+
+def test_reward_that_raises_everywhere_names_the_function(model_dir, tmp_path):
+    def broken(prompts, completions, **kw):
+        raise KeyError("no such column")
+
+    with pytest.raises(RewardFunctionError, match="'digits' raised on every response.*KeyError"):
+        _run_with_reward(model_dir, tmp_path, broken)
+
+
+def test_reward_errors_on_some_responses_are_counted(model_dir, tmp_path):
+    seen = []
+
+    def flaky(prompts, completions, **kw):
+        if len(completions) > 1:
+            raise RuntimeError("batch failed")
+        seen.append(1)
+        if len(seen) % 2:
+            raise RuntimeError("this one failed")
+        return [1.0]
+
+    out = _run_with_reward(model_dir, tmp_path, flaky)
+    (m,) = read_jsonl(out / "metrics.jsonl")
+    assert m["reward/errors"] == 4 and m["reward/none_frac"] == 0.5
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda prompts, completions, **kw: "1.0", "returned str"),
+    (lambda prompts, completions, **kw: [1.0] * (len(completions) + 1), r"returned 9 values for 8 completions"),
+    (lambda prompts, completions, **kw: ["high"] * len(completions), "expected float or None"),
+])
+def test_reward_with_wrong_type_or_count(model_dir, tmp_path, bad, match):
+    with pytest.raises(RewardFunctionError, match=match):
+        _run_with_reward(model_dir, tmp_path, bad)
+
+
+def test_nan_in_logprobs_stops_and_keeps_last_checkpoint(model_dir, tmp_path, monkeypatch):
+    import spro.trainer.loop as tr
+
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", total_steps=3, save_every=1))
+    real = tr.sequence_logps
+    calls = [0]
+
+    def poisoned(model, batch, **kw):
+        lp, ent = real(model, batch, **kw)
+        calls[0] += 1
+        if calls[0] > 3:  # step 1 uses 3 passes (policy, reference, update); then NaN
+            lp = torch.full_like(lp, float("nan"))
+        return lp, ent
+
+    monkeypatch.setattr(tr, "sequence_logps", poisoned)
+    with pytest.raises(TrainingDivergedError, match=r"step 2: non-finite values in the sampling policy's log-probs.*step-000001"):
+        train(cfg, reward_funcs=REWARDS)
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["step-000001"]
+    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
+
+
+def test_nan_loss_stops(model_dir, tmp_path, monkeypatch):
+    import spro.trainer.loop as tr
+
+    real = tr.policy_loss
+
+    def nan_loss(*a, **kw):
+        loss, m = real(*a, **kw)
+        return loss * float("nan"), m
+
+    monkeypatch.setattr(tr, "policy_loss", nan_loss)
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", total_steps=1))
+    with pytest.raises(TrainingDivergedError, match="non-finite values in the loss.*no checkpoint was saved yet"):
+        train(cfg, reward_funcs=REWARDS)
+
+
+def test_cli_train_runs_and_reports_errors(model_dir, tmp_path, capsys):
+    from spro.cli import main
+
+    over = small_overrides(model_dir, tmp_path / "run", total_steps=1, **{"data.rewards": "[{name: arithmetic}]"})
+    assert main(["train", *over]) == 0
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
+    assert main(["train", "algorithm.nme=spro"]) == 2
+    assert "did you mean 'algorithm.name'" in capsys.readouterr().err
+
+
+def test_process_reward_model_hook_for_prime(model_dir, tmp_path):
+    """algorithm.name=prime calls prm.compute_logp(batch) and prm.update(batch, rewards) each step."""
+
+    from spro.models.loading import load_model_and_tokenizer
+
+    prm = RecordingPRM(load_model_and_tokenizer(model_dir)[0])
+    # the digits reward never reaches correct_threshold, so PRIME's accuracy filter would drop every prompt
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "prime", **{"algorithm.prime_filter": False}))
+    out = train(cfg, prm=prm, reward_funcs=REWARDS)
+    assert [(n, shape) for n, shape, _ in prm.calls] == [(8, (8,)), (8, (8,))]
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert all(m["prm/loss"] == 0.5 for m in metrics) and all(k in metrics[0] for k in METRIC_KEYS)

@@ -1,0 +1,148 @@
+"""Supervised warm start: loss goes down, masking, checkpoint, errors, CLI, warm-start cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+import torch
+
+from spro.trainer.sft import SFTConfig, collate, encode_example, get_preset, sft
+from spro.models.tiny import build_char_tokenizer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+TASK = {"num_operands": (2, 3), "value_range": (0, 9), "train_size": 300, "validation_size": 20, "test_size": 20}
+
+
+def tiny_config(**kw):
+    base = dict(task_knobs=dict(TASK), steps=40, batch_size=16, lr=1e-2, warmup_steps=5, eval_every=20, eval_n=8,
+                max_new_tokens=16, **TINY)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def test_collate_masks_prompt_and_padding():
+    tok = build_char_tokenizer()
+    ex = [encode_example(tok, "Q:1+2=", "1+2=3;A:3"), encode_example(tok, "Q:10+2=", "10+2=12;A:12")]
+    ids, att, lab = collate(ex, tok.pad_token_id)
+    assert ids.shape == att.shape == lab.shape == (2, len("Q:10+2=") + len("10+2=12;A:12") + 1)
+    # Row 0: prompt masked, completion + eos supervised, then padding masked.
+    p0 = len("Q:1+2=")
+    c0 = tok("1+2=3;A:3", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert (lab[0, :p0] == -100).all()
+    assert lab[0, p0 : p0 + len(c0)].tolist() == c0
+    assert (lab[0, p0 + len(c0) :] == -100).all()
+    assert (ids[0, p0 + len(c0) :] == tok.pad_token_id).all()
+    assert att[0].sum() == p0 + len(c0) and att[1].all()
+
+
+def test_short_sft_lowers_loss_and_saves(tmp_path):
+    out = tmp_path / "model"
+    result = sft(tiny_config(), out, progress=False)
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert len(result.losses) == 40
+    assert [v["step"] for v in result.validation] == [20, 40]
+    assert all(0.0 <= v["accuracy"] <= 1.0 for v in result.validation)
+    # HF checkpoint that reloads offline and has the run's config and log.
+    from spro.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(out)
+    meta = json.loads((out / "sft_config.json").read_text())
+    assert meta["steps"] == 40 and meta["task_knobs_resolved"]["value_range"] == [0, 9]
+    log = [json.loads(line) for line in (out / "sft_log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log if "loss" in r] == pytest.approx(result.losses)
+    assert not [p for p in tmp_path.iterdir() if p.name != "model"]  # temp folder renamed away
+
+
+def test_sft_continues_from_a_saved_model(tmp_path):
+    first = sft(tiny_config(steps=10, eval_every=0), tmp_path / "a", progress=False)
+    second = sft(tiny_config(steps=3, eval_every=0, model=str(tmp_path / "a")), tmp_path / "b", progress=False)
+    # Starting from the trained weights, the loss starts where the first run ended, not at ~log(V).
+    assert second.losses[0] < first.losses[0]
+
+
+def test_bad_model_folder_and_bad_config(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        sft(tiny_config(model=str(tmp_path / "missing")), None, progress=False)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config"):
+        sft(tiny_config(model=str(tmp_path / "junk")), None, progress=False)
+    with pytest.raises(ValueError, match="steps"):
+        SFTConfig(steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        SFTConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="preset"):
+        get_preset("medium")
+
+
+def test_sft_cli(tmp_path, capsys):
+    from spro.cli import main
+
+    out = tmp_path / "cli_model"
+    rc = main(["sft", "--output", str(out), "--steps", "3", "--batch-size", "8", "--eval-n", "4", "--no-progress",
+               "--task-knob", "train_size=100", "--task-knob", "value_range=[0,9]"])
+    assert rc == 0
+    assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+    rc = main(["sft", "--output", str(tmp_path / "x"), "--steps", "2", "--task-knob", "num_operands=0", "--no-progress"])
+    assert rc == 2
+    assert "num_operands" in capsys.readouterr().err
+
+
+def test_warm_start_cache_builds_once_under_concurrency(tmp_path, monkeypatch):
+    import spro.trainer.sft
+    import spro.models.warmstart
+
+    monkeypatch.setitem(spro.trainer.sft.PRESETS, "weak", tiny_config(steps=5, eval_every=0, eval_n=4))
+    calls = []
+    real_sft = spro.trainer.sft.sft
+
+    def counting_sft(*a, **kw):
+        calls.append(1)
+        return real_sft(*a, **kw)
+
+    monkeypatch.setattr(spro.trainer.sft, "sft", counting_sft)
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(spro.models.warmstart.warm_start("weak", tmp_path, progress=False)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(paths)) == 1 and len(paths) == 3
+    path = paths[0]
+    assert (path / "config.json").is_file() and path.parent == tmp_path
+    assert spro.models.warmstart.warm_start("weak", tmp_path) == path and len(calls) == 1
+    # A different config is a different cache entry.
+    monkeypatch.setitem(spro.trainer.sft.PRESETS, "weak", tiny_config(steps=6, eval_every=0, eval_n=4))
+    other = spro.models.warmstart.warm_start("weak", tmp_path, progress=False)
+    assert other != path and len(calls) == 2
+    with pytest.raises(ValueError, match="preset"):
+        spro.models.warmstart.warm_start("medium", tmp_path)
+
+
+def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
+    from spro.models.warmstart import default_cache_dir
+
+    monkeypatch.setenv("SPRO_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "warmstart"
+
+
+@pytest.mark.slow
+def test_weak_preset_accuracy_band(tmp_path):
+    """The weak preset lands in the 20-50% greedy test accuracy band (slow: a full warm start)."""
+    from spro.experiments.evaluation import evaluate
+    from spro.models.loading import load_model_and_tokenizer
+    from spro.data.tasks import get_task
+    from spro.models.warmstart import warm_start
+
+    path = warm_start("weak")
+    model, tok = load_model_and_tokenizer(path)
+    task = get_task("arithmetic")
+    r = evaluate(model, tok, task.split("test", n=500), task.reward)
+    assert 0.2 <= r["pass@1"] <= 0.5, r["pass@1"]
