@@ -85,7 +85,7 @@ class RecordingPRM:
     def compute_logp(self, batch):
         import torch
 
-        from spro.trainer import sequence_logps
+        from spro.models.logprobs import sequence_logps
 
         with torch.no_grad():
             return sequence_logps(self.model, batch)[0]

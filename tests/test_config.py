@@ -21,21 +21,28 @@ def _walk(cls):
 
 
 def test_every_field_has_help_text_and_defaults_validate():
-    for cls, f in list(_walk(TrainConfig)) + list(_walk(C.RewardSpec)):
+    from spro.algorithms import get_algorithm, list_algorithms
+
+    options = [get_algorithm(name).Options for name in list_algorithms()]
+    for cls, f in list(_walk(TrainConfig)) + list(_walk(C.RewardSpec)) + [x for o in options for x in _walk(o)]:
+        if f.metadata.get("sections"):
+            continue
         assert f.metadata.get("help", "").strip(), f"{cls.__name__}.{f.name} has no help text"
     C.validate(TrainConfig())
-    assert "arXiv:2507.01551" in C.AlgorithmConfig.__dataclass_fields__["beta"].metadata["help"]
+    from spro.algorithms.spro import SPROOptions
+
+    assert "arXiv:2507.01551" in SPROOptions.__dataclass_fields__["beta"].metadata["help"]
 
 
 def test_yaml_then_overrides_with_types(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({
-        "seed": 3, "algorithm": {"name": "grpo", "beta": 0.1}, "optim.lr": "3e-5",
+        "seed": 3, "algorithm": {"name": "grpo", "spro": {"beta": 0.1}}, "optim.lr": "3e-5",
         "data": {"rewards": [{"name": "arithmetic", "weight": 2}]},
     }))
     cfg = load_config(path, ["optim.lr=2e-5", "logging.tensorboard=false", "algorithm.clip_eps_high=0.28",
                              "data.task_kwargs.num_operands=[2, 3]", "model.ref_model=null", "total_steps=7"])
-    assert cfg.seed == 3 and cfg.algorithm.name == "grpo" and cfg.algorithm.beta == 0.1
+    assert cfg.seed == 3 and cfg.algorithm.name == "grpo" and cfg.algorithm.spro.beta == 0.1
     assert cfg.optim.lr == 2e-5 and isinstance(cfg.optim.lr, float)
     assert cfg.logging.tensorboard is False and cfg.algorithm.clip_eps_high == 0.28
     assert cfg.data.task_kwargs == {"num_operands": [2, 3]} and cfg.total_steps == 7
@@ -47,7 +54,12 @@ def test_yaml_then_overrides_with_types(tmp_path):
     ("algorithm.nam=spro", "unknown config key 'algorithm.nam'; did you mean 'algorithm.name'"),
     ("lr=1e-5", "did you mean 'optim.lr'"),
     ("rollout.temprature=0.7", "did you mean 'rollout.temperature'"),
-    ("algorithm.name=sprp", "algorithm.name: 'sprp' is not one of .*did you mean 'spro'"),
+    ("algorithm.name=sprp", "algorithm.name: unknown algorithm 'sprp'.*did you mean 'spro'"),
+    ("algorithm.spro.bta=0.1", "unknown config key 'algorithm.spro.bta'; did you mean 'algorithm.spro.beta'"),
+    ("algorithm.sprro.beta=0.1", "unknown config key 'algorithm.sprro'"),
+    ("algorithm.spro.beta=-1", "algorithm.spro.beta must be >= 0, got -1"),
+    ("algorithm.spro.baseline=pooled_lo", "algorithm.spro.baseline: 'pooled_lo' is not one of .*did you mean 'pooled_loo'"),
+    ("algorithm.prime.prm_lr=0", "algorithm.prime.prm_lr must be > 0 or null, got 0"),
     ("algorithm.loss_agg=token_mean", "did you mean 'token-mean'"),
 ])
 def test_unknown_keys_and_choices_suggest_the_closest(override, match):
@@ -120,6 +132,35 @@ def test_cli_print_config_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    assert "--print-config" in text and "algorithm.beta" in text and "accelerate launch" in text
+    assert "--print-config" in text and "accelerate launch" in text
+    for algo in ("spro", "grpo", "dr_grpo", "rloo", "prime"):  # every algorithm's section, with help text
+        assert f"\nalgorithm.{algo}: " in text
+    assert "algorithm.spro.beta = 0.05\n      Weight of the self-guided process reward" in text
+    assert "algorithm.prime.prm_update = 'before'" in text
     assert main(["train", "--print-config", "optim.lr=abc"]) == 2
     assert "optim.lr: expected a number" in capsys.readouterr().err
+
+
+def test_options_of_several_algorithms_in_one_config():
+    cfg = load_config(overrides=["algorithm.name=grpo", "algorithm.spro.beta=0.02", "algorithm.prime.filter=false"])
+    assert cfg.algorithm.options == cfg.algorithm.grpo and cfg.algorithm.spro.beta == 0.02
+    assert cfg.algorithm.prime.filter is False and cfg.algorithm.rloo is not None
+    dumped = C.to_dict(cfg)["algorithm"]
+    assert dumped["spro"]["beta"] == 0.02 and dumped["grpo"]["outcome_scale"] == "group" and "rloo" not in dumped
+    assert C.config_from_dict(C.to_dict(cfg)) == cfg
+
+
+def test_keys_of_0_1_still_work_with_a_warning_naming_the_new_key(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"algorithm": {"name": "prime", "beta": 0.2, "prm_lr": 1e-4, "spro": {"eps": 0.5}}}))
+    with pytest.warns(FutureWarning, match="algorithm.prm_lr is now algorithm.prime.prm_lr"):
+        cfg = load_config(path, ["algorithm.prime_filter=false"])
+    assert cfg.algorithm.spro.beta == 0.2 and cfg.algorithm.spro.eps == 0.5 and cfg.algorithm.prime.prm_lr == 1e-4
+    assert cfg.algorithm.prime.filter is False
+    with pytest.warns(FutureWarning, match="algorithm.outcome_scale is now algorithm.spro.outcome_scale and "
+                                           "algorithm.grpo.outcome_scale"):
+        cfg = load_config(overrides=["algorithm.spro.beta=0.3", "algorithm.outcome_scale=none"])
+    assert cfg.algorithm.grpo.outcome_scale == "none" == cfg.algorithm.spro.outcome_scale
+    # an override given the old way after the new way wins, as overrides do
+    with pytest.warns(FutureWarning):
+        assert load_config(overrides=["algorithm.spro.beta=0.3", "algorithm.beta=0.4"]).algorithm.spro.beta == 0.4

@@ -24,7 +24,7 @@ __version__ = "0.2.0"
 MOVED_MODULES = {
     "spro.advantages": "spro.algorithms.core",
     "spro.losses": "spro.algorithms.losses",
-    "spro.prm": "spro.algorithms.prime",
+    "spro.prm": "spro.algorithms.prm",
     "spro.modeling": "spro.models.loading",
     "spro.tiny": "spro.models.tiny",
     "spro.warmstart": "spro.models.warmstart",

@@ -28,15 +28,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
-ALGORITHMS = ("spro", "grpo", "dr_grpo", "rloo", "prime")
-LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
+LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")  # spro.algorithms.losses.AGG_MODES
+KL_ESTIMATORS = ("k1", "k2", "k3")  # spro.algorithms.losses.KL_ESTIMATORS
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -44,12 +43,41 @@ class ConfigError(ValueError):
     """A configuration file, preset or override that cannot be used."""
 
 
-def _f(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None, **meta: Any) -> Any:
-    """A dataclass field with help text (and optional choices) in its metadata."""
-    metadata = {"help": help, **meta}
+def option(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None, choices: tuple | None = None,
+           check: tuple[Callable[[Any], bool], str] | None = None) -> Any:
+    """A dataclass field with its help text and, optionally, its allowed ``choices`` or a ``check``
+    ``(predicate, "what it must be")``, both enforced by :func:`check_fields` (config keys and the
+    options of algorithms are declared with it)."""
+    metadata = {"help": help, "choices": choices, "check": check}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+_f = option
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Enforce the ``choices`` and ``check`` of every field of the dataclass ``obj`` (ConfigError naming the key)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.4)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}{hint}")
+        check = f.metadata.get("check")
+        if check and not check[0](value):
+            raise ConfigError(f"{key} must be {check[1]}, got {value!r}")
+
+
+@dataclass
+class Options:
+    """Base class of an algorithm's options: a dataclass of :func:`option` fields, checked on creation."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -190,122 +218,97 @@ class RolloutConfig:
 
 @dataclass
 class AlgorithmConfig:
+    """The algorithm (selected from spro.algorithms' registry) and the policy update all algorithms share.
+
+    Each registered algorithm also has a section ``algorithm.<its name>.*`` with its own options
+    (e.g. ``algorithm.spro.beta``), read only when that algorithm runs; a config may hold the
+    sections of several algorithms, so that ``spro compare`` arms can share one base config.
+    """
+
     name: str = _f(
         "spro",
-        help="Advantage estimator from spro.algorithms.core' registry: spro (arXiv:2507.01551), grpo "
-        "(arXiv:2402.03300), dr_grpo (arXiv:2503.20783), rloo (arXiv:2402.14740), prime "
-        "(arXiv:2502.01456; the trainer trains an implicit PRM, a copy of the starting policy, "
-        "with the algorithm.prm_* / prime_* settings).",
-        choices=ALGORITHMS,
+        help="The algorithm: a registered name (spro, arXiv:2507.01551; grpo, arXiv:2402.03300; "
+        "dr_grpo, arXiv:2503.20783; rloo, arXiv:2402.14740; prime, arXiv:2502.01456; see `spro train "
+        "--help` for each one's options) or 'module:attr' naming an algorithm of your own, importable "
+        "from the working directory (spro.algorithms.register_algorithm).",
     )
-    beta: float = _f(
-        0.05,
-        help="SPRO's process-reward weight: p[t] = beta * (log pi_old - log pi_ref) "
-        "(arXiv:2507.01551, eq. for the self-guided process reward; the paper's value is not "
-        "public, 0.05 follows PRIME's implicit PRM). PRIME uses algorithm.prm_beta instead.",
+    loss_agg: str | None = _f(
+        None,
+        help="Loss aggregation: 'seq-mean-token-mean' (GRPO/SPRO: mean over each response's tokens, "
+        "then over responses), 'token-mean' (DAPO, PRIME: mean over all tokens of the mini-batch), "
+        "'seq-mean-token-sum' (sum over each response's tokens, mean over responses), "
+        "'seq-mean-token-sum-norm' (Dr. GRPO: token sum / max_new_tokens, mean over responses). null = "
+        "the algorithm's own (dr_grpo: seq-mean-token-sum-norm; the others: seq-mean-token-mean).",
+        choices=(None,) + LOSS_AGGS,
     )
-    outcome_scale: str = _f(
-        "group",
-        help="Outcome advantage: 'group' = (r - mean) / (std + eps) within the group (GRPO), "
-        "'none' = r - mean (Dr. GRPO). dr_grpo always uses 'none'.",
-        choices=("group", "none"),
-    )
-    msa_scale_std: bool = _f(
-        False,
-        help="SPRO ablation: divide the masked step advantage by the per-step std of the "
-        "cumulative process rewards (not in the paper's default reading).",
-    )
-    process_reward: str = _f(
-        "cumulative",
-        help="SPRO ablation: 'cumulative' = cumulative process reward R[t] = sum_{j<=t} p[j] "
-        "(the paper), 'per_token' = p[t] alone.",
-        choices=("cumulative", "per_token"),
-    )
-    baseline: str = _f(
-        "masked_step",
-        help="SPRO ablation: 'masked_step' = mean over the group's responses that still have "
-        "step t (MSA, the paper), 'pooled' = one mean over all valid tokens of the group, "
-        "'pooled_loo' = PRIME-style leave-one-out mean of the other responses' mean value.",
-        choices=("masked_step", "pooled", "pooled_loo"),
-    )
-    process_only: bool = _f(
-        False, help="SPRO ablation: drop the outcome advantage and train on MSA alone."
-    )
-    eps: float = _f(1e-6, help="Added to standard deviations before dividing.")
-    clip_eps_low: float = _f(0.2, help="PPO clip range below: ratio >= 1 - clip_eps_low.")
+    clip_eps_low: float = _f(0.2, help="PPO clip range below: ratio >= 1 - clip_eps_low.",
+                             check=(lambda v: 0 <= v < 1, "in [0, 1)"))
     clip_eps_high: float | None = _f(
         None,
-        help="PPO clip range above (null = clip_eps_low; 0.28 = DAPO's clip-higher, "
-        "arXiv:2503.14476).",
+        help="PPO clip range above (null = clip_eps_low; 0.28 = DAPO's clip-higher, arXiv:2503.14476).",
+        check=(lambda v: v is None or v >= 0, ">= 0 or null"),
     )
-    loss_agg: str = _f(
-        "seq-mean-token-mean",
-        help="Loss aggregation: 'seq-mean-token-mean' (GRPO/SPRO: mean over each response's "
-        "tokens, then over responses), 'token-mean' (DAPO), 'seq-mean-token-sum-norm' (Dr. GRPO: "
-        "token sum / max_new_tokens). dr_grpo uses the last.",
-        choices=LOSS_AGGS,
-    )
-    kl_coef: float = _f(
-        0.0, help="Weight of the KL penalty to the reference in the loss (0 in the SPRO paper)."
-    )
-    kl_estimator: str = _f(
-        "k3", help="KL estimator (Schulman's k1 / k2 / k3).", choices=KL_ESTIMATORS
-    )
+    kl_coef: float = _f(0.0, help="Weight of the KL penalty to the reference in the loss (0 in the SPRO paper).",
+                        check=(lambda v: v >= 0, ">= 0"))
+    kl_estimator: str = _f("k3", help="KL estimator (Schulman's k1 / k2 / k3).", choices=KL_ESTIMATORS)
     entropy_coef: float = _f(0.0, help="Weight of the entropy bonus (0 = none).")
-    ppo_epochs: int = _f(1, help="Passes over each batch of rollouts (PPO epochs).")
+    ppo_epochs: int = _f(1, help="Passes over each batch of rollouts (PPO epochs).", check=(lambda v: v >= 1, ">= 1"))
     mini_batch_size: int = _f(
         0,
-        help="Responses per optimizer step (per process); 0 = the whole local batch (one "
-        "optimizer step per epoch). Must divide the local batch.",
+        help="Responses per optimizer step (per process); 0 = the whole local batch (one optimizer step "
+        "per epoch). Must divide the local batch.",
     )
     grad_accum_steps: int = _f(
         1,
-        help="Micro-batches per mini-batch: each mini-batch is split into this many forward/"
-        "backward passes whose gradients are summed before the optimizer step.",
+        help="Micro-batches per mini-batch: each mini-batch is split into this many forward/backward "
+        "passes whose gradients are summed before the optimizer step.",
+        check=(lambda v: v >= 1, ">= 1"),
     )
-    # PRIME (algorithm.name=prime): the implicit PRM the trainer builds and trains online
-    prm_lr: float | None = _f(
-        None,
-        help="PRIME: AdamW learning rate of the implicit PRM (a copy of the starting policy); "
-        "null = 2 x optim.lr, the ratio PRIME used (PRM 1e-6, 7B policy 5e-7; arXiv:2502.01456, "
-        "verl recipe/prime), e.g. 2e-5 with the default optim.lr and 4e-5 with the "
-        "tiny-arithmetic preset's 2e-5, the rates at which the tiny model trains stably.",
-    )
-    prm_beta: float = _f(
-        0.05,
-        help="PRIME: the implicit PRM's beta, in its loss BCE(sigmoid(beta * sum_t (log pi_phi - "
-        "log pi_ref)), label) and in its process reward beta * (log pi_phi - log pi_ref) "
-        "(arXiv:2502.01456: 0.05).",
-    )
-    prm_micro_batch: int = _f(
-        0,
-        help="PRIME: responses per PRM forward/backward pass (gradient accumulation; one PRM "
-        "optimizer step per training step); 0 = the whole batch at once.",
-    )
-    prm_max_grad_norm: float = _f(
-        1.0, help="PRIME: clip the PRM's gradient norm to this (0 = no clipping; verl's recipe default 1.0)."
-    )
-    prm_update: str = _f(
-        "before",
-        help="PRIME: 'before' = update the PRM on the batch, then compute the process rewards with "
-        "the updated PRM (PRIME's default 'double forward'); 'after' = process rewards from the "
-        "PRM before its update ('single forward').",
-        choices=("before", "after"),
-    )
-    prime_filter: bool = _f(
-        True,
-        help="PRIME: drop the prompts whose group accuracy (fraction of correct responses) is "
-        "outside [prime_filter_low, prime_filter_high] before the PRM and policy updates; a "
-        "step where every prompt is dropped makes no update (prime/skipped = 1).",
-    )
-    prime_filter_low: float = _f(0.2, help="PRIME: lower bound of the accuracy filter (inclusive).")
-    prime_filter_high: float = _f(0.8, help="PRIME: upper bound of the accuracy filter (inclusive).")
-    prime_outcome_coef: float = _f(
-        1.0, help="PRIME advantage: weight of the outcome (leave-one-out) source (PRIME: 5, equal to the process weight)."
-    )
-    prime_process_coef: float = _f(
-        1.0, help="PRIME advantage: weight of the implicit process-reward source (PRIME: 5; only the ratio matters after whitening)."
-    )
+    sections: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"sections": True})
+
+    def __getattr__(self, name: str) -> Any:
+        """``cfg.algorithm.<algorithm name>``: that algorithm's options (its defaults when not set)."""
+        if name.startswith("__") or name == "sections":
+            raise AttributeError(name)
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        from spro.algorithms import registry
+
+        try:
+            cls = registry.get_algorithm(name)
+        except ValueError:
+            raise AttributeError(f"AlgorithmConfig has no field or algorithm section {name!r}") from None
+        return cls.Options()
+
+    @property
+    def options(self) -> Any:
+        """The options of the selected algorithm (``algorithm.<its name>``)."""
+        from spro.algorithms import registry
+
+        return getattr(self, registry.get_algorithm(self.name).name)
+
+
+# Keys of 0.1, when the options of every algorithm were flat in `algorithm`: old key -> new keys.
+LEGACY_ALGORITHM_KEYS = {
+    "beta": ("spro.beta",),
+    "outcome_scale": ("spro.outcome_scale", "grpo.outcome_scale"),
+    "eps": ("spro.eps", "grpo.eps"),
+    "msa_scale_std": ("spro.msa_scale_std",),
+    "process_reward": ("spro.process_reward",),
+    "baseline": ("spro.baseline",),
+    "process_only": ("spro.process_only",),
+    "prm_lr": ("prime.prm_lr",),
+    "prm_beta": ("prime.prm_beta",),
+    "prm_micro_batch": ("prime.prm_micro_batch",),
+    "prm_max_grad_norm": ("prime.prm_max_grad_norm",),
+    "prm_update": ("prime.prm_update",),
+    "prime_filter": ("prime.filter",),
+    "prime_filter_low": ("prime.filter_low",),
+    "prime_filter_high": ("prime.filter_high",),
+    "prime_outcome_coef": ("prime.outcome_coef",),
+    "prime_process_coef": ("prime.process_coef",),
+}
 
 
 @dataclass
@@ -456,9 +459,14 @@ def all_keys(cls: type = None, prefix: str = "") -> list[str]:
     cls = cls or TrainConfig
     keys = []
     hints = _hints(cls)
-    for name in _fields(cls):
+    for name, f in _fields(cls).items():
         tp = hints[name]
-        if _is_dataclass_type(tp):
+        if f.metadata.get("sections"):  # the options of every registered algorithm
+            from spro.algorithms import registry
+
+            for algo in registry.list_algorithms():
+                keys.extend(all_keys(registry.get_algorithm(algo).Options, f"{prefix}{algo}."))
+        elif _is_dataclass_type(tp):
             keys.extend(all_keys(tp, f"{prefix}{name}."))
         else:
             keys.append(f"{prefix}{name}")
@@ -475,6 +483,8 @@ def _unknown_key(key: str) -> ConfigError:
 
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    if cls is AlgorithmConfig:
+        data = _build_sections(data, prefix)
     hints = _hints(cls)
     fields = _fields(cls)
     kwargs = {}
@@ -484,34 +494,89 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             if cls is RewardSpec:
                 raise ConfigError(f"{key}: unknown reward field (expected 'name' and 'weight')")
             raise _unknown_key(key)
-        kwargs[k] = _convert(v, hints[k], key)
+        kwargs[k] = v if fields[k].metadata.get("sections") else _convert(v, hints[k], key)
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
-    _check_choices(obj, prefix)
+    except ConfigError as e:  # an Options class checked itself
+        raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
+    check_fields(obj, prefix)
     return obj
 
 
-def _check_choices(obj: Any, prefix: str) -> None:
-    for f in dataclasses.fields(obj):
-        choices = f.metadata.get("choices")
-        value = getattr(obj, f.name)
-        if choices and value not in choices:
-            key = f"{prefix}.{f.name}" if prefix else f.name
-            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.4)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"{key}: '{value}' is not one of {', '.join(choices)}{hint}"
-            )
+def _build_sections(data: dict, prefix: str) -> dict:
+    """Split an ``algorithm`` mapping into its own keys and ``sections``: ``{algorithm name: Options}``,
+    always including the selected algorithm's (with its defaults)."""
+    from spro.algorithms import registry
+
+    own = {f.name for f in dataclasses.fields(AlgorithmConfig)}
+    out = {k: v for k, v in data.items() if k in own and k != "sections"}
+    raw = {k: v for k, v in data.items() if k not in own}
+    raw.update(data.get("sections") or {})
+    name = out.get("name", AlgorithmConfig.name)
+    try:
+        selected = registry.get_algorithm(name)
+    except ValueError as e:
+        raise ConfigError(f"{prefix}.name: {e}") from None
+    raw.setdefault(selected.name, {})
+    sections = {}
+    for sec, values in raw.items():
+        key = f"{prefix}.{sec}"
+        try:
+            cls = selected if sec == selected.name else registry.get_algorithm(sec)
+        except ValueError:
+            raise _unknown_key(key) from None
+        if dataclasses.is_dataclass(values) and isinstance(values, cls.Options):
+            sections[sec] = values
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{key}: expected a mapping of {sec}'s options, got {values!r}")
+        sections[sec] = _build(cls.Options, values, key)
+    out["sections"] = sections
+    return out
+
+
+def _migrate_legacy(data: dict, where: str = "") -> dict:
+    """Move 0.1's flat algorithm keys (``algorithm.beta``, ``algorithm.prm_lr``, ...) into their sections,
+    with a warning naming the new keys. Returns a new dict."""
+    algo = data.get("algorithm") if isinstance(data, dict) else None
+    if not isinstance(algo, dict) or not any(k in LEGACY_ALGORITHM_KEYS for k in algo):
+        return data
+    algo = dict(algo)
+    for old in [k for k in algo if k in LEGACY_ALGORITHM_KEYS]:
+        value = algo.pop(old)
+        _warn_legacy(old, where)
+        for new in LEGACY_ALGORITHM_KEYS[old]:
+            sec, key = new.split(".")
+            algo[sec] = {**{key: value}, **(algo.get(sec) or {})}  # a key given the new way wins
+    return {**data, "algorithm": algo}
+
+
+def _warn_legacy(old: str, where: str = "") -> None:
+    import warnings
+
+    new = " and ".join(f"algorithm.{k}" for k in LEGACY_ALGORITHM_KEYS[old])
+    warnings.warn(f"{where + ': ' if where else ''}algorithm.{old} is now {new}; the old key still works in "
+                  f"this release", FutureWarning, stacklevel=3)
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
     parts = key.split(".")
+    if len(parts) == 2 and parts[0] == "algorithm" and parts[1] in LEGACY_ALGORITHM_KEYS:
+        _warn_legacy(parts[1])
+        for new in LEGACY_ALGORITHM_KEYS[parts[1]]:
+            _set_dotted(tree, f"algorithm.{new}", value)
+        return
     node = tree
     cls: Any = TrainConfig
     for i, part in enumerate(parts[:-1]):
         hints = _hints(cls) if _is_dataclass_type(cls) else {}
+        if cls is AlgorithmConfig and part not in hints:  # a section: checked when the config is built
+            for p in parts[i:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = value
+            return
         if part not in hints or not _is_dataclass_type(hints[part]):
             if part in hints:  # e.g. data.task_kwargs.n -> set inside the dict field
                 sub = node.setdefault(part, {})
@@ -597,7 +662,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def config_from_dict(data: dict) -> TrainConfig:
-    cfg = _build(TrainConfig, data)
+    """A checked :class:`TrainConfig` from a nested dict (0.1's flat algorithm keys are migrated)."""
+    cfg = _build(TrainConfig, _migrate_legacy(data))
     validate(cfg)
     return cfg
 
@@ -616,9 +682,9 @@ def load_config(
     data: dict = {}
     try:
         if preset:
-            data = _merge(data, _expand_dotted(_read_yaml(preset_path(preset))))
+            data = _merge(data, _migrate_legacy(_expand_dotted(_read_yaml(preset_path(preset))), f"preset {preset}"))
         if path is not None:
-            data = _merge(data, _expand_dotted(_read_yaml(Path(path))))
+            data = _merge(data, _migrate_legacy(_expand_dotted(_read_yaml(Path(path))), str(path)))
     except ConfigError as e:
         if path is not None and str(path) not in str(e):
             raise ConfigError(f"{path}: {e}") from None
@@ -635,7 +701,18 @@ def load_config(
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """Nested dict of a config (the ``algorithm`` sections as ``algorithm.<name>`` mappings)."""
+    d = dataclasses.asdict(cfg)
+    if isinstance(cfg, TrainConfig):
+        algo = d["algorithm"]
+        sections = algo.pop("sections")
+        from spro.algorithms import registry
+
+        selected = registry.get_algorithm(cfg.algorithm.name).name
+        if selected not in sections:
+            sections[selected] = dataclasses.asdict(cfg.algorithm.options)
+        algo.update(sections)
+    return d
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -700,28 +777,15 @@ def validate(cfg: TrainConfig) -> None:
             f"divisible by algorithm.mini_batch_size ({a.mini_batch_size})",
         )
     mb = a.mini_batch_size or batch
-    need(a.grad_accum_steps >= 1, f"algorithm.grad_accum_steps must be >= 1, got {a.grad_accum_steps}")
     need(
         mb % a.grad_accum_steps == 0,
         f"the mini-batch ({mb} responses) must be divisible by algorithm.grad_accum_steps ({a.grad_accum_steps})",
     )
-    need(a.ppo_epochs >= 1, f"algorithm.ppo_epochs must be >= 1, got {a.ppo_epochs}")
-    need(a.beta >= 0, f"algorithm.beta must be >= 0, got {a.beta}")
-    need(0 <= a.clip_eps_low < 1, f"algorithm.clip_eps_low must be in [0, 1), got {a.clip_eps_low}")
-    need(a.clip_eps_high is None or a.clip_eps_high >= 0, "algorithm.clip_eps_high must be >= 0")
-    need(a.kl_coef >= 0, f"algorithm.kl_coef must be >= 0, got {a.kl_coef}")
-    need(a.prm_lr is None or a.prm_lr > 0, f"algorithm.prm_lr must be > 0 (or null), got {a.prm_lr}")
-    need(a.prm_beta > 0, f"algorithm.prm_beta must be > 0, got {a.prm_beta}")
-    need(a.prm_micro_batch >= 0, f"algorithm.prm_micro_batch must be >= 0, got {a.prm_micro_batch}")
-    need(a.prm_max_grad_norm >= 0, f"algorithm.prm_max_grad_norm must be >= 0, got {a.prm_max_grad_norm}")
-    need(
-        0 <= a.prime_filter_low <= a.prime_filter_high <= 1,
-        f"algorithm.prime_filter_low / prime_filter_high must satisfy 0 <= low <= high <= 1, got "
-        f"{a.prime_filter_low} / {a.prime_filter_high}",
-    )
     if not cfg.model.use_reference:
+        from spro.algorithms import registry
+
         need(
-            a.name not in ("spro", "prime") and a.kl_coef == 0,
+            not registry.get_algorithm(a.name).needs_reference and a.kl_coef == 0,
             f"model.use_reference=false, but algorithm.name={a.name} / algorithm.kl_coef="
             f"{a.kl_coef} needs the reference model's log-probs",
         )
@@ -739,12 +803,17 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def describe_options() -> str:
-    """One line per config key with its type, default and help (for `spro train --help`)."""
+    """One line per config key with its default and help (for `spro train --help`), then each
+    registered algorithm's section ``algorithm.<name>.*``."""
+    from spro.algorithms import registry
+
     lines = []
 
     def walk(cls: type, obj: Any, prefix: str) -> None:
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
+            if f.metadata.get("sections"):
+                continue
             tp = hints[f.name]
             value = getattr(obj, f.name)
             if _is_dataclass_type(tp):
@@ -755,4 +824,9 @@ def describe_options() -> str:
             lines.append(f"  {prefix}{f.name} = {value!r}\n      {f.metadata.get('help', '')}")
 
     walk(TrainConfig, TrainConfig(), "")
+    for name in registry.list_algorithms():
+        cls = registry.get_algorithm(name)
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        lines.append(f"\nalgorithm.{name}: {doc}" + ("" if dataclasses.fields(cls.Options) else " (no options)"))
+        walk(cls.Options, cls.Options(), f"algorithm.{name}.")
     return "\n".join(lines)

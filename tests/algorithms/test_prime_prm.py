@@ -1,4 +1,4 @@
-"""PRIME's implicit PRM (spro.algorithms.prime): loss, update, isolation from the policy, filter, checkpoints."""
+"""PRIME's implicit PRM (spro.algorithms.prm): loss, update, isolation from the policy, filter, checkpoints."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from spro.algorithms.prime import ImplicitPRM, completion_token_logps, filter_groups_by_accuracy, implicit_prm_loss
+from spro.algorithms.prm import ImplicitPRM, completion_token_logps, filter_groups_by_accuracy, implicit_prm_loss
 from spro.models.tiny import build_char_tokenizer, build_tiny_model
 
 
@@ -267,8 +267,8 @@ def _rollout(tok, model, G=3):
 def test_stage_logps_match_the_reference_convention(tok, policy):
     """PRMStage.compute_logp uses the trainer's sequence_logps: an untrained PRM gives q = 0 exactly,
     with and without prompt-prefix sharing, and equals completion_token_logps on the concatenation."""
-    from spro.algorithms.prime import PRMStage
-    from spro.trainer import sequence_logps
+    from spro.algorithms.prm import PRMStage
+    from spro.models.logprobs import sequence_logps
 
     batch = _rollout(tok, policy)
     ref = copy.deepcopy(policy).eval()
@@ -287,7 +287,7 @@ def test_stage_logps_match_the_reference_convention(tok, policy):
 def test_stage_update_equals_implicit_prm_update_and_a_hand_loop(tok, policy):
     """One PRMStage step (trainer batch, shared ref_logp, micro-batches) = ImplicitPRM.update on
     the concatenated tensors = a plain loop: full-batch BCE, backward, clip, AdamW step."""
-    from spro.algorithms.prime import PRMStage
+    from spro.algorithms.prm import PRMStage
 
     batch = _rollout(tok, policy)
     labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
@@ -334,7 +334,7 @@ def test_stage_update_equals_implicit_prm_update_and_a_hand_loop(tok, policy):
 
 
 def test_stage_save_load_round_trip(tok, policy, tmp_path):
-    from spro.algorithms.prime import PRMStage
+    from spro.algorithms.prm import PRMStage
 
     batch = _rollout(tok, policy)
     ref_logp = torch.zeros(batch.completion_mask.shape) - 3.0

@@ -96,8 +96,8 @@ def test_keep_last_prunes_old_checkpoints(model_dir, tmp_path):
 
 def test_resume_with_a_different_config_names_the_keys(model_dir, tmp_path):
     out = train(_cfg(model_dir, tmp_path / "run", total_steps=1, save_every=1), reward_funcs=REWARDS)
-    other = _cfg(model_dir, tmp_path / "run", total_steps=2, **{"algorithm.beta": 0.5, "optim.lr": 2e-5})
-    with pytest.raises(ck.CheckpointError, match=r"different config.*algorithm\.beta: 0\.05.*0\.5.*optim\.lr"):
+    other = _cfg(model_dir, tmp_path / "run", total_steps=2, **{"algorithm.spro.beta": 0.5, "optim.lr": 2e-5})
+    with pytest.raises(ck.CheckpointError, match=r"different config.*algorithm\.spro\.beta: 0\.05.*0\.5.*optim\.lr"):
         Trainer(other, resume=out, reward_funcs=REWARDS)
     with pytest.raises(ck.CheckpointError, match="no complete checkpoint"):
         Trainer(other, resume=tmp_path, reward_funcs=REWARDS)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import launch_two_processes, read_jsonl, save_small_model
-from spro.algorithms.core import get_estimator
+from spro.algorithms.core import spro_advantage
 
 SCRIPT = textwrap.dedent(
     """
@@ -30,15 +30,15 @@ SCRIPT = textwrap.dedent(
     cfg = load_config(overrides=small_overrides(model_dir, out, "spro", device="cpu", total_steps=2, save_every=1,
                                                 **{{"rollout.prompts_per_step": 4}}))
     t = Trainer(cfg, reward_funcs=REWARDS)
-    dumps, real = [], t.estimator
+    dumps, real = [], t.algorithm.advantages
 
-    def spy(**kw):
-        adv = real(**kw)
-        dumps.append({{**{{k: v.detach().clone() for k, v in kw.items() if torch.is_tensor(v)}}, "adv": adv,
-                      "options": {{k: v for k, v in kw.items() if not torch.is_tensor(v) and v is not None}}}})
+    def spy(x):
+        adv = real(x)
+        dumps.append({{"rewards": x.rewards, "mask": x.mask.float(), "group_ids": x.group_ids, "logp": x.logp,
+                      "ref_logp": x.ref_logp, "adv": adv, "beta": t.algorithm.options.beta}})
         return adv
 
-    t.estimator = spy
+    t.algorithm.advantages = spy
     t.train()
     params = {{n: p.detach().clone() for n, p in t.model.named_parameters()}}
     torch.save({{"dumps": dumps, "params": params, "world": t.world, "local_prompts": t.local_prompts}},
@@ -67,15 +67,13 @@ def test_two_processes_match_single_process_advantages(tmp_path):
 
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]  # written once, by the main process
-    est = get_estimator("spro")
     for step, (d0, d1) in enumerate(zip(r0["dumps"], r1["dumps"]), start=1):
         T = max(d0["mask"].shape[1], d1["mask"].shape[1])
         full = {k: _pad([d0[k], d1[k]], T) for k in ("mask", "logp", "ref_logp", "adv")}
         rewards = torch.cat([d0["rewards"], d1["rewards"]])
         groups = torch.cat([d0["group_ids"], d1["group_ids"] + r0["local_prompts"]])
         assert rewards.shape == (16,) and groups.bincount().tolist() == [4, 4, 4, 4]
-        single = est(rewards=rewards, mask=full["mask"], group_ids=groups, logp=full["logp"],
-                     ref_logp=full["ref_logp"], **d0["options"])
+        single = spro_advantage(rewards, full["logp"], full["ref_logp"], full["mask"], groups, beta=d0["beta"])
         torch.testing.assert_close(full["adv"], single, rtol=0, atol=1e-7)
         # metrics are over the whole batch of both processes
         m = metrics[step - 1]

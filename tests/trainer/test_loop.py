@@ -10,9 +10,8 @@ from safetensors.torch import load_file
 
 from helpers import REWARDS, RecordingPRM, read_jsonl, save_small_model, small_overrides
 from spro.config import ConfigError, load_config
-from spro.trainer import (
-    EVAL_KEYS, METRIC_KEYS, RewardFunctionError, Trainer, TrainingDivergedError, sequence_logps, train,
-)
+from spro.models.logprobs import sequence_logps
+from spro.trainer import EVAL_KEYS, METRIC_KEYS, RewardFunctionError, Trainer, TrainingDivergedError, train
 
 
 @pytest.mark.parametrize("algorithm", ["spro", "grpo", "dr_grpo", "rloo"])
@@ -50,7 +49,6 @@ def test_mini_batches_epochs_accumulation_tensorboard(model_dir, tmp_path):
             "optim.warmup_steps": 2, "logging.tensorboard": True, "logging.log_completions": 2,
         })
     t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
-    assert t.opt_steps_per_step == 4  # 2 epochs x (8 responses / 4 per mini-batch)
     out = t.train()
     (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["lr"] == pytest.approx(0.0)  # first optimizer step of a 2-step warmup
@@ -190,10 +188,11 @@ def test_reward_with_wrong_type_or_count(model_dir, tmp_path, bad, match):
 
 
 def test_nan_in_logprobs_stops_and_keeps_last_checkpoint(model_dir, tmp_path, monkeypatch):
+    import spro.models.logprobs as lp_mod
     import spro.trainer.loop as tr
 
     cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", total_steps=3, save_every=1))
-    real = tr.sequence_logps
+    real = lp_mod.sequence_logps
     calls = [0]
 
     def poisoned(model, batch, **kw):
@@ -203,7 +202,8 @@ def test_nan_in_logprobs_stops_and_keeps_last_checkpoint(model_dir, tmp_path, mo
             lp = torch.full_like(lp, float("nan"))
         return lp, ent
 
-    monkeypatch.setattr(tr, "sequence_logps", poisoned)
+    monkeypatch.setattr(tr, "sequence_logps", poisoned)  # the training pass
+    monkeypatch.setattr(lp_mod, "sequence_logps", poisoned)  # the no-grad passes
     with pytest.raises(TrainingDivergedError, match=r"step 2: non-finite values in the sampling policy's log-probs.*step-000001"):
         train(cfg, reward_funcs=REWARDS)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -243,7 +243,7 @@ def test_process_reward_model_hook_for_prime(model_dir, tmp_path):
 
     prm = RecordingPRM(load_model_and_tokenizer(model_dir)[0])
     # the digits reward never reaches correct_threshold, so PRIME's accuracy filter would drop every prompt
-    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "prime", **{"algorithm.prime_filter": False}))
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "prime", **{"algorithm.prime.filter": False}))
     out = train(cfg, prm=prm, reward_funcs=REWARDS)
     assert [(n, shape) for n, shape, _ in prm.calls] == [(8, (8,)), (8, (8,))]
     metrics = read_jsonl(out / "metrics.jsonl")

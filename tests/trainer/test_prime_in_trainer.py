@@ -13,7 +13,7 @@ from helpers import (
 )
 from spro.trainer import checkpoint as ck
 from spro.config import ConfigError, load_config
-from spro.algorithms.prime import PRMStage
+from spro.algorithms.prm import PRMStage
 from spro.trainer import METRIC_KEYS, PRIME_METRIC_KEYS, Trainer, train
 
 
@@ -33,7 +33,7 @@ def all_right(prompts, completions, **kw):
 
 def _cfg(model_dir, out, reward="parity", **extra):
     over = small_overrides(model_dir, out, "prime", **{"data.rewards": f"[{{name: {reward}}}]",
-                                                         "algorithm.prm_lr": 1e-3, **extra})
+                                                         "algorithm.prime.prm_lr": 1e-3, **extra})
     return load_config(overrides=over)
 
 
@@ -47,15 +47,15 @@ def _prm_weights(ckpt):
     from spro.models.loading import load_model_and_tokenizer
 
     model = load_model_and_tokenizer(ckpt)[0]
-    load_model(model, str(ckpt / "prm" / "model.safetensors"))
+    load_model(model, str(ckpt / "algorithm" / "model.safetensors"))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def test_prime_trains_policy_and_prm_and_logs_its_cost(model_dir, tmp_path):
-    cfg = _cfg(model_dir, tmp_path / "run", **{"algorithm.prime_filter": False})
+    cfg = _cfg(model_dir, tmp_path / "run", **{"algorithm.prime.filter": False})
     t = Trainer(cfg, reward_funcs=REWARDS)
-    assert isinstance(t.prm, PRMStage) and t.prm.model is not t.model and t.prm.model is not t.ref
-    assert t.prm.prm.beta == 0.05 and t.prm.prm.optimizer.param_groups[0]["lr"] == 1e-3
+    assert isinstance(t.algorithm.prm, PRMStage) and t.algorithm.prm.model is not t.model and t.algorithm.prm.model is not t.ref
+    assert t.algorithm.prm.prm.beta == 0.05 and t.algorithm.prm.prm.optimizer.param_groups[0]["lr"] == 1e-3
     out = t.train()
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
@@ -74,7 +74,7 @@ def test_prime_trains_policy_and_prm_and_logs_its_cost(model_dir, tmp_path):
     assert any(not torch.equal(start[k], policy[k]) for k in start)
     assert any(not torch.equal(start[k], prm[k]) for k in start)
     assert any(not torch.equal(policy[k], prm[k]) for k in prm)  # two different models
-    assert (ckpt / "prm" / "state.pt").is_file()
+    assert (ckpt / "algorithm" / "state.pt").is_file()
 
 
 def test_prime_order_before_and_after(model_dir, tmp_path, monkeypatch):
@@ -82,18 +82,18 @@ def test_prime_order_before_and_after(model_dir, tmp_path, monkeypatch):
     after: from the PRM as it was, which at step 1 is the reference itself (q = 0)."""
     seen = {}
     for order in ("before", "after"):
-        cfg = _cfg(model_dir, tmp_path / order, total_steps=1, **{"algorithm.prime_filter": False,
-                                                                   "algorithm.prm_update": order,
-                                                                   "algorithm.prm_lr": "null"})
+        cfg = _cfg(model_dir, tmp_path / order, total_steps=1, **{"algorithm.prime.filter": False,
+                                                                   "algorithm.prime.prm_update": order,
+                                                                   "algorithm.prime.prm_lr": "null"})
         t = Trainer(cfg, reward_funcs=REWARDS)
-        assert t.prm.prm.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)  # null: 2 x optim.lr
-        real = t.estimator
+        assert t.algorithm.prm.prm.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)  # null: 2 x optim.lr
+        real = t.algorithm.advantages
 
-        def spy(**kw):
-            seen[order] = (kw["prm_logp"].clone(), kw["ref_logp"].clone(), kw["mask"].bool(), kw["beta"])
-            return real(**kw)
+        def spy(x, order=order, t=t):
+            seen[order] = (x.extra["prm_logp"].clone(), x.ref_logp.clone(), x.mask, t.algorithm.options.prm_beta)
+            return real(x)
 
-        t.estimator = spy
+        t.algorithm.advantages = spy
         t.train()
     for order, (prm_logp, ref_logp, mask, beta) in seen.items():
         assert beta == 0.05
@@ -112,9 +112,9 @@ def test_filter_drops_groups_outside_the_band(model_dir, tmp_path, monkeypatch):
         sizes["prm"].append((len(batch), labels.tolist(), tuple(ref_logp.shape)))
         return real_update(self, batch, labels, ref_logp=ref_logp)
 
-    def ppo_update(self, batch, old_logp, ref_logp, adv, step, fused=None):
-        sizes["ppo"].append((len(batch), tuple(adv.shape), fused is not None and fused[0].shape[0]))
-        return real_ppo(self, batch, old_logp, ref_logp, adv, step, fused=fused)
+    def ppo_update(self, s, adv, step):
+        sizes["ppo"].append((len(s.batch), tuple(adv.shape), s.fused is not None and s.fused[0].shape[0]))
+        return real_ppo(self, s, adv, step)
 
     monkeypatch.setattr(PRMStage, "update", prm_update)
     monkeypatch.setattr(Trainer, "ppo_update", ppo_update)
@@ -153,19 +153,19 @@ def test_a_custom_prm_without_ref_logp_and_config_checks(model_dir, tmp_path):
     from spro.models.loading import load_model_and_tokenizer
 
     prm = RecordingPRM(load_model_and_tokenizer(model_dir)[0])
-    out = train(_cfg(model_dir, tmp_path / "run", reward="banded", **{"algorithm.prime_filter": False}),
+    out = train(_cfg(model_dir, tmp_path / "run", reward="banded", **{"algorithm.prime.filter": False}),
                 prm=prm, reward_funcs=REWARDS)
     assert [(n, labels) for n, _, labels in prm.calls] == [(8, [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0])] * 2  # 0/1 correctness labels
     assert all(m["prm/loss"] == 0.5 for m in read_jsonl(out / "metrics.jsonl"))
-    with pytest.raises(ConfigError, match="prime_filter_low"):
-        _cfg(model_dir, tmp_path / "x", **{"algorithm.prime_filter_low": 0.9})
-    with pytest.raises(ConfigError, match="prm_lr"):
-        _cfg(model_dir, tmp_path / "x", **{"algorithm.prm_lr": 0})
+    with pytest.raises(ConfigError, match="algorithm.prime.filter_low / filter_high must satisfy"):
+        _cfg(model_dir, tmp_path / "x", **{"algorithm.prime.filter_low": 0.9})
+    with pytest.raises(ConfigError, match="algorithm.prime.prm_lr must be > 0"):
+        _cfg(model_dir, tmp_path / "x", **{"algorithm.prime.prm_lr": 0})
 
 
 def test_kill_and_resume_restores_the_prm(model_dir, tmp_path, monkeypatch):
     def cfg(out):
-        return _cfg(model_dir, out, total_steps=3, save_every=2, **{"algorithm.prime_filter": False})
+        return _cfg(model_dir, out, total_steps=3, save_every=2, **{"algorithm.prime.filter": False})
 
     full = train(cfg(tmp_path / "full"), reward_funcs=REWARDS)
     train_killed_at(2, monkeypatch, cfg(tmp_path / "killed"), reward_funcs=REWARDS)
@@ -180,7 +180,7 @@ def test_kill_and_resume_restores_the_prm(model_dir, tmp_path, monkeypatch):
     wa = _prm_weights(full / "checkpoints" / "step-000003")
     wb = _prm_weights(tmp_path / "killed" / "checkpoints" / "step-000003")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    sa = torch.load(full / "checkpoints" / "step-000003" / "prm" / "state.pt", weights_only=True)
+    sa = torch.load(full / "checkpoints" / "step-000003" / "algorithm" / "state.pt", weights_only=True)
     assert sa["num_updates"] == 3
 
 
@@ -195,13 +195,13 @@ from test_prime_in_trainer import REWARDS
 
 model_dir, out = sys.argv[1], sys.argv[2]
 over = small_overrides(model_dir, out, "prime", device="cpu", total_steps=2, **{{
-    "rollout.prompts_per_step": 4, "data.rewards": "[{{name: parity}}]", "algorithm.prm_lr": 1e-3,
-    "algorithm.prime_filter": False}})
+    "rollout.prompts_per_step": 4, "data.rewards": "[{{name: parity}}]", "algorithm.prime.prm_lr": 1e-3,
+    "algorithm.prime.filter": False}})
 t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
-start = {{n: p.detach().clone() for n, p in t.prm.model.named_parameters()}}
+start = {{n: p.detach().clone() for n, p in t.algorithm.prm.model.named_parameters()}}
 t.train()
 torch.save({{"policy": {{n: p.detach().clone() for n, p in t.model.named_parameters()}},
-            "prm": {{n: p.detach().clone() for n, p in t.prm.model.named_parameters()}}, "prm_start": start}},
+            "prm": {{n: p.detach().clone() for n, p in t.algorithm.prm.model.named_parameters()}}, "prm_start": start}},
            f"{{out}}/rank{{t.rank}}.pt")
 """
 

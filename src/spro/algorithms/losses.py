@@ -80,8 +80,8 @@ def kl_penalty(
         raise ValueError("logp and ref_logp must be floating tensors")
     mb = None
     if mask is not None:
-        mask, mb = _check_mask(mask)
-        _check_same(logp, "logp", mask.shape)
+        mb = _check_mask(mask)
+        _check_same(logp, "logp", mb.shape)
         _check_finite(logp, "logp", mb)
         _check_finite(ref_logp, "ref_logp", mb)
         logp = torch.where(mb, logp, 0.0)
@@ -148,8 +148,8 @@ def aggregate_loss(
         Scalar tensor (differentiable w.r.t. ``loss_mat``).
     """
     _check_choice(mode, "mode", AGG_MODES)
-    mask, mb = _check_mask(mask)
-    _check_same(loss_mat, "loss_mat", mask.shape)
+    mb = _check_mask(mask)
+    _check_same(loss_mat, "loss_mat", mb.shape)
     return _aggregate(loss_mat, mb, mode, max_len)
 
 
@@ -231,8 +231,8 @@ def policy_loss(
         raise ValueError(f"clip_eps_low must be < 1, got {low}")
     kl_coef = _check_scalar(kl_coef, "kl_coef")
     entropy_coef = _check_scalar(entropy_coef, "entropy_coef")
-    mask, mb = _check_mask(mask)
-    shape = mask.shape
+    mb = _check_mask(mask)
+    shape = mb.shape
     _check_same(logp, "logp", shape)
     _check_same(old_logp, "old_logp", shape)
     _check_same(advantages, "advantages", shape)

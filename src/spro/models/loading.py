@@ -1,5 +1,8 @@
 """Loading and saving Hugging Face causal LMs with clear errors.
 
+``load_model(name)`` resolves a ``model.name_or_path`` of the config: a local folder, ``tiny``,
+``warmstart:NAME`` (a cached warm start) or a hub id when online.
+
 ``load_model_and_tokenizer(path)`` checks that the folder holds a causal LM config and a
 tokenizer with pad and eos tokens before the caller starts work, and names what is wrong.
 ``save_model_and_tokenizer(model, tokenizer, path)`` writes atomically (a temporary sibling
@@ -13,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 class ModelLoadError(ValueError):
@@ -111,3 +116,40 @@ def save_model_and_tokenizer(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def load_model(name: str, *, dtype: str = "float32", tiny_seed: int = 0, tokenizer: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for a ModelConfig.name_or_path (see its help)."""
+    torch_dtype = _DTYPES[dtype]
+    if name == "tiny":
+        from spro.models.tiny import build_char_tokenizer, build_tiny_model
+
+        tok = build_char_tokenizer()
+        model = build_tiny_model(tok, seed=tiny_seed)
+        if torch_dtype not in ("auto", torch.float32):
+            model = model.to(torch_dtype)
+    else:
+        if name.startswith("warmstart:"):
+            from spro.models.warmstart import warm_start
+
+            path = warm_start(preset=name.split(":", 1)[1])
+        else:
+            path = Path(name)
+        if Path(path).exists():
+            model, tok = load_model_and_tokenizer(path, dtype=torch_dtype)
+        else:  # a hub id (only when online)
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(name)
+                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"model.name_or_path: '{name}' is neither a local folder nor a loadable hub id ({e})") from e
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+    return model, tok

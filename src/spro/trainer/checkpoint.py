@@ -7,7 +7,7 @@ Layout of ``<output_dir>/checkpoints/step-000040/``:
     rng_state.pt                                        python / numpy / torch RNG states, one per process
     trainer_state.json                                  step, data position, elapsed time, ...
     run_config.yaml                                     the run's TrainConfig
-    prm/                                                the process reward model, when there is one
+    algorithm/                                          the algorithm's own state, when it has some (PRIME: its PRM)
 
 A checkpoint is written into a hidden temporary folder next to its final place, every file and
 the folder are fsync'ed, and only then is the folder renamed to ``step-NNNNNN`` (an atomic
@@ -34,6 +34,7 @@ import yaml
 STEP_RE = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 RUN_CONFIG = "run_config.yaml"
+ALGORITHM_STATE = "algorithm"
 
 
 class CheckpointError(ValueError):
@@ -159,6 +160,12 @@ def save_checkpoint(
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def algorithm_state_dir(ckpt: str | os.PathLike) -> Path:
+    """The folder of the algorithm's state in ``ckpt`` (``prm/`` in checkpoints of spro 0.1)."""
+    ckpt = Path(ckpt)
+    return ckpt / "prm" if not (ckpt / ALGORITHM_STATE).is_dir() and (ckpt / "prm").is_dir() else ckpt / ALGORITHM_STATE
 
 
 def read_trainer_state(ckpt: str | os.PathLike) -> dict:

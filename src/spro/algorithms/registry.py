@@ -1,0 +1,380 @@
+"""The algorithm plugin API: one object per credit-assignment method, registered by name.
+
+An algorithm owns everything about itself: its options (a dataclass whose fields carry help
+text; the config section ``algorithm.<name>.*``), whether it needs the reference model, its
+default loss aggregation, its per-step metrics and, for methods with state of their own, hooks
+the trainer calls at fixed points of a step. The trainer never asks for an algorithm by name.
+
+The smallest algorithm is one function over :class:`AdvantageInputs`::
+
+    from spro.algorithms import AdvantageInputs, register_algorithm
+
+    @register_algorithm("sign", needs_reference=False)
+    def sign(x: AdvantageInputs) -> torch.Tensor:      # [B, T]
+        centred = x.rewards - x.group_mean(x.rewards)
+        return torch.sign(centred)[:, None] * x.mask
+
+and is selected with ``algorithm.name=sign`` after import, or ``algorithm.name=my_module:sign``
+(imported from the working directory). Options: ``@register_algorithm("x", options=MyOptions)``
+with a dataclass ``MyOptions``; the function is then called as ``fn(x, options)`` and the config
+section ``algorithm.x.*`` fills ``MyOptions``. Algorithms with state subclass :class:`Algorithm`.
+
+A step of the trainer, as seen from an algorithm (``spro.trainer.loop``)::
+
+    setup(ctx)                    once, after the models are built (PRIME builds its PRM here)
+    select(x) -> keep [B] | None  which responses train this step (None: all)
+    prepare(batch, x) -> x        state updates on the kept responses, may add tensors to x.extra
+    advantages(x) -> [B, T]       the estimator
+    metrics(x, adv) -> dict       logged with the step's metrics
+    save(folder) / load(folder)   its state in checkpoints (folder = checkpoint/algorithm/)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+__all__ = [
+    "AdvantageInputs",
+    "Algorithm",
+    "TrainerContext",
+    "NoOptions",
+    "register_algorithm",
+    "get_algorithm",
+    "list_algorithms",
+    "resolve_algorithm",
+]
+
+Tensor = torch.Tensor
+LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+@dataclass
+class AdvantageInputs:
+    """What an estimator reads about one batch. ``B`` responses, ``T`` response tokens (padded).
+
+    Attributes:
+        rewards: ``[B]`` float, outcome reward of each response (the weighted sum of the reward
+            functions).
+        mask: ``[B, T]`` bool, True on response tokens (up to and including eos).
+        group_ids: ``[B]`` long, the prompt each response answers; a group's responses are
+            consecutive rows.
+        logp: ``[B, T]`` float, log pi_old of the sampled tokens (the policy that sampled the
+            batch, dropout off, at the sampling temperature).
+        ref_logp: ``[B, T]`` float, log pi_ref under the frozen reference, or None when the
+            algorithm does not need the reference (``needs_reference``).
+        correct: ``[B]`` bool, the accuracy verdict of each response.
+        step: the training step (1-based).
+        extra: more ``[B, T]`` tensors supplied by the algorithm's own ``prepare`` hook (PRIME:
+            ``"prm_logp"``).
+    """
+
+    rewards: Tensor
+    mask: Tensor
+    group_ids: Tensor
+    logp: Tensor
+    ref_logp: Tensor | None = None
+    correct: Tensor | None = None
+    step: int = 0
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mask.dtype != torch.bool:
+            self.mask = self.mask != 0
+        B = self.rewards.shape[0] if self.rewards.dim() == 1 else -1
+        if B < 1:
+            raise ValueError(f"AdvantageInputs.rewards must be [B] with B >= 1, got shape {tuple(self.rewards.shape)}")
+        if self.mask.dim() != 2 or self.mask.shape[0] != B:
+            raise ValueError(f"AdvantageInputs.mask must be [B={B}, T], got shape {tuple(self.mask.shape)}")
+        if self.group_ids.shape != (B,):
+            raise ValueError(f"AdvantageInputs.group_ids must be [B={B}], got shape {tuple(self.group_ids.shape)}")
+        for name in ("logp", "ref_logp"):
+            t = getattr(self, name)
+            if t is not None and t.shape != self.mask.shape:
+                raise ValueError(f"AdvantageInputs.{name} must be [B, T] = {tuple(self.mask.shape)}, got {tuple(t.shape)}")
+
+    def group_mean(self, values: Tensor) -> Tensor:
+        """``[B]`` -> ``[B]``: the mean of ``values`` over each response's group."""
+        _, inv = torch.unique(self.group_ids, return_inverse=True)
+        n = int(inv.max()) + 1
+        sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, values)
+        counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, torch.ones_like(values))
+        return (sums / counts)[inv]
+
+    def select(self, idx: Tensor) -> AdvantageInputs:
+        """The responses at rows ``idx`` (1-D long)."""
+        return AdvantageInputs(
+            self.rewards[idx], self.mask[idx], self.group_ids[idx], self.logp[idx],
+            None if self.ref_logp is None else self.ref_logp[idx],
+            None if self.correct is None else self.correct[idx], self.step,
+            {k: v[idx] for k, v in self.extra.items()},
+        )
+
+
+@dataclass
+class TrainerContext:
+    """What an algorithm's ``setup`` hook gets from the trainer.
+
+    Attributes:
+        config: the run's ``TrainConfig``.
+        policy: the policy model (being trained).
+        reference: the frozen reference model, or None.
+        logprobs: ``fn(model, batch, *, grad=False) -> [B, T]`` log-probs of a ``RolloutBatch``'s
+            response tokens with the trainer's convention (temperature, position ids, prompt
+            sharing), so that log-probs of different models are comparable.
+        accelerator: the ``accelerate.Accelerator`` (``num_processes``, ``reduce``, ...).
+        user_state: objects passed to ``spro.trainer.train(..., **)`` for the algorithm (PRIME: ``prm``).
+    """
+
+    config: Any
+    policy: Any
+    reference: Any
+    logprobs: Callable[..., Tensor]
+    accelerator: Any
+    user_state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NoOptions:
+    """An algorithm without options."""
+
+
+class Algorithm:
+    """Base class of a registered algorithm (see the module docstring for the step order).
+
+    Class attributes: ``name`` (set by :func:`register_algorithm`), ``Options`` (its options
+    dataclass), ``needs_reference``, ``loss_agg`` (its default policy-loss aggregation, one of
+    ``LOSS_AGGS``), ``reference`` (the paper). Instances hold ``self.options``.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    needs_reference: ClassVar[bool] = False
+    loss_agg: ClassVar[str] = "seq-mean-token-mean"
+    reference: ClassVar[str] = ""
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+        if not isinstance(self.options, self.Options):
+            raise TypeError(f"algorithm {self.name!r}: options must be a {self.Options.__name__}, "
+                            f"got {type(self.options).__name__}")
+
+    def advantages(self, x: AdvantageInputs) -> Tensor:
+        """Per-token advantages ``[B, T]``, 0 where ``x.mask`` is False."""
+        raise NotImplementedError
+
+    def setup(self, ctx: TrainerContext) -> None:
+        """Called once by the trainer after the models are built."""
+
+    def select(self, x: AdvantageInputs) -> Tensor | None:
+        """``[B]`` bool: the responses that train this step (None: all of them)."""
+        return None
+
+    def prepare(self, batch: Any, x: AdvantageInputs) -> AdvantageInputs:
+        """Update the algorithm's own state on the kept responses (``batch``: their ``RolloutBatch``);
+        may return ``x`` with tensors added to ``x.extra``."""
+        return x
+
+    def metrics(self, x: AdvantageInputs, advantages: Tensor | None) -> dict[str, float]:
+        """Extra metrics of this step (``advantages`` is None when no response was kept)."""
+        return {}
+
+    def save(self, folder: os.PathLike) -> None:
+        """Write the algorithm's state into ``folder`` (only called when ``has_state``)."""
+
+    def load(self, folder: os.PathLike) -> None:
+        """Restore what :meth:`save` wrote."""
+
+    @property
+    def has_state(self) -> bool:
+        """Whether checkpoints must hold this algorithm's state (:meth:`save` is overridden)."""
+        return type(self).save is not Algorithm.save
+
+
+class _FunctionAlgorithm(Algorithm):
+    """An algorithm made from an estimator function by :func:`register_algorithm`."""
+
+    fn: ClassVar[Callable[..., Tensor]]
+    takes_options: ClassVar[bool] = False
+
+    def advantages(self, x: AdvantageInputs) -> Tensor:
+        out = type(self).fn(x, self.options) if self.takes_options else type(self).fn(x)
+        if not isinstance(out, Tensor) or out.shape != x.mask.shape:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"algorithm {self.name!r} returned {shape}; expected advantages of shape "
+                             f"[B, T] = {tuple(x.mask.shape)}")
+        return torch.where(x.mask, out, 0.0)
+
+
+_REGISTRY: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(
+    name: str,
+    *,
+    options: type | None = None,
+    needs_reference: bool | None = None,
+    loss_agg: str | None = None,
+    overwrite: bool = False,
+) -> Callable[[Any], Any]:
+    """Decorator registering an algorithm under ``name``.
+
+    On an :class:`Algorithm` subclass it sets ``cls.name`` (and the given attributes) and returns
+    the class. On a function ``fn(x: AdvantageInputs) -> [B, T]`` (or ``fn(x, options)`` when
+    ``options`` is given) it builds the algorithm class, registers it and returns the function
+    unchanged, with the class as ``fn.algorithm``. ``needs_reference`` (default False for a
+    function) makes the trainer run the reference model and fill ``x.ref_logp``; ``loss_agg``
+    (default ``"seq-mean-token-mean"``) is the policy-loss aggregation unless the config sets one.
+    Registering a taken name raises ``ValueError`` unless ``overwrite``.
+    """
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"algorithm name must be a non-empty word (letters, digits, _ or -), got {name!r}")
+    if loss_agg is not None and loss_agg not in LOSS_AGGS:
+        raise ValueError(f"loss_agg must be one of {', '.join(LOSS_AGGS)}; got {loss_agg!r}")
+    if options is not None and not dataclasses.is_dataclass(options):
+        raise ValueError(f"options must be a dataclass, got {options!r}")
+
+    def deco(obj: Any) -> Any:
+        if name in _REGISTRY and not overwrite and _REGISTRY[name] is not getattr(obj, "algorithm", obj):
+            raise ValueError(f"algorithm {name!r} is already registered (pass overwrite=True to replace it)")
+        attrs: dict[str, Any] = {"name": name}
+        if options is not None:
+            attrs["Options"] = options
+        if needs_reference is not None:
+            attrs["needs_reference"] = needs_reference
+        if loss_agg is not None:
+            attrs["loss_agg"] = loss_agg
+        if isinstance(obj, type) and issubclass(obj, Algorithm):
+            for k, v in attrs.items():
+                setattr(obj, k, v)
+            _REGISTRY[name] = obj
+            return obj
+        if not callable(obj):
+            raise ValueError(f"register_algorithm({name!r}) decorates an Algorithm subclass or a function")
+        attrs.update(fn=staticmethod(obj), takes_options=options is not None, __doc__=obj.__doc__,
+                     __module__=getattr(obj, "__module__", __name__))
+        cls = type(f"{name}_algorithm", (_FunctionAlgorithm,), attrs)
+        _REGISTRY[name] = cls
+        obj.algorithm = cls
+        return obj
+
+    return deco
+
+
+def list_algorithms() -> list[str]:
+    """Names of the registered algorithms, sorted (the built-in ones and any imported since)."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def _import_attr(spec: str) -> Any:
+    """``module:attr`` (module importable from the working directory too)."""
+    module, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"algorithm.name={spec!r}: cannot import module {module!r} ({e}); the module must be "
+                         f"importable from the working directory or the Python path") from None
+    try:
+        return getattr(mod, attr)
+    except AttributeError:
+        raise ValueError(f"algorithm.name={spec!r}: module {module!r} has no attribute {attr!r}") from None
+
+
+def get_algorithm(spec: str) -> type[Algorithm]:
+    """The algorithm class for a registered name or a ``module:attr`` import path."""
+    _load_builtins()
+    if isinstance(spec, str) and ":" in spec:
+        obj = _import_attr(spec)
+        obj = getattr(obj, "algorithm", obj)
+        if not (isinstance(obj, type) and issubclass(obj, Algorithm) and obj.name):
+            raise ValueError(f"algorithm.name={spec!r} is not a registered algorithm: decorate it with "
+                             f"@spro.algorithms.register_algorithm(\"name\")")
+        return obj
+    if spec in _REGISTRY:
+        return _REGISTRY[spec]
+    close = difflib.get_close_matches(str(spec), list(_REGISTRY), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown algorithm {spec!r} (registered: {', '.join(sorted(_REGISTRY))}; or give "
+                     f"module:function of your own){hint}")
+
+
+def resolve_algorithm(spec: str, options: Any = None) -> Algorithm:
+    """An instance of the algorithm ``spec`` with ``options`` (default options when None)."""
+    return get_algorithm(spec)(options)
+
+
+_BUILTINS_LOADED = False
+
+
+def _load_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        for module in ("spro.algorithms.grpo", "spro.algorithms.spro", "spro.algorithms.prime"):
+            importlib.import_module(module)
+
+
+# ------------------------------------------------------------------------------------------
+# the estimator registry of 0.1, kept working on top of the algorithms (deprecated)
+# ------------------------------------------------------------------------------------------
+
+_DATA_KEYS = ("rewards", "mask", "group_ids", "logp", "ref_logp", "prm_logp")
+
+
+def get_estimator(name: str) -> Callable[..., Tensor]:
+    """0.1's ``get_estimator(name)(rewards=, mask=, group_ids=, logp=, ref_logp=, prm_logp=, **options)``."""
+    cls = get_algorithm(name)
+
+    def estimator(**kwargs: Any) -> Tensor:
+        from spro.algorithms import core
+
+        data = {k: kwargs.pop(k, None) for k in _DATA_KEYS}
+        fields = {f.name for f in dataclasses.fields(cls.Options)}
+        if "beta" in kwargs and "beta" not in fields:
+            kwargs.pop("beta")
+        unknown = sorted(set(kwargs) - fields)
+        if unknown:
+            raise ValueError(f"estimator {name!r} got unknown option(s) {', '.join(unknown)}; its options are: "
+                             f"{', '.join(sorted(fields)) or '(none)'}")
+        needed = ["rewards", "mask", "group_ids"] + (["logp", "ref_logp"] if cls.needs_reference else [])
+        for key in needed + (["prm_logp"] if name == "prime" else []):
+            if data[key] is None:
+                raise ValueError(f"estimator {name!r} needs the input {key!r} ([B, T] or [B] tensor)")
+        mask = core._check_mask(data["mask"])
+        rewards = core._check_rewards(data["rewards"], mask.shape[0], mask.device)
+        logp = data["logp"] if data["logp"] is not None else torch.zeros(mask.shape)
+        x = AdvantageInputs(rewards, mask, core._tensor(data["group_ids"], "group_ids", mask.device),
+                            core._tensor(logp, "logp", mask.device),
+                            None if data["ref_logp"] is None else core._tensor(data["ref_logp"], "ref_logp", mask.device),
+                            extra={} if data["prm_logp"] is None else {"prm_logp": data["prm_logp"]})
+        return cls(cls.Options(**kwargs)).advantages(x)
+
+    return estimator
+
+
+def register_estimator(name: str, *, overwrite: bool = False) -> Callable:
+    """0.1's decorator for ``fn(*, rewards, mask, group_ids, logp, ref_logp, prm_logp, **options)``."""
+
+    def deco(fn: Callable) -> Callable:
+        def adapted(x: AdvantageInputs) -> Tensor:
+            return fn(rewards=x.rewards, mask=x.mask, group_ids=x.group_ids, logp=x.logp, ref_logp=x.ref_logp,
+                      prm_logp=x.extra.get("prm_logp"))
+
+        register_algorithm(name, overwrite=overwrite)(adapted)
+        return fn
+
+    return deco
+
+
+def list_estimators() -> list[str]:
+    return list_algorithms()

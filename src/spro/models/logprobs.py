@@ -1,0 +1,115 @@
+"""Per-token log-probs of sampled responses under a causal LM, in one batched forward pass.
+
+One convention for every model the trainer scores (the policy as pi_old and during the update,
+the frozen reference, PRIME's implicit PRM): prompt (left padded) and response (right padded)
+concatenated, position ids from the attention mask as in ``generate``, logits divided by the
+sampling temperature, and only the response positions' logits computed. So ``log pi_old - log
+pi_ref`` is exactly 0 for identical models, and SPRO's process reward costs no extra pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from spro.algorithms.losses import entropy_from_logits
+from spro.rollout import RolloutBatch, _cache_kw
+
+__all__ = ["sequence_logps", "logps_no_grad"]
+
+
+def _groups_share_prompts(batch: RolloutBatch, G: int) -> bool:
+    B = batch.prompt_ids.shape[0]
+    if G < 2 or B % G:
+        return False
+    first = batch.prompt_ids[::G].repeat_interleave(G, 0)
+    return torch.equal(first, batch.prompt_ids) and torch.equal(batch.prompt_mask[::G].repeat_interleave(G, 0), batch.prompt_mask)
+
+
+def sequence_logps(
+    model: Any,
+    batch: RolloutBatch,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = True,
+    idx: torch.Tensor | None = None,
+    group_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the response tokens (and per-token entropies) in one forward pass.
+
+    The prompt (left padded) and response (right padded) are concatenated; position ids follow
+    the attention mask as in ``generate``. Logits are divided by ``temperature`` (the sampling
+    distribution). Only the response positions' logits are computed (``logits_to_keep``).
+    Returns ``(logp [b, T], entropy [b, T] or None)`` for the rows ``idx`` (default: all).
+    Gradients flow when called outside ``torch.no_grad()`` (to the entropy only if
+    ``entropy_grad``).
+
+    Prefix sharing: with ``group_size=G`` (and ``idx`` None), when every run of G consecutive
+    rows has the same prompt, each prompt is run once, its KV cache repeated G times, and only
+    the responses run on top of it; the result equals the plain pass up to float rounding
+    (gradients included) and saves the prompt's share of the compute G-1 times.
+    """
+    if idx is None and group_size and _groups_share_prompts(batch, group_size):
+        return _shared_prefix_logps(model, batch, group_size, temperature, with_entropy, entropy_grad)
+    p_ids, p_mask, c_ids, c_mask = batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
+    if idx is not None:
+        p_ids, p_mask, c_ids, c_mask = p_ids[idx], p_mask[idx], c_ids[idx], c_mask[idx]
+    T = c_ids.shape[1]
+    input_ids = torch.cat([p_ids, c_ids], dim=1)
+    attn = torch.cat([p_mask, c_mask], dim=1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
+    return _token_logps(out.logits[:, :-1, :], c_ids, temperature, with_entropy, entropy_grad)
+
+
+def _token_logps(logits: torch.Tensor, c_ids: torch.Tensor, temperature: float, with_entropy: bool,
+                 entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits [B, T, V] predicting c_ids [B, T] -> (logp [B, T], entropy [B, T] or None)."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = logits.gather(-1, c_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    ent = None
+    if with_entropy:
+        if entropy_grad:
+            ent = entropy_from_logits(logits)
+        else:
+            with torch.no_grad():
+                ent = entropy_from_logits(logits.detach())
+    return logp, ent
+
+
+def _shared_prefix_logps(model: Any, batch: RolloutBatch, G: int, temperature: float, with_entropy: bool,
+                         entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    p_ids, p_mask = batch.prompt_ids[::G], batch.prompt_mask[::G]
+    P = p_ids.shape[1]
+    c_ids, c_mask = batch.completion_ids, batch.completion_mask
+    kw = _cache_kw(model)
+    out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache.batch_repeat_interleave(G)
+    attn = torch.cat([batch.prompt_mask, c_mask], dim=1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)[:, P:]
+    out2 = model(input_ids=c_ids, attention_mask=attn, position_ids=pos, use_cache=True, **{kw: cache})
+    logits = torch.cat([out.logits[:, -1:, :].repeat_interleave(G, 0), out2.logits[:, :-1, :]], dim=1)
+    return _token_logps(logits, c_ids, temperature, with_entropy, entropy_grad)
+
+
+def logps_no_grad(model: Any, batch: RolloutBatch, *, temperature: float, with_entropy: bool,
+                  chunk: int | None = None, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``sequence_logps`` without gradients, in chunks of ``chunk`` rows (None: the whole batch in one
+    pass). Returns ``(logp [B, T], entropy [B, T] or None)``."""
+    B = len(batch)
+    chunk = chunk or B
+    lps, ents = [], []
+    with torch.no_grad():
+        for s in range(0, B, chunk):
+            idx = torch.arange(s, min(B, s + chunk), device=batch.completion_ids.device)
+            lp, ent = sequence_logps(model, batch, temperature=temperature, with_entropy=with_entropy,
+                                     idx=None if chunk >= B else idx, group_size=group_size)
+            lps.append(lp)
+            ents.append(ent)
+    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)

@@ -1,0 +1,67 @@
+"""A batch of sampled responses: every prompt's G responses next to each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["RolloutBatch", "completion_mask_from_ids"]
+
+
+@dataclass
+class RolloutBatch:
+    """B = n_prompts * G responses, P = padded prompt length, T = padded response length.
+
+    prompt_ids       [B, P] long, left padded with pad_token_id
+    prompt_mask      [B, P] long, 1 on prompt tokens
+    completion_ids   [B, T] long, right padded with pad_token_id after the first eos
+    completion_mask  [B, T] long, 1 on generated tokens up to and including the first eos
+    truncated        [B] bool, True when the response hit max_new_tokens without eos
+    group_ids        [B] long, index of the prompt (within this batch) the response answers
+    prompts          B rendered prompt strings (each repeated G times)
+    completions      B decoded responses (special tokens removed)
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    truncated: torch.Tensor
+    group_ids: torch.Tensor
+    prompts: list[str]
+    completions: list[str]
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """[B] number of response tokens (eos included)."""
+        return self.completion_mask.sum(-1)
+
+    def select(self, idx: torch.Tensor) -> "RolloutBatch":
+        """The responses at positions ``idx`` (a 1-D long tensor)."""
+        il = idx.tolist()
+        return RolloutBatch(
+            self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
+            self.completion_mask[idx], self.truncated[idx], self.group_ids[idx],
+            [self.prompts[i] for i in il], [self.completions[i] for i in il],
+        )
+
+
+def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask up to and including the first eos, and the truncated flag.
+
+    completion_ids [B, T] -> (mask [B, T] long, truncated [B] bool)
+    """
+    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    is_eos = torch.zeros_like(completion_ids, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= completion_ids == e
+    B, T = completion_ids.shape
+    has_eos = is_eos.any(-1)
+    first = torch.where(has_eos, is_eos.int().argmax(-1), torch.full((B,), T, dtype=torch.long))
+    positions = torch.arange(T, device=completion_ids.device).unsqueeze(0)
+    mask = (positions <= first.unsqueeze(1)).long()
+    return mask, ~has_eos
