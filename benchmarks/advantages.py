@@ -8,13 +8,13 @@ contiguous: the general ``index_add_`` path) and contiguous groups (how trainers
 batch: the strided fast path).
 
 * CPU, one torch thread by default (``--threads``), the same as the loop reference.
-* GRPO and SPRO go through the registry (``get_estimator("grpo" | "spro")``), input
+* GRPO and SPRO go through the algorithm registry (``get_algorithm("grpo" | "spro")``), input
   validation included; ``--repeats`` interleaved runs after a warm-up. Both the thread's CPU
   time (``time.thread_time``) and wall time are reported, best and median; the ratios use
   the best CPU times, which stay meaningful when other processes share the machine.
 * Two pure-Python loop references, each timed on a subset of whole groups (the full batch
   would take very long) and extrapolated linearly in the number of responses:
-  - the test suite's reference ``ref_spro`` (tests/test_advantages.py), the "obviously
+  - the test suite's reference ``ref_spro`` (tests/algorithms/test_core.py), the "obviously
     correct" loop SPRO is checked against. It scans every row of the batch for the members
     of a group at each (row, token), so its cost grows faster than linearly in B and the
     linear extrapolation is a lower bound;
@@ -40,7 +40,18 @@ import subprocess
 
 import torch
 
-from spro.algorithms.core import get_estimator
+from spro.algorithms import AdvantageInputs, get_algorithm
+
+
+def registered(name: str, **options):
+    """fn(**batch) running the registered algorithm ``name`` as the trainer does (inputs checked)."""
+    cls = get_algorithm(name)
+    algo = cls(cls.Options(**options))
+
+    def run(rewards, mask, group_ids, logp, ref_logp, **_):
+        return algo.advantages(AdvantageInputs(rewards, mask, group_ids, logp, ref_logp))
+
+    return run
 
 
 def make_batch(B: int, group: int, T: int, seed: int = 0, shuffle: bool = True) -> dict:
@@ -88,8 +99,8 @@ def loop_spro(rewards, logp, ref_logp, mask, group_ids, beta, eps=1e-6):
 
 
 def _load_test_reference():
-    """tests/test_advantages.py's ref_spro as fn(batch_dict, beta) -> nested list, or None."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "test_advantages.py")
+    """tests/algorithms/test_core.py's ref_spro as fn(batch_dict, beta) -> nested list, or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "algorithms", "test_core.py")
     if not os.path.exists(path):
         return None
     spec = importlib.util.spec_from_file_location("_spro_test_advantages", path)
@@ -152,13 +163,13 @@ def peak_extra_bytes(fn) -> int | None:
 
 def memory_table(args) -> int:
     B, G, T = args.B, args.group, args.T
-    grpo, spro = get_estimator("grpo"), get_estimator("spro")
+    grpo, spro = registered("grpo"), registered("spro", beta=args.beta)
     print("peak extra resident memory during one call (VmHWM - VmRSS before):")
     print(f"{'T':>6} {'B*T':>10} {'GRPO MB':>9} {'SPRO MB':>9} {'SPRO / (B*T*4 bytes)':>22}")
     for t in (T // 4, T // 2, T):
         bb = make_batch(B, G, t, seed=1)
         m_grpo = peak_extra_bytes(lambda: grpo(**bb))
-        m_spro = peak_extra_bytes(lambda: spro(**bb, beta=args.beta))
+        m_spro = peak_extra_bytes(lambda: spro(**bb))
         if m_grpo is None or m_spro is None:
             print("  (not available: needs Linux /proc/self/clear_refs)")
             return 0
@@ -185,7 +196,7 @@ def main() -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     B, G, T = args.B, args.group, args.T
-    grpo, spro = get_estimator("grpo"), get_estimator("spro")
+    grpo, spro = registered("grpo"), registered("spro", beta=args.beta)
     if args.memory_only:
         return memory_table(args)
 
@@ -210,7 +221,7 @@ def main() -> int:
         t0, w0 = time.thread_time(), time.perf_counter()
         ref = fn(sub)
         cpu, wall = time.thread_time() - t0, time.perf_counter() - w0
-        vec = spro(**{k: v.double() if v.is_floating_point() else v for k, v in sub.items()}, beta=args.beta)
+        vec = spro(**{k: v.double() if v.is_floating_point() else v for k, v in sub.items()})
         err = float((vec - torch.tensor(ref, dtype=torch.float64)).abs().max())
         loops[name] = cpu * B / len(rows)
         print(f"{name}: {cpu:.3f} s CPU ({wall:.3f} s wall) on {len(rows)} rows ({n_groups} groups)"
@@ -223,7 +234,7 @@ def main() -> int:
     for layout, shuffle in (("contiguous groups, as trainers lay them out (strided fast path)", False),
                             ("shuffled group labels (general index_add_ path)", True)):
         b = make_batch(B, G, T, shuffle=shuffle)
-        res = time_interleaved({"grpo": lambda: grpo(**b), "spro": lambda: spro(**b, beta=args.beta)},
+        res = time_interleaved({"grpo": lambda: grpo(**b), "spro": lambda: spro(**b)},
                                args.repeats)
         t_grpo, med_grpo, wb_grpo, wm_grpo = res["grpo"]
         t_spro, med_spro, wb_spro, wm_spro = res["spro"]

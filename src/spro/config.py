@@ -32,10 +32,10 @@ from typing import Any, Callable, Union
 
 import yaml
 
+from spro.algorithms.losses import AGG_MODES as LOSS_AGGS, KL_ESTIMATORS
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
-LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")  # spro.algorithms.losses.AGG_MODES
-KL_ESTIMATORS = ("k1", "k2", "k3")  # spro.algorithms.losses.KL_ESTIMATORS
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -57,11 +57,25 @@ def option(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None
 _f = option
 
 
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def check_fields(obj: Any, prefix: str = "") -> None:
-    """Enforce the ``choices`` and ``check`` of every field of the dataclass ``obj`` (ConfigError naming the key)."""
+    """Enforce the scalar types, ``choices`` and ``check`` of every field of the dataclass ``obj``
+    (ConfigError naming the key)."""
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints.get(f.name)
+        args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+        scalars = [t for t in args if t in _SCALARS]
+        if scalars and len(scalars) == len([t for t in args if t is not type(None)]) and not (
+                value is None and type(None) in args):
+            ok = any(isinstance(value, t) and not (t is not bool and isinstance(value, bool)) for t in scalars)
+            ok = ok or (float in scalars and isinstance(value, int) and not isinstance(value, bool))
+            if not ok:
+                raise ConfigError(f"{key}: expected {' or '.join(_SCALARS[t] for t in scalars)}, got {value!r}")
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.4)

@@ -92,6 +92,7 @@ def test_wrapper_matches_core_on_standin(options):
     torch.testing.assert_close(data.batch["returns"], expected.float())
     assert set(data.meta_info["spro_metrics"]) == {
         "process/cpr_final_mean", "process/cpr_final_std", "process/msa_abs_mean", "process/reward_abs_mean",
+        "process/advantage_abs_mean",
     }
     assert sv.last_metrics() == data.meta_info["spro_metrics"]
 

@@ -100,7 +100,8 @@ def _check_rewards(rewards: Any, B: int | None, device: torch.device | None) -> 
 
 
 def _check_tokens(x: Any, name: str, mask: Tensor) -> Tensor:
-    """A [B, T] floating tensor shaped like ``mask`` and finite where ``mask`` is 1."""
+    """A [B, T] floating tensor shaped like ``mask`` and finite where ``mask`` is 1; non-finite values
+    where it is 0 are replaced by 0 (so that multiplying by the mask zeroes them)."""
     x = _tensor(x, name, mask.device)
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D [B, T], got shape {tuple(x.shape)}")
@@ -108,11 +109,13 @@ def _check_tokens(x: Any, name: str, mask: Tensor) -> Tensor:
         raise ValueError(f"{name} has shape {tuple(x.shape)} but mask has shape {tuple(mask.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+    if bool(torch.isfinite(x.sum())):  # every value finite (one pass); otherwise look closer
+        return x
     bad = ~torch.isfinite(x) & mask
     if bool(bad.any()):
         r, t = bad.nonzero()[0].tolist()
         raise ValueError(f"{name} must be finite at valid (mask = 1) positions; {name}[{r}, {t}] = {x[r, t].item()}")
-    return x
+    return torch.where(mask, x, 0.0)
 
 
 def _check_scalar(value: Any, name: str, *, nonneg: bool = False, positive: bool = False) -> float:
@@ -196,9 +199,9 @@ def _rloo(r: Tensor, g: _Groups) -> Tensor:
     return torch.where(n > 1, r - others, 0.0)
 
 
-def _row_means(v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+def _row_means(v: Tensor, mf: Tensor) -> tuple[Tensor, Tensor]:
     """Mean of each row over its valid tokens ([B], 0 for an empty row) and 1.0 for non-empty rows."""
-    length = m.sum(dim=1).to(v.dtype)
+    length = mf.sum(dim=1)
     return v.sum(dim=1) / length.clamp(min=1), (length > 0).to(v.dtype)
 
 
@@ -234,46 +237,48 @@ def rloo_advantage(rewards: Tensor, group_ids: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _process_reward(logp: Tensor, ref_logp: Tensor, m: Tensor, beta: float, dtype: torch.dtype) -> Tensor:
+# The helpers below take the mask as 0./1. floats ``mf`` and zero padding by multiplying with it
+# (inputs are finite everywhere after the checks); they may modify tensors they created.
+
+
+def _process_reward(logp: Tensor, ref_logp: Tensor, mf: Tensor, beta: float) -> Tensor:
     """[B, T] beta * (logp - ref_logp) at valid tokens, 0 elsewhere."""
-    return torch.where(m, beta * (logp.to(dtype) - ref_logp.to(dtype)), 0.0)
+    return torch.sub(logp.to(mf.dtype), ref_logp.to(mf.dtype)).mul_(beta).mul_(mf)
 
 
-def _cumsum(p: Tensor, m: Tensor) -> Tensor:
+def _cumsum(p: Tensor, mf: Tensor) -> Tensor:
     """[B, T] running sum of p over each row's valid tokens (p is 0 elsewhere), 0 at padding."""
-    return torch.where(m, p.cumsum(dim=1), 0.0)
+    return p.cumsum(dim=1).mul_(mf)
 
 
-def _msa(v: Tensor, m: Tensor, g: _Groups, scale_std: bool, eps: float) -> Tensor:
+def _msa(v: Tensor, mf: Tensor, g: _Groups, scale_std: bool, eps: float) -> Tensor:
     """[B, T] Masked Step Advantage: v minus the mean of v over the group's responses that have a
     token at the same index (optionally divided by their std + eps); 0 at padding. v is 0 there."""
-    mf = m.to(v.dtype)
     count = _group_sum(mf, g)  # [n, T] responses of the group with a token at t
-    out = v - (_group_sum(v, g) / count.clamp(min=1))[g.inv]
+    out = (v - (_group_sum(v, g) / count.clamp(min=1))[g.inv]).mul_(mf)
     if scale_std:
-        out = out * mf
         var = _group_sum(out * out, g) / (count - 1).clamp(min=1)
-        out = out / _safe_denom(var.sqrt(), eps, count)[g.inv]
-    return out * mf
+        out = out.div_(_safe_denom(var.sqrt(), eps, count)[g.inv])
+    return out
 
 
-def _pooled(v: Tensor, m: Tensor, g: _Groups, scale_std: bool, eps: float) -> Tensor:
+def _pooled(v: Tensor, mf: Tensor, g: _Groups, scale_std: bool, eps: float) -> Tensor:
     """[B, T] v minus one mean per group over all its valid tokens (optionally / their std + eps)."""
-    count = _group_sum(m.sum(dim=1).to(v.dtype), g)
-    out = torch.where(m, v - (_group_sum(v.sum(dim=1), g) / count.clamp(min=1))[g.inv].unsqueeze(1), 0.0)
+    count = _group_sum(mf.sum(dim=1), g)
+    out = (v - (_group_sum(v.sum(dim=1), g) / count.clamp(min=1))[g.inv].unsqueeze(1)).mul_(mf)
     if scale_std:
         var = _group_sum((out * out).sum(dim=1), g) / (count - 1).clamp(min=1)
         out = out / _safe_denom(var.sqrt(), eps, count)[g.inv].unsqueeze(1)
     return out
 
 
-def _pooled_loo(v: Tensor, m: Tensor, g: _Groups) -> Tensor:
+def _pooled_loo(v: Tensor, mf: Tensor, g: _Groups) -> Tensor:
     """[B, T] v minus the mean, over the group's OTHER non-empty responses, of their mean value (PRIME's
     leave-one-out baseline); 0 for a response without such a neighbour."""
-    rmean, nonempty = _row_means(v, m)
+    rmean, nonempty = _row_means(v, mf)
     n_other = _group_sum(nonempty, g)[g.inv] - nonempty
     base = (_group_sum(rmean, g)[g.inv] - rmean) / n_other.clamp(min=1)
-    return torch.where(m & (n_other > 0).unsqueeze(1), v - base.unsqueeze(1), 0.0)
+    return (v - base.unsqueeze(1)).mul_(mf * (n_other > 0).to(mf.dtype).unsqueeze(1))
 
 
 def cumulative_process_reward(logp: Tensor, ref_logp: Tensor, mask: Tensor, beta: float) -> Tensor:
@@ -285,7 +290,8 @@ def cumulative_process_reward(logp: Tensor, ref_logp: Tensor, mask: Tensor, beta
     beta = _check_scalar(beta, "beta", nonneg=True)
     m = _check_mask(mask)
     logp, ref_logp = _check_tokens(logp, "logp", m), _check_tokens(ref_logp, "ref_logp", m)
-    return _cumsum(_process_reward(logp, ref_logp, m, beta, _float_dtype(logp, ref_logp)), m)
+    mf = m.to(_float_dtype(logp, ref_logp))
+    return _cumsum(_process_reward(logp, ref_logp, mf, beta), mf)
 
 
 def masked_step_advantage(cpr: Tensor, mask: Tensor, group_ids: Tensor, *, scale_std: bool = False,
@@ -300,7 +306,8 @@ def masked_step_advantage(cpr: Tensor, mask: Tensor, group_ids: Tensor, *, scale
     m = _check_mask(mask)
     cpr = _check_tokens(cpr, "cpr", m)
     g = _check_groups(group_ids, m.shape[0], m.device)
-    return _msa(torch.where(m, cpr, 0.0), m, g, scale_std, eps)
+    mf = m.to(_float_dtype(cpr))
+    return _msa(cpr * mf, mf, g, scale_std, eps)
 
 
 def spro_advantage(
@@ -338,19 +345,19 @@ def spro_advantage(
     r = _check_rewards(rewards, m.shape[0], m.device)
     logp, ref_logp = _check_tokens(logp, "logp", m), _check_tokens(ref_logp, "ref_logp", m)
     g = _check_groups(group_ids, m.shape[0], m.device)
-    dtype = _float_dtype(r, logp, ref_logp)
+    mf = m.to(_float_dtype(r, logp, ref_logp))
 
-    v = _process_reward(logp, ref_logp, m, beta, dtype)
+    v = _process_reward(logp, ref_logp, mf, beta)
     if process_reward == "cumulative":
-        v = _cumsum(v, m)
+        v = _cumsum(v, mf)
     if baseline == "masked_step":
-        adv = _msa(v, m, g, msa_scale_std, eps)
+        adv = _msa(v, mf, g, msa_scale_std, eps)
     elif baseline == "pooled":
-        adv = _pooled(v, m, g, msa_scale_std, eps)
+        adv = _pooled(v, mf, g, msa_scale_std, eps)
     else:
-        adv = _pooled_loo(v, m, g)
+        adv = _pooled_loo(v, mf, g)
     if not process_only:
-        adv = torch.where(m, adv + _outcome(r.to(dtype), g, outcome_scale, eps).unsqueeze(1), 0.0)
+        adv = adv.add_(_outcome(r.to(mf.dtype), g, outcome_scale, eps).unsqueeze(1)).mul_(mf)
     return adv
 
 
@@ -359,15 +366,16 @@ def spro_advantage(
 # --------------------------------------------------------------------------------------------
 
 
-def _masked_whiten(x: Tensor, m: Tensor, shift_mean: bool, eps: float) -> Tensor:
+def _masked_whiten(x: Tensor, mf: Tensor, shift_mean: bool, eps: float) -> Tensor:
     """verl's ``masked_whiten`` over all valid tokens: ``(x - mean) / sqrt(var + eps)`` with the
-    unbiased variance (0 with fewer than two tokens); ``shift_mean=False`` adds the mean back."""
-    n = m.sum().to(x.dtype)
-    mean = torch.where(m, x, 0.0).sum() / n.clamp(min=1)
-    centered = torch.where(m, x - mean, 0.0)
+    unbiased variance (0 with fewer than two tokens); ``shift_mean=False`` adds the mean back. x is 0
+    at padding."""
+    n = mf.sum()
+    mean = x.sum() / n.clamp(min=1)
+    centered = (x - mean).mul_(mf)
     var = (centered * centered).sum() / (n - 1).clamp(min=1)
     out = centered * torch.rsqrt(var + eps)
-    return torch.where(m, out if shift_mean else out + mean, 0.0)
+    return out if shift_mean else (out + mean).mul_(mf)
 
 
 def prime_advantage(
@@ -406,26 +414,27 @@ def prime_advantage(
     r = _check_rewards(rewards, m.shape[0], m.device)
     prm_logp, ref_logp = _check_tokens(prm_logp, "prm_logp", m), _check_tokens(ref_logp, "ref_logp", m)
     g = _check_groups(group_ids, m.shape[0], m.device)
-    dtype = _float_dtype(r, prm_logp, ref_logp)
+    mf = m.to(_float_dtype(r, prm_logp, ref_logp))
 
-    q = _process_reward(prm_logp, ref_logp, m, beta, dtype)
+    q = _process_reward(prm_logp, ref_logp, mf, beta)
     if process_baseline == "others_mean":
-        q = _pooled_loo(q, m, g)
+        q = _pooled_loo(q, mf, g)
     else:
-        rmean, nonempty = _row_means(q, m)
+        rmean, nonempty = _row_means(q, mf)
         n = _group_sum(nonempty, g)[g.inv].unsqueeze(1)
         total = _group_sum(rmean, g)[g.inv].unsqueeze(1)
-        q = torch.where(m & (n > 1), q - (total - q) / (n - 1).clamp(min=1), 0.0)
+        q = (q - (total - q) / (n - 1).clamp(min=1)).mul_(mf * (n > 1).to(mf.dtype))
     c = q * process_coef
 
     # the outcome's leave-one-out advantage at the last valid token of each non-empty row
     B, T = m.shape
-    last = torch.where(m, torch.arange(T, device=m.device), -1).amax(dim=1) if T else torch.full((B,), -1, device=m.device)
+    last = (mf * torch.arange(1, T + 1, device=m.device, dtype=mf.dtype)).amax(dim=1).long() - 1 if T else \
+        torch.full((B,), -1, device=m.device)
     rows = (last >= 0).nonzero().squeeze(1)
-    c = c.index_put((rows, last[rows]), (_rloo(r.to(dtype), g) * outcome_coef)[rows], accumulate=True)
+    c = c.index_put((rows, last[rows]), (_rloo(r.to(mf.dtype), g) * outcome_coef)[rows], accumulate=True)
 
-    returns = torch.where(m, c.flip(1).cumsum(1).flip(1), 0.0)
-    return _masked_whiten(returns, m, whiten_shift_mean, whiten_eps) if whiten else returns
+    returns = c.flip(1).cumsum(1).flip(1).mul_(mf)
+    return _masked_whiten(returns, mf, whiten_shift_mean, whiten_eps) if whiten else returns
 
 
 _MOVED = {"get_estimator", "register_estimator", "list_estimators"}

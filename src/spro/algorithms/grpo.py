@@ -13,7 +13,7 @@ from spro.config import Options, option
 
 def _on_tokens(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B] -> [B, T]: each response's advantage on its valid tokens, 0 on padding."""
-    return torch.where(mask, adv.unsqueeze(1), 0.0)
+    return adv.unsqueeze(1) * mask.to(adv.dtype)
 
 
 @dataclass

@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 @dataclass
@@ -151,7 +150,7 @@ class Algorithm:
 
     Class attributes: ``name`` (set by :func:`register_algorithm`), ``Options`` (its options
     dataclass), ``needs_reference``, ``loss_agg`` (its default policy-loss aggregation, one of
-    ``LOSS_AGGS``), ``reference`` (the paper). Instances hold ``self.options``.
+    ``spro.algorithms.losses.AGG_MODES``), ``reference`` (the paper). Instances hold ``self.options``.
     """
 
     name: ClassVar[str] = ""
@@ -236,8 +235,10 @@ def register_algorithm(
     """
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"algorithm name must be a non-empty word (letters, digits, _ or -), got {name!r}")
-    if loss_agg is not None and loss_agg not in LOSS_AGGS:
-        raise ValueError(f"loss_agg must be one of {', '.join(LOSS_AGGS)}; got {loss_agg!r}")
+    from spro.algorithms.losses import AGG_MODES
+
+    if loss_agg is not None and loss_agg not in AGG_MODES:
+        raise ValueError(f"loss_agg must be one of {', '.join(AGG_MODES)}; got {loss_agg!r}")
     if options is not None and not dataclasses.is_dataclass(options):
         raise ValueError(f"options must be a dataclass, got {options!r}")
 

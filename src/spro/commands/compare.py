@@ -21,8 +21,8 @@ examples:
   spro compare --algos grpo,spro,prime --seeds 3
   spro compare --algos grpo,spro --seeds 2 total_steps=100 --out runs/cmp
   spro compare --algos grpo --variant spro:algorithm.name=spro \\
-      --variant beta0.01:algorithm.name=spro,algorithm.beta=0.01 \\
-      --variant per_token:algorithm.name=spro,algorithm.process_reward=per_token --ablation
+      --variant beta0.01:algorithm.name=spro,algorithm.spro.beta=0.01 \\
+      --variant per_token:algorithm.name=spro,algorithm.spro.process_reward=per_token --ablation
   spro compare --report-only --out runs/cmp      # re-aggregate finished runs
 
 A variant is LABEL:key=value[,key=value...]; a bare algorithm name X means X:algorithm.name=X.

@@ -1,7 +1,7 @@
 """Running a grid of training runs (variants x seeds) with identical budgets, resumably.
 
 Used by ``spro compare`` and ``spro demo``. A *variant* is a label plus config overrides, e.g.
-``spro`` -> ``algorithm.name=spro`` or ``beta0.01`` -> ``algorithm.name=spro algorithm.beta=0.01``.
+``spro`` -> ``algorithm.name=spro`` or ``beta0.01`` -> ``algorithm.name=spro algorithm.spro.beta=0.01``.
 Every (variant, seed) run gets the same base config (file / preset / overrides) and its own folder
 ``<root>/<label>/seed<k>``. A run whose last checkpoint is at ``total_steps`` is done and is
 skipped; one with an earlier checkpoint is resumed from it; otherwise it starts afresh. So an

@@ -41,6 +41,7 @@ on-policy default) and one of the reference when TRL's ``beta`` is 0, plus ``O(B
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,15 +67,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"(import failed: {exc})"
     ) from exc
 
-from spro.algorithms.core import cumulative_process_reward, spro_advantage
+from spro.algorithms.core import spro_advantage
+from spro.algorithms.spro import SPROOptions, process_metrics, process_stats
+from spro.config import ConfigError
 
 __all__ = ["SPROConfig", "SPROTrainer", "SUPPORTED_TRL"]
 
 SUPPORTED_TRL = ">=1.16,<1.17"
-
-_OUTCOME_SCALES = ("group", "none")
-_PROCESS_REWARDS = ("cumulative", "per_token")
-_BASELINES = ("masked_step", "pooled", "pooled_loo")
 
 # Keys of the batch dict that `_get_per_token_logps_and_entropies` takes as multimodal inputs.
 _FORWARD_KEYS = (
@@ -91,9 +90,16 @@ _FORWARD_KEYS = (
 )
 
 
+def _spro_field(name: str) -> Any:
+    """The field ``spro_<name>`` of SPROConfig: default and help of ``SPROOptions.<name>``."""
+    f = SPROOptions.__dataclass_fields__[name]
+    return field(default=f.default, metadata={"help": f.metadata["help"]})
+
+
 @dataclass
 class SPROConfig(GRPOConfig):
-    """``GRPOConfig`` plus SPRO's options (all prefixed ``spro_``).
+    """``GRPOConfig`` plus SPRO's options: ``spro_<name>`` for each option of
+    :class:`spro.algorithms.spro.SPROOptions` (same defaults, help and checks as spro's trainer).
 
     Two GRPO defaults differ: ``loss_type="grpo"`` (per-sequence token mean, then mean over
     sequences: the aggregation of the SPRO paper) and ``disable_dropout=True`` (the process reward
@@ -103,51 +109,13 @@ class SPROConfig(GRPOConfig):
     the outcome reward SPRO normalises is the weighted sum of the reward functions.
     """
 
-    spro_beta: float = field(
-        default=0.05,
-        metadata={
-            "help": "Weight of the self-guided process reward p[i,t] = spro_beta * (log pi_old - log pi_ref). "
-            "It weighs the process part of the advantage against the outcome part; 0 reduces SPRO to GRPO's "
-            "outcome advantage broadcast over tokens. Unrelated to TRL's `beta` (the KL loss coefficient)."
-        },
-    )
-    spro_outcome_scale: str = field(
-        default="group",
-        metadata={
-            "help": "Outcome advantage scaling: 'group' divides r_i - mean_g(r) by the group's std + eps (GRPO), "
-            "'none' only subtracts the group mean (Dr. GRPO)."
-        },
-    )
-    spro_msa_scale_std: bool = field(
-        default=False,
-        metadata={
-            "help": "Divide the masked step advantage by the std of the cumulative process rewards of the "
-            "responses that still have step t (an option; the paper's reading does not scale)."
-        },
-    )
-    spro_eps: float = field(
-        default=1e-6,
-        metadata={"help": "Added to standard deviations before dividing."},
-    )
-    spro_process_reward: str = field(
-        default="cumulative",
-        metadata={
-            "help": "Ablation: 'cumulative' compares the cumulative process reward R[i,t] = sum_{j<=t} p[i,j] "
-            "(SPRO); 'per_token' compares p[i,t] itself."
-        },
-    )
-    spro_baseline: str = field(
-        default="masked_step",
-        metadata={
-            "help": "Ablation: 'masked_step' subtracts the mean over the group's responses that still have "
-            "token t (SPRO's MSA); 'pooled' one mean over all valid tokens of the group; 'pooled_loo' a "
-            "PRIME-style leave-one-out mean of the other responses' mean values."
-        },
-    )
-    spro_process_only: bool = field(
-        default=False,
-        metadata={"help": "Ablation: drop the outcome advantage and train on the process term alone."},
-    )
+    spro_beta: float = _spro_field("beta")
+    spro_outcome_scale: str = _spro_field("outcome_scale")
+    spro_msa_scale_std: bool = _spro_field("msa_scale_std")
+    spro_eps: float = _spro_field("eps")
+    spro_process_reward: str = _spro_field("process_reward")
+    spro_baseline: str = _spro_field("baseline")
+    spro_process_only: bool = _spro_field("process_only")
     loss_type: str = field(
         default="grpo",
         metadata={
@@ -165,22 +133,7 @@ class SPROConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.spro_outcome_scale not in _OUTCOME_SCALES:
-            raise ValueError(
-                f"spro_outcome_scale: expected one of {_OUTCOME_SCALES}, got {self.spro_outcome_scale!r}"
-            )
-        if self.spro_process_reward not in _PROCESS_REWARDS:
-            raise ValueError(
-                f"spro_process_reward: expected one of {_PROCESS_REWARDS}, got {self.spro_process_reward!r}"
-            )
-        if self.spro_baseline not in _BASELINES:
-            raise ValueError(f"spro_baseline: expected one of {_BASELINES}, got {self.spro_baseline!r}")
-        if self.spro_baseline == "pooled_loo" and self.spro_msa_scale_std:
-            raise ValueError("spro_msa_scale_std: not supported with spro_baseline='pooled_loo'")
-        if isinstance(self.spro_beta, bool) or not isinstance(self.spro_beta, (int, float)) or self.spro_beta < 0:
-            raise ValueError(f"spro_beta: expected a float >= 0, got {self.spro_beta!r}")
-        if not self.spro_eps > 0:
-            raise ValueError(f"spro_eps: expected a float > 0, got {self.spro_eps!r}")
+        self.spro_options()  # checks the spro_* values
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
                 "multi_objective_aggregation: SPROTrainer normalises the weighted sum of the rewards itself; "
@@ -188,16 +141,13 @@ class SPROConfig(GRPOConfig):
             )
 
     def spro_options(self) -> dict[str, Any]:
-        """Keyword options for :func:`spro.algorithms.core.spro_advantage` (everything but the tensors)."""
-        return {
-            "beta": float(self.spro_beta),
-            "outcome_scale": self.spro_outcome_scale,
-            "msa_scale_std": bool(self.spro_msa_scale_std),
-            "eps": float(self.spro_eps),
-            "process_reward": self.spro_process_reward,
-            "baseline": self.spro_baseline,
-            "process_only": bool(self.spro_process_only),
-        }
+        """Keyword options for :func:`spro.algorithms.core.spro_advantage` (everything but the tensors),
+        checked by :class:`spro.algorithms.spro.SPROOptions`."""
+        try:
+            options = SPROOptions(**{f.name: getattr(self, f"spro_{f.name}") for f in dataclasses.fields(SPROOptions)})
+        except ConfigError as e:
+            raise ValueError(f"spro_{e}") from None
+        return dataclasses.asdict(options)
 
 
 class SPROTrainer(GRPOTrainer):
@@ -388,25 +338,11 @@ class SPROTrainer(GRPOTrainer):
         return spro_advantage(rewards, logp, ref_logp, mask, group_ids, **self.args.spro_options())
 
     def _spro_log_metrics(self, mode, logp, ref_logp, mask, group_ids, advantages) -> None:
-        """Append SPRO's diagnostics (computed on the gathered batch, so equal on every process)."""
-        opts = self.args.spro_options()
-        cpr = cumulative_process_reward(logp, ref_logp, mask, opts["beta"])
-        # The process term of the advantage under the configured options (MSA of the CPR by default).
-        rewards = torch.zeros(mask.shape[0], device=mask.device)
-        msa = spro_advantage(rewards, logp, ref_logp, mask, group_ids, **{**opts, "process_only": True})
-        valid = mask > 0
-        has_tokens = valid.any(dim=1)
-        lengths = mask.sum(dim=1).long()
-        last = (lengths - 1).clamp(min=0)
-        cpr_final = cpr.gather(1, last.unsqueeze(1)).squeeze(1)[has_tokens]
-        n_tokens = valid.sum().clamp(min=1)
-        metrics = self._metrics[mode]
-        metrics["process/cpr_final_mean"].append(cpr_final.mean().item() if cpr_final.numel() else 0.0)
-        metrics["process/cpr_final_std"].append(cpr_final.std().item() if cpr_final.numel() > 1 else 0.0)
-        metrics["process/msa_abs_mean"].append((msa.abs() * valid).sum().item() / n_tokens.item())
-        step_reward = opts["beta"] * (logp - ref_logp)
-        metrics["process/reward_abs_mean"].append((step_reward.abs() * valid).sum().item() / n_tokens.item())
-        metrics["process/advantage_abs_mean"].append((advantages.abs() * valid).sum().item() / n_tokens.item())
+        """Append SPRO's ``process/*`` metrics (computed on the gathered batch, so equal on every process)."""
+        options = SPROOptions(**self.args.spro_options())
+        stats = process_stats(logp, ref_logp, mask, group_ids, options, advantages)
+        for key, value in process_metrics(**stats).items():
+            self._metrics[mode][key].append(0.0 if value is None else value)
 
     def _spro_log_table(self, advantages: torch.Tensor, mask: torch.Tensor) -> None:
         """Show each completion's mean SPRO advantage in TRL's completions table instead of GRPO's."""

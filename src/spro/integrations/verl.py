@@ -39,13 +39,16 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from dataclasses import dataclass, field, fields
+import dataclasses
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
 
-from spro.algorithms.core import cumulative_process_reward, spro_advantage
+from spro.algorithms.core import spro_advantage
+from spro.algorithms.spro import SPROOptions, process_metrics, process_stats
+from spro.config import ConfigError
 
 __all__ = [
     "ESTIMATOR_NAME",
@@ -69,80 +72,44 @@ _SETUP_HOOK = "spro.integrations.verl.ray_worker_setup"
 
 logger = logging.getLogger(__name__)
 
-_OUTCOME_SCALES = ("group", "none")
-_PROCESS_REWARDS = ("cumulative", "per_token")
-_BASELINES = ("masked_step", "pooled", "pooled_loo")
-
-
-@dataclass
 class SPROVerlOptions:
-    """SPRO's keys in verl's ``algorithm`` config (``algorithm.<name>``), with their defaults."""
+    """SPRO's keys in verl's ``algorithm`` config: ``algorithm.spro_<option>`` for each option of
+    :class:`spro.algorithms.spro.SPROOptions` (``spro_beta``, ``spro_outcome_scale``, ...), with its
+    defaults and checks. ``SPROVerlOptions(spro_beta=0.1)``; ``.options`` is the ``SPROOptions``."""
 
-    spro_beta: float = field(
-        default=0.05,
-        metadata={"help": "Weight of the process reward p[i,t] = spro_beta * (log pi_old - log pi_ref)."},
-    )
-    spro_outcome_scale: str = field(
-        default="group",
-        metadata={"help": "Outcome advantage: 'group' (divide by the group std + eps, GRPO) or 'none'."},
-    )
-    spro_msa_scale_std: bool = field(
-        default=False,
-        metadata={"help": "Divide the masked step advantage by the per-step std of the group's CPR values."},
-    )
-    spro_eps: float = field(default=1e-6, metadata={"help": "Added to standard deviations before dividing."})
-    spro_process_reward: str = field(
-        default="cumulative",
-        metadata={"help": "Ablation: 'cumulative' (SPRO's CPR) or 'per_token' (p[i,t] itself)."},
-    )
-    spro_baseline: str = field(
-        default="masked_step",
-        metadata={"help": "Ablation: 'masked_step' (SPRO's MSA), 'pooled' or 'pooled_loo' (PRIME-style)."},
-    )
-    spro_process_only: bool = field(
-        default=False, metadata={"help": "Ablation: drop the outcome advantage, keep the process term only."}
-    )
+    PREFIX = "spro_"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.spro_beta, bool) or not isinstance(self.spro_beta, (int, float)) or self.spro_beta < 0:
-            raise ValueError(f"algorithm.spro_beta: expected a float >= 0, got {self.spro_beta!r}")
-        if not isinstance(self.spro_eps, (int, float)) or not self.spro_eps > 0:
-            raise ValueError(f"algorithm.spro_eps: expected a float > 0, got {self.spro_eps!r}")
-        for name, choices in (
-            ("spro_outcome_scale", _OUTCOME_SCALES),
-            ("spro_process_reward", _PROCESS_REWARDS),
-            ("spro_baseline", _BASELINES),
-        ):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"algorithm.{name}: expected one of {choices}, got {getattr(self, name)!r}")
-        for name in ("spro_msa_scale_std", "spro_process_only"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"algorithm.{name}: expected true or false, got {getattr(self, name)!r}")
-        if self.spro_baseline == "pooled_loo" and self.spro_msa_scale_std:
-            raise ValueError("algorithm.spro_msa_scale_std: not supported with algorithm.spro_baseline=pooled_loo")
+    def __init__(self, **values: Any) -> None:
+        names = {f.name for f in fields(SPROOptions)}
+        unknown = sorted(k for k in values if not k.startswith(self.PREFIX) or k[len(self.PREFIX):] not in names)
+        if unknown:
+            raise ValueError(f"algorithm.{unknown[0]}: not an SPRO option (they are "
+                             f"{', '.join(self.PREFIX + n for n in sorted(names))})")
+        try:
+            self.options = SPROOptions(**{k[len(self.PREFIX):]: v for k, v in values.items()})
+        except ConfigError as e:
+            raise ValueError(f"algorithm.{self.PREFIX}{e}") from None
+
+    def __getattr__(self, name: str) -> Any:  # opts.spro_beta -> opts.options.beta
+        if name.startswith(self.PREFIX) and "options" in self.__dict__:
+            return getattr(self.options, name[len(self.PREFIX):])
+        raise AttributeError(name)
 
     @classmethod
     def from_config(cls, config: Any) -> SPROVerlOptions:
         """Read the ``spro_*`` keys from verl's ``algorithm`` config (DictConfig, AlgoConfig, dict or None)."""
         values = {}
         if config is not None:
-            for f in fields(cls):
-                value = config.get(f.name, None) if hasattr(config, "get") else getattr(config, f.name, None)
+            for f in fields(SPROOptions):
+                key = cls.PREFIX + f.name
+                value = config.get(key, None) if hasattr(config, "get") else getattr(config, key, None)
                 if value is not None:
-                    values[f.name] = value
+                    values[key] = value
         return cls(**values)
 
     def core_kwargs(self) -> dict[str, Any]:
         """Keyword options for :func:`spro.algorithms.core.spro_advantage`."""
-        return {
-            "beta": float(self.spro_beta),
-            "outcome_scale": self.spro_outcome_scale,
-            "msa_scale_std": self.spro_msa_scale_std,
-            "eps": float(self.spro_eps),
-            "process_reward": self.spro_process_reward,
-            "baseline": self.spro_baseline,
-            "process_only": self.spro_process_only,
-        }
+        return dataclasses.asdict(self.options)
 
 
 def _group_ids(index: Any, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -221,36 +188,18 @@ def compute_spro_advantage(
     return advantages, advantages
 
 
-def spro_metrics(
-    old_log_probs: torch.Tensor, ref_log_prob: torch.Tensor, response_mask: torch.Tensor, index: Any, config: Any = None
-) -> dict[str, float]:
-    """SPRO diagnostics of a batch, named as in spro's own trainer.
-
-    ``process/cpr_final_mean`` / ``_std``: cumulative process reward at each response's last token;
-    ``process/msa_abs_mean``: mean ``|process term|`` over valid tokens (the MSA by default);
-    ``process/reward_abs_mean``: mean ``|p[i,t]|`` over valid tokens.
-    """
-    options = SPROVerlOptions.from_config(config)
-    kwargs = options.core_kwargs()
-    with torch.no_grad():
-        mask = response_mask.float()
-        logp, ref = old_log_probs.float(), ref_log_prob.float()
-        group_ids = _group_ids(index, mask.shape[0], mask.device)
-        cpr = cumulative_process_reward(logp, ref, mask, kwargs["beta"])
-        zeros = torch.zeros(mask.shape[0], device=mask.device)
-        process = spro_advantage(zeros, logp, ref, mask, group_ids, **{**kwargs, "process_only": True})
-        valid = mask > 0
-        has_tokens = valid.any(dim=1)
-        last = (mask.sum(dim=1).long() - 1).clamp(min=0)
-        cpr_final = cpr.gather(1, last.unsqueeze(1)).squeeze(1)[has_tokens]
-        n = max(int(valid.sum()), 1)
-        step = kwargs["beta"] * (logp - ref)
-        return {
-            "process/cpr_final_mean": cpr_final.mean().item() if cpr_final.numel() else 0.0,
-            "process/cpr_final_std": cpr_final.std().item() if cpr_final.numel() > 1 else 0.0,
-            "process/msa_abs_mean": (process.abs() * valid).sum().item() / n,
-            "process/reward_abs_mean": (step.abs() * valid).sum().item() / n,
-        }
+def spro_metrics(old_log_probs: torch.Tensor, ref_log_prob: torch.Tensor, response_mask: torch.Tensor, index: Any,
+                 config: Any = None, advantages: torch.Tensor | None = None) -> dict[str, float]:
+    """SPRO's ``process/*`` metrics of a batch, as spro's own trainer and the TRL integration log them
+    (``spro.algorithms.spro.process_metrics``); ``process/advantage_abs_mean`` only with ``advantages``."""
+    options = SPROVerlOptions.from_config(config).options
+    mask = response_mask.bool()
+    group_ids = _group_ids(index, mask.shape[0], mask.device)
+    stats = process_stats(old_log_probs.float(), ref_log_prob.float(), mask, group_ids, options, advantages)
+    metrics = {k: (0.0 if v is None else v) for k, v in process_metrics(**stats).items()}
+    if advantages is None:
+        metrics.pop("process/advantage_abs_mean")
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +272,7 @@ def compute_advantage(data: Any, adv_estimator: Any, *args: Any, **kwargs: Any) 
     )
     batch["advantages"] = advantages
     batch["returns"] = returns
-    metrics = spro_metrics(old_log_probs, ref_log_prob, response_mask, index, config)
+    metrics = spro_metrics(old_log_probs, ref_log_prob, response_mask, index, config, advantages)
     _LAST_METRICS.clear()
     _LAST_METRICS.update(metrics)
     if isinstance(getattr(data, "meta_info", None), dict):

@@ -45,6 +45,20 @@ __all__ = [
 RewardFn = Callable[..., list]
 
 
+def completion_text(completion: Any) -> str:
+    """A completion as text: a string as it is, TRL's conversational form (a list of chat messages: the last
+    one's content, or a single message dict) as its content, None as "". Anything else raises ValueError."""
+    if isinstance(completion, str):
+        return completion
+    if completion is None:
+        return ""
+    if isinstance(completion, (list, tuple)) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    if isinstance(completion, dict) and "content" in completion:
+        return str(completion["content"])
+    raise ValueError(f"completion must be a string or a list of chat messages, got {type(completion).__name__}")
+
+
 class RewardError(ValueError):
     """A reward function raised, or returned something other than one float/None per row."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from spro.rewards import register_reward
+from spro.rewards import completion_text, register_reward
 
 __all__ = ["make_format_reward", "make_length_penalty", "format_reward", "BOXED_PATTERN", "TAG_PATTERN"]
 
@@ -26,14 +26,8 @@ TAG_PATTERN = r"<answer>.+?</answer>"
 """An ``<answer>...</answer>`` tag pair with content."""
 
 
-def _text(c: Any) -> str:
-    if isinstance(c, list) and c and isinstance(c[-1], dict):
-        return str(c[-1].get("content", ""))
-    return "" if c is None else str(c)
-
-
 def _lengths(completions: Sequence[Any], tokenizer: Any) -> list[int]:
-    texts = [_text(c) for c in completions]
+    texts = [completion_text(c) for c in completions]
     if tokenizer is None:
         return [len(t) for t in texts]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -67,7 +61,7 @@ def make_format_reward(
     pen = make_length_penalty(length_penalty, max_length, tokenizer=tokenizer) if length_penalty else None
 
     def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kw: Any) -> list[float]:
-        out = [reward if rx.search(_text(c)) else 0.0 for c in completions]
+        out = [reward if rx.search(completion_text(c)) else 0.0 for c in completions]
         if pen is not None:
             out = [a + b for a, b in zip(out, pen(prompts, completions))]
         return out

@@ -32,6 +32,18 @@ class RolloutBatch:
     prompts: list[str]
     completions: list[str]
 
+    def __post_init__(self) -> None:
+        B, T = self.completion_ids.shape if self.completion_ids.dim() == 2 else (-1, -1)
+        shapes = {"prompt_ids": (B, self.prompt_ids.shape[-1]), "prompt_mask": (B, self.prompt_ids.shape[-1]),
+                  "completion_ids": (B, T), "completion_mask": (B, T), "truncated": (B,), "group_ids": (B,)}
+        for name, shape in shapes.items():
+            if B < 0 or tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"RolloutBatch.{name} has shape {tuple(getattr(self, name).shape)}, expected {shape} "
+                                 f"(B = {B} responses, T = {T} tokens)")
+        if len(self.prompts) != B or len(self.completions) != B:
+            raise ValueError(f"RolloutBatch: {len(self.prompts)} prompts and {len(self.completions)} completions for "
+                             f"B = {B} responses")
+
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 

@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from spro.rewards import completion_text
+
 SPLITS = ("train", "validation", "test")
 
 _PROMPT_RE = re.compile(r"^\s*Q:\s*(-?\d+(?:\s*[+\-]\s*\d+)+)\s*=\s*$")
@@ -35,17 +37,6 @@ _TERM_RE = re.compile(r"([+\-])\s*(\d+)")
 _STEP_RE = re.compile(r"^(-?\d+)([+\-])(\d+)=(-?\d+)$")
 _ANSWER_SEG_RE = re.compile(r"^A:(-?\d+)$")
 _ANSWER_RE = re.compile(r"A:\s*(-?\d+)(?!\d)")
-
-
-def _completion_text(completion: Any) -> str:
-    """A completion as text: a string, or TRL's chat form (list of messages: last content)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, (list, tuple)) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
-    if isinstance(completion, dict) and "content" in completion:
-        return str(completion["content"])
-    raise ValueError(f"completion must be a string or a list of chat messages, got {type(completion).__name__}")
 
 
 def parse_prompt(prompt: str) -> tuple[list[int], list[str]]:
@@ -85,7 +76,7 @@ def solve(operands: Sequence[int], ops: Sequence[str]) -> tuple[str, int]:
 
 def extract_answer(completion: Any) -> int | None:
     """The integer after the first ``A:`` in the completion, or None if there is none."""
-    m = _ANSWER_RE.search(_completion_text(completion))
+    m = _ANSWER_RE.search(completion_text(completion))
     return int(m.group(1)) if m else None
 
 
@@ -122,7 +113,7 @@ def first_wrong_step(prompt: str, completion: Any) -> int | None:
     segment is ignored (as the verifier ignores it).
     """
     operands, ops = parse_prompt(prompt)
-    text = _completion_text(completion).strip()
+    text = completion_text(completion).strip()
     segs = [s.strip() for s in text.split(";")] if text else []
     cur = operands[0]
     for k, (op, b) in enumerate(zip(ops, operands[1:])):
