@@ -22,12 +22,12 @@ __version__ = "0.2.0"
 
 # old module name -> new module name (0.1 -> 0.2 layout)
 MOVED_MODULES = {
-    "spro.advantages": "spro.algorithms.core",
+    "spro.advantages": "spro.algorithms.compat",
     "spro.losses": "spro.algorithms.losses",
     "spro.prm": "spro.algorithms.prm",
     "spro.modeling": "spro.models.loading",
     "spro.tiny": "spro.models.tiny",
-    "spro.warmstart": "spro.models.warmstart",
+    "spro.warmstart": "spro.trainer.warmstart",
     "spro.sandbox": "spro.rewards.sandbox",
     "spro.prompts": "spro.data.prompts",
     "spro.tasks": "spro.data.tasks",

@@ -149,11 +149,10 @@ def test_import_path_from_the_working_directory(tmp_path, monkeypatch, scratch_r
 
 
 def test_estimator_registry_of_0_1_still_works():
-    from spro.algorithms import core
-
+    sys.modules.pop("spro.advantages", None)
+    with pytest.warns(DeprecationWarning, match="spro.advantages has moved to spro.algorithms.compat"):
+        from spro.advantages import get_estimator
     x = _inputs()
-    with pytest.warns(DeprecationWarning, match="get_algorithm"):
-        get_estimator = core.get_estimator
     b = dict(rewards=x.rewards, mask=x.mask.float(), group_ids=x.group_ids, logp=x.logp, ref_logp=x.ref_logp)
     torch.testing.assert_close(get_estimator("spro")(**b, beta=0.1),
                                spro_advantage(x.rewards, x.logp, x.ref_logp, x.mask, x.group_ids, beta=0.1))

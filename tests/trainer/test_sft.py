@@ -96,7 +96,7 @@ def test_sft_cli(tmp_path, capsys):
 
 def test_warm_start_cache_builds_once_under_concurrency(tmp_path, monkeypatch):
     import spro.trainer.sft
-    import spro.models.warmstart
+    import spro.trainer.warmstart
 
     monkeypatch.setitem(spro.trainer.sft.PRESETS, "weak", tiny_config(steps=5, eval_every=0, eval_n=4))
     calls = []
@@ -108,7 +108,7 @@ def test_warm_start_cache_builds_once_under_concurrency(tmp_path, monkeypatch):
 
     monkeypatch.setattr(spro.trainer.sft, "sft", counting_sft)
     paths = []
-    threads = [threading.Thread(target=lambda: paths.append(spro.models.warmstart.warm_start("weak", tmp_path, progress=False)))
+    threads = [threading.Thread(target=lambda: paths.append(spro.trainer.warmstart.warm_start("weak", tmp_path, progress=False)))
                for _ in range(3)]
     for t in threads:
         t.start()
@@ -117,17 +117,17 @@ def test_warm_start_cache_builds_once_under_concurrency(tmp_path, monkeypatch):
     assert len(calls) == 1 and len(set(paths)) == 1 and len(paths) == 3
     path = paths[0]
     assert (path / "config.json").is_file() and path.parent == tmp_path
-    assert spro.models.warmstart.warm_start("weak", tmp_path) == path and len(calls) == 1
+    assert spro.trainer.warmstart.warm_start("weak", tmp_path) == path and len(calls) == 1
     # A different config is a different cache entry.
     monkeypatch.setitem(spro.trainer.sft.PRESETS, "weak", tiny_config(steps=6, eval_every=0, eval_n=4))
-    other = spro.models.warmstart.warm_start("weak", tmp_path, progress=False)
+    other = spro.trainer.warmstart.warm_start("weak", tmp_path, progress=False)
     assert other != path and len(calls) == 2
     with pytest.raises(ValueError, match="preset"):
-        spro.models.warmstart.warm_start("medium", tmp_path)
+        spro.trainer.warmstart.warm_start("medium", tmp_path)
 
 
 def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
-    from spro.models.warmstart import default_cache_dir
+    from spro.trainer.warmstart import default_cache_dir
 
     monkeypatch.setenv("SPRO_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path / "warmstart"
@@ -139,7 +139,7 @@ def test_weak_preset_accuracy_band(tmp_path):
     from spro.experiments.evaluation import evaluate
     from spro.models.loading import load_model_and_tokenizer
     from spro.data.tasks import get_task
-    from spro.models.warmstart import warm_start
+    from spro.trainer.warmstart import warm_start
 
     path = warm_start("weak")
     model, tok = load_model_and_tokenizer(path)

@@ -18,14 +18,8 @@ from spro.algorithms.registry import (
     register_algorithm,
     resolve_algorithm,
 )
+from spro.options import Options, option
+
 __all__ = ["AdvantageInputs", "Algorithm", "NoOptions", "Options", "TrainerContext", "get_algorithm",
            "list_algorithms", "option", "register_algorithm", "resolve_algorithm"]
 
-
-def __getattr__(name: str):
-    """``Options`` and ``option`` (declared in spro.config, which imports this package) on first use."""
-    if name in ("Options", "option"):
-        import spro.config
-
-        return getattr(spro.config, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

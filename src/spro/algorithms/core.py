@@ -435,19 +435,3 @@ def prime_advantage(
 
     returns = c.flip(1).cumsum(1).flip(1).mul_(mf)
     return _masked_whiten(returns, mf, whiten_shift_mean, whiten_eps) if whiten else returns
-
-
-_MOVED = {"get_estimator", "register_estimator", "list_estimators"}
-
-
-def __getattr__(name: str) -> Any:
-    """The estimator registry of 0.1 lives on in ``spro.algorithms`` (with a DeprecationWarning)."""
-    if name in _MOVED:
-        import warnings
-
-        from spro.algorithms import registry
-
-        warnings.warn(f"spro.algorithms.core.{name} is deprecated: use spro.algorithms.get_algorithm / "
-                      f"register_algorithm / list_algorithms", DeprecationWarning, stacklevel=2)
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ import torch
 
 from spro.algorithms.core import outcome_advantage, rloo_advantage
 from spro.algorithms.registry import AdvantageInputs, Algorithm, register_algorithm
-from spro.config import Options, option
+from spro.options import Options, option
 
 
 def _on_tokens(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

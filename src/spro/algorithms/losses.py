@@ -12,7 +12,8 @@ from typing import Literal
 
 import torch
 
-from spro.algorithms.core import _check_mask, _check_scalar, _check_choice
+from spro.algorithms.core import _check_choice, _check_mask, _check_scalar
+from spro.models.logprobs import entropy_from_logits  # noqa: F401 (part of the loss API)
 
 __all__ = ["policy_loss", "kl_penalty", "entropy_from_logits", "aggregate_loss", "AGG_MODES", "KL_ESTIMATORS"]
 
@@ -97,30 +98,6 @@ def kl_penalty(
     if mb is not None:
         out = torch.where(mb, out, 0.0)
     return out
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the softmax distribution at every position, computed stably.
-
-    ``H = logsumexp(z) - sum_v softmax(z)_v * z_v`` written as ``-sum_v p_v log p_v`` with
-    ``log p = log_softmax(z)``; entries with ``p_v = 0`` (e.g. ``z_v = -inf``) contribute 0.
-
-    Args:
-        logits: ``[B, T, V]`` (any leading shape ``[..., V]`` works) floating logits.
-
-    Returns:
-        ``[B, T]`` (the leading shape) entropies in nats; differentiable.
-    """
-    if not isinstance(logits, Tensor):
-        raise ValueError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dim() < 1 or logits.shape[-1] == 0:
-        raise ValueError(f"logits must have a non-empty last (vocabulary) dim, got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be floating, got dtype {logits.dtype}")
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    plogp = torch.where(p > 0, p * logp, 0.0)
-    return -plogp.sum(dim=-1)
 
 
 def aggregate_loss(

@@ -20,7 +20,7 @@ import torch
 from spro.algorithms.core import prime_advantage
 from spro.algorithms.prm import ImplicitPRM, PRMStage, filter_groups_by_accuracy
 from spro.algorithms.registry import AdvantageInputs, Algorithm, TrainerContext, register_algorithm
-from spro.config import ConfigError, Options, option
+from spro.options import ConfigError, Options, option
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 
 from spro.algorithms.core import spro_advantage
 from spro.algorithms.registry import AdvantageInputs, Algorithm, register_algorithm
-from spro.config import ConfigError, Options, option
+from spro.options import ConfigError, Options, option
 
 Tensor = torch.Tensor
 

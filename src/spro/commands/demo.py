@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from spro.experiments.grid import parse_variant, run_grid, build_config
     from spro.experiments.report import write_report
     from spro.data.tasks import get_task
-    from spro.models.warmstart import default_cache_dir, cache_key, warm_start
+    from spro.trainer.warmstart import default_cache_dir, cache_key, warm_start
 
     out = Path(args.out)
     try:

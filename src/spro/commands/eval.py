@@ -42,11 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _resolve_model(spec: str):
     from pathlib import Path
 
-    if spec.startswith("warmstart:"):
-        from spro.models.warmstart import warm_start
+    from spro.trainer.warmstart import resolve_model
 
-        return warm_start(preset=spec.split(":", 1)[1])
-    return Path(spec)
+    return Path(resolve_model(spec))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ def check_prompt_lengths(ds: Any, prompts: list[str], tokenizer: Any, context: i
     if not bad:
         return ds, prompts
     if long_prompts == "error":
-        from spro.config import ConfigError
+        from spro.options import ConfigError
 
         i = bad[0]
         raise ConfigError(

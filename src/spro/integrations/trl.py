@@ -69,7 +69,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from spro.algorithms.core import spro_advantage
 from spro.algorithms.spro import SPROOptions, process_metrics, process_stats
-from spro.config import ConfigError
+from spro.options import ConfigError
 
 __all__ = ["SPROConfig", "SPROTrainer", "SUPPORTED_TRL"]
 

@@ -48,7 +48,7 @@ import torch
 
 from spro.algorithms.core import spro_advantage
 from spro.algorithms.spro import SPROOptions, process_metrics, process_stats
-from spro.config import ConfigError
+from spro.options import ConfigError
 
 __all__ = [
     "ESTIMATOR_NAME",

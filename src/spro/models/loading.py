@@ -1,7 +1,7 @@
 """Loading and saving Hugging Face causal LMs with clear errors.
 
-``load_model(name)`` resolves a ``model.name_or_path`` of the config: a local folder, ``tiny``,
-``warmstart:NAME`` (a cached warm start) or a hub id when online.
+``load_model(name)`` loads a ``model.name_or_path`` of the config: a local folder, ``tiny`` or a
+hub id when online (``warmstart:NAME`` is resolved to its folder by ``spro.trainer.warmstart``).
 
 ``load_model_and_tokenizer(path)`` checks that the folder holds a causal LM config and a
 tokenizer with pad and eos tokens before the caller starts work, and names what is wrong.
@@ -133,12 +133,10 @@ def load_model(name: str, *, dtype: str = "float32", tiny_seed: int = 0, tokeniz
             model = model.to(torch_dtype)
     else:
         if name.startswith("warmstart:"):
-            from spro.models.warmstart import warm_start
-
-            path = warm_start(preset=name.split(":", 1)[1])
-        else:
-            path = Path(name)
-        if Path(path).exists():
+            raise ValueError(f"model.name_or_path={name!r} names a cached warm start: pass the folder "
+                             f"spro.trainer.warmstart.resolve_model({name!r}) returns")
+        path = Path(name)
+        if path.exists():
             model, tok = load_model_and_tokenizer(path, dtype=torch_dtype)
         else:  # a hub id (only when online)
             from transformers import AutoModelForCausalLM, AutoTokenizer

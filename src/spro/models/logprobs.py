@@ -13,10 +13,33 @@ from typing import Any
 
 import torch
 
-from spro.algorithms.losses import entropy_from_logits
 from spro.rollout import RolloutBatch, _cache_kw
 
-__all__ = ["sequence_logps", "logps_no_grad"]
+__all__ = ["sequence_logps", "logps_no_grad", "entropy_from_logits"]
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax distribution at every position, computed stably.
+
+    ``H = logsumexp(z) - sum_v softmax(z)_v * z_v`` written as ``-sum_v p_v log p_v`` with
+    ``log p = log_softmax(z)``; entries with ``p_v = 0`` (e.g. ``z_v = -inf``) contribute 0.
+
+    Args:
+        logits: ``[B, T, V]`` (any leading shape ``[..., V]`` works) floating logits.
+
+    Returns:
+        ``[B, T]`` (the leading shape) entropies in nats; differentiable.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f"logits must be a torch.torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have a non-empty last (vocabulary) dim, got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating, got dtype {logits.dtype}")
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    plogp = torch.where(p > 0, p * logp, 0.0)
+    return -plogp.sum(dim=-1)
 
 
 def _groups_share_prompts(batch: RolloutBatch, G: int) -> bool:

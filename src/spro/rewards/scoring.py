@@ -46,7 +46,7 @@ def resolve_reward(name: str, overrides: dict[str, Callable] | None = None) -> C
     ``module:function`` import path)."""
     if overrides and name in overrides:
         return overrides[name]
-    from spro.config import ConfigError
+    from spro.options import ConfigError
     from spro.rewards import get_reward
 
     try:

@@ -42,6 +42,7 @@ from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, PRIME_METRIC_KEYS, step_metrics
+from spro.trainer.warmstart import resolve_model
 
 __all__ = ["Trainer", "train", "TrainingDivergedError", "RewardFunctionError", "METRIC_KEYS", "PRIME_METRIC_KEYS",
            "EVAL_KEYS"]
@@ -105,14 +106,15 @@ class Trainer:
         self.loss_agg = a.loss_agg or self.algorithm.loss_agg
 
         # models (the reference is the starting policy, also when resuming)
-        policy_src = str(self.resume_ckpt) if self.resume_ckpt else m.name_or_path
+        policy_src = str(self.resume_ckpt) if self.resume_ckpt else resolve_model(m.name_or_path)
         self.model, self.tok = load_model(policy_src, dtype=m.dtype, tiny_seed=m.tiny_seed, tokenizer=m.tokenizer)
         self.ref = None
         if self.algorithm.needs_reference or m.use_reference or a.kl_coef > 0:
             if m.ref_model is None and self.resume_ckpt is None:
                 self.ref = copy.deepcopy(self.model)
             else:
-                self.ref, _ = load_model(m.ref_model or m.name_or_path, dtype=m.dtype, tiny_seed=m.tiny_seed)
+                self.ref, _ = load_model(resolve_model(m.ref_model or m.name_or_path), dtype=m.dtype,
+                                         tiny_seed=m.tiny_seed)
             self.ref.requires_grad_(False).eval().to(self.acc.device)
         if m.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()

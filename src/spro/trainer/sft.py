@@ -129,12 +129,17 @@ def completion_loss(model: Any, ids: Any, att: Any, lab: Any):
 
 
 def validation_accuracy(model: Any, tokenizer: Any, task: Any, n: int, max_new_tokens: int) -> dict[str, Any]:
-    """Greedy accuracy and mean length on the first ``n`` validation problems."""
-    from spro.experiments.evaluation import evaluate
+    """Greedy accuracy (mean reward) and mean length on the first ``n`` validation problems."""
+    from spro.rewards.scoring import Scorer
+    from spro.rollout import generate_completions
 
     ds = task.split("validation", n=n)
-    r = evaluate(model, tokenizer, ds, task.reward, k=0, max_new_tokens=max_new_tokens, batch_size=100, keep_samples=0)
-    return {"accuracy": r["pass@1"], "length_mean": r["length_mean"], "n": r["n"]}
+    prompts = list(ds["prompt"])
+    texts, lengths, _ = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=100)
+    columns = {c: list(ds[c]) for c in ds.column_names if c != "prompt"}
+    scores = Scorer.of(task.reward)(prompts, [t[0] for t in texts], columns)
+    return {"accuracy": float(scores.rewards.double().mean()), "length_mean": sum(l[0] for l in lengths) / len(prompts),
+            "n": len(prompts)}
 
 
 def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progress: bool = True,

@@ -65,3 +65,11 @@ def warm_start(preset: str = "weak", cache_dir: str | os.PathLike | None = None,
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return target
+
+
+def resolve_model(name: str, *, progress: bool = True) -> str:
+    """A ``model.name_or_path``: ``warmstart:PRESET`` becomes the folder of that cached warm start
+    (built if needed); any other name is returned as it is."""
+    if isinstance(name, str) and name.startswith("warmstart:"):
+        return str(warm_start(preset=name.split(":", 1)[1], progress=progress))
+    return name
