@@ -299,6 +299,13 @@ class LoggingConfig:
     log_completions: int = _f(
         0, help="Every step, write this many sample completions to completions.jsonl (0 = none)."
     )
+    diagnostics: bool = _f(
+        True,
+        help="Log the process-reward diagnostics every step (spro.trainer.diagnostics): diag/<signal>/first_error_* "
+        "on tasks with a step checker (does SPRO's self-guided reward, its MSA, PRIME's PRM or the advantage "
+        "locate the first wrong step of wrong responses?) and drift/* (share of the advantage from groups "
+        "without outcome variance; correlation of the process term with the log-ratio to the reference).",
+    )
 
 
 @dataclass

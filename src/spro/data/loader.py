@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["load_datasets", "prompt_order", "check_prompt_lengths"]
+__all__ = ["load_datasets", "load_task", "prompt_order", "check_prompt_lengths"]
 
 
 def load_datasets(cfg: Any) -> tuple[Any, Any]:
@@ -33,6 +33,15 @@ def load_datasets(cfg: Any) -> tuple[Any, Any]:
         if d.eval_size:
             evals = evals.select(range(min(d.eval_size, len(evals))))
     return train, evals
+
+
+def load_task(cfg: Any) -> Any:
+    """The built-in task the config trains on (``data.task``), or None for a dataset."""
+    if cfg.data.task is None:
+        return None
+    from spro.data.tasks import get_task
+
+    return get_task(cfg.data.task, **cfg.data.task_kwargs)
 
 
 def prompt_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
