@@ -91,3 +91,25 @@ def test_the_loop_logs_diagnostics_for_every_algorithm(model_dir, tmp_path, algo
     assert m["drift/msa_logratio_corr"] is None or -1 <= m["drift/msa_logratio_corr"] <= 1
     share = m["drift/zero_var_adv_share"]  # None when every advantage is 0 (all groups without variance)
     assert share is None or 0 <= share <= 1
+
+
+def test_ties_share_the_top1_hit():
+    steps = torch.tensor([[0, 1, 2, 3]])
+    flat = torch.zeros(1, 4)  # every step scores 0: a tie of four, the first wrong step among them
+    out = first_error_sums(flat, steps, torch.tensor([2]), torch.tensor([4]))
+    assert out[0] == 0.25 and out[2] == 0.25 and out[3] == 1.0 and out[4] == 2  # AUROC: ties count half
+
+
+def test_diagnose_command_on_a_tiny_model(model_dir, tmp_path):
+    import json
+
+    from spro.cli import main
+
+    out = tmp_path / "d.json"
+    assert main(["diagnose", "--model", str(model_dir), "--ref", str(model_dir), "--task", "arithmetic", "--n", "4",
+                 "--k", "2", "--max-new-tokens", "12", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["signals"]) == {"self_reward", "msa", "policy_logp", "random"}
+    sr = result["signals"]["self_reward"]
+    # the model against itself: the self-guided reward is 0 everywhere, so top-1 is exactly chance
+    assert sr["n"] > 0 and abs(sr["top1"] - sr["top1_chance"]) < 1e-9

@@ -4,8 +4,8 @@
 built-in tasks' ``first_wrong_step`` and ``step_spans``), every wrong response whose first wrong
 step k is known is scored: a step's score is the sum of the signal over the step's tokens;
 
-* ``diag/<signal>/first_error_top1``: how often the lowest-scoring step is step k
-  (``diag/first_error_top1_chance``: the same for a random pick, the mean of 1 / number of steps);
+* ``diag/<signal>/first_error_top1``: how often the lowest-scoring step is step k (ties share the
+  hit) (``diag/first_error_top1_chance``: the same for a random pick, the mean of 1 / number of steps);
 * ``diag/<signal>/first_error_auroc``: how often step k scores below an earlier (correct) step of
   the same response, over all such pairs (ties count half; chance is 0.5).
 
@@ -30,7 +30,7 @@ import torch
 from spro.algorithms.core import _check_groups, _zero_variance_groups, spro_advantage
 from spro.algorithms.spro import SPROOptions
 
-__all__ = ["ProcessDiagnostics", "first_error_sums", "token_steps"]
+__all__ = ["ProcessDiagnostics", "first_error_sums", "first_error_table", "token_steps"]
 
 Tensor = torch.Tensor
 
@@ -59,8 +59,9 @@ def token_steps(tokenizer: Any, completion_ids: Tensor, mask: Tensor, spans: lis
 
 
 def first_error_sums(signal: Tensor, steps: Tensor, first_wrong: Tensor, n_steps: Tensor) -> Tensor:
-    """``[5]`` sums over the responses with ``0 <= first_wrong < n_steps``: top-1 hits, responses,
-    chance (sum of 1 / n_steps), AUROC wins (ties half), AUROC pairs.
+    """``[5]`` sums over the responses with ``0 <= first_wrong < n_steps``: top-1 hits (a tie for the lowest
+    score counts 1 / the number of tied steps), responses, chance (sum of 1 / n_steps), AUROC wins (ties
+    half), AUROC pairs.
 
     signal, steps: ``[B, T]`` (steps -1 outside a step); first_wrong, n_steps: ``[B]`` long.
     """
@@ -76,7 +77,8 @@ def first_error_sums(signal: Tensor, steps: Tensor, first_wrong: Tensor, n_steps
         if not 0 <= k < n:
             continue
         row = scores[i, :n]
-        out[0] += float(int(torch.argmin(row)) == k)
+        lowest = row == row.min()
+        out[0] += float(lowest[k]) / float(lowest.sum())  # ties share the hit, as a random tie-break would
         out[1] += 1
         out[2] += 1.0 / n
         if k > 0:
@@ -84,6 +86,16 @@ def first_error_sums(signal: Tensor, steps: Tensor, first_wrong: Tensor, n_steps
             out[3] += float((row[k] < earlier).sum() + 0.5 * (row[k] == earlier).sum())
             out[4] += k
     return out
+
+
+def first_error_table(sums: dict[str, Tensor]) -> dict[str, dict[str, float | None]]:
+    """``{signal: first_error_sums(...)}`` -> ``{signal: {n, top1, top1_chance, auroc, auroc_pairs}}``."""
+    table = {}
+    for name, t in sums.items():
+        n, pairs = float(t[1]), float(t[4])
+        table[name] = {"n": n, "top1": float(t[0]) / n if n else None, "top1_chance": float(t[2]) / n if n else None,
+                       "auroc": float(t[3]) / pairs if pairs else None, "auroc_pairs": pairs}
+    return table
 
 
 class ProcessDiagnostics:
