@@ -42,8 +42,12 @@ class PRIMEOptions(Options):
         "training step); 0 = the whole batch at once.", check=(lambda v: v >= 0, ">= 0"),
     )
     prm_max_grad_norm: float = option(
-        1.0, help="Clip the PRM's gradient norm to this (0 = no clipping; verl's recipe default 1.0).",
+        10.0, help="Clip the PRM's gradient norm to this (0 = no clipping; PRIME's code and verl's recipe: 10).",
         check=(lambda v: v >= 0, ">= 0"),
+    )
+    prm_adam_beta2: float = option(
+        0.999, help="AdamW beta2 of the PRM (PRIME: 0.999; beta1, eps and weight decay are optim's).",
+        check=(lambda v: 0 <= v < 1, "in [0, 1)"),
     )
     prm_update: str = option(
         "before",
@@ -121,7 +125,7 @@ class PRIME(Algorithm):
         if self.prm is None:
             prm = ImplicitPRM(
                 ctx.reference, beta=o.prm_beta, lr=o.prm_lr or 2 * cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                adam_betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2), adam_eps=cfg.optim.adam_eps,
+                adam_betas=(cfg.optim.adam_beta1, o.prm_adam_beta2), adam_eps=cfg.optim.adam_eps,
                 max_grad_norm=o.prm_max_grad_norm or None, temperature=cfg.rollout.temperature,
             )
             if cfg.model.gradient_checkpointing:
