@@ -42,6 +42,6 @@ def no_leftovers():
 
 def pytest_terminal_summary(terminalreporter):
     if SKIPPED_ATTACKS:
-        terminalreporter.write_sep("-", "sandbox attacks not contained by a fallback mode (not run)")
+        terminalreporter.write_sep("-", "sandbox attacks not run: not contained by a fallback mode, or mode unavailable")
         for line in SKIPPED_ATTACKS:
             terminalreporter.write_line(line)
