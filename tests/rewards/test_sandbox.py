@@ -189,6 +189,18 @@ def test_codec_specials_and_big_integers():
     assert math.isnan(decode_value(json.loads(json.dumps(encode_value(float("nan"))))))
 
 
+TRICKY = ['"quoted" \\ back\nslash\x00\x1f\x7f', "\udc80 lone surrogate", "é ✓ 𝔘", 2 ** 9000, -(2 ** 70), -0.0, 1e-320,
+          float("inf"), {(1, "a"): [None, True], "k": {1.5: b"\x00"}}, {frozenset({1}), 2}, 3 + 4j, ()]
+
+
+def test_values_survive_the_sandbox_round_trip():
+    """The runner writes its own JSON (it does not import json); every kind of value comes back."""
+    code = f"def v():\n    return {TRICKY!r}\n".replace("inf", "float('inf')")
+    values, res = run_values(code, [{"src": "v()"}], limits=NORMAL)
+    assert res.ok, res.stderr
+    assert values == [("ok", TRICKY)]
+
+
 def test_decoder_is_strict():
     class MyInt(int):
         pass

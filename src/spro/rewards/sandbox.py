@@ -63,6 +63,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import marshal
 import os
 import secrets
 import shutil
@@ -369,9 +370,29 @@ def _set_limits(L):
     _set(resource.RLIMIT_CPU, L["cpu"], L["cpu"] + 1)
 
 
+_JSON_ESCAPES = {i: "\\u%04x" % i for i in range(32)}
+_JSON_ESCAPES.update({34: '\\"', 92: "\\\\"})
+
+
+def _json(o):
+    # JSON text of an encoded value (None/bool/int/finite float/str/list/dict of str keys) without
+    # importing json, whose import (it pulls in re) costs a good part of a sandbox start.
+    t = type(o)
+    if o is None:
+        return "null"
+    if t is bool:
+        return "true" if o else "false"
+    if t is int or t is float:
+        return repr(o)
+    if t is str:
+        return '"' + o.translate(_JSON_ESCAPES) + '"'
+    if t is list:
+        return "[" + ",".join([_json(x) for x in o]) + "]"
+    return "{" + ",".join([_json(k) + ":" + _json(v) for k, v in o.items()]) + "}"
+
+
 def _serve_values(g, requests, res_fd):
-    import json
-    out = open(res_fd, "w", encoding="utf-8", closefd=False)
+    out = open(res_fd, "w", encoding="utf-8", errors="surrogatepass", closefd=False)
     values = {}
     fns = {}
     for i, req in enumerate(requests):
@@ -411,14 +432,14 @@ def _serve_values(g, requests, res_fd):
                 enc = {"u": str(e)}
             except RecursionError:
                 enc = {"u": "nested too deeply"}
-            line = json.dumps([i, enc])
+            line = _json([i, enc])
         except BaseException as e:
             try:
                 msg = "%s: %s" % (type(e).__name__, e)
             except BaseException:
                 msg = "error"
             print("request %d failed: %s" % (i, msg[:300]), file=sys.stderr)
-            line = json.dumps([i, {"e": msg[:300]}])
+            line = _json([i, {"e": str(msg)[:300]}])
         try:
             out.write(line + "\n")
             out.flush()
@@ -427,10 +448,10 @@ def _serve_values(g, requests, res_fd):
 
 
 def _runner():
-    import json
+    import marshal  # built in: no import cost (json would pull in re); the job comes from the parent
     job_fd, res_fd = int(sys.argv[1]), int(sys.argv[2])
     with open(job_fd, "rb") as f:
-        job = json.loads(f.read())
+        job = marshal.loads(f.read())
     if job.get("pid1"):
         # Process 1 of a new pid namespace: run the program in a child with ordinary signal
         # semantics and pass on its exit status; when we exit the kernel kills whatever is left.
@@ -464,12 +485,12 @@ def _runner():
         sys.argv = ["main.py"]
         exec(compile(code, "main.py", "exec"), g)
         sys.exit(0)
-    import traceback
     try:
         exec(compile(code, "main.py", "exec"), g)
     except SystemExit:
         pass
     except BaseException:
+        import traceback
         traceback.print_exc()
     _serve_values(g, requests, res_fd)
     try:
@@ -1035,7 +1056,7 @@ def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str)
         for _ in range(5):
             files.append(tempfile.TemporaryFile())
         jobf, resf, inf, outf, errf = files
-        jobf.write(json.dumps(job).encode("utf-8", errors="surrogatepass"))
+        jobf.write(marshal.dumps(job))
         jobf.seek(0)
         inf.write(stdin)
         inf.seek(0)
@@ -1109,7 +1130,7 @@ def _parse_results(data: bytes, n: int) -> list[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = json.loads(line.decode("utf-8", errors="surrogatepass"))
         except (ValueError, RecursionError):
             continue
         if type(item) is not list or len(item) != 2 or type(item[0]) is not int or not 0 <= item[0] < n:
