@@ -134,6 +134,27 @@ def test_parallel_grader_matches_serial_and_survives_a_hang():
     assert pop_reward_stats()["math/timeout"] == 2  # the hang, once per grader
 
 
+def test_worker_answers_that_arrive_together_are_all_read():
+    """Two answer lines in one pipe read: the second must not be mistaken for a hang (it was, when
+    select() watched a buffered reader: the cause of this file's flaky parallel-grader test)."""
+    import subprocess
+    import sys
+
+    from spro.rewards.math import _Worker
+
+    w = _Worker()
+    w.proc = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.stdout.write('true\\nfalse\\n')\n"
+                               "sys.stdout.flush()\ntime.sleep(30)"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        t0 = time.perf_counter()
+        assert w._readline(20) == b"true\n"
+        assert w._readline(20) == b"false\n"
+        assert time.perf_counter() - t0 < 10
+        assert w._readline(0.2) == b""  # nothing more: a time-out, not a hang
+    finally:
+        w.kill()
+
+
 # ---------------------------------------------------------------------------- degenerate completions
 DEGENERATE = {
     "unclosed_boxed_100kb": "\\boxed{" * 14_000 + "1",

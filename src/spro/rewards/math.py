@@ -40,6 +40,7 @@ import functools
 import logging
 import math as _math
 import json
+import os
 import queue
 import re
 import select
@@ -47,6 +48,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 import weakref
 from typing import Any, Sequence
@@ -313,15 +315,34 @@ class _Worker:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
+        self._buf = b""
+        self._warm = False
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from spro.rewards.math import _serve; _serve()"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True, encoding="utf-8", bufsize=1,
             )
+            self._buf = b""
         return self.proc
+
+    def _readline(self, timeout: float) -> bytes:
+        """The worker's next answer line, or b"" if none arrives within ``timeout`` seconds (or it
+        died). Reads the pipe's file descriptor directly: behind a buffered reader, a second line
+        that arrived with the first would wait unseen by select() and look like a hang."""
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return b""
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b""
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line + b"\n"
 
     def grade_batch(self, items: Sequence[tuple[str, str, str, float]]) -> list[bool | str | None]:
         """Grade ``items`` (``(kind, text, gold, timeout)``, kind ``"pair"`` for an extracted
@@ -332,9 +353,9 @@ class _Worker:
         todo = list(items)
         while todo:
             proc = self._start()
-            slack = 2.0 + (0.0 if getattr(self, "_warm", False) else 60.0)
+            slack = 2.0 + (0.0 if self._warm else 60.0)
             try:
-                proc.stdin.write(json.dumps([list(it) for it in todo]) + "\n")  # type: ignore[union-attr]
+                proc.stdin.write((json.dumps([list(it) for it in todo]) + "\n").encode())  # type: ignore[union-attr]
                 proc.stdin.flush()  # type: ignore[union-attr]
             except (OSError, ValueError):
                 self.kill()
@@ -344,10 +365,9 @@ class _Worker:
             done = 0
             for item in todo:
                 try:
-                    ready, _, _ = select.select([proc.stdout], [], [], item[3] + slack)
-                    line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+                    line = self._readline(item[3] + slack)
                 except (OSError, ValueError):
-                    line = ""
+                    line = b""
                 if not line:
                     break
                 self._warm = True
@@ -374,6 +394,7 @@ class _Worker:
                 pass
             self.proc = None
             self._warm = False
+            self._buf = b""
 
 
 def _serve() -> None:
