@@ -237,13 +237,13 @@ def test_results_channel_parsing_is_defensive():
 
 
 # ---------------------------------------------------------------------------- cleanup
-def _hostile_tree(base: str, canary: str) -> None:
+def _hostile_tree(base: str, canary: str, depth: int = 3000) -> None:
     os.symlink(canary, os.path.join(base, "link"))
-    for i in range(2000):
+    for i in range(1000):
         with open(os.path.join(base, f"f{i}"), "w") as f:
             f.write("x")
     fd = os.open(base, os.O_RDONLY)
-    for _ in range(3000):  # deeper than PATH_MAX and the recursion limit
+    for _ in range(depth):  # 3000: deeper than PATH_MAX and the recursion limit
         os.mkdir("d", dir_fd=fd)
         nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
         os.close(fd)
@@ -280,7 +280,7 @@ def test_sweep_removes_what_a_dead_caller_left(tmp_path):
     os.mkdir(stale)
     os.mkdir(live)
     try:
-        _hostile_tree(stale, str(canary))
+        _hostile_tree(stale, str(canary), depth=50)  # (depth is test_rmtree's business)
         removed = sandbox.sweep_stale()
         assert stale in removed and not os.path.exists(stale)
         assert os.path.isdir(live) and canary.read_text() == "keep"  # its owner is alive
