@@ -1021,8 +1021,11 @@ def _status(rc: int, timed_out: bool, wall: float, limits: SandboxLimits, stderr
     return "error"
 
 
-# Processes of each mode that are not the program (they count against the process limit).
-_OVERHEAD = {"bwrap": 2, "namespace": 2, "none": 0}
+# Processes of each mode that are not the program but count against its limit: for RLIMIT_NPROC,
+# those inside the sandbox's user namespace (bubblewrap's init; unshare and the pid-1 runner);
+# for the pids cgroup, also the outer bubblewrap process.
+_NPROC_OVERHEAD = {"bwrap": 1, "namespace": 2, "none": 0}
+_CGROUP_OVERHEAD = {"bwrap": 2, "namespace": 2, "none": 0}
 
 
 def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str) -> tuple[SandboxResult, bytes]:
@@ -1035,7 +1038,7 @@ def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str)
     cg: str | None = None
     proc: subprocess.Popen | None = None
     try:
-        nproc = int(limits.max_processes) + _OVERHEAD[iso]
+        nproc = int(limits.max_processes) + _NPROC_OVERHEAD[iso]
         job = dict(job, limits={
             "cpu": max(1, int(-(-limits.cpu_seconds // 1))),
             "as": int(limits.memory_mb) << 20,
@@ -1073,7 +1076,8 @@ def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str)
             try:
                 os.mkdir(cg)
                 with open(os.path.join(cg, "pids.max"), "w") as f:
-                    f.write(str(nproc))  # the wrapper shell execs, so it is not an extra process
+                    # (the wrapper shell execs, so it is not an extra process)
+                    f.write(str(int(limits.max_processes) + _CGROUP_OVERHEAD[iso]))
                 cmd = ["/bin/sh", "-c", 'echo $$ > "$0" || exit 121; exec "$@"',
                        os.path.join(cg, "cgroup.procs")] + cmd
             except OSError:
