@@ -54,8 +54,10 @@ directories left by a caller that was killed are swept by the next process that 
 
 Not defended against: kernel exploits (no seccomp filter is installed); reading of world-readable
 files inside the bound directories; total memory of a run beyond ``max_processes x memory_mb``
-(there is no memory cgroup); in the fallback modes, what :func:`isolation_report` lists under
-``not_contained``.
+(there is no memory cgroup); a caller killed in the instant between starting bubblewrap (or
+setpriv) and that tool setting its parent-death signal (that run is then not tied to the caller:
+it ends at its CPU limit or by itself, and a sleeping program does not); in the fallback modes,
+what :func:`isolation_report` lists under ``not_contained``.
 """
 
 from __future__ import annotations
