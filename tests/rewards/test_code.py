@@ -188,6 +188,7 @@ def test_assert_tests_are_judged_here(test, ok):
     ("y = sorted(g([2]))\nassert f(y) == 4", "computed from the program's output"),
     ("while True:\n    assert f(1)", "While"),
     ("assert f(", "does not parse"),
+    ("assert sum([1, 2]) == 3", "reads nothing from the program"),  # would pass for any program
 ])
 def test_tests_the_judge_cannot_evaluate_are_refused(test, what):
     with pytest.raises(UnsupportedTest, match=what):

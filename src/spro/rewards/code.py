@@ -233,7 +233,8 @@ class UnsupportedTest(ValueError):
     operators, comparisons, ``and``/``or``/``not``, ``x if c else y``, indexing and slicing, the
     builtins in ``TRUSTED_BUILTINS``, ``math`` functions and common ``str``/``list``/``dict``/``set``
     methods. Lambdas, comprehensions and f-strings may only appear inside arguments of the
-    program's own functions."""
+    program's own functions. A test must read something from the program (a name the trusted
+    builtins do not define): one that does not would pass whatever the program is."""
 
 
 _MAX_ITEMS = 10**7  # length of a sequence a test operation may build
@@ -772,6 +773,7 @@ class _AssertJudge:
                 raise UnsupportedTest(f"test {i} does not parse: {e}") from None
         for i, tree in enumerate(self.trees):
             case = _Case(self, i, None)
+            before = len(self.requests)
             try:
                 case.run(tree.body, {})
             except UnsupportedTest:
@@ -782,6 +784,10 @@ class _AssertJudge:
                 continue
             if not case.asserts:
                 raise UnsupportedTest(f"test {i} runs no assert statement")
+            if len(self.requests) == before:
+                # e.g. `assert sum([1, 2]) == 3` for a task whose program defines sum(): judged
+                # here with the builtin, it would pass whatever the program does.
+                raise UnsupportedTest(f"test {i} reads nothing from the program")
 
     def judge(self, results: list[tuple[str, Any]]) -> list[bool]:
         out = []
