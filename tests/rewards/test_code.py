@@ -149,6 +149,7 @@ class Stack:
     ("assert f(3) == 7", False),
     ("assert math.isclose(f(0.1), 0.2)", True),
     ("import math\nassert math.isclose(f(0.1), 0.2, rel_tol=1e-9)", True),
+    ("assert math.isclose(f(0.1), 0.3)", False),  # math without an import is still the real one
     ("from math import isclose\nassert isclose(f(0.1), 0.3)", False),
     ("assert set(g([3, 1, 2])) == {1, 2, 3}", True),
     ("assert sorted(g([1] * 3), reverse=True) == [1, 1, 1] and len(g([])) == 0", True),
@@ -189,6 +190,7 @@ def test_assert_tests_are_judged_here(test, ok):
     ("while True:\n    assert f(1)", "While"),
     ("assert f(", "does not parse"),
     ("assert sum([1, 2]) == 3", "reads nothing from the program"),  # would pass for any program
+    ("assert re.match('a', words('a')[0])", "module re"),  # the program could bind re to a fake
 ])
 def test_tests_the_judge_cannot_evaluate_are_refused(test, what):
     with pytest.raises(UnsupportedTest, match=what):

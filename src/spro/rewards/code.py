@@ -42,6 +42,7 @@ import json
 import math as _math
 import operator
 import re
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -479,9 +480,13 @@ class _Case:
             if isinstance(node, ast.Attribute) and node.attr.startswith("__"):
                 raise UnsupportedTest(f"line {node.lineno}: dunder attribute {node.attr!r} in a test")
             base = node.value
-            if isinstance(node, ast.Attribute) and isinstance(base, ast.Name) and \
-                    isinstance(env.get(base.id), _Module):
-                return "trusted"
+            if isinstance(node, ast.Attribute) and isinstance(base, ast.Name):
+                if isinstance(env.get(base.id), _Module):
+                    return "trusted"
+                if base.id not in env and base.id in sys.stdlib_module_names:
+                    # The program could bind the name to anything (e.g. a fake re.match).
+                    raise UnsupportedTest(f"line {node.lineno}: module {base.id} is not available to tests "
+                                          "(only math)")
             return "program" if self.kind(base, env) == "program" else "trusted"
         return "trusted"
 
@@ -775,7 +780,7 @@ class _AssertJudge:
             case = _Case(self, i, None)
             before = len(self.requests)
             try:
-                case.run(tree.body, {})
+                case.run(tree.body, dict(_MODULES))
             except UnsupportedTest:
                 raise
             except RecursionError:
@@ -793,7 +798,7 @@ class _AssertJudge:
         out = []
         for i, tree in enumerate(self.trees):
             try:
-                _Case(self, i, results).run(tree.body, {})
+                _Case(self, i, results).run(tree.body, dict(_MODULES))
                 out.append(True)
             except Exception:  # a false assertion, a failed or missing value, an error here
                 out.append(False)
