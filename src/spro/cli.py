@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("spro.commands.compare", "Multi-seed comparison of algorithms with a claims report."),
     "demo": ("spro.commands.demo", "The offline demo: SPRO against GRPO on the built-in task."),
     "diagnose": ("spro.commands.diagnose", "Process-reward diagnostics of a saved model against a reference."),
+    "doctor": ("spro.commands.doctor", "Check the code sandbox: active isolation and an attack suite against it."),
 }
 
 

@@ -6,9 +6,12 @@ import json
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spro.rewards import get_reward, pop_reward_stats
-from spro.rewards.code import TestSpec, extract_code, make_code_reward, outputs_match, parse_tests
+from spro.rewards.code import (TestSpec, UnsupportedTest, extract_code, judge_asserts, make_code_reward, outputs_match,
+                               parse_tests, run_tests)
 from spro.rewards.sandbox import SandboxLimits
 
 LIMITS = SandboxLimits(cpu_seconds=3, wall_seconds=30, memory_mb=512)
@@ -97,3 +100,130 @@ def test_eurus_reward_routes_by_data_source():
              answer=["0.75", ADD_STDIO, "3", json.dumps({"inputs": [""], "outputs": ["1"]})],
              data_source=["numina_olympiads", "taco", "numina_cn_k12", None])
     assert out == [1.0, 1.0, 0.0, 1.0]
+
+
+# ---------------------------------------------------------------------------- extraction is linear
+def _old_extract_code(text):  # the regex implementation this replaced, as the reference
+    import re
+
+    blocks = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL).findall(text)
+    py = [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")]
+    if py:
+        return py[-1]
+    if blocks:
+        return blocks[-1][1]
+    m = re.search(r"```[ \t]*(?:python3?|py)?[^\n]*\n(.*)\Z", text, re.DOTALL)
+    return m.group(1) if m else text
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["```", "`", "python", "py", " ", "\t", "\n", "x", "C++"]), max_size=20).map("".join))
+def test_extract_code_matches_the_old_regex(text):
+    assert extract_code(text) == _old_extract_code(text)
+
+
+def test_extract_code_is_linear_on_a_long_fence_line():
+    import time
+
+    t0 = time.perf_counter()
+    extract_code("`" * 200_000)  # the old regex backtracked over the line from every position
+    assert time.perf_counter() - t0 < 5
+
+
+# ---------------------------------------------------------------------------- trusted judging of asserts
+PROGRAM = """
+import math
+def f(x): return x * 2
+def g(xs): return sorted(xs)
+def tup(): return (1, [2, 3])
+def words(s): return s.split()
+class Stack:
+    def __init__(self): self.s = []
+    def push(self, x): self.s.append(x)
+    def pop(self): return self.s.pop()
+"""
+
+
+@pytest.mark.parametrize("test,ok", [
+    ("assert f(2) == 4", True),
+    ("assert f(3) == 7", False),
+    ("assert math.isclose(f(0.1), 0.2)", True),
+    ("import math\nassert math.isclose(f(0.1), 0.2, rel_tol=1e-9)", True),
+    ("assert math.isclose(f(0.1), 0.3)", False),  # math without an import is still the real one
+    ("from math import isclose\nassert isclose(f(0.1), 0.3)", False),
+    ("assert set(g([3, 1, 2])) == {1, 2, 3}", True),
+    ("assert sorted(g([1] * 3), reverse=True) == [1, 1, 1] and len(g([])) == 0", True),
+    ("assert abs(f(0.5) - 1) < 1e-9", True),
+    ("assert f(2) in (3, 4) and f(2) is not None", True),
+    ("assert isinstance(g([1]), list) and type(tup()) == tuple", True),
+    ("assert type(tup()) == list", False),
+    ("assert tup() == (1, [2, 3])", True),
+    ("assert tup() == [1, [2, 3]]", False),  # a tuple is not a list, as in Python
+    ("a, b = tup()\nassert a == 1 and b == [2, 3]", True),
+    ("assert tup()[1][0] == 2", True),
+    ("assert words('a b').count('a') == 1 and str(f(2)).strip() == '4'", True),
+    ("x = [5, 6]\nassert g(x) == [5, 6]", True),
+    ("s = Stack()\ns.push(1)\ns.push(2)\nassert s.pop() == 2\nassert s.pop() == 1", True),
+    ("def check(candidate):\n    assert candidate(1) == 2\n    for i in range(3):\n        assert candidate(i) == 2 * i\n"
+     "check(f)", True),
+    ("def check(candidate):\n    assert candidate(1) == 3\ncheck(f)", False),
+    ("assert f(1) == 2\nassert f(2) == 5", False),
+    ("assert not f(0)", True),
+    ("assert f(10 ** 6) == 2 * 10 ** 6", True),
+    ("assert nonexistent(1) == 2", False),
+])
+def test_assert_tests_are_judged_here(test, ok):
+    passed, res = judge_asserts(PROGRAM, [test], limits=LIMITS)
+    assert passed == [ok], res.stderr[-500:]
+
+
+@pytest.mark.parametrize("test,what", [
+    ("assert all(f(i) == 2 * i for i in range(3))", "GeneratorExp"),  # the program would compare
+    ("assert eval('f(1) == 2')", "builtin eval"),
+    ("assert f(1).__eq__(2)", "dunder"),
+    ("import os\nassert f(1)", "import os"),
+    ("assert (lambda v: v == 2)(f(1))", "Lambda"),
+    ("def check(c):\n    assert c(1) == 2\n", "runs no assert"),
+    ("assert sorted(g([1]), key=lambda t: t) == [1]", "Lambda"),
+    ("for v in g([1, 2]):\n    assert v > 0", "loop over the program's output"),
+    ("y = sorted(g([2]))\nassert f(y) == 4", "computed from the program's output"),
+    ("while True:\n    assert f(1)", "While"),
+    ("assert f(", "does not parse"),
+    ("assert sum([1, 2]) == 3", "reads nothing from the program"),  # would pass for any program
+    ("assert re.match('a', words('a')[0])", "module re"),  # the program could bind re to a fake
+])
+def test_tests_the_judge_cannot_evaluate_are_refused(test, what):
+    with pytest.raises(UnsupportedTest, match=what):
+        judge_asserts(PROGRAM, [test], limits=LIMITS)
+
+
+def test_unsupported_tests_score_none_with_a_warning():
+    pop_reward_stats()
+    fn = make_code_reward(limits=LIMITS, workers=1)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = fn(["p"] * 2, ["```python\ndef f(x): return 2 * x\n```"] * 2,
+                 tests=[["assert all(f(i) == 2 * i for i in range(3))"], ["assert f(1) == 2"]])
+    assert out == [None, 1.0]
+    assert pop_reward_stats()["code/unsupported_tests"] == 1
+    assert any("row 0" in str(x.message) and "trusted judge" in str(x.message) for x in w)
+
+
+def test_hostile_test_values_cannot_stall_the_judge():
+    code = "def big(): return 10 ** 4000\ndef many(): return [0] * 100000\ndef s(): return 'ab'\n"
+    tests = ["assert 2 ** big() == 1", "assert many() * 10 ** 6 == []", "assert s().replace('', 'x' * 10 ** 6)",
+             "assert len(list(range(big()))) == 1"]
+    passed, _ = judge_asserts(code, tests, limits=LIMITS)
+    assert passed == [False] * 4
+
+
+def test_call_based_compares_plain_values():
+    code = ("def t(x): return (x, [x])\n"
+            "def d(x): return {x: 1}\n"
+            "def s(x): return {x}\n"
+            "class E:\n    def __eq__(self, o): return True\n"
+            "def e(x): return E()\n")
+    assert run_tests(code, parse_tests({"fn_name": "t", "inputs": [[1]], "outputs": [[1, [1]]]}), limits=LIMITS) == [True]
+    assert run_tests(code, parse_tests({"fn_name": "d", "inputs": [[1]], "outputs": [{"1": 1}]}), limits=LIMITS) == [True]
+    assert run_tests(code, parse_tests({"fn_name": "s", "inputs": [[1]], "outputs": [[1]]}), limits=LIMITS) == [False]
+    assert run_tests(code, parse_tests({"fn_name": "e", "inputs": [[1]], "outputs": [2]}), limits=LIMITS) == [False]

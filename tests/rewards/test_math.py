@@ -7,6 +7,8 @@ import time
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spro.rewards import (RewardError, call_reward, combine_rewards, get_reward, list_rewards,
                           pop_reward_stats, register_reward)
@@ -84,8 +86,13 @@ def test_grade_answer_times_out_in_main_thread():
     assert time.perf_counter() - t0 < 10
 
 
+# Legitimate pairs get a generous limit (the machine may be busy); only the hostile pair a tight one.
+GENEROUS = 60.0
+TIGHT = 1.0
+
+
 def test_timeout_off_the_main_thread_uses_a_worker_process():
-    grader = MathGrader(timeout=1.0)
+    grader = MathGrader(timeout=GENEROUS)
     out: list = []
     errors: list = []
 
@@ -93,7 +100,8 @@ def test_timeout_off_the_main_thread_uses_a_worker_process():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out.append(grader.grade(["\\boxed{%s}" % SLOW_PAIR[0], "\\boxed{0.5}"], [SLOW_PAIR[1], "1/2"]))
+                out.append(grader.grade(["\\boxed{%s}" % SLOW_PAIR[0], "\\boxed{0.5}"], [SLOW_PAIR[1], "1/2"],
+                                        timeout=[TIGHT, GENEROUS]))
         except BaseException as e:  # noqa: BLE001 - surfaced below
             errors.append(e)
 
@@ -107,15 +115,147 @@ def test_timeout_off_the_main_thread_uses_a_worker_process():
 
 
 def test_parallel_grader_matches_serial_and_survives_a_hang():
-    comps = ["\\boxed{%d/%d}" % (i, i + 1) for i in range(8)] + ["\\boxed{%s}" % SLOW_PAIR[0]]
-    golds = ["%d/%d" % (i, i + 1) if i % 2 == 0 else "7" for i in range(8)] + [SLOW_PAIR[1]]
-    with MathGrader(timeout=2.0, workers=2) as g, warnings.catch_warnings():
+    # The hang sits in the middle of a worker's batch: the pairs after it must still get their own
+    # results, from a fresh worker.
+    comps = ["\\boxed{%d/%d}" % (i, i + 1) for i in range(8)]
+    golds = ["%d/%d" % (i, i + 1) if i % 2 == 0 else "7" for i in range(8)]
+    comps.insert(2, "\\boxed{%s}" % SLOW_PAIR[0])
+    golds.insert(2, SLOW_PAIR[1])
+    limits = [GENEROUS] * len(comps)
+    limits[2] = TIGHT
+    pop_reward_stats()
+    with MathGrader(timeout=GENEROUS, workers=2) as g, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        serial = MathGrader(timeout=2.0).grade(comps, golds)
-        par = g.grade(comps, golds)
+        serial = MathGrader(timeout=GENEROUS).grade(comps, golds, timeout=limits)
+        par = g.grade(comps, golds, timeout=limits)
         again = g.grade(comps[:2], golds[:2])  # the pool still works after a killed worker
-    assert par == serial == [True, False, True, False, True, False, True, False, False]
+    assert par == serial == [True, False, False, True, False, True, False, True, False]
     assert again == [True, False]
+    assert pop_reward_stats()["math/timeout"] == 2  # the hang, once per grader
+
+
+def test_worker_answers_that_arrive_together_are_all_read():
+    """Two answer lines in one pipe read: the second must not be mistaken for a hang (it was, when
+    select() watched a buffered reader: the cause of this file's flaky parallel-grader test)."""
+    import subprocess
+    import sys
+
+    from spro.rewards.math import _Worker
+
+    w = _Worker()
+    w.proc = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.stdout.write('true\\nfalse\\n')\n"
+                               "sys.stdout.flush()\ntime.sleep(30)"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        t0 = time.perf_counter()
+        assert w._readline(20) == b"true\n"
+        assert w._readline(20) == b"false\n"
+        assert time.perf_counter() - t0 < 10
+        assert w._readline(0.2) == b""  # nothing more: a time-out, not a hang
+    finally:
+        w.kill()
+
+
+# ---------------------------------------------------------------------------- degenerate completions
+DEGENERATE = {
+    "unclosed_boxed_100kb": "\\boxed{" * 14_000 + "1",
+    "answer_then_dollar_dots": "The answer is 1" + "$." * 50_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEGENERATE))
+def test_degenerate_completion_extraction_is_linear(name):
+    t0 = time.perf_counter()
+    extract_answer(DEGENERATE[name])
+    assert time.perf_counter() - t0 < 5  # was 40-100 s (quadratic); linear now takes milliseconds
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("name", sorted(DEGENERATE))
+def test_degenerate_completion_costs_at_most_the_time_limit(name, workers):
+    with MathGrader(timeout=TIGHT, workers=workers) as g, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g.warm()
+        t0 = time.perf_counter()
+        out = g.grade([DEGENERATE[name]], ["2"])
+        took = time.perf_counter() - t0
+    assert out == [False]
+    assert took < TIGHT + 2.5  # the limit, plus the parent's slack for a worker's answer
+
+
+def test_extraction_runs_inside_the_time_limit(monkeypatch):
+    import spro.rewards.math as m
+
+    def stuck(text):
+        time.sleep(30)
+
+    monkeypatch.setattr(m, "extract_answer", stuck)
+    pop_reward_stats()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert MathGrader(timeout=0.5).grade(["\\boxed{1}"], ["1"]) == [False]
+    assert time.perf_counter() - t0 < 5
+    assert pop_reward_stats()["math/timeout"] == 1
+
+
+def test_only_the_tail_of_a_completion_is_examined():
+    text = "\\boxed{5} " + "and then some words " * 50
+    assert MathGrader(max_chars=100).grade([text], ["5"]) == [False]  # the box is out of reach
+    assert MathGrader(max_chars=10_000).grade([text], ["5"]) == [True]
+    with pytest.raises(ValueError, match="one per row"):
+        MathGrader().grade([text], ["5"], timeout=[1.0, 2.0])
+
+
+def _old_clean(s):  # the quadratic implementation this replaced, as the reference
+    import re
+
+    prev = None
+    while prev != s:
+        prev = s
+        s = s.strip().rstrip(".").strip()
+        s = re.sub(r"^\$+|\$+$", "", s)
+    return s
+
+
+def _old_extract_boxed(text):  # the quadratic implementation this replaced, as the reference
+    import re
+
+    matches = list(re.finditer(r"\\(?:boxed|fbox)\s*\{", text))
+    if not matches:
+        m = list(re.finditer(r"\\boxed\s+([^\s$]+)", text))
+        return m[-1].group(1) if m else None
+    for m in reversed(matches):
+        i = m.end()
+        depth = 1
+        j = i
+        while j < len(text):
+            c = text[j]
+            if c == "\\" and j + 1 < len(text):
+                j += 2
+                continue
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[i:j].strip()
+            j += 1
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=" \t\n$.5a", max_size=30))
+def test_linear_clean_matches_the_old_one(s):
+    from spro.rewards.math import _clean
+
+    assert _clean(s) == _old_clean(s)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["\\boxed{", "\\fbox {", "\\boxed ", "{", "}", "\\", "\\{", "x", " ", "1"]),
+                max_size=25).map("".join))
+def test_linear_extract_boxed_matches_the_old_one(s):
+    assert extract_boxed(s) == _old_extract_boxed(s)
 
 
 def test_make_math_reward_requires_answer_column():

@@ -1,234 +1,39 @@
-"""The code sandbox against hostile programs.
+"""The code sandbox: ordinary programs, statuses, the value channel and its codec, what each
+isolation mode claims (checked from inside), and cleanup of hostile trees.
 
-Each hostile program prints PWNED only if its attack worked. Through the code reward each is
-a stdin/stdout test case whose expected output is PWNED, so a contained attack is a failed case
-(reward 0.0). After every run no process carrying a sandbox marker may be left, and no pids
-cgroup of ours may remain.
+The hostile programs themselves (one test per attack and mode) are in test_hostile.py.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import socket
-import threading
-import time
+import tempfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spro.rewards import sandbox
-from spro.rewards.code import make_code_reward
-from spro.rewards.sandbox import SandboxLimits, isolation_report, run_asserts, run_python
+from spro.rewards.sandbox import (SandboxLimits, Unrepresentable, decode_value, encode_value, isolation_report,
+                                  run_asserts, run_calls, run_python, run_values)
 
-FAST = SandboxLimits(cpu_seconds=1, wall_seconds=2, memory_mb=512, output_bytes=64 * 1024, max_processes=16)
 # Ordinary programs get a generous wall limit: the machine may be busy.
-NORMAL = SandboxLimits(cpu_seconds=5, wall_seconds=30, memory_mb=512, output_bytes=64 * 1024, max_processes=16)
-SECRET = "spro-test-secret-7f3a9c"
-
-MODES = ["namespace", "none"]
-
-
-def _available(mode: str) -> bool:
-    return isolation_report("auto")["mode"] == "namespace" or mode == "none"
+NORMAL = SandboxLimits(cpu_seconds=5, wall_seconds=30, memory_mb=512, output_bytes=64 * 1024, max_processes=16,
+                       disk_mb=16)
+MODES = ["bwrap", "namespace", "none"]
 
 
-def _sandbox_processes() -> list[int]:
-    """Pids of live processes whose environment holds a sandbox marker (zombies ignored)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read()
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"SPRO_SANDBOX_RUN=" in env and state != "Z":
-            found.append(int(pid))
-    return found
-
-
-def _leftover_cgroups() -> list[str]:
-    root = sandbox._probe()["cgroup"]
-    if not root:
-        return []
-    return [d for d in os.listdir(root) if d.startswith("spro-sbx-")]
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    yield
-    deadline = time.time() + 2.0
-    left = _sandbox_processes()
-    while left and time.time() < deadline:  # a killed process may take a moment to be reaped
-        time.sleep(0.05)
-        left = _sandbox_processes()
-    assert left == [], f"sandbox processes left behind: {left}"
-    assert _leftover_cgroups() == []
-
-
-@pytest.fixture
-def secret_env(monkeypatch):
-    monkeypatch.setenv("SPRO_PARENT_SECRET", SECRET)
-
-
-class _Listener:
-    """A TCP server on 127.0.0.1 in the parent that records any connection."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(5)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = False
-        self.t = threading.Thread(target=self._loop, daemon=True)
-        self.t.start()
-
-    def _loop(self):
-        while not self._stop:
-            try:
-                c, _ = self.sock.accept()
-                self.connections += 1
-                c.close()
-            except OSError:
-                pass
-
-    def close(self):
-        self._stop = True
-        self.t.join()
-        self.sock.close()
-
-
-def hostile_programs(tmp_path, port: int) -> dict[str, str]:
-    outside = tmp_path / "outside.txt"
-    return {
-        "infinite_loop": "while True:\n    pass\nprint('PWNED')\n",
-        "fork_bomb": (
-            "import os, time\n"
-            "n = 0\n"
-            "while True:\n"
-            "    try:\n"
-            "        os.fork(); n += 1\n"
-            "    except OSError:\n"
-            "        time.sleep(0.01)\n"
-        ),
-        "memory_hog": "x = [bytearray(2 * 1024 ** 3)]\nprint('PWNED')\n",
-        "huge_output": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
-        "write_outside": (
-            f"open({str(outside)!r}, 'w').write('owned')\n"
-            "open('/tmp/spro-sandbox-escape', 'w').write('owned')\n"
-            "print('PWNED')\n"
-        ),
-        "read_parent_env": (
-            "import os\n"
-            f"s = {SECRET!r}\n"
-            "hit = s in str(os.environ)\n"
-            "for p in os.listdir('/proc'):\n"
-            "    try:\n"
-            "        hit = hit or s.encode() in open('/proc/%s/environ' % p, 'rb').read()\n"
-            "    except Exception:\n"
-            "        pass\n"
-            "print('PWNED' if hit else 'safe')\n"
-        ),
-        "network": (
-            "import socket\n"
-            f"socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
-            "print('PWNED')\n"
-        ),
-        "kill_parent": (
-            "import os, signal\n"
-            f"os.kill({os.getpid()}, signal.SIGKILL)\n"
-            "os.kill(os.getppid(), signal.SIGKILL)\n"
-            "print('PWNED')\n"
-        ),
-        "orphan_daemon": (
-            "import os, time\n"
-            "if os.fork() == 0:\n"
-            "    os.setsid()\n"
-            "    if os.fork() == 0:\n"
-            "        time.sleep(60)\n"
-            "        os._exit(0)\n"
-            "    os._exit(0)\n"
-            "print('started')\n"
-        ),
-    }
-
-
-# Attacks the fallback mode ("none") does not claim to stop (see spro.rewards.sandbox's docstring).
-NOT_IN_FALLBACK = {"write_outside", "kill_parent"}
-
-
-def _cases(mode):
-    names = ["infinite_loop", "fork_bomb", "memory_hog", "huge_output", "write_outside",
-             "read_parent_env", "network", "kill_parent", "orphan_daemon"]
-    return [(mode, n) for n in names]
-
-
-@pytest.mark.parametrize("mode,name", _cases("namespace") + [c for c in _cases("none") if c[1] not in NOT_IN_FALLBACK])
-def test_hostile_program_is_contained(mode, name, tmp_path, secret_env):
-    if not _available(mode):
-        pytest.skip(f"{mode} isolation unavailable: {isolation_report()['reason']}")
-    if name == "fork_bomb" and "none beyond" in isolation_report(mode)["fork_limit"]:
-        pytest.skip("no fork limit on this machine (root without a writable pids cgroup)")
-    listener = _Listener()
-    try:
-        code = hostile_programs(tmp_path, listener.port)[name]
-        t0 = time.perf_counter()
-        res = run_python(code, limits=FAST, isolation=mode)
-        elapsed = time.perf_counter() - t0
-        assert "PWNED" not in res.stdout
-        assert elapsed < FAST.wall_seconds + 5  # the wall limit held
-        if mode == "namespace":  # (once per attack: the reward path is the same in both modes)
-            # Through the reward: a test case expecting the attack's success fails.
-            reward = make_code_reward(limits=FAST, isolation=mode, workers=1)
-            tests = json.dumps({"inputs": [""], "outputs": ["PWNED"]})
-            assert reward(["p"], [f"```python\n{code}```"], tests=[tests]) == [0.0]
-        assert listener.connections == 0
-    finally:
-        listener.close()
-    expected_status = {
-        "infinite_loop": {"timeout"},
-        "memory_hog": {"memory", "killed"},
-        "huge_output": {"output_limit"},
-        "network": {"error"},
-        "write_outside": {"error"},
-        "fork_bomb": {"timeout"},
-    }
-    if name in expected_status:
-        assert res.status in expected_status[name], (res.status, res.stderr[-500:])
-    if name == "huge_output":
-        assert len(res.stdout) <= FAST.output_bytes
-    if name == "write_outside":
-        assert not (tmp_path / "outside.txt").exists()
-        assert not os.path.exists("/tmp/spro-sandbox-escape")
-    if name == "read_parent_env":
-        assert "safe" in res.stdout
-
-
-def test_isolation_report_is_honest():
-    rep = isolation_report("auto")
-    assert rep["mode"] in ("namespace", "none")
-    if rep["mode"] == "namespace":
-        # Check the claims directly.
-        res = run_python(
-            "import os\nprint(os.getpid())\nprint(sorted(os.listdir('/proc'))[:0])\n"
-            "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n",
-            limits=NORMAL,
-        )
-        pid, _, cap_eff = res.stdout.split("\n")[:3]
-        assert int(pid) <= 3 and int(cap_eff, 16) == 0
-    none = isolation_report("none")
-    assert none["network"].startswith("python socket patch")
+def _need(mode: str) -> None:
+    p = sandbox._probe()
+    if mode != "none" and not p[mode]:
+        pytest.skip(f"{mode} isolation unavailable here: {p['reasons'][mode]}")
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_ordinary_program_runs(mode):
-    if not _available(mode):
-        pytest.skip("namespace isolation unavailable")
+    _need(mode)
     res = run_python(
         "import os, sys, tempfile\n"
         "n = int(input())\n"
@@ -241,36 +46,244 @@ def test_ordinary_program_runs(mode):
         isolation=mode,
     )
     assert res.status == "ok", res.stderr
+    assert res.isolation == mode
     assert res.stdout.startswith("42 ok ")
     env_keys = eval(res.stdout.split(" ", 2)[2])
-    assert "SPRO_PARENT_SECRET" not in env_keys and set(env_keys) <= {
-        "PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-        "MKL_NUM_THREADS", "SPRO_SANDBOX_RUN"}
+    assert set(env_keys) <= {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                             "MKL_NUM_THREADS", "SPRO_SANDBOX_RUN", "PWD"}
 
 
-def test_statuses_and_working_dir_removed():
-    res = run_python("import os\nprint(os.getcwd())\nraise SystemExit(3)", limits=NORMAL)
+CLAIMS = r"""
+import json, os, socket
+st = open('/proc/self/status').read()
+field = lambda k: st.split(k + ':')[1].split()[0]
+def writable(p):
+    try:
+        open(p, 'w').close(); os.unlink(p); return True
+    except OSError:
+        return False
+tmp = os.statvfs('/tmp')
+print(json.dumps({
+    'pid': os.getpid(), 'cap_eff': field('CapEff'), 'no_new_privs': field('NoNewPrivs'),
+    'root': sorted(os.listdir('/')), 'etc': sorted(os.listdir('/etc')) if os.path.isdir('/etc') else [],
+    'root_writable': writable('/claims-probe'), 'tmp_writable': writable('/tmp/claims-probe'),
+    'tmp_size': tmp.f_blocks * tmp.f_frsize, 'cwd': os.getcwd(),
+    'interfaces': [l.split(':')[0].strip() for l in open('/proc/net/dev').read().splitlines()[2:]],
+    'procs': sorted(int(p) for p in os.listdir('/proc') if p.isdigit()),
+}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "namespace"])
+def test_isolation_claims_hold_from_inside(mode):
+    """What isolation_report says about a namespace mode, checked by a program inside it."""
+    _need(mode)
+    rep = isolation_report(mode)
+    assert rep["mode"] == mode and rep["pid_namespace"] and rep["capabilities_dropped"]
+    res = run_python(CLAIMS, limits=NORMAL, isolation=mode)
+    assert res.status == "ok", res.stderr
+    c = json.loads(res.stdout)
+    assert int(c["cap_eff"], 16) == 0 and c["no_new_privs"] == "1"
+    assert c["pid"] <= 3 and max(c["procs"]) <= 4  # only the sandbox's own processes are visible
+    assert not c["root_writable"] and c["tmp_writable"] and c["cwd"] == "/tmp"
+    assert c["tmp_size"] <= NORMAL.disk_mb << 20
+    assert c["interfaces"] == ["lo"]
+    if mode == "bwrap":
+        allowed = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp"}
+        allowed |= {p.split("/")[1] for p in sandbox._python_paths()}
+        assert set(c["root"]) <= allowed, c["root"]
+        assert set(c["etc"]) <= {"ld.so.cache", "ld.so.conf", "localtime"}
+        assert not {"home", "run", "var"} & set(c["root"]) - allowed
+
+
+def test_fallback_report_is_honest():
+    rep = isolation_report("none")
+    assert rep["network"].startswith("python socket patch")
+    assert {"write_outside", "unix_socket", "loopback_tcp", "kill_parent"} <= set(rep["not_contained"])
+    assert isolation_report("auto")["mode"] in sandbox.ISOLATION_MODES
+
+
+def test_statuses_and_host_working_dir_removed():
+    res = run_python("import os\nprint(os.getcwd())\nraise SystemExit(3)", limits=NORMAL, isolation="none")
     assert res.status == "error" and res.returncode == 3
-    assert not os.path.exists(os.path.dirname(res.stdout.strip()))
+    assert res.stdout.strip().startswith(tempfile.gettempdir())
+    assert not os.path.exists(res.stdout.strip())
     res = run_python("raise ValueError('boom')", limits=NORMAL)
     assert res.status == "error" and "ValueError: boom" in res.stderr
+    res = run_python("print('x' * 10)", limits=NORMAL)
+    assert res.ok and res.stdout == "x" * 10 + "\n" and res.run_id
 
 
 def test_asserts_are_per_test_and_unforgeable_by_printing():
-    code = "def f(x):\n    return x * 2\nprint('0 PASS')\nprint('1 PASS')\n"
+    code = "def f(x):\n    return x * 2\nprint('0 PASS')\nprint('1 PASS')\nprint('[1, 7]')\n"
     passed, res = run_asserts(code, ["assert f(2) == 4", "assert f(3) == 7", "assert f(0) == 0"], limits=NORMAL)
     assert passed == [True, False, True]
-    # The harness's result channel is not reachable through the __main__ module.
-    probe = ("import sys\nm = vars(sys.modules['__main__'])\n"
-             "assert not any(k in m for k in ('nonce', '_emit', 'cfg', 'tests'))\nok = True\n")
-    passed, _ = run_asserts(probe, ["assert ok"], limits=NORMAL)
-    assert passed == [True]
     # A program that exits before the tests passes none of them.
     passed, _ = run_asserts("import os\nos._exit(0)\ndef f(x): return 1", ["assert f(1) == 1"], limits=NORMAL)
     assert passed == [False]
+
+
+def test_run_values_requests_bindings_and_errors():
+    code = ("class Solution:\n    def twice(self, x):\n        return 2 * x\n"
+            "def pair(a, b):\n    return (a, {b})\n"
+            "class Box:\n    def __init__(self):\n        self.items = []\n")
+    reqs = [
+        {"call": "twice", "args": encode_value([21])},              # a Solution method
+        {"src": "pair(a, b)", "bind": {"a": {"v": encode_value([1, 2])}, "b": {"v": 3}}},
+        {"src": "Box()"},                                           # an object: unrepresentable
+        {"src": "b.items.append(5) or b.items", "bind": {"b": {"leaf": 2}}},  # the same object
+        {"src": "math.floor(2.5)", "bind": {"math": {"module": "math"}}},
+        {"src": "g(1, 2)", "bind": {"g": {"global": "pair"}}},
+        {"src": "undefined_name"},
+        {"src": "1/0"},
+    ]
+    values, res = run_values(code, reqs, limits=NORMAL)
+    assert res.ok
+    assert values[0] == ("ok", 42)
+    assert values[1] == ("ok", ([1, 2], {3}))
+    assert values[2][0] == "ok" and isinstance(values[2][1], Unrepresentable)
+    assert values[3] == ("ok", [5])
+    assert values[4] == ("ok", 2)
+    assert values[5] == ("ok", (1, {2}))
+    assert values[6][0] == "error" and "NameError" in values[6][1]
+    assert values[7][0] == "error" and "ZeroDivisionError" in values[7][1]
+    calls, _ = run_calls(code, "twice", [[1], [2]], limits=NORMAL)
+    assert calls == [(True, 2), (True, 4)]
+
+
+def test_requests_after_a_crash_or_timeout_are_missing():
+    code = "def f(x):\n    if x == 2:\n        while True: pass\n    return x\n"
+    values, res = run_values(code, [{"call": "f", "args": [1]}, {"call": "f", "args": [2]}, {"call": "f", "args": [3]}],
+                             limits=SandboxLimits(cpu_seconds=1, wall_seconds=5))
+    assert res.status == "timeout"
+    assert values == [("ok", 1), ("missing", None), ("missing", None)]
 
 
 def test_parallel_runs_keep_order():
     jobs = [{"code": "print(int(input()) ** 2)", "stdin": f"{i}\n"} for i in range(6)]
     res = sandbox.run_many(jobs, workers=3, limits=NORMAL)
     assert [r.stdout.strip() for r in res] == [str(i * i) for i in range(6)]
+
+
+# ---------------------------------------------------------------------------- the codec
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
+    | st.binary(max_size=5) | st.complex_numbers(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
+    | st.frozensets(st.integers() | st.text(max_size=3), max_size=3)
+    | st.dictionaries(st.integers() | st.text(max_size=3), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plain)
+def test_codec_round_trips_plain_data(v):
+    back = decode_value(json.loads(json.dumps(encode_value(v))))
+    assert back == v and type(back) is type(v)
+
+
+def test_codec_specials_and_big_integers():
+    for v in (float("inf"), -float("inf"), 2 ** 30000, -(3 ** 20000), {1, 2}, b"\x00\xff"):
+        assert decode_value(json.loads(json.dumps(encode_value(v)))) == v
+    assert math.isnan(decode_value(json.loads(json.dumps(encode_value(float("nan"))))))
+
+
+TRICKY = ['"quoted" \\ back\nslash\x00\x1f\x7f', "\udc80 lone surrogate", "é ✓ 𝔘", 2 ** 9000, -(2 ** 70), -0.0, 1e-320,
+          float("inf"), {(1, "a"): [None, True], "k": {1.5: b"\x00"}}, {frozenset({1}), 2}, 3 + 4j, ()]
+
+
+def test_values_survive_the_sandbox_round_trip():
+    """The runner writes its own JSON (it does not import json); every kind of value comes back."""
+    code = f"def v():\n    return {TRICKY!r}\n".replace("inf", "float('inf')")
+    values, res = run_values(code, [{"src": "v()"}], limits=NORMAL)
+    assert res.ok, res.stderr
+    assert values == [("ok", TRICKY)]
+
+
+def test_decoder_is_strict():
+    class MyInt(int):
+        pass
+
+    with pytest.raises(ValueError):
+        encode_value(MyInt(3))  # a subclass is not plain data (its __eq__ could be anything)
+    for bad in ({"zz": 1}, {"t": 1}, {"t": [1], "s": [2]}, {"d": [[1]]}, {"c": ["a", 1]}, {"f": "1e5"},
+                {"x": 5}, {"s": [[1]]}):
+        with pytest.raises((ValueError, TypeError)):
+            decode_value(bad)
+    deep = [[]]
+    for _ in range(200):
+        deep = [deep]
+    with pytest.raises(ValueError):
+        decode_value(deep)
+    # Many distinct items with one hash would make set construction quadratic: refused.
+    p = 2 ** 61 - 1
+    with pytest.raises(ValueError, match="equal hashes"):
+        decode_value({"s": [k * p for k in range(1, 200)]})
+    u = decode_value({"u": "E"})
+    assert isinstance(u, Unrepresentable)
+    for op in (lambda: u == 1, lambda: 1 == u, lambda: bool(u), lambda: hash(u), lambda: [u] == [1]):
+        with pytest.raises(TypeError):
+            op()
+
+
+def test_results_channel_parsing_is_defensive():
+    lines = b"\n".join([b"not json", b"[0, 1]", b"[0, 2]", b'[1, {"e": "ValueError: x"}]', b"[2, {\"zz\": 1}]",
+                        b"[9, 1]", b"[\"3\", 1]", b"[" * 5000 + b"]" * 5000])
+    out = sandbox._parse_results(lines, 4)
+    assert out[0] == ("error", "answered twice")
+    assert out[1] == ("error", "ValueError: x")
+    assert out[2][0] == "error" and out[3] == ("missing", None)
+
+
+# ---------------------------------------------------------------------------- cleanup
+def _hostile_tree(base: str, canary: str, depth: int = 3000) -> None:
+    os.symlink(canary, os.path.join(base, "link"))
+    for i in range(1000):
+        with open(os.path.join(base, f"f{i}"), "w") as f:
+            f.write("x")
+    fd = os.open(base, os.O_RDONLY)
+    for _ in range(depth):  # 3000: deeper than PATH_MAX and the recursion limit
+        os.mkdir("d", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(os.open("x", os.O_CREAT | os.O_WRONLY, 0, dir_fd=fd))
+    os.chmod("x", 0, dir_fd=fd)
+    os.fchmod(fd, 0)
+    os.close(fd)
+    os.mkdir(os.path.join(base, "locked"))
+    open(os.path.join(base, "locked", "y"), "w").close()
+    os.chmod(os.path.join(base, "locked"), 0)
+
+
+def test_rmtree_removes_hostile_trees(tmp_path):
+    canary = tmp_path / "canary"
+    canary.write_text("keep")
+    base = tmp_path / "tree"
+    base.mkdir()
+    _hostile_tree(str(base), str(canary))
+    assert sandbox._rmtree(str(base)) is True
+    assert not base.exists() and canary.read_text() == "keep"
+
+
+def test_sweep_removes_what_a_dead_caller_left(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = os.path.join(tempfile.gettempdir(), f"spro-sbx-{dead}-test")
+    live = os.path.join(tempfile.gettempdir(), f"spro-sbx-{os.getpid()}-test")
+    canary = tmp_path / "canary"
+    canary.write_text("keep")
+    os.mkdir(stale)
+    os.mkdir(live)
+    try:
+        _hostile_tree(stale, str(canary), depth=50)  # (depth is test_rmtree's business)
+        removed = sandbox.sweep_stale()
+        assert stale in removed and not os.path.exists(stale)
+        assert os.path.isdir(live) and canary.read_text() == "keep"  # its owner is alive
+    finally:
+        os.rmdir(live)
+        sandbox._rmtree(stale)

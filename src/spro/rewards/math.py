@@ -10,17 +10,22 @@ Answer extraction (:func:`extract_answer`), first rule that matches wins:
 4. the last ``A:`` followed by an answer (the arithmetic task's ``...;A:76`` style);
 5. the last number in the text.
 
-Time limits. math-verify's own time-outs use ``signal.alarm`` and fail off the main thread, so
-spro always calls it with ``parsing_timeout=None`` / ``timeout_seconds=None`` and enforces one
-limit per (completion, answer) pair itself:
+Time limits. A completion is written by the policy, so everything done with it counts against
+one limit per (completion, answer) pair: answer extraction (linear-time, on at most the last
+``max_chars`` characters, 16 KiB by default) *and* verification. math-verify's own time-outs use
+``signal.alarm`` and fail off the main thread, so spro always calls it with
+``parsing_timeout=None`` / ``timeout_seconds=None`` and enforces the limit itself:
 
 * in the main thread of any process (also inside worker processes): a ``SIGALRM`` interval
-  timer (``setitimer``, sub-second) around the whole parse + verify;
+  timer (``setitimer``, sub-second) around extraction + parse + verify;
 * anywhere else (other threads), or with ``workers >= 1``: the pair is graded in a worker
   process (a plain ``python -c`` subprocess speaking JSON lines, grading in its own main thread
   with the timer above); the parent waits at most ``timeout + 2 s`` for the answer (plus 60 s
   for a fresh worker's start-up on its first pair), and a worker
   stuck past that (e.g. in C code the timer cannot interrupt) is killed and replaced.
+
+So a degenerate completion (100 KB of unclosed ``\\boxed{``, or ``"$."`` repeated) costs at most
+the time limit.
 
 Scoring rule: no ground truth (None/empty) -> ``None`` (counted as ``math/no_gold``); no answer
 found in the completion -> 0.0 (``math/no_answer``); grader time-out -> 0.0 (``math/timeout``,
@@ -35,6 +40,7 @@ import functools
 import logging
 import math as _math
 import json
+import os
 import queue
 import re
 import select
@@ -42,6 +48,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 import weakref
 from typing import Any, Sequence
@@ -57,6 +64,7 @@ __all__ = [
     "GradeTimeout",
     "make_math_reward",
     "math_reward",
+    "MAX_CHARS",
 ]
 
 # math-verify logs a warning every time the timeout is disabled; we handle time-outs ourselves.
@@ -76,31 +84,40 @@ class GradeTimeout(BaseException):
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """Index of each ``{`` at or after ``start`` -> index of its matching ``}`` (a backslash
+    escapes the next character), in one pass."""
+    close: dict[int, int] = {}
+    stack: list[int] = []
+    j, n = start, len(text)
+    while j < n:
+        c = text[j]
+        if c == "\\" and j + 1 < n:
+            j += 2
+            continue
+        if c == "{":
+            stack.append(j)
+        elif c == "}" and stack:
+            close[stack.pop()] = j
+        j += 1
+    return close
+
+
 def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces matched.
 
-    ``\\boxed 5`` (no braces) gives ``"5"``. Unbalanced braces -> None.
+    ``\\boxed 5`` (no braces) gives ``"5"``. Unbalanced braces -> None. Linear in the length
+    of the text (completions are written by the policy; a degenerate one must stay cheap).
     """
     matches = list(_BOX_RE.finditer(text))
     if not matches:
         m = list(re.finditer(r"\\boxed\s+([^\s$]+)", text))
         return m[-1].group(1) if m else None
+    close = _closing_braces(text, matches[0].end() - 1)
     for m in reversed(matches):
-        i = m.end()
-        depth = 1
-        j = i
-        while j < len(text):
-            c = text[j]
-            if c == "\\" and j + 1 < len(text):
-                j += 2
-                continue
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[i:j].strip()
-            j += 1
+        j = close.get(m.end() - 1)
+        if j is not None:
+            return text[m.end():j].strip()
     return None
 
 
@@ -110,12 +127,14 @@ _A_RE = re.compile(r"(?:^|[\s;:,.])A:\s*([^\s;].*)")
 
 
 def _clean(s: str) -> str:
-    prev = None
-    while prev != s:
-        prev = s
-        s = s.strip().rstrip(".").strip()
-        s = re.sub(r"^\$+|\$+$", "", s)
-    return s
+    """Strip white space and ``$`` on the left, white space, ``$`` and ``.`` on the right (one
+    linear pass each way)."""
+    i, j = 0, len(s)
+    while i < j and (s[i] == "$" or s[i].isspace()):
+        i += 1
+    while j > i and (s[j - 1] in ".$" or s[j - 1].isspace()):
+        j -= 1
+    return s[i:j]
 
 
 def extract_answer(text: str | None) -> str | None:
@@ -200,19 +219,30 @@ def _can_use_alarm() -> bool:
 
 
 _WARM = False
+# One pair of each common kind: sympy imports parts of itself on first use, which on a busy
+# machine can take seconds; paid here, not out of the first such row's time limit.
+_WARMUP_PAIRS = (("1", "1"), ("\\frac{1}{2}", "0.5"), ("\\{1, 2\\}", "\\{2, 1\\}"), ("x^2+1", "1+x^{2}"),
+                 ("\\sqrt{8}", "2\\sqrt{2}"), ("10\\%", "0.1"), ("(0, 1]", "(0,1]"), ("x = 4", "4"))
+
+MAX_CHARS = 16384
+"""Default number of characters, from the end of a completion, that answer extraction examines."""
 
 
 def _warmup() -> None:
-    """Import math-verify and run it once, so that its one-off start-up cost (imports, grammar
-    set-up: seconds on a busy machine) is not charged to the first row's time limit."""
+    """Import math-verify and run it on one pair of each common kind, so that its one-off start-up
+    costs (imports, grammar set-up: seconds on a busy machine) are not charged to a row's limit."""
     global _WARM
     if not _WARM:
-        _grade_unlimited("1", "1")
+        for p, g in _WARMUP_PAIRS:
+            try:
+                _grade_unlimited(p, g)
+            except Exception:  # pragma: no cover - warm-up only
+                pass
         _WARM = True
 
 
-def _grade_with_alarm(pred: str, gold: str, timeout: float) -> bool:
-    """Grade in the current (main) thread under a SIGALRM interval timer."""
+def _with_alarm(fn: Any, timeout: float) -> Any:
+    """``fn()`` in the current (main) thread under a SIGALRM interval timer."""
     _warmup()
 
     def handler(signum: int, frame: Any) -> None:
@@ -221,7 +251,7 @@ def _grade_with_alarm(pred: str, gold: str, timeout: float) -> bool:
     old = signal.signal(signal.SIGALRM, handler)
     old_timer = signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        return _grade_unlimited(pred, gold)
+        return fn()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -229,12 +259,32 @@ def _grade_with_alarm(pred: str, gold: str, timeout: float) -> bool:
             signal.setitimer(signal.ITIMER_REAL, *old_timer)
 
 
-def _worker_grade(pred: str, gold: str, timeout: float) -> bool | None:
-    """Runs in a pool worker's main thread. None = timed out."""
+def _grade_with_alarm(pred: str, gold: str, timeout: float) -> bool:
+    """Grade in the current (main) thread under a SIGALRM interval timer."""
+    return _with_alarm(lambda: _grade_unlimited(pred, gold), timeout)
+
+
+NO_ANSWER = "no_answer"
+
+
+def _grade_text(text: str, gold: str) -> bool | str:
+    """Extract the answer from (the tail of) a completion and grade it; ``NO_ANSWER`` if none."""
+    pred = extract_answer(text)
+    if pred is None:
+        return NO_ANSWER
+    return _grade_unlimited(pred, gold)
+
+
+def _grade_limited(kind: str, text: str, gold: str, timeout: float) -> bool | str | None:
+    """Grade one item under the alarm, in the main thread: ``kind`` "text" (a completion: extract,
+    then grade) or "pair" (an extracted answer). None = timed out; an error in math-verify = False."""
+    fn = _grade_text if kind == "text" else _grade_unlimited
     try:
-        return _grade_with_alarm(pred, gold, timeout)
+        return _with_alarm(lambda: fn(text, gold), timeout)
     except GradeTimeout:
         return None
+    except Exception:
+        return False
 
 
 def grade_answer(pred: str | None, gold: str | None, *, timeout: float | None = 5.0) -> bool:
@@ -250,10 +300,10 @@ def grade_answer(pred: str | None, gold: str | None, *, timeout: float | None = 
         return _grade_unlimited(pred, gold)
     if _can_use_alarm():
         return _grade_with_alarm(pred, gold, timeout)
-    r = _shared_pool().grade_pairs([(pred, gold)], timeout)[0]
+    r = _shared_pool().grade_items([("pair", pred, gold, timeout)])[0]
     if r is None:
         raise GradeTimeout()
-    return r
+    return bool(r)
 
 
 class _Worker:
@@ -265,27 +315,47 @@ class _Worker:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
+        self._buf = b""
+        self._warm = False
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from spro.rewards.math import _serve; _serve()"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True, encoding="utf-8", bufsize=1,
             )
+            self._buf = b""
         return self.proc
 
-    def grade_batch(self, pairs: Sequence[tuple[str, str]], timeout: float) -> list[bool | None]:
-        """Grade ``pairs`` in one round trip; the answer to each pair must arrive within
-        ``timeout + 2 s`` of the previous one. A pair that does not answer in time gets None, the
-        worker is killed and the rest of the batch goes to a fresh worker."""
-        out: list[bool | None] = []
-        todo = list(pairs)
+    def _readline(self, timeout: float) -> bytes:
+        """The worker's next answer line, or b"" if none arrives within ``timeout`` seconds (or it
+        died). Reads the pipe's file descriptor directly: behind a buffered reader, a second line
+        that arrived with the first would wait unseen by select() and look like a hang."""
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return b""
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b""
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line + b"\n"
+
+    def grade_batch(self, items: Sequence[tuple[str, str, str, float]]) -> list[bool | str | None]:
+        """Grade ``items`` (``(kind, text, gold, timeout)``, kind ``"pair"`` for an extracted
+        answer or ``"text"`` for a completion) in one round trip; the answer to each must arrive
+        within its ``timeout + 2 s`` of the previous one. An item that does not answer in time gets
+        None, the worker is killed and the rest of the batch goes to a fresh worker."""
+        out: list[bool | str | None] = []
+        todo = list(items)
         while todo:
             proc = self._start()
-            slack = 2.0 + (0.0 if getattr(self, "_warm", False) else 60.0)
+            slack = 2.0 + (0.0 if self._warm else 60.0)
             try:
-                proc.stdin.write(json.dumps([[p, g, timeout] for p, g in todo]) + "\n")  # type: ignore[union-attr]
+                proc.stdin.write((json.dumps([list(it) for it in todo]) + "\n").encode())  # type: ignore[union-attr]
                 proc.stdin.flush()  # type: ignore[union-attr]
             except (OSError, ValueError):
                 self.kill()
@@ -293,18 +363,17 @@ class _Worker:
                 todo = todo[1:]
                 continue
             done = 0
-            for _ in todo:
+            for item in todo:
                 try:
-                    ready, _, _ = select.select([proc.stdout], [], [], timeout + slack)
-                    line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+                    line = self._readline(item[3] + slack)
                 except (OSError, ValueError):
-                    line = ""
+                    line = b""
                 if not line:
                     break
                 self._warm = True
                 slack = 2.0
                 r = json.loads(line)
-                out.append(None if r is None else bool(r))
+                out.append(r if r in (None, NO_ANSWER) else bool(r))
                 done += 1
             if done < len(todo):  # the pair at index `done` hung: drop it, restart, go on
                 self.kill()
@@ -325,20 +394,16 @@ class _Worker:
                 pass
             self.proc = None
             self._warm = False
+            self._buf = b""
 
 
 def _serve() -> None:
-    """Worker loop: each input line is a JSON list of ``[pred, gold, timeout]``; one output line
-    per item, ``true``/``false``/``null`` (null = timed out)."""
+    """Worker loop: each input line is a JSON list of ``[kind, text, gold, timeout]``; one output
+    line per item, ``true``/``false``/``null`` (null = timed out) or ``"no_answer"``."""
     _warmup()
     for line in sys.stdin:
-        for pred, gold, timeout in json.loads(line):
-            try:
-                r: bool | None = _grade_with_alarm(pred, gold, timeout)
-            except GradeTimeout:
-                r = None
-            except Exception:
-                r = False
+        for kind, text, gold, timeout in json.loads(line):
+            r = _grade_limited(kind, text, gold, timeout)
             sys.stdout.write(json.dumps(r) + "\n")
             sys.stdout.flush()
 
@@ -363,24 +428,24 @@ class _Pool:
             self._free.put(_Worker())
         _ALL_POOLS.add(self)
 
-    def _batch(self, pairs: Sequence[tuple[str, str]], timeout: float) -> list[bool | None]:
+    def _batch(self, items: Sequence[tuple[str, str, str, float]]) -> list[bool | str | None]:
         w = self._free.get()
         try:
-            return w.grade_batch(pairs, timeout)
+            return w.grade_batch(items)
         finally:
             self._free.put(w)
 
-    def grade_pairs(self, pairs: Sequence[tuple[str, str]], timeout: float) -> list[bool | None]:
-        """Grade in ``workers`` processes at once, in chunks of at most 64 pairs."""
-        if not pairs:
+    def grade_items(self, items: Sequence[tuple[str, str, str, float]]) -> list[bool | str | None]:
+        """Grade in ``workers`` processes at once, in chunks of at most 64 items."""
+        if not items:
             return []
-        size = max(1, min(64, -(-len(pairs) // self.workers)))
-        chunks = [list(pairs[i:i + size]) for i in range(0, len(pairs), size)]
+        size = max(1, min(64, -(-len(items) // self.workers)))
+        chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
         if self.workers == 1 or len(chunks) == 1:
-            res = [self._batch(c, timeout) for c in chunks]
+            res = [self._batch(c) for c in chunks]
         else:
             with cf.ThreadPoolExecutor(self.workers) as ex:
-                res = list(ex.map(lambda c: self._batch(c, timeout), chunks))
+                res = list(ex.map(self._batch, chunks))
         return [r for chunk in res for r in chunk]
 
     def warm(self) -> None:
@@ -388,7 +453,7 @@ class _Pool:
         ws = [self._free.get() for _ in range(self.workers)]
         try:
             with cf.ThreadPoolExecutor(self.workers) as ex:
-                list(ex.map(lambda w: w.grade_batch([("1", "1")], 5.0), ws))
+                list(ex.map(lambda w: w.grade_batch([("pair", "1", "1", 5.0)]), ws))
         finally:
             for w in ws:
                 self._free.put(w)
@@ -418,47 +483,64 @@ class MathGrader:
     """Grades completions against ground-truth answers.
 
     Args:
-        timeout: seconds per (completion, answer) pair; past it the pair scores as wrong.
+        timeout: seconds per (completion, answer) pair, answer extraction included; past it the
+            pair scores as wrong.
         workers: 0 = grade in this process (SIGALRM timer in the main thread, a one-worker
             process pool from other threads); N >= 1 = a pool of N spawned processes, graded in
             parallel.
+        max_chars: answer extraction looks at most at this many characters from the end of a
+            completion (where the final answer is); the rest is never examined.
     """
 
-    def __init__(self, timeout: float = 5.0, workers: int = 0):
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
-        self.timeout = timeout
+    def __init__(self, timeout: float = 5.0, workers: int = 0, max_chars: int = MAX_CHARS):
+        if timeout is None or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+        if max_chars < 1:
+            raise ValueError(f"max_chars must be positive, got {max_chars}")
+        self.timeout = float(timeout)
         self.workers = int(workers)
+        self.max_chars = int(max_chars)
         self._pool = _Pool(workers) if workers >= 1 else None
 
-    def grade(self, completions: Sequence[str], golds: Sequence[Any]) -> list[bool | None]:
-        """Per row: True/False, or None where the ground truth is missing. Time-outs -> False."""
-        if len(completions) != len(golds):
-            raise ValueError(f"{len(completions)} completions but {len(golds)} answers")
+    def grade(self, completions: Sequence[Any], golds: Sequence[Any],
+              timeout: float | Sequence[float] | None = None) -> list[bool | None]:
+        """Per row: True/False, or None where the ground truth is missing. Time-outs -> False.
+
+        ``timeout`` overrides the grader's limit for this call: one number, or one per row."""
+        n = len(completions)
+        if len(golds) != n:
+            raise ValueError(f"{n} completions but {len(golds)} answers")
+        limits = [self.timeout] * n if timeout is None else (
+            [float(timeout)] * n if isinstance(timeout, (int, float)) else [float(t) for t in timeout])
+        if len(limits) != n or any(not t > 0 for t in limits):
+            raise ValueError(f"timeout must be a positive number or one per row ({n}), got {timeout!r}")
         golds_n = [normalize_gold(g) for g in golds]
-        preds = [extract_answer(c if isinstance(c, str) else _completion_text(c)) for c in completions]
-        out: list[bool | None] = [None] * len(completions)
+        out: list[bool | None] = [None] * n
         todo: list[int] = []
-        for i, (p, g) in enumerate(zip(preds, golds_n)):
+        for i, g in enumerate(golds_n):
             if g is None:
                 count_event("math/no_gold")
                 warnings.warn(f"math reward: row {i} has no ground-truth answer; reward None", stacklevel=3)
-            elif p is None:
+            else:
+                todo.append(i)
+        items = [("text", self._tail(completions[i]), golds_n[i], limits[i]) for i in todo]
+        if self._pool is None and _can_use_alarm():
+            res = [_grade_limited(*it) for it in items]  # type: ignore[arg-type]
+        else:
+            res = (self._pool or _shared_pool()).grade_items(items)  # type: ignore[arg-type]
+        for i, r in zip(todo, res):
+            if r is None:
+                out[i] = self._timed_out(i, limits[i])
+            elif r == NO_ANSWER:
                 count_event("math/no_answer")
                 out[i] = False
             else:
-                todo.append(i)
-        if self._pool is not None and todo:
-            res = self._pool.grade_pairs([(preds[i], golds_n[i]) for i in todo], self.timeout)  # type: ignore[misc]
-            for i, r in zip(todo, res):
-                out[i] = self._timed_out(i) if r is None else r
-            return out
-        for i in todo:
-            try:
-                out[i] = grade_answer(preds[i], golds_n[i], timeout=self.timeout)
-            except GradeTimeout:
-                out[i] = self._timed_out(i)
+                out[i] = bool(r)
         return out
+
+    def _tail(self, completion: Any) -> str:
+        text = completion if isinstance(completion, str) else _completion_text(completion)
+        return text[-self.max_chars:]
 
     def warm(self) -> None:
         """Pay the start-up cost now (load math-verify here, or start every worker process)."""
@@ -467,9 +549,9 @@ class MathGrader:
         else:
             _warmup()
 
-    def _timed_out(self, i: int) -> bool:
+    def _timed_out(self, i: int, limit: float) -> bool:
         count_event("math/timeout")
-        warnings.warn(f"math reward: grading row {i} timed out after {self.timeout}s; reward 0.0", stacklevel=4)
+        warnings.warn(f"math reward: grading row {i} timed out after {limit:g}s; reward 0.0", stacklevel=4)
         return False
 
     def close(self) -> None:
@@ -490,10 +572,11 @@ def _completion_text(c: Any) -> str:
     return str(c)
 
 
-def make_math_reward(timeout: float = 5.0, workers: int = 0):
+def make_math_reward(timeout: float = 5.0, workers: int = 0, max_chars: int = MAX_CHARS):
     """A math reward function ``fn(prompts, completions, answer, **kw) -> list[float | None]``
-    with its own :class:`MathGrader` (``timeout`` seconds per row, ``workers`` processes)."""
-    grader = MathGrader(timeout=timeout, workers=workers)
+    with its own :class:`MathGrader` (``timeout`` seconds per row, ``workers`` processes, the last
+    ``max_chars`` characters of each completion examined)."""
+    grader = MathGrader(timeout=timeout, workers=workers, max_chars=max_chars)
 
     def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
                     **kw: Any) -> list[float | None]:

@@ -1,61 +1,79 @@
-"""Run untrusted (model-written) Python in a separate, limited process.
+"""Run untrusted (model-written) Python in a separate, limited process, and bring back only data.
 
-Every call starts a fresh interpreter (``python -I``: no ``PYTHON*`` variables, no user site,
-no script directory on ``sys.path``) in its own session. What is in force is probed once per
-process and reported by :func:`isolation_report`; nothing is claimed that was not checked.
+Threat model: the program is an adversary searching for any way to earn reward (the policy in RL
+learns whatever pays). It may read everything it can reach (its own memory, file descriptors,
+``/proc``, the harness source), write anywhere it can, spawn processes, open sockets, exhaust
+resources or kill things. What this module guarantees, and how, is below; what it does not is
+stated at the end and in the README ("Security").
 
-``isolation="namespace"`` (the default where the probe succeeds; ``"auto"`` picks it):
+**Result channel.** Nothing the program can read is secret, and no verdict is ever decided inside
+the sandbox. :func:`run_python` returns the program's exit status and its (capped) output, which the
+caller compares itself. :func:`run_values` evaluates expressions that *read the program* (calls of
+its functions, its names and attributes) and sends back only their **values**, serialised as plain
+data (:func:`encode_value`: ``None``, bools, ints, floats, strings, bytes, complex, lists, tuples,
+dicts, sets; anything else, including subclasses of those types, arrives as an
+:class:`Unrepresentable` that equals nothing). The trusted side decodes them strictly
+(:func:`decode_value`) and compares them itself, so no ``__eq__`` of the program ever runs on the
+trusted side and a program that exits early simply delivers no values. The expected values of a
+test are never sent into the sandbox (see :mod:`spro.rewards.code`): a program that forges the
+channel can only claim values, which is no more than returning them.
 
-* ``unshare --user --map-root-user --net --pid --fork --kill-child --mount --mount-proc``;
-* **network**: a new net namespace with no interface up, so no connection can be made;
-* **processes**: a new pid namespace with its own ``/proc``: the program sees and can signal
-  only its own processes (not the parent, whose pid it cannot even name); the harness runs as
-  process 1 and the program as its child, and when process 1 ends the kernel kills everything
-  left in the namespace, including double-forked ``setsid()`` daemons;
-* **files**: the whole file system is remounted read-only (``mount_setattr`` recursive)
-  except the fresh temporary working directory (bind-mounted read-write), which is removed
-  afterwards. Files stay *readable* (the interpreter and its libraries must be), so do not keep
-  secrets in world-/user-readable files on a machine that runs untrusted code;
-* **privileges**: all capabilities dropped (bounding set, effective/permitted/inheritable) and
-  ``no_new_privs`` set before the program runs, so it cannot undo the mounts.
+**Isolation** (``isolation=``; ``"auto"`` picks the first that works here, and
+:func:`isolation_report` / ``spro doctor`` say which is active and what it enforces):
 
-Always (both modes):
+* ``"bwrap"`` (bubblewrap, the default where installed): new user, pid, network, IPC and UTS
+  namespaces; the file system is a fresh read-only root holding only read-only binds of ``/usr``,
+  ``/lib*``, ``/etc/ld.so.cache`` and the Python installation (prefix and virtualenv), a fresh
+  ``/proc`` and a minimal read-only ``/dev``; no host ``/tmp``, ``/run``, home or sockets; the only
+  writable place is a private ``/tmp`` (tmpfs of ``disk_mb``, also ``HOME`` and the working
+  directory). No network interface is up (loopback and abstract Unix sockets are per namespace).
+  All capabilities are dropped, ``no_new_privs`` is set, nested user namespaces are disabled, and
+  the sandbox runs in its own session (``--new-session``). ``--die-with-parent`` ties it to the
+  caller: when the caller dies (even ``kill -9``) bubblewrap is killed, and with it process 1 of
+  the pid namespace, whereupon the kernel kills every process left in it; nothing is left on the
+  host file system (input, output and results are unlinked temporary files).
+* ``"namespace"`` (fallback without bubblewrap; ``unshare`` + ``setpriv`` from util-linux): user,
+  pid, network and mount namespaces; the whole host file system remounted read-only and still
+  *readable*; ``/tmp`` (or another free directory) replaced by a private tmpfs of ``disk_mb``;
+  ``/var/tmp``, ``/run``, ``/dev/shm``, ``/home``, ``/root``, ``/mnt``, ``/media``, ``/srv`` hidden
+  under empty read-only tmpfs unless the Python installation lives there; capabilities dropped;
+  tied to the caller by ``setpriv --pdeathsig`` and ``unshare --kill-child``.
+* ``"none"`` (last resort): rlimits only; the program runs as the caller's user in a host temporary
+  directory, sees the host file system and other processes, and the network is blocked by a
+  Python-level patch that ``ctypes`` bypasses. Only for machines where namespaces are impossible.
 
-* **limits** (``setrlimit`` in the child before the program runs): ``RLIMIT_CPU``,
-  ``RLIMIT_AS`` (memory), ``RLIMIT_FSIZE`` (largest file, which also caps stdout/stderr: they
-  go to files, never pipes, so a flood cannot fill the parent's memory), ``RLIMIT_NPROC``,
-  ``RLIMIT_NOFILE``, ``RLIMIT_CORE = 0``; a wall-clock limit enforced by the parent, which then
-  kills the whole process group with ``SIGKILL``;
-* **fork bombs**: a per-run ``pids`` cgroup with ``pids.max = max_processes`` where a writable
-  cgroup hierarchy exists (root here), which also lets the parent kill every process of the
-  run afterwards; otherwise ``RLIMIT_NPROC``, which the kernel does not apply to real root
-  (kuid 0), so root without a writable pids cgroup has only the wall-time kill;
-* **environment**: built from scratch (``PATH``, ``LANG``, ``HOME``/``TMPDIR`` = the working
-  directory, one-thread BLAS/OpenMP settings, the run's marker ``SPRO_SANDBOX_RUN``); none of
-  the parent's variables is passed on. The program text and harness settings live outside the
-  working directory.
+**Limits** (all modes): ``RLIMIT_CPU``, ``RLIMIT_AS`` (memory per process), ``RLIMIT_FSIZE``
+(largest file; stdout, stderr and the results are files, so this caps them), ``RLIMIT_NOFILE``,
+``RLIMIT_CORE = 0``, a wall-clock limit after which the parent kills everything, and a process
+limit (``max_processes``): ``RLIMIT_NPROC``, which Linux >= 5.14 counts per user namespace (so per
+sandbox) for a non-root caller, or, for root (whom ``RLIMIT_NPROC`` does not bind), a per-run
+``pids`` cgroup where a writable cgroup hierarchy exists. Cleanup never raises: sandbox
+directories are tmpfs that vanish with the namespace; the ``"none"`` mode's host directory is
+removed without recursion or long paths (any depth, unreadable entries); per-run cgroups and
+directories left by a caller that was killed are swept by the next process that uses the sandbox.
 
-``isolation="none"`` (or ``"auto"`` where ``unshare`` does not work): no namespaces. The network
-is blocked only by replacing ``socket.socket``/``socket.create_connection`` in the child (a
-Python-level guard that ``ctypes`` can bypass); the file system is **not** read-only and the
-program runs as the parent's user (it could write the user's files or signal the parent);
-leftover processes are found through the pids cgroup if any and by scanning
-``/proc/*/environ`` for the run's marker. Use it only where namespaces are unavailable.
-
-Not defended against: a program that inspects the harness inside its own interpreter (e.g. walks
-stack frames) to forge a test result; kernel exploits.
+Not defended against: kernel exploits (no seccomp filter is installed); reading of world-readable
+files inside the bound directories; total memory of a run beyond ``max_processes x memory_mb``
+(there is no memory cgroup); a caller killed in the instant between starting bubblewrap (or
+setpriv) and that tool setting its parent-death signal (that run is then not tied to the caller:
+it ends at its CPU limit or by itself, and a sleeping program does not); in the fallback modes,
+what :func:`isolation_report` lists under ``not_contained``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import marshal
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -63,17 +81,28 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Literal, Sequence
 
+from spro.rewards import count_event
+
 __all__ = [
     "SandboxLimits",
     "SandboxResult",
+    "Unrepresentable",
+    "encode_value",
+    "decode_value",
     "run_python",
+    "run_values",
     "run_asserts",
     "run_calls",
     "run_many",
     "isolation_report",
+    "sandbox_processes",
+    "sweep_stale",
+    "ISOLATION_MODES",
 ]
 
 Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "sandbox_error"]
+Isolation = Literal["auto", "bwrap", "namespace", "none"]
+ISOLATION_MODES = ("bwrap", "namespace", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,16 +112,18 @@ class SandboxLimits:
     cpu_seconds: float = 5.0
     """CPU time (RLIMIT_CPU, rounded up to whole seconds); the kernel kills the program past it."""
     wall_seconds: float = 10.0
-    """Wall-clock time; the parent kills the whole process group (and namespace) past it."""
+    """Wall-clock time; the parent kills the whole sandbox past it."""
     memory_mb: int = 1024
     """Address space per process (RLIMIT_AS), in MiB."""
     output_bytes: int = 1 << 20
-    """Largest file the program may write (RLIMIT_FSIZE); stdout and stderr are files, so this
-    also caps each of them. Output at the cap is reported as status ``"output_limit"``."""
+    """Largest file the program may write (RLIMIT_FSIZE); stdout, stderr and the results are files,
+    so this also caps each of them. Output at the cap is reported as status ``"output_limit"``."""
     max_processes: int = 32
-    """RLIMIT_NPROC (processes + threads of the sandbox user); stops fork bombs."""
+    """Processes and threads the program may have at once (RLIMIT_NPROC or a pids cgroup)."""
     open_files: int = 64
     """RLIMIT_NOFILE."""
+    disk_mb: int = 64
+    """Size of the private writable ``/tmp`` (tmpfs) in the ``bwrap`` and ``namespace`` modes."""
 
 
 @dataclasses.dataclass
@@ -110,7 +141,9 @@ class SandboxResult:
     stdout: str
     stderr: str
     wall_time: float
-    isolation: str = "namespace"
+    isolation: str = "bwrap"
+    run_id: str = ""
+    """The run's ``SPRO_SANDBOX_RUN`` value (in the program's environment; not a secret)."""
 
     @property
     def ok(self) -> bool:
@@ -118,65 +151,218 @@ class SandboxResult:
 
 
 # --------------------------------------------------------------------------------------------
-# The child side. Runs as `python -I -c RUNNER CONFIG_PATH` (as root until it drops privileges).
-# It reads its settings and the program from a directory the program cannot read afterwards.
-# Modes: "script" runs the program as __main__; "asserts" runs the program, then each test
-# statement separately and prints one result line per test; "call" runs the program, then calls
-# `fn_name` (a function, or a method of class Solution) on each argument list and prints the
-# JSON of each return value. Result lines carry a per-run nonce so that ordinary program output
-# cannot be mistaken for them.
+# Value codec. The same source runs on both sides: the sandbox encodes the values it computes and
+# decodes the arguments it is given; the trusted side encodes arguments and decodes results.
+# Decoding is strict (exact JSON types, one known tag per object, bounded depth, no adversarial
+# hash collisions) and creates only builtin plain data, so no code of the program runs there.
 # --------------------------------------------------------------------------------------------
-RUNNER = r'''
-import json, os, sys, resource
+CODEC = r'''
+_MAX_DEPTH = 64
+_BIG_INT = 1 << 8000
 
 
-def _main():
-    # Everything is local to this function, so the program cannot reach the harness's state
-    # (the nonce of result lines) through sys.modules['__main__'].
-    with open(sys.argv[1], encoding="utf-8") as f:
-        cfg = json.load(f)
-    with open(cfg["code_path"], encoding="utf-8") as f:
-        code = f.read()
-    if cfg.get("cgroup"):
+class Unrepresentable:
+    """A value with no plain-data form (an instance of a program's class, a subclass of a builtin
+    type, a function, ...). Equal to nothing; truth tests and hashing raise."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what):
+        self.what = what
+
+    def __repr__(self):
+        return "<unrepresentable %s>" % self.what
+
+    def __eq__(self, other):
+        raise TypeError("unrepresentable value (%s) compared" % self.what)
+
+    __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __eq__
+
+    def __bool__(self):
+        raise TypeError("unrepresentable value (%s) tested for truth" % self.what)
+
+    def __hash__(self):
+        raise TypeError("unrepresentable value (%s) hashed" % self.what)
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def encode_value(v, _depth=0):
+    """Plain data -> JSON-able structure; raises _NotPlain for anything else."""
+    t = type(v)
+    if v is None or t is bool or t is str:
+        return v
+    if t is int:
+        return v if -_BIG_INT < v < _BIG_INT else {"x": hex(v)}
+    if t is float:
+        return v if v - v == 0 else {"f": repr(v)}
+    if _depth >= _MAX_DEPTH:
+        raise _NotPlain("nested deeper than %d" % _MAX_DEPTH)
+    d = _depth + 1
+    if t is list:
+        return [encode_value(x, d) for x in v]
+    if t is tuple:
+        return {"t": [encode_value(x, d) for x in v]}
+    if t is set or t is frozenset:
+        return {"s" if t is set else "z": [encode_value(x, d) for x in v]}
+    if t is dict:
+        return {"d": [[encode_value(k, d), encode_value(x, d)] for k, x in v.items()]}
+    if t is bytes:
+        return {"b": v.hex()}
+    if t is complex:
+        return {"c": [encode_value(v.real, d), encode_value(v.imag, d)]}
+    raise _NotPlain(t.__name__)
+
+
+def _hashes_ok(items):
+    # Many distinct items with one hash make set/dict construction quadratic: refuse them.
+    if len(items) > 64:
+        counts = {}
+        for x in items:
+            h = hash(x)
+            counts[h] = counts.get(h, 0) + 1
+            if counts[h] > 16:
+                raise ValueError("too many items with equal hashes")
+    return items
+
+
+def decode_value(o, _depth=0):
+    """Strict inverse of encode_value; raises ValueError/TypeError on anything malformed."""
+    t = type(o)
+    if o is None or t is bool or t is int or t is float or t is str:
+        return o
+    if _depth >= _MAX_DEPTH:
+        raise ValueError("nested deeper than %d" % _MAX_DEPTH)
+    d = _depth + 1
+    if t is list:
+        return [decode_value(x, d) for x in o]
+    if t is dict and len(o) == 1:
+        (k, x), = o.items()
+        tx = type(x)
+        if tx is list:
+            if k == "t":
+                return tuple(decode_value(e, d) for e in x)
+            if k == "s":
+                return set(_hashes_ok([decode_value(e, d) for e in x]))
+            if k == "z":
+                return frozenset(_hashes_ok([decode_value(e, d) for e in x]))
+            if k == "d":
+                pairs = []
+                for p in x:
+                    if type(p) is not list or len(p) != 2:
+                        raise ValueError("bad dict item")
+                    pairs.append((decode_value(p[0], d), decode_value(p[1], d)))
+                _hashes_ok([p[0] for p in pairs])
+                return dict(pairs)
+            if k == "c" and len(x) == 2:
+                re_, im = decode_value(x[0], d), decode_value(x[1], d)
+                if type(re_) is float and type(im) is float:
+                    return complex(re_, im)
+        elif tx is str:
+            if k == "b":
+                return bytes.fromhex(x)
+            if k == "f" and x in ("nan", "inf", "-inf"):
+                return float(x)
+            if k == "x":
+                return int(x, 16)
+            if k == "u":
+                return Unrepresentable(x[:100])
+    raise ValueError("not an encoded value")
+'''
+
+_codec: dict[str, Any] = {"__name__": __name__}
+exec(compile(CODEC, __file__ + ":CODEC", "exec"), _codec)  # noqa: S102 - our own source, see above
+Unrepresentable = _codec["Unrepresentable"]
+_NotPlain = _codec["_NotPlain"]
+_decode = _codec["decode_value"]
+_encode = _codec["encode_value"]
+
+
+def encode_value(v: Any) -> Any:
+    """Encode plain data for :func:`run_values` arguments (ValueError if ``v`` is not plain)."""
+    try:
+        return _encode(v)
+    except _NotPlain as e:
+        raise ValueError(f"not plain data: {e}") from None
+
+
+def decode_value(o: Any) -> Any:
+    """Decode what the sandbox sent; ValueError/TypeError if malformed (never runs program code)."""
+    try:
+        return _decode(o)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The child side: `python -I -c RUNNER JOB_FD RESULTS_FD`. The job (mode, program, what to
+# evaluate, limits) arrives on an inherited unlinked file; results leave on another. In "script"
+# mode the program runs as __main__ with the test input on stdin. In "values" mode it runs, then
+# each request is evaluated on its globals and one line `[index, encoded value]` (or
+# `[index, {"e": "Error: message"}]`) is written per request.
+# --------------------------------------------------------------------------------------------
+RUNNER = CODEC + r'''
+
+def _lockdown(lk, work):
+    # Namespace fallback: in our own user+mount namespace, make everything read-only, put a private
+    # tmpfs on the working directory, hide directories holding sockets and user files, and (later)
+    # drop every capability so that nothing can be undone.
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class _MountAttr(ctypes.Structure):
+        _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64),
+                    ("prop", ctypes.c_uint64), ("userns", ctypes.c_uint64)]
+
+    attr = _MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY, AT_RECURSIVE below
+    if libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        sys.stderr.write("sandbox: read-only remount failed\n"); os._exit(120)
+    mounts = [(work, 2 | 4, "size=%d,mode=0700" % lk["size"])]  # MS_NOSUID|MS_NODEV
+    mounts += [(d, 1 | 2 | 4 | 8, "size=4k,mode=0555") for d in lk["hide"]]  # + MS_RDONLY|MS_NOEXEC
+    for path, flags, data in mounts:
+        if libc.mount(b"tmpfs", path.encode(), b"tmpfs", flags, data.encode()) != 0:
+            sys.stderr.write("sandbox: tmpfs on %s failed\n" % path); os._exit(120)
+    return libc
+
+
+def _drop_capabilities(libc):
+    import ctypes
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    for c in range(64):
+        libc.prctl(24, c, 0, 0, 0)  # PR_CAPBSET_DROP
+
+    class _H(ctypes.Structure):
+        _fields_ = [("v", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class _D(ctypes.Structure):
+        _fields_ = [("e", ctypes.c_uint32), ("p", ctypes.c_uint32), ("i", ctypes.c_uint32)]
+
+    if libc.capset(ctypes.byref(_H(0x20080522, 0)), (_D * 2)()) != 0:
+        sys.stderr.write("sandbox: capset failed\n"); os._exit(120)
+
+
+def _block_sockets():
+    import socket as _s
+
+    def _blocked(*a, **k):
+        raise OSError(101, "network is disabled in the spro sandbox")
+
+    _s.socket = _s.create_connection = _s.socketpair = _blocked
+    try:
+        import _socket
+        _socket.socket = _blocked
+    except Exception:
+        pass
+
+
+def _set_limits(L):
+    import resource
+
+    def _set(res, v, hard=None):
         try:
-            with open(os.path.join(cfg["cgroup"], "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-        except OSError:
-            pass
-    if cfg.get("pid1"):
-        # We are process 1 of a new pid namespace: run the program in a child with ordinary signal
-        # semantics and pass on its exit status; when we exit the kernel kills whatever is left.
-        _pid = os.fork()
-        if _pid:
-            while True:
-                try:
-                    _, _st = os.waitpid(_pid, 0)
-                    break
-                except InterruptedError:
-                    continue
-            if os.WIFSIGNALED(_st):
-                os._exit(128 + os.WTERMSIG(_st))
-            os._exit(os.WEXITSTATUS(_st) if os.WIFEXITED(_st) else 1)
-    work = cfg["workdir"]
-    if cfg.get("lockdown"):
-        # In our own user+mount namespace: everything read-only except the working directory, then
-        # drop every capability so that nothing can be remounted.
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        class _MountAttr(ctypes.Structure):
-            _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64),
-                        ("prop", ctypes.c_uint64), ("userns", ctypes.c_uint64)]
-        _a = _MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY
-        if libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(_a), ctypes.sizeof(_a)) != 0:
-            sys.stderr.write("sandbox: read-only remount failed\n"); os._exit(120)
-        if libc.mount(work.encode(), work.encode(), None, 4096, None) != 0 or \
-           libc.mount(None, work.encode(), None, 32 | 4096, None) != 0:
-            sys.stderr.write("sandbox: workdir bind failed\n"); os._exit(120)
-    os.chdir(work)
-    L = cfg["limits"]
-    def _set(res, v):
-        try:
-            resource.setrlimit(res, (v, v))
+            resource.setrlimit(res, (v, v if hard is None else hard))
         except (ValueError, OSError):
             pass
     _set(resource.RLIMIT_CORE, 0)
@@ -184,210 +370,229 @@ def _main():
     _set(resource.RLIMIT_NOFILE, L["nofile"])
     _set(resource.RLIMIT_AS, L["as"])
     _set(resource.RLIMIT_NPROC, L["nproc"])
-    try:
-        resource.setrlimit(resource.RLIMIT_CPU, (L["cpu"], L["cpu"] + 1))
-    except (ValueError, OSError):
-        pass
-    if cfg.get("lockdown"):
-        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-        for _c in range(64):
-            libc.prctl(24, _c, 0, 0, 0)  # PR_CAPBSET_DROP
-        class _H(ctypes.Structure):
-            _fields_ = [("v", ctypes.c_uint32), ("pid", ctypes.c_int)]
-        class _D(ctypes.Structure):
-            _fields_ = [("e", ctypes.c_uint32), ("p", ctypes.c_uint32), ("i", ctypes.c_uint32)]
-        if libc.capset(ctypes.byref(_H(0x20080522, 0)), (_D * 2)()) != 0:
-            sys.stderr.write("sandbox: capset failed\n"); os._exit(120)
-        del libc, ctypes, _MountAttr, _a, _H, _D
-    if cfg.get("block_socket"):
-        import socket as _s
-        def _blocked(*a, **k):
-            raise OSError(101, "network is disabled in the spro sandbox")
-        _s.socket = _blocked
-        _s.create_connection = _blocked
-        _s.socketpair = _blocked
+    _set(resource.RLIMIT_CPU, L["cpu"], L["cpu"] + 1)
+
+
+_JSON_ESCAPES = {i: "\\u%04x" % i for i in range(32)}
+_JSON_ESCAPES.update({34: '\\"', 92: "\\\\"})
+
+
+def _json(o):
+    # JSON text of an encoded value (None/bool/int/finite float/str/list/dict of str keys) without
+    # importing json, whose import (it pulls in re) costs a good part of a sandbox start.
+    t = type(o)
+    if o is None:
+        return "null"
+    if t is bool:
+        return "true" if o else "false"
+    if t is int or t is float:
+        return repr(o)
+    if t is str:
+        return '"' + o.translate(_JSON_ESCAPES) + '"'
+    if t is list:
+        return "[" + ",".join([_json(x) for x in o]) + "]"
+    return "{" + ",".join([_json(k) + ":" + _json(v) for k, v in o.items()]) + "}"
+
+
+def _serve_values(g, requests, res_fd):
+    out = open(res_fd, "w", encoding="utf-8", errors="surrogatepass", closefd=False)
+    values = {}
+    fns = {}
+    for i, req in enumerate(requests):
         try:
-            import _socket
-            _socket.socket = _blocked
-        except Exception:
-            pass
-    nonce = cfg["nonce"]
-    mode = cfg["mode"]
-    out = sys.stdout
-    def _emit(line):
+            if "call" in req:
+                name = req["call"]
+                if name not in fns:
+                    fn = g.get(name)
+                    if fn is None and "Solution" in g:
+                        fn = getattr(g["Solution"](), name)
+                    if fn is None:
+                        raise NameError("name %r is not defined" % name)
+                    fns[name] = fn
+                v = fns[name](*decode_value(req["args"]))
+            else:
+                ns = g
+                if req.get("bind"):
+                    ns = dict(g)
+                    for k, b in req["bind"].items():
+                        if "v" in b:
+                            ns[k] = decode_value(b["v"])
+                        elif "leaf" in b:
+                            if b["leaf"] not in values:
+                                raise NameError("name %r has no value (its call failed)" % k)
+                            ns[k] = values[b["leaf"]]
+                        elif "global" in b:
+                            if b["global"] not in g:
+                                raise NameError("name %r is not defined" % b["global"])
+                            ns[k] = g[b["global"]]
+                        elif "module" in b:
+                            ns[k] = __import__(b["module"])
+                v = eval(compile(req["src"], "<test %d>" % i, "eval"), ns)
+            values[i] = v
+            try:
+                enc = encode_value(v)
+            except _NotPlain as e:
+                enc = {"u": str(e)}
+            except RecursionError:
+                enc = {"u": "nested too deeply"}
+            line = _json([i, enc])
+        except BaseException as e:
+            try:
+                msg = "%s: %s" % (type(e).__name__, e)
+            except BaseException:
+                msg = "error"
+            print("request %d failed: %s" % (i, msg[:300]), file=sys.stderr)
+            line = _json([i, {"e": str(msg)[:300]}])
         try:
-            out.write("\n" + nonce + " " + line + "\n")
+            out.write(line + "\n")
             out.flush()
-        except Exception:
-            pass
-    del f, L, _set
+        except BaseException:
+            break
+
+
+def _runner():
+    import marshal  # built in: no import cost (json would pull in re); the job comes from the parent
+    job_fd, res_fd = int(sys.argv[1]), int(sys.argv[2])
+    with open(job_fd, "rb") as f:
+        job = marshal.loads(f.read())
+    if job.get("pid1"):
+        # Process 1 of a new pid namespace: run the program in a child with ordinary signal
+        # semantics and pass on its exit status; when we exit the kernel kills whatever is left.
+        pid = os.fork()
+        if pid:
+            while True:
+                try:
+                    _, st = os.waitpid(pid, 0)
+                    break
+                except InterruptedError:
+                    continue
+            os._exit(128 + os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st))
+    lk = job.get("lockdown")
+    libc = _lockdown(lk, job["workdir"]) if lk else None
+    os.chdir(job["workdir"])
+    _set_limits(job["limits"])
+    if libc is not None:
+        _drop_capabilities(libc)
+    if job.get("parent_pid"):
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL
+        if os.getppid() != job["parent_pid"]:
+            os._exit(125)
+    if job.get("block_socket"):
+        _block_sockets()
+    code, mode = job["code"], job["mode"]
+    requests = job.get("requests", [])
+    del job
+    g = {"__name__": "__main__", "__builtins__": __builtins__}
     if mode == "script":
-        del cfg
         sys.argv = ["main.py"]
-        g = {"__name__": "__main__", "__builtins__": __builtins__}
         exec(compile(code, "main.py", "exec"), g)
         sys.exit(0)
-    tests = cfg["tests"]
-    fn_name = cfg.get("fn_name")
-    del cfg
-    import traceback
-    g = {"__name__": "__main__", "__builtins__": __builtins__}
-    sys.stdin = open(os.devnull)
     try:
         exec(compile(code, "main.py", "exec"), g)
-    except BaseException as e:
-        if not isinstance(e, SystemExit):
-            traceback.print_exc()
-    if mode == "asserts":
-        for i, t in enumerate(tests):
-            try:
-                exec(compile(t, "test_%d" % i, "exec"), g)
-                _emit("%d PASS" % i)
-            except BaseException as e:
-                print("test %d failed: %s: %s" % (i, type(e).__name__, str(e)[:200]), file=sys.stderr)
-                _emit("%d FAIL" % i)
-    elif mode == "call":
-        fn = g.get(fn_name)
-        if fn is None and "Solution" in g:
-            try:
-                fn = getattr(g["Solution"](), fn_name)
-            except Exception:
-                fn = None
-        for i, args in enumerate(tests):
-            if fn is None:
-                _emit("%d ERR" % i)
-                continue
-            try:
-                if not isinstance(args, list):
-                    args = [args]
-                res = fn(*args)
-                _emit("%d RET %s" % (i, json.dumps(res, default=repr)))
-            except BaseException as e:
-                print("call %d failed: %s: %s" % (i, type(e).__name__, str(e)[:200]), file=sys.stderr)
-                _emit("%d ERR" % i)
-    sys.stdout.flush()
+    except SystemExit:
+        pass
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    _serve_values(g, requests, res_fd)
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        pass
     os._exit(0)
 
 
-_main()
+import os, sys
+_runner()
 '''
 
 
 # --------------------------------------------------------------------------------------------
-# Isolation probe
+# What each mode needs from the host
 # --------------------------------------------------------------------------------------------
-_PROBE_LOCK = threading.Lock()
-_PROBE: dict[str, Any] | None = None
-_UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
-            "--mount", "--mount-proc"]
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _pids_cgroup_root() -> str | None:
-    """A writable cgroup directory under which per-run ``pids`` cgroups can be made, or None."""
-    for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
-        if os.path.isfile(os.path.join(root, "pids.max")) or (
-            root == "/sys/fs/cgroup/pids" and os.path.isdir(root)
-        ):
-            test = os.path.join(root, f"spro-probe-{os.getpid()}-{secrets.token_hex(4)}")
-            try:
-                os.mkdir(test)
-            except OSError:
-                continue
-            ok = os.path.isfile(os.path.join(test, "pids.max"))
-            try:
-                os.rmdir(test)
-            except OSError:
-                pass
-            if ok:
-                return root
-    return None
+@functools.lru_cache(maxsize=1)
+def _python_paths() -> list[str]:
+    """Directories the interpreter needs (prefixes, standard library, site-packages), outermost
+    first, outside ``/usr`` (bound anyway)."""
+    cands = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            cands.add(p)
+    real = sorted({os.path.realpath(p) for p in cands if p} | {p for p in cands if p})
+    out: list[str] = []
+    for p in real:
+        if not os.path.isdir(p) or p == "/" or _under(p, "/usr") or any(_under(p, q) for q in out):
+            continue
+        out.append(p)
+    return out
 
 
-def _probe() -> dict[str, Any]:
-    """Check once which isolation works here (runs a tiny sandboxed program)."""
-    global _PROBE
-    with _PROBE_LOCK:
-        if _PROBE is not None:
-            return _PROBE
-        report: dict[str, Any] = {"namespaces": False, "reason": "", "cgroup": _pids_cgroup_root()}
-        _PROBE = report  # _run below consults it
-        if shutil.which("unshare") is None:
-            report["reason"] = "unshare not found"
-            return report
-        report["namespaces"] = True  # tentatively, for the probe run itself
-        check = (
-            "import socket, os\n"
-            "try:\n"
-            "    socket.create_connection(('1.1.1.1', 53), timeout=1); print('NET')\n"
-            "except OSError:\n"
-            "    print('NONET')\n"
-            "try:\n"
-            "    open('/probe-write', 'w'); print('RW')\n"
-            "except OSError:\n"
-            "    print('RO')\n"
-            "open('here', 'w').write('x'); print('CWD-RW')\n"
-        )
-        try:
-            res, _ = _run_unlocked(check, mode="script", limits=SandboxLimits(wall_seconds=30),
-                                   iso="namespace")
-            out = res.stdout.split()
-            if res.status == "ok" and out == ["NONET", "RO", "CWD-RW"]:
-                return report
-            report["reason"] = f"namespace probe failed: {res.status} {out} {res.stderr.strip()[-300:]}"
-        except OSError as e:  # pragma: no cover - depends on host
-            report["reason"] = f"namespace probe failed: {e}"
-        report["namespaces"] = False
-        return report
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime")
+# Directories the namespace fallback hides (sockets, user files, shared scratch space).
+_HIDE = ("/var/tmp", "/run", "/dev/shm", "/home", "/root", "/mnt", "/media", "/srv", "/tmp")
 
 
-def isolation_report(isolation: str = "auto") -> dict[str, Any]:
-    """What the sandbox enforces on this machine for the given ``isolation`` setting.
+def _bwrap_static(disable_userns: bool) -> list[str]:
+    a = [shutil.which("bwrap") or "bwrap", "--unshare-user", "--unshare-pid", "--unshare-net",
+         "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if disable_userns:
+        a.append("--disable-userns")
+    a += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--uid", "1000", "--gid", "1000",
+          "--hostname", "sandbox"]
+    return a
 
-    Keys: ``mode`` ("namespace" or "none"), ``network`` (how it is blocked), ``pid_namespace``,
-    ``read_only_fs`` (all but the working directory), ``capabilities_dropped``,
-    ``fork_limit`` (how fork bombs are stopped), ``cleanup`` (how leftover processes are
-    killed), ``reason`` (why namespaces are off, if they are).
-    """
-    mode = _resolve_isolation(isolation)
+
+@functools.lru_cache(maxsize=1)
+def _bwrap_mounts() -> tuple[str, ...]:
+    a: list[str] = []
+    for top in _SYSTEM_DIRS:
+        if os.path.islink(top):
+            a += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            a += ["--ro-bind", top, top]
+    for f in _ETC_FILES:
+        if os.path.exists(f):
+            a += ["--ro-bind", f, f]
+    for p in _python_paths():
+        a += ["--ro-bind", p, p]
+    return tuple(a + ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--chdir", "/tmp",
+                      "--remount-ro", "/", "--clearenv"])
+
+
+def _bwrap_argv(limits: SandboxLimits, env: dict[str, str]) -> list[str]:
     p = _probe()
-    ns = mode == "namespace"
-    if p["cgroup"]:
-        fork_limit = f"pids cgroup under {p['cgroup']}"
-    elif os.geteuid() != 0:
-        fork_limit = "RLIMIT_NPROC"
-    else:
-        fork_limit = "none beyond the wall-time kill (root ignores RLIMIT_NPROC; no writable pids cgroup)"
-    return {
-        "mode": mode,
-        "network": "net namespace (no interfaces)" if ns else "python socket patch (bypassable)",
-        "pid_namespace": ns,
-        "read_only_fs": ns,
-        "capabilities_dropped": ns,
-        "fork_limit": fork_limit,
-        "cleanup": ("pid namespace" if ns else "process group + /proc marker scan")
-        + (" + pids cgroup" if p["cgroup"] else ""),
-        "rlimits": ["CPU", "AS", "FSIZE", "NPROC", "NOFILE", "CORE"],
-        "reason": p["reason"],
-    }
+    a = _bwrap_static(p.get("bwrap_disable_userns", True))
+    # The tmpfs comes first so that an interpreter living under /tmp is bound on top of it.
+    a += ["--size", str(int(limits.disk_mb) << 20), "--tmpfs", "/tmp", *_bwrap_mounts()]
+    for k, v in env.items():
+        a += ["--setenv", k, v]
+    return a + ["--"]
 
 
-def _resolve_isolation(isolation: str) -> str:
-    if isolation not in ("auto", "namespace", "none"):
-        raise ValueError(f"isolation must be 'auto', 'namespace' or 'none', got {isolation!r}")
-    if isolation == "none":
-        return "none"
-    ok = _probe()["namespaces"]
-    if isolation == "namespace" and not ok:
-        raise RuntimeError(f"namespace isolation requested but unavailable: {_probe()['reason']}")
-    if not ok and not _WARNED:
-        _WARNED.append(True)
-        warnings.warn("spro.rewards.sandbox: Linux namespaces unavailable (" + _probe()["reason"] + "); running "
-                      "model-written code with the weaker fallback isolation (see spro.rewards.sandbox docs)",
-                      RuntimeWarning, stacklevel=3)
-    return "namespace" if ok else "none"
+@functools.lru_cache(maxsize=1)
+def _namespace_layout() -> tuple[str, list[str]]:
+    """(private working directory, directories to hide) for the namespace fallback."""
+    need = _python_paths() + [os.path.dirname(os.path.realpath(sys.executable))]
+    free = [d for d in _HIDE if os.path.isdir(d) and not os.path.islink(d)
+            and not any(_under(p, d) or _under(d, p) for p in need)]
+    work = next((d for d in ("/tmp", "/var/tmp", "/dev/shm", "/mnt") if d in free), "")
+    return work, [d for d in free if d != work]
 
 
-_WARNED: list[bool] = []
+def _namespace_argv() -> list[str]:
+    a = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
+         "--mount", "--mount-proc"]
+    if shutil.which("setpriv"):
+        a = ["setpriv", "--pdeathsig", "KILL", "--"] + a
+    return a
 
 
 def _base_env(marker: str, home: str) -> dict[str, str]:
@@ -400,68 +605,44 @@ def _base_env(marker: str, home: str) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
-        "SPRO_SANDBOX_RUN": marker,
+        "SPRO_SANDBOX_RUN": marker,  # not a secret: lets the "none" mode find leftover processes
     }
 
 
-def _kill_marked(marker: str) -> int:
-    """Kill every process whose initial environment holds ``SPRO_SANDBOX_RUN=marker``."""
-    needle = f"SPRO_SANDBOX_RUN={marker}".encode()
-    killed = 0
-    for _ in range(3):
-        found = False
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    env = f.read()
-            except OSError:
-                continue
-            if needle in env.split(b"\0"):
-                found = True
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                    killed += 1
-                except OSError:
-                    pass
-        if not found:
-            break
-        time.sleep(0.02)
-    return killed
+# --------------------------------------------------------------------------------------------
+# Process limits for root: a per-run pids cgroup (RLIMIT_NPROC does not bind uid 0)
+# --------------------------------------------------------------------------------------------
+_CG_PREFIX = "spro-sbx-"
 
 
-def _read_capped(path: str, cap: int) -> tuple[str, bool]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)
-    except OSError:
-        return "", False
-    return data[:cap].decode("utf-8", errors="replace"), len(data) >= cap
+def _pids_cgroup_root() -> str | None:
+    """A writable cgroup directory under which per-run ``pids`` cgroups can be made, or None."""
+    for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
+        if not os.path.isdir(root):
+            continue
+        test = os.path.join(root, f"{_CG_PREFIX}probe-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(test)
+        except OSError:
+            continue
+        ok = os.path.isfile(os.path.join(test, "pids.max"))
+        try:
+            os.rmdir(test)
+        except OSError:
+            pass
+        if ok:
+            return root
+    return None
 
 
-def _run(
-    code: str,
-    *,
-    mode: str,
-    stdin: str | bytes = "",
-    tests: Sequence[Any] = (),
-    fn_name: str | None = None,
-    limits: SandboxLimits = SandboxLimits(),
-    isolation: str = "auto",
-) -> tuple[SandboxResult, str]:
-    iso = _resolve_isolation(isolation)
-    return _run_unlocked(code, mode=mode, stdin=stdin, tests=tests, fn_name=fn_name,
-                         limits=limits, iso=iso)
-
-
-def _cgroup_kill(cg: str) -> None:
-    for _ in range(50):
+def _cgroup_kill(cg: str) -> bool:
+    """Kill every process in cgroup ``cg`` and remove it. True if it is gone."""
+    for _ in range(200):
         try:
             with open(os.path.join(cg, "cgroup.procs")) as f:
                 pids = [int(x) for x in f.read().split()]
         except OSError:
-            return
+            break
         if not pids:
             break
         for pid in pids:
@@ -469,121 +650,370 @@ def _cgroup_kill(cg: str) -> None:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        time.sleep(0.01)
+        time.sleep(0.005)
+    for _ in range(100):
+        try:
+            os.rmdir(cg)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            time.sleep(0.005)  # the last tasks are still exiting
+    return False
+
+
+def _owner_alive(name: str) -> bool:
+    """``spro-sbx-<pid>-...``: is the process that made this entry still running?"""
+    parts = name[len(_CG_PREFIX):].split("-")
+    if not parts or not parts[0].isdigit():
+        return False
     try:
-        os.rmdir(cg)
+        os.kill(int(parts[0]), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def sweep_stale() -> list[str]:
+    """Remove per-run cgroups and ``"none"``-mode directories whose owner process has died (e.g. a
+    trainer killed with ``kill -9``). Returns what was removed. Called once per process."""
+    removed = []
+    roots = [(tempfile.gettempdir(), False)]
+    cg = _PROBE.get("cgroup") if _PROBE else _pids_cgroup_root()
+    if cg:
+        roots.append((cg, True))
+    for root, is_cg in roots:
+        try:
+            names = [n for n in os.listdir(root) if n.startswith(_CG_PREFIX)]
+        except OSError:
+            continue
+        for n in names:
+            if _owner_alive(n):
+                continue
+            path = os.path.join(root, n)
+            if (_cgroup_kill(path) if is_cg else _rmtree(path)):
+                removed.append(path)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# Cleanup of a host directory the program may have made hostile
+# --------------------------------------------------------------------------------------------
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(name: str, dir_fd: int | None) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _rmtree(path: str) -> bool:
+    """Remove ``path`` whatever the program made of it: any depth (no recursion, and every step
+    is relative to one open directory, so no path grows long), directories without permissions
+    (made accessible first), any number of entries. Walks back up through ``..`` and checks each
+    step against the device/inode recorded on the way down, so a tree moved meanwhile is never
+    followed out. True if the tree is gone."""
+    try:
+        fd = _open_dir(path, None)
+    except FileNotFoundError:
+        return True
     except OSError:
-        pass
-
-
-def _run_unlocked(
-    code: str,
-    *,
-    mode: str,
-    stdin: str | bytes = "",
-    tests: Sequence[Any] = (),
-    fn_name: str | None = None,
-    limits: SandboxLimits = SandboxLimits(),
-    iso: str,
-) -> tuple[SandboxResult, str]:
-    probe = _PROBE or {}
-    nonce = secrets.token_hex(16)
-    base = tempfile.mkdtemp(prefix="spro-sbx-")
-    t0 = time.perf_counter()
-    proc: subprocess.Popen | None = None
-    cg: str | None = None
+        try:
+            os.unlink(path)
+            return True
+        except OSError:
+            return False
+    names: list[str] = []
+    ids: list[tuple[int, int]] = []
     try:
-        os.chmod(base, 0o700)
-        work = os.path.join(base, "work")
-        os.mkdir(work, 0o700)
-        code_path = os.path.join(base, "main.py")
-        with open(code_path, "w", encoding="utf-8", errors="surrogatepass") as f:
-            f.write(code)
-        if probe.get("cgroup"):
-            cg = os.path.join(probe["cgroup"], f"spro-sbx-{nonce}")
-            try:
-                os.mkdir(cg)
-                with open(os.path.join(cg, "pids.max"), "w") as f:
-                    f.write(str(int(limits.max_processes)))
-            except OSError:
-                cg = None
-        cfg = {
-            "code_path": code_path,
-            "workdir": work,
-            "mode": mode,
-            "nonce": nonce,
-            "tests": list(tests),
-            "fn_name": fn_name,
-            "pid1": iso == "namespace",
-            "lockdown": iso == "namespace",
-            "block_socket": iso != "namespace",
-            "cgroup": cg,
-            "limits": {
-                "cpu": max(1, int(-(-limits.cpu_seconds // 1))),
-                "as": int(limits.memory_mb) << 20,
-                "fsize": int(limits.output_bytes),
-                "nproc": int(limits.max_processes),
-                "nofile": int(limits.open_files),
-            },
-        }
-        cfg_path = os.path.join(base, "cfg.json")
-        with open(cfg_path, "w", encoding="utf-8") as f:
-            json.dump(cfg, f)
-        in_path = os.path.join(base, "stdin")
-        with open(in_path, "wb") as f:
-            f.write(stdin.encode("utf-8", errors="replace") if isinstance(stdin, str) else stdin)
-        out_path, err_path = os.path.join(base, "stdout"), os.path.join(base, "stderr")
-        argv = [sys.executable, "-I", "-c", RUNNER, cfg_path]
-        if iso == "namespace":
-            argv = _UNSHARE + argv
-        with open(in_path, "rb") as fin, open(out_path, "wb") as fout, open(err_path, "wb") as ferr:
-            try:
-                proc = subprocess.Popen(
-                    argv, stdin=fin, stdout=fout, stderr=ferr, cwd=work,
-                    env=_base_env(nonce, work), start_new_session=True, close_fds=True,
-                )
-            except OSError as e:
-                return SandboxResult("sandbox_error", None, "", f"could not start sandbox: {e}",
-                                     time.perf_counter() - t0, iso), nonce
-            timed_out = False
-            try:
-                rc = proc.wait(timeout=limits.wall_seconds)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _killpg(proc.pid)
-                rc = proc.wait()
-        wall = time.perf_counter() - t0
-        _killpg(proc.pid)
-        if cg:
-            _cgroup_kill(cg)
-            cg = None
-        if iso != "namespace":
-            _kill_marked(nonce)
-        stdout, out_full = _read_capped(out_path, limits.output_bytes)
-        stderr, err_full = _read_capped(err_path, limits.output_bytes)
-        if rc == 120 and stderr.startswith("sandbox: "):
-            status: Status = "sandbox_error"
-        elif timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU, 128 + signal.SIGKILL) and \
-                wall >= limits.cpu_seconds:
-            status = "timeout"
-        elif out_full or err_full:
-            status = "output_limit"
-        elif rc == 0:
-            status = "ok"
-        elif "MemoryError" in stderr[-2000:]:
-            status = "memory"
-        elif rc < 0 or rc >= 128:
-            status = "killed"
-        else:
-            status = "error"
-        return SandboxResult(status, rc, stdout, stderr, wall, iso), nonce
+        while True:
+            os.fchmod(fd, 0o700)
+            st = os.fstat(fd)
+            if not ids or ids[-1] != (st.st_dev, st.st_ino):
+                ids.append((st.st_dev, st.st_ino))
+            sub = None
+            with os.scandir(fd) as it:
+                for e in it:
+                    try:
+                        is_dir = e.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    if is_dir:
+                        sub = e.name
+                        break
+                    try:
+                        os.unlink(e.name, dir_fd=fd)
+                    except FileNotFoundError:
+                        pass
+            if sub is not None:
+                child = _open_dir(sub, fd)
+                os.close(fd)
+                fd = child
+                names.append(sub)
+                continue
+            if not names:
+                os.close(fd)
+                fd = -1
+                os.rmdir(path)
+                return True
+            up = os.open("..", _DIR_FLAGS & ~os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            ids.pop()
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != ids[-1]:
+                raise OSError("directory tree moved during removal")
+            os.rmdir(names.pop(), dir_fd=fd)
+    except OSError as e:
+        count_event("sandbox/cleanup_failed")
+        warnings.warn(f"spro sandbox: could not remove {path}: {e}", RuntimeWarning, stacklevel=2)
+        return False
     finally:
-        if proc is not None and proc.poll() is None:  # pragma: no cover - defensive
-            _killpg(proc.pid)
-            proc.wait()
-        if cg:
-            _cgroup_kill(cg)
-        shutil.rmtree(base, ignore_errors=True)
+        if fd >= 0:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Isolation probe
+# --------------------------------------------------------------------------------------------
+_PROBE_LOCK = threading.RLock()  # re-entered by the probe runs themselves
+_PROBE: dict[str, Any] = {}
+_PROBE_CHECK = (
+    "import os, socket\n"
+    "try:\n"
+    "    socket.create_connection(('1.1.1.1', 53), timeout=1); print('NET')\n"
+    "except OSError:\n"
+    "    print('NONET')\n"
+    "try:\n"
+    "    open('/probe-write', 'w'); print('RW')\n"
+    "except OSError:\n"
+    "    print('RO')\n"
+    "open('here', 'w').write('x'); print('CWD-RW')\n"
+)
+
+
+def _probe_mode(mode: str) -> str:
+    """Run a tiny program in ``mode``; '' if it behaves as isolated, else why not."""
+    try:
+        res, _ = _execute({"mode": "script", "code": _PROBE_CHECK}, b"", SandboxLimits(wall_seconds=60), mode)
+    except OSError as e:  # pragma: no cover - depends on host
+        return f"{mode} probe failed: {e}"
+    out = res.stdout.split()
+    if res.status == "ok" and out == ["NONET", "RO", "CWD-RW"]:
+        return ""
+    return f"{mode} probe failed: {res.status} {out} {res.stderr.strip()[-300:]}"
+
+
+def _probe() -> dict[str, Any]:
+    """Check once which isolation works here (runs a tiny sandboxed program per mode tried)."""
+    with _PROBE_LOCK:
+        if _PROBE:
+            return _PROBE
+        _PROBE.update(cgroup=_pids_cgroup_root() if os.geteuid() == 0 else None,
+                      bwrap=False, namespace=False, bwrap_disable_userns=True, reasons={})
+        sweep_stale()
+        reasons = _PROBE["reasons"]
+        if shutil.which("bwrap") is None:
+            reasons["bwrap"] = "bubblewrap (bwrap) not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+        else:
+            _PROBE["bwrap"] = True  # tentatively, for the probe run itself
+            why = _probe_mode("bwrap")
+            if why and ("disable-userns" in why or "max_user_namespaces" in why):
+                _PROBE["bwrap_disable_userns"] = False
+                why = _probe_mode("bwrap")
+            _PROBE["bwrap"] = not why
+            if why:
+                reasons["bwrap"] = why
+        if shutil.which("unshare") is None:
+            reasons["namespace"] = "unshare (util-linux) not found"
+        elif not _namespace_layout()[0]:
+            reasons["namespace"] = "no directory free for the private working directory"
+        else:
+            _PROBE["namespace"] = True
+            why = _probe_mode("namespace")
+            _PROBE["namespace"] = not why
+            if why:
+                reasons["namespace"] = why
+        return _PROBE
+
+
+_WARNED: set[str] = set()
+
+
+def _resolve_isolation(isolation: str) -> str:
+    if isolation not in ("auto",) + ISOLATION_MODES:
+        raise ValueError(f"isolation must be 'auto', 'bwrap', 'namespace' or 'none', got {isolation!r}")
+    if isolation == "none":
+        return "none"
+    p = _probe()
+    if isolation != "auto":
+        if not p[isolation]:
+            raise RuntimeError(f"{isolation} isolation requested but unavailable: {p['reasons'][isolation]}")
+        return isolation
+    mode = "bwrap" if p["bwrap"] else "namespace" if p["namespace"] else "none"
+    if mode != "bwrap" and mode not in _WARNED:
+        _WARNED.add(mode)
+        why = "; ".join(f"{k}: {v}" for k, v in p["reasons"].items())
+        warnings.warn(f"spro.rewards.sandbox: running model-written code with the weaker {mode!r} isolation "
+                      f"({why}); see `spro doctor` and the README's Security section",
+                      RuntimeWarning, stacklevel=3)
+    return mode
+
+
+# Attacks (names as in `spro doctor`) that a mode does not contain, and why.
+_NOT_CONTAINED = {
+    "namespace": {
+        "unix_socket": "sockets in host directories that stay visible (those holding the Python installation) "
+                       "are reachable; only the hidden directories are covered",
+    },
+    "none": {
+        "read_parent_env": "the program runs as the caller's user and can read /proc/<pid>/environ of its processes",
+        "unix_socket": "only a Python-level socket patch, which ctypes bypasses",
+        "loopback_tcp": "only a Python-level socket patch, which ctypes bypasses",
+        "write_outside": "the host file system is writable wherever the caller's user may write",
+        "fill_disk": "no disk quota: only the size of each file is capped",
+        "kill_parent": "the program can signal every process of the caller's user",
+        "daemon": "a grandchild that leaves its session and environment marker is not found without a pids cgroup",
+        "kill9_caller": "grandchildren outlive a killed caller (only the direct child has a parent-death signal)",
+    },
+}
+
+
+def isolation_report(isolation: str = "auto") -> dict[str, Any]:
+    """What the sandbox enforces on this machine for the given ``isolation`` setting.
+
+    Keys: ``mode`` (``"bwrap"``, ``"namespace"`` or ``"none"``), ``network``, ``filesystem``,
+    ``pid_namespace``, ``read_only_fs``, ``private_tmp``, ``capabilities_dropped``, ``fork_limit``
+    (how fork bombs are stopped, or that they are not), ``cleanup``, ``rlimits``, ``user`` (the
+    caller's uid), ``reason`` (why stronger modes are unavailable) and ``not_contained`` (attack
+    name -> why this mode does not stop it; the attacks are those of ``spro doctor``).
+    """
+    mode = _resolve_isolation(isolation) if isolation != "auto" else _resolve_quiet()
+    p = _probe()
+    ns = mode != "none"
+    uid = os.geteuid()
+    not_contained = dict(_NOT_CONTAINED.get(mode, {}))
+    if mode == "none" and uid == 0 and p["cgroup"]:
+        del not_contained["daemon"]  # the run's pids cgroup finds it
+    if uid == 0 and p["cgroup"]:
+        fork_limit = f"pids cgroup per run under {p['cgroup']}"
+    elif uid != 0:
+        fork_limit = ("RLIMIT_NPROC, counted per sandbox (its own user namespace)" if ns
+                      else "RLIMIT_NPROC, counted over all of the caller's processes")
+    else:
+        fork_limit = "none (root ignores RLIMIT_NPROC and no pids cgroup is writable)"
+        not_contained["fork_bomb"] = "no process limit for root without a writable pids cgroup"
+    if mode == "namespace" and not shutil.which("setpriv"):
+        not_contained["kill9_caller"] = "setpriv (util-linux) not found: nothing kills the sandbox with its caller"
+    filesystem = {
+        "bwrap": "read-only binds of /usr, /lib*, ld.so.cache and the Python installation; private /tmp",
+        "namespace": "host file system read-only (still readable); private /tmp; "
+                     f"hidden: {', '.join(_namespace_layout()[1]) or 'nothing'}",
+        "none": "host file system as the caller's user; a host temporary working directory",
+    }[mode]
+    return {
+        "mode": mode,
+        "user": uid,
+        "network": {"bwrap": "new network namespace (no interfaces)",
+                    "namespace": "new network namespace (no interfaces)",
+                    "none": "python socket patch (bypassable)"}[mode],
+        "filesystem": filesystem,
+        "pid_namespace": ns,
+        "read_only_fs": ns,
+        "private_tmp": ns,
+        "capabilities_dropped": ns,
+        "fork_limit": fork_limit,
+        "cleanup": {"bwrap": "pid namespace dies with bubblewrap; tmpfs",
+                    "namespace": "pid namespace dies with unshare; tmpfs",
+                    "none": "process group + environment-marker scan; host directory removed"}[mode]
+        + (" + pids cgroup" if uid == 0 and p["cgroup"] else ""),
+        "rlimits": ["CPU", "AS", "FSIZE", "NPROC", "NOFILE", "CORE"],
+        "reason": "; ".join(f"{k}: {v}" for k, v in p["reasons"].items() if k != mode),
+        "not_contained": not_contained,
+    }
+
+
+def _resolve_quiet() -> str:
+    p = _probe()
+    return "bwrap" if p["bwrap"] else "namespace" if p["namespace"] else "none"
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------
+def sandbox_processes(run_id: str = "", token: str = "") -> list[int]:
+    """Live processes (zombies excluded, this one too) that carry a sandbox run's environment
+    marker, ``SPRO_SANDBOX_RUN=run_id`` (``run_id="*"``: any run), or ``token`` in their command
+    line. Only processes this user may inspect are seen."""
+    me = os.getpid()
+    needle = f"SPRO_SANDBOX_RUN={run_id}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                    continue
+            hit = False
+            if token:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    hit = token.encode() in f.read()
+            if not hit and run_id:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+                hit = any(e.startswith(b"SPRO_SANDBOX_RUN=") for e in env) if run_id == "*" else needle in env
+        except OSError:
+            continue
+        if hit:
+            found.append(int(name))
+    return found
+
+
+def _kill_marked(marker: str) -> None:
+    """Kill every process of the run ``marker`` (by its environment marker)."""
+    for _ in range(3):
+        pids = sandbox_processes(marker)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.02)
+
+
+def _read_capped(f: Any, cap: int) -> tuple[bytes, bool]:
+    try:
+        f.seek(0)
+        data = f.read(cap + 1)
+    except OSError:
+        return b"", False
+    return data[:cap], len(data) >= cap
+
+
+def _wait_exit(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until ``proc`` exits (True) or ``timeout`` seconds pass (False). A pidfd wakes us the
+    moment it exits; ``Popen.wait(timeout=)`` polls with sleeps of up to 50 ms, a large share of
+    a sandboxed run."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # pragma: no cover - Linux < 5.3
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def _killpg(pgid: int) -> None:
@@ -593,33 +1023,194 @@ def _killpg(pgid: int) -> None:
         pass
 
 
+def _status(rc: int, timed_out: bool, wall: float, limits: SandboxLimits, stderr: str, full: bool,
+            wrapped: bool) -> Status:
+    if (rc == 120 and stderr.startswith("sandbox: ")) or (wrapped and rc == 121) or \
+            (rc == 1 and stderr.startswith("bwrap: ")):
+        return "sandbox_error"
+    if timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU, 128 + signal.SIGKILL) and \
+            wall >= limits.cpu_seconds:
+        return "timeout"
+    if full:
+        return "output_limit"
+    if rc == 0:
+        return "ok"
+    if "MemoryError" in stderr[-2000:]:
+        return "memory"
+    if rc < 0 or rc >= 128:
+        return "killed"
+    return "error"
+
+
+# Processes of each mode that are not the program but count against its limit: for RLIMIT_NPROC,
+# those inside the sandbox's user namespace (bubblewrap's init; unshare and the pid-1 runner);
+# for the pids cgroup, also the outer bubblewrap process.
+_NPROC_OVERHEAD = {"bwrap": 1, "namespace": 2, "none": 0}
+_CGROUP_OVERHEAD = {"bwrap": 2, "namespace": 2, "none": 0}
+
+
+def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str) -> tuple[SandboxResult, bytes]:
+    """Run one job; never raises for anything the program does. Returns the result and the raw
+    bytes of the results file ("values" mode)."""
+    t0 = time.perf_counter()
+    marker = secrets.token_hex(8)
+    files: list[Any] = []
+    base: str | None = None
+    cg: str | None = None
+    proc: subprocess.Popen | None = None
+    try:
+        nproc = int(limits.max_processes) + _NPROC_OVERHEAD[iso]
+        job = dict(job, limits={
+            "cpu": max(1, int(-(-limits.cpu_seconds // 1))),
+            "as": int(limits.memory_mb) << 20,
+            "fsize": int(limits.output_bytes),
+            "nproc": nproc,
+            "nofile": int(limits.open_files),
+        })
+        if iso == "none":
+            base = tempfile.mkdtemp(prefix=f"{_CG_PREFIX}{os.getpid()}-")
+            job.update(workdir=base, block_socket=True, parent_pid=os.getpid())
+        elif iso == "namespace":
+            work, hide = _namespace_layout()
+            job.update(workdir=work, pid1=True,
+                       lockdown={"size": int(limits.disk_mb) << 20, "hide": hide})
+        else:
+            job.update(workdir="/tmp")
+        env = _base_env(marker, job["workdir"])
+        for _ in range(5):
+            files.append(tempfile.TemporaryFile())
+        jobf, resf, inf, outf, errf = files
+        jobf.write(marshal.dumps(job))
+        jobf.seek(0)
+        inf.write(stdin)
+        inf.seek(0)
+        cmd = [sys.executable, "-I", "-c", RUNNER, str(jobf.fileno()), str(resf.fileno())]
+        popen_env = env
+        if iso == "bwrap":
+            cmd = _bwrap_argv(limits, env) + cmd
+            popen_env = {"PATH": env["PATH"]}
+        elif iso == "namespace":
+            cmd = _namespace_argv() + cmd
+        cgroot = (_PROBE or {}).get("cgroup")
+        if cgroot:
+            cg = os.path.join(cgroot, f"{_CG_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+            try:
+                os.mkdir(cg)
+                with open(os.path.join(cg, "pids.max"), "w") as f:
+                    # (the wrapper shell execs, so it is not an extra process)
+                    f.write(str(int(limits.max_processes) + _CGROUP_OVERHEAD[iso]))
+                cmd = ["/bin/sh", "-c", 'echo $$ > "$0" || exit 121; exec "$@"',
+                       os.path.join(cg, "cgroup.procs")] + cmd
+            except OSError:
+                _cgroup_kill(cg)
+                cg = None
+        try:
+            proc = subprocess.Popen(
+                cmd, stdin=inf, stdout=outf, stderr=errf, cwd=base or "/", env=popen_env,
+                start_new_session=True, close_fds=True, pass_fds=(jobf.fileno(), resf.fileno()),
+            )
+        except OSError as e:
+            return SandboxResult("sandbox_error", None, "", f"could not start sandbox: {e}",
+                                 time.perf_counter() - t0, iso, marker), b""
+        timed_out = not _wait_exit(proc, limits.wall_seconds)
+        if timed_out:
+            _killpg(proc.pid)
+        rc = proc.wait()
+        wall = time.perf_counter() - t0
+        _killpg(proc.pid)
+        if iso == "none":
+            _kill_marked(marker)
+        out, out_full = _read_capped(outf, limits.output_bytes)
+        err, err_full = _read_capped(errf, limits.output_bytes)
+        results, _ = _read_capped(resf, limits.output_bytes)
+        stdout = out.decode("utf-8", errors="replace")
+        stderr = err.decode("utf-8", errors="replace")
+        status = _status(rc, timed_out, wall, limits, stderr, out_full or err_full, cg is not None)
+        return SandboxResult(status, rc, stdout, stderr, wall, iso, marker), results
+    except Exception as e:  # a failure of the harness itself: report it, never raise
+        count_event("sandbox/harness_error")
+        return SandboxResult("sandbox_error", None, "", f"sandbox: {type(e).__name__}: {e}",
+                             time.perf_counter() - t0, iso, marker), b""
+    finally:
+        if proc is not None and proc.poll() is None:
+            _killpg(proc.pid)
+            proc.wait()
+        if cg:
+            _cgroup_kill(cg)
+        for f in files:
+            f.close()
+        if base:
+            _rmtree(base)
+
+
+def _parse_results(data: bytes, n: int) -> list[tuple[str, Any]]:
+    """Per request: ("ok", value), ("error", message) or ("missing", None). A request answered
+    twice counts as an error (the runner never does that)."""
+    out: list[tuple[str, Any]] = [("missing", None)] * n
+    seen: set[int] = set()
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line.decode("utf-8", errors="surrogatepass"))
+        except (ValueError, RecursionError):
+            continue
+        if type(item) is not list or len(item) != 2 or type(item[0]) is not int or not 0 <= item[0] < n:
+            continue
+        i, enc = item
+        if i in seen:
+            out[i] = ("error", "answered twice")
+            continue
+        seen.add(i)
+        if type(enc) is dict and len(enc) == 1 and type(enc.get("e")) is str:
+            out[i] = ("error", enc["e"][:300])
+            continue
+        try:
+            out[i] = ("ok", decode_value(enc))
+        except (ValueError, TypeError, OverflowError, MemoryError) as e:
+            out[i] = ("error", f"undecodable result: {e}"[:300])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
 def run_python(
     code: str,
     *,
     stdin: str | bytes = "",
     limits: SandboxLimits = SandboxLimits(),
-    isolation: Literal["auto", "namespace", "none"] = "auto",
+    isolation: Isolation = "auto",
 ) -> SandboxResult:
     """Run ``code`` as a script (``__name__ == "__main__"``) with ``stdin`` and the limits.
 
     Never raises for anything the program does; harness failures give status "sandbox_error".
     """
-    return _run(code, mode="script", stdin=stdin, limits=limits, isolation=isolation)[0]
+    iso = _resolve_isolation(isolation)
+    data = stdin.encode("utf-8", errors="replace") if isinstance(stdin, str) else bytes(stdin)
+    return _execute({"mode": "script", "code": code}, data, limits, iso)[0]
 
 
-def _parse_lines(stdout: str, nonce: str) -> tuple[str, dict[int, str]]:
-    """Split harness result lines (``nonce idx payload``) from the program's own output."""
-    res: dict[int, str] = {}
-    keep: list[str] = []
-    for line in stdout.split("\n"):
-        if line.startswith(nonce + " "):
-            rest = line[len(nonce) + 1:]
-            idx, _, payload = rest.partition(" ")
-            if idx.isdigit():
-                res[int(idx)] = payload
-                continue
-        keep.append(line)
-    return "\n".join(keep), res
+def run_values(
+    code: str,
+    requests: Sequence[dict[str, Any]],
+    *,
+    limits: SandboxLimits = SandboxLimits(),
+    isolation: Isolation = "auto",
+) -> tuple[list[tuple[str, Any]], SandboxResult]:
+    """Run ``code`` (stdin empty), then evaluate each request on its globals, in order, and return
+    their values: ``("ok", value)``, ``("error", message)`` (it raised) or ``("missing", None)``
+    (the program ended, crashed or timed out before it).
+
+    A request is ``{"call": name, "args": encode_value([...])}`` (call the program's function
+    ``name``, or the method of its ``class Solution``) or ``{"src": expression, "bind": {name:
+    binding}}`` where a binding is ``{"v": encode_value(x)}``, ``{"leaf": k}`` (the object request
+    ``k`` returned), ``{"global": name}`` (another of the program's names) or ``{"module": name}``.
+    Requests carry only what the program is given (arguments), never expected values.
+    """
+    iso = _resolve_isolation(isolation)
+    result, raw = _execute({"mode": "values", "code": code, "requests": list(requests)}, b"", limits, iso)
+    return _parse_results(raw, len(requests)), result
 
 
 def run_asserts(
@@ -627,16 +1218,17 @@ def run_asserts(
     tests: Sequence[str],
     *,
     limits: SandboxLimits = SandboxLimits(),
-    isolation: Literal["auto", "namespace", "none"] = "auto",
+    isolation: Isolation = "auto",
 ) -> tuple[list[bool], SandboxResult]:
-    """Run ``code`` once, then each test statement (e.g. ``"assert f(2) == 4"``) on its globals.
+    """Run ``code`` once and judge each test (``"assert f(2) == 4"``, or several statements) on the
+    trusted side: the program only computes the values the assertions read from it.
 
-    Returns (passed per test, the run's result). Tests after a crash, timeout or kill count as
-    failed. A program that exits early (``sys.exit``/``os._exit``) before the tests pass none.
+    Returns (passed per test, the run's result). Raises :class:`spro.rewards.code.UnsupportedTest`
+    (a ValueError) for a test the trusted judge cannot evaluate (see :mod:`spro.rewards.code`).
     """
-    result, nonce = _run(code, mode="asserts", tests=list(tests), limits=limits, isolation=isolation)
-    result.stdout, lines = _parse_lines(result.stdout, nonce)
-    return [lines.get(i) == "PASS" for i in range(len(tests))], result
+    from spro.rewards.code import judge_asserts
+
+    return judge_asserts(code, tests, limits=limits, isolation=isolation)
 
 
 def run_calls(
@@ -645,24 +1237,14 @@ def run_calls(
     args_list: Sequence[Any],
     *,
     limits: SandboxLimits = SandboxLimits(),
-    isolation: Literal["auto", "namespace", "none"] = "auto",
+    isolation: Isolation = "auto",
 ) -> tuple[list[tuple[bool, Any]], SandboxResult]:
     """Run ``code``, then call ``fn_name`` (a function or a ``Solution`` method) on each argument
-    list. Returns per call (returned normally, JSON-decoded return value) and the run's result."""
-    result, nonce = _run(code, mode="call", tests=list(args_list), fn_name=fn_name, limits=limits,
-                         isolation=isolation)
-    result.stdout, lines = _parse_lines(result.stdout, nonce)
-    out: list[tuple[bool, Any]] = []
-    for i in range(len(args_list)):
-        p = lines.get(i, "ERR")
-        if p.startswith("RET "):
-            try:
-                out.append((True, json.loads(p[4:])))
-            except ValueError:
-                out.append((True, p[4:]))
-        else:
-            out.append((False, None))
-    return out, result
+    list. Returns per call (returned normally, decoded return value: plain data or an
+    :class:`Unrepresentable`) and the run's result."""
+    reqs = [{"call": fn_name, "args": encode_value(a if isinstance(a, list) else [a])} for a in args_list]
+    values, result = run_values(code, reqs, limits=limits, isolation=isolation)
+    return [(kind == "ok", v if kind == "ok" else None) for kind, v in values], result
 
 
 def run_many(
@@ -670,7 +1252,7 @@ def run_many(
     *,
     workers: int = 1,
     limits: SandboxLimits = SandboxLimits(),
-    isolation: Literal["auto", "namespace", "none"] = "auto",
+    isolation: Isolation = "auto",
 ) -> list[SandboxResult]:
     """Run many scripts, ``workers`` at a time (threads that each wait on one child process).
 
@@ -682,3 +1264,4 @@ def run_many(
         return [fn(j) for j in jobs]
     with ThreadPoolExecutor(max_workers=workers) as ex:
         return list(ex.map(fn, jobs))
+

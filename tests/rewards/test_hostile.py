@@ -1,0 +1,54 @@
+"""Hostile programs against the code sandbox and code reward: one test per attack and isolation
+mode (the attacks are those of `spro doctor`, in spro.commands.doctor, where each is documented).
+
+Every attack is judged by evidence outside the sandbox (the reward, host files, connections to
+listeners started here, processes left running, time). An attack that a fallback mode does not
+claim to contain (``isolation_report(mode)["not_contained"]``) is skipped without being run, and
+listed with the reason at the end of the session. Every test also checks that no sandbox
+process and no per-run cgroup outlives it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SKIPPED_ATTACKS
+from spro.commands import doctor
+from spro.rewards import sandbox
+from spro.rewards.sandbox import isolation_report
+
+MODES = ["bwrap", "namespace", "none"]
+
+
+@pytest.mark.parametrize("name", list(doctor.SANDBOX_ATTACKS))
+@pytest.mark.parametrize("mode", MODES)
+def test_attack_is_contained(mode, name):
+    p = sandbox._probe()
+    if mode != "none" and not p[mode]:
+        line = f"every attack [{mode}]: isolation unavailable here: {p['reasons'][mode]}"
+        if line not in SKIPPED_ATTACKS:
+            SKIPPED_ATTACKS.append(line)
+        pytest.skip(line)
+    why = isolation_report(mode)["not_contained"].get(name)
+    if why:
+        SKIPPED_ATTACKS.append(f"{name} [{mode}]: {why}")
+        pytest.skip(f"not contained by {mode}: {why}")
+    outcome = doctor.run_attack(name, mode)
+    assert outcome.contained is True, outcome.detail
+    assert outcome.seconds < 60
+
+
+@pytest.mark.parametrize("name", list(doctor.MATH_ATTACKS))
+def test_math_attack_costs_at_most_the_time_limit(name):
+    outcome = doctor.run_math_attack(name)
+    assert outcome.contained is True, outcome.detail
+
+
+def test_doctor_prints_a_table_and_exit_status(capsys):
+    from spro.cli import main
+
+    assert main(["doctor", "--attack", "loopback_tcp", "--attack", "math_dollar_dots"]) == 0
+    out = capsys.readouterr().out
+    assert "isolation used by code rewards here (auto):" in out
+    assert "loopback_tcp" in out and "math_dollar_dots" in out and "all 2 attacks contained" in out
+    assert main(["doctor", "--attack", "nope"]) == 2
