@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from spro.rewards import sandbox
+from spro.rewards import completion_text, sandbox
 from spro.rewards import count_event, register_reward
 from spro.rewards.sandbox import SandboxLimits
 
@@ -93,9 +93,7 @@ def _fenced_blocks(text: str) -> list[tuple[str, str]]:
 
 def extract_code(text: Any) -> str:
     """The program in a completion (rules in the module docstring)."""
-    if isinstance(text, list) and text and isinstance(text[-1], dict):  # chat-format completion
-        text = text[-1].get("content", "")
-    text = str(text)
+    text = completion_text(text)
     blocks = _fenced_blocks(text)
     py = [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")]
     if py:

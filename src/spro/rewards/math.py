@@ -53,7 +53,7 @@ import warnings
 import weakref
 from typing import Any, Sequence
 
-from spro.rewards import count_event, register_reward
+from spro.rewards import completion_text, count_event, register_reward
 
 __all__ = [
     "extract_boxed",
@@ -539,7 +539,7 @@ class MathGrader:
         return out
 
     def _tail(self, completion: Any) -> str:
-        text = completion if isinstance(completion, str) else _completion_text(completion)
+        text = completion if isinstance(completion, str) else completion_text(completion)
         return text[-self.max_chars:]
 
     def warm(self) -> None:
@@ -563,13 +563,6 @@ class MathGrader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _completion_text(c: Any) -> str:
-    """TRL conversational completions are ``[{"role": "assistant", "content": ...}]``."""
-    if isinstance(c, list) and c and isinstance(c[-1], dict):
-        return str(c[-1].get("content", ""))
-    return str(c)
 
 
 def make_math_reward(timeout: float = 5.0, workers: int = 0, max_chars: int = MAX_CHARS):
