@@ -48,8 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from spro.rewards import completion_text, sandbox
-from spro.rewards import count_event, register_reward
+from spro.rewards import completion_text, count_event, register_reward, sandbox
 from spro.rewards.sandbox import SandboxLimits
 
 __all__ = [
