@@ -197,11 +197,12 @@ class AlgorithmConfig:
     )
     loss_agg: str | None = _f(
         None,
-        help="Loss aggregation: 'seq-mean-token-mean' (GRPO/SPRO: mean over each response's tokens, "
-        "then over responses), 'token-mean' (DAPO, PRIME: mean over all tokens of the mini-batch), "
-        "'seq-mean-token-sum' (sum over each response's tokens, mean over responses), "
-        "'seq-mean-token-sum-norm' (Dr. GRPO: token sum / max_new_tokens, mean over responses). null = "
-        "the algorithm's own (dr_grpo: seq-mean-token-sum-norm; the others: seq-mean-token-mean).",
+        help="Loss aggregation (verl's loss_agg_mode): 'seq-mean-token-mean' (GRPO/SPRO: mean over each "
+        "response's tokens, then over responses), 'token-mean' (DAPO, PRIME: mean over all tokens of the "
+        "mini-batch), 'seq-mean-token-sum' (sum over each response's tokens, mean over responses), "
+        "'seq-mean-token-sum-norm' (Dr. GRPO: token sum / max_new_tokens, mean over responses). The means are "
+        "over the whole mini-batch (all its micro-batches and processes), as verl does. null = the "
+        "algorithm's own (dr_grpo: seq-mean-token-sum-norm; the others: seq-mean-token-mean).",
         choices=(None,) + LOSS_AGGS,
     )
     clip_eps_low: float = _f(0.2, help="PPO clip range below: ratio >= 1 - clip_eps_low.",
@@ -210,6 +211,14 @@ class AlgorithmConfig:
         None,
         help="PPO clip range above (null = clip_eps_low; 0.28 = DAPO's clip-higher, arXiv:2503.14476).",
         check=(lambda v: v is None or v >= 0, ">= 0 or null"),
+    )
+    clip_ratio_c: float | None = _f(
+        None,
+        help="Dual-clip PPO (Ye et al. 2020, arXiv:1912.09729): for tokens with a negative advantage the "
+        "per-token loss is at most -advantage * clip_ratio_c, so one very unlikely-now token cannot blow up "
+        "the loss. null = off (plain clipped PPO, as in the GRPO and SPRO papers); verl's default is 3.0. "
+        "Must be > 1.",
+        check=(lambda v: v is None or v > 1, "> 1 or null"),
     )
     kl_coef: float = _f(0.0, help="Weight of the KL penalty to the reference in the loss (0 in the SPRO paper).",
                         check=(lambda v: v >= 0, ">= 0"))
