@@ -41,15 +41,23 @@ def test_loop_changes_weights_and_logs_every_metric(model_dir, tmp_path, algorit
     assert any(not torch.equal(start[k], end[k]) for k in start)
 
 
-def test_mini_batches_epochs_accumulation_tensorboard(model_dir, tmp_path):
+def test_mini_batches_epochs_accumulation_tensorboard(model_dir, tmp_path, monkeypatch):
+    import spro.trainer.loop as loop
+
     over = small_overrides(
         model_dir, tmp_path / "run", "spro", total_steps=1, **{
             "algorithm.ppo_epochs": 2, "algorithm.mini_batch_size": 4, "algorithm.grad_accum_steps": 2,
             "algorithm.kl_coef": 0.01, "algorithm.entropy_coef": 0.01, "algorithm.clip_eps_high": 0.28,
+            "algorithm.clip_ratio_c": 3.0, "algorithm.loss_agg": "seq-mean-token-sum",
             "optim.warmup_steps": 2, "logging.tensorboard": True, "logging.log_completions": 2,
         })
+    calls, real_loss = [], loop.policy_loss
+    monkeypatch.setattr(loop, "policy_loss", lambda *a, **kw: calls.append(kw) or real_loss(*a, **kw))
     t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
     out = t.train()
+    assert len(calls) == 2 * 2 * 2  # epochs x mini-batches x micro-batches
+    assert all(kw["clip_ratio_c"] == 3.0 and kw["agg"] == "seq-mean-token-sum" for kw in calls)
+    assert all(float(kw["normaliser"]) == 4 for kw in calls)  # the mini-batch's 4 responses (non-empty)
     (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["lr"] == pytest.approx(0.0)  # first optimizer step of a 2-step warmup
     assert t.scheduler.get_last_lr()[0] == pytest.approx(1e-3)  # after 4 optimizer steps
@@ -248,3 +256,32 @@ def test_process_reward_model_hook_for_prime(model_dir, tmp_path):
     assert [(n, shape) for n, shape, _ in prm.calls] == [(8, (8,)), (8, (8,))]
     metrics = read_jsonl(out / "metrics.jsonl")
     assert all(m["prm/loss"] == 0.5 for m in metrics) and all(k in metrics[0] for k in METRIC_KEYS)
+
+
+# ------------------------------------------------------------------------------ the update's loss
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_accumulated_gradient_is_the_gradient_of_the_mini_batch_loss(model_dir, tmp_path, agg):
+    """With grad_accum_steps=2 and 6 of 8 responses kept (as PRIME's filter does), the micro-batches hold 4 and
+    2 responses: the accumulated gradient must be that of the loss over all 6, whatever the aggregation."""
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "grpo", total_steps=1, **{
+        "algorithm.grad_accum_steps": 2, "algorithm.loss_agg": agg, "optim.max_grad_norm": 0}))
+    t = Trainer(cfg, reward_funcs=REWARDS)
+    keep = torch.tensor([True] * 6 + [False] * 2)
+    t.algorithm.select = lambda x: keep
+    seen, grads = {}, {}
+    real_update = t.ppo_update
+    t.ppo_update = lambda s, adv, step: seen.update(s=s, adv=adv) or real_update(s, adv, step)
+    t.optimizer.step = lambda *a, **k: grads.update({n: p.grad.clone() for n, p in t.model.named_parameters()})
+    t.train_step()
+    s, adv = seen["s"], seen["adv"]
+    assert len(s.batch) == 6 and t.micro == 4
+    t.model.zero_grad()
+    logp, _ = sequence_logps(t.model, s.batch, temperature=cfg.rollout.temperature)
+    from spro.algorithms.losses import policy_loss
+
+    loss, _ = policy_loss(logp, s.x.logp, adv, s.x.mask, agg=agg, max_completion_length=cfg.rollout.max_new_tokens)
+    loss.backward()
+    for n, p in t.model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-7, msg=n)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from spro.algorithms.losses import policy_loss
+from spro.algorithms.losses import agg_normaliser, policy_loss
 from spro.algorithms.registry import AdvantageInputs, TrainerContext, resolve_algorithm
 from spro.config import ConfigError, TrainConfig, config_from_dict, diff_configs, flatten, save_yaml, to_dict
 from spro.data.loader import check_prompt_lengths, load_datasets, prompt_order
@@ -259,26 +259,30 @@ class Trainer:
     def ppo_update(self, s: _Step, adv: torch.Tensor, step: int) -> dict[str, float]:
         """PPO epochs over mini-batches with gradient accumulation; one optimizer step per mini-batch.
 
+        Each micro-batch's loss is its share of the mini-batch loss: the loss aggregation divides by
+        the mini-batch's count of tokens / responses over all micro-batches and processes
+        (``spro.algorithms.losses.agg_normaliser``), so short micro-batches weigh what their rows weigh.
         ``s.fused``: ``(logp, entropy)`` of the whole batch from a forward pass that still holds its
         graph (the on-policy case: one epoch, one mini-batch, no accumulation), reused instead of a
         second forward pass.
         """
         cfg, a = self.cfg, self.cfg.algorithm
-        B, accum, mask = len(s.batch), a.grad_accum_steps, s.x.mask
+        B, mask = len(s.batch), s.x.mask
         params = [p for p in self.model.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        sums: dict[str, float] = {}
-        n_micro, grad_norms, lrs = 0, [], []
+        per_mini: list[dict[str, float]] = []
+        grad_norms, lrs = [], []
         for epoch in range(a.ppo_epochs):
             order = (torch.arange(B) if epoch == 0 else torch.randperm(B, generator=gen)).to(mask.device)
             for start in range(0, B, self.mini):
                 mb_idx = order[start : start + self.mini]
                 lrs.append(self.scheduler.get_last_lr()[0])
-                for k in range(accum):
-                    idx = mb_idx[k * self.micro : (k + 1) * self.micro]
-                    if idx.numel() == 0:  # a short batch (the algorithm kept fewer responses)
-                        continue
-                    sync = contextlib.nullcontext() if k == accum - 1 else self.acc.no_sync(self.ddp_model)
+                # micro-batches; fewer or shorter ones when the algorithm kept fewer responses
+                chunks = [c for c in mb_idx.split(self.micro) if c.numel()]
+                norm = self.acc.reduce(agg_normaliser(mask[mb_idx], self.loss_agg).to(mask.device), "sum")
+                sums, n_tok = {}, 0.0
+                for k, idx in enumerate(chunks):
+                    sync = contextlib.nullcontext() if k == len(chunks) - 1 else self.acc.no_sync(self.ddp_model)
                     with sync:
                         if s.fused is not None:
                             logp, ent = s.fused
@@ -289,18 +293,22 @@ class Trainer:
                             raise self._diverged("the policy's log-probs during the update")
                         loss, m = policy_loss(
                             logp, s.x.logp[idx], adv[idx], mask[idx], clip_eps_low=a.clip_eps_low,
-                            clip_eps_high=a.clip_eps_high, agg=self.loss_agg,
-                            max_completion_length=cfg.rollout.max_new_tokens,
+                            clip_eps_high=a.clip_eps_high, clip_ratio_c=a.clip_ratio_c, agg=self.loss_agg,
+                            max_completion_length=cfg.rollout.max_new_tokens, normaliser=norm,
                             ref_logp=s.x.ref_logp[idx] if s.x.ref_logp is not None else None,
                             kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy=ent, entropy_coef=a.entropy_coef,
                         )
                         if not torch.isfinite(loss):
                             raise self._diverged("the loss")
-                        self.acc.backward(loss / accum)
-                    m["loss"] = float(loss.detach())
+                        # data parallel averages the gradients over processes: x world gives their sum
+                        self.acc.backward(loss * self.world)
+                    # loss shares add up (x world: their mean over processes is their sum); the other
+                    # metrics are token means, weighted by the micro-batch's tokens
+                    m["loss"], w = float(loss.detach()), float(mask[idx].sum())
                     for key, v in m.items():
-                        sums[key] = sums.get(key, 0.0) + v
-                    n_micro += 1
+                        sums[key] = sums.get(key, 0.0) + (v * self.world if key in ("loss", "pg_loss") else v * w)
+                    n_tok += w
+                per_mini.append({k: v if k in ("loss", "pg_loss") else v / max(n_tok, 1.0) for k, v in sums.items()})
                 if cfg.optim.max_grad_norm > 0:
                     gn = float(self.acc.clip_grad_norm_(params, cfg.optim.max_grad_norm))
                 else:
@@ -311,7 +319,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-        out = {k: v / n_micro for k, v in sums.items()}
+        out = {k: float(np.mean([m[k] for m in per_mini])) for k in per_mini[0]}
         out["grad_norm"] = float(np.mean(grad_norms))
         out["lr"] = float(lrs[0])
         return out
