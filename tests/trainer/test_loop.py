@@ -285,3 +285,48 @@ def test_accumulated_gradient_is_the_gradient_of_the_mini_batch_loss(model_dir, 
     loss.backward()
     for n, p in t.model.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-7, msg=n)
+
+
+# ------------------------------------------------------------------------------ dropout and exactness
+
+
+def _model_with_dropout(path):
+    from spro.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(save_small_model(path))
+    model.config.attention_dropout = 0.1  # applied inside the attention function when training
+    model.save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("dropout", [False, True], ids=["no-dropout", "attention_dropout=0.1"])
+@pytest.mark.parametrize("extra", [{}, {"algorithm.grad_accum_steps": 2}, {"model.share_prompt_prefix": False}],
+                         ids=["on-policy", "accumulation", "no-prefix-sharing"])
+def test_process_reward_is_exactly_zero_at_step_1(model_dir, tmp_path, dropout, extra):
+    """At step 1 the policy is the reference: log pi_old - log pi_ref, SPRO's process reward and the KL are exactly 0
+    (no dropout in the pi_old pass; the same kernels in both passes: with 8 prompts a frozen reference rounded
+    differently, giving ~1e-9 without dropout)."""
+    model = _model_with_dropout(tmp_path / "model") if dropout else model_dir
+    cfg = load_config(overrides=small_overrides(model, tmp_path / "run", "spro", total_steps=1,
+                                                **{"rollout.prompts_per_step": 8, **extra}))
+    t = Trainer(cfg, reward_funcs=REWARDS)
+    m = t.train_step()
+    for k in ("process/cpr_final_mean", "process/cpr_final_std", "process/msa_abs_mean", "process/reward_abs_mean",
+              "kl"):
+        assert m[k] == 0.0, (k, m[k])
+
+
+def test_sampling_and_no_grad_passes_run_without_dropout(tmp_path):
+    """Every forward pass of the policy without gradients (sampling, pi_old, evaluation) runs in eval mode; the
+    update's passes (with gradients) in train mode."""
+    model = _model_with_dropout(tmp_path / "model")
+    for extra in ({}, {"algorithm.grad_accum_steps": 2}):
+        cfg = load_config(overrides=small_overrides(model, tmp_path / f"run{len(extra)}", "spro", total_steps=1,
+                                                    **extra))
+        t = Trainer(cfg, reward_funcs=REWARDS)
+        assert not t.on_policy  # a dropout pass cannot double as pi_old
+        seen = []
+        t.model.register_forward_hook(lambda mod, *a: seen.append((torch.is_grad_enabled(), mod.training)))
+        t.train()
+        assert {training for grad, training in seen if not grad} == {False}
+        assert {training for grad, training in seen if grad} == {True}

@@ -7,9 +7,10 @@ One training step (:meth:`Trainer.train_step`):
               the single-process ones;
 2. score      the reward functions (``spro.rewards.scoring.Scorer``);
 3. log-probs  one no-grad pass of the frozen reference (when the algorithm or the KL term needs
-              it) and one of the sampling policy (pi_old, with the entropy); both are reused by
-              the advantage, the PPO ratio, the KL term and the metrics. With one optimizer step
-              per batch the training forward pass itself gives pi_old (``fused``);
+              it) and one of the sampling policy (pi_old, with the entropy), both in eval mode
+              (``spro.trainer.passes``); both are reused by the advantage, the PPO ratio, the KL
+              term and the metrics. With one optimizer step per batch and no dropout the training
+              forward pass itself gives pi_old (``fused``);
 4. advantages the algorithm's hooks (``select`` the responses that train, ``prepare`` its own
               state) and its estimator (``spro.algorithms``);
 5. update     PPO epochs over mini-batches with gradient accumulation (``spro.algorithms.losses``);
@@ -42,6 +43,7 @@ from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, PRIME_METRIC_KEYS, step_metrics
+from spro.trainer.passes import eval_mode, has_dropout, match_grad_flags
 from spro.trainer.warmstart import resolve_model
 
 __all__ = ["Trainer", "train", "TrainingDivergedError", "RewardFunctionError", "METRIC_KEYS", "PRIME_METRIC_KEYS",
@@ -100,7 +102,7 @@ class Trainer:
             raise ConfigError(f"algorithm.mini_batch_size ({a.mini_batch_size}) must divide the per-process batch "
                               f"({self.local_batch} responses)")
         self.micro = self.mini // a.grad_accum_steps
-        # one optimizer step per batch: the training forward pass doubles as the pi_old pass
+        # one optimizer step per batch: the training forward pass doubles as the pi_old pass (set below)
         self.on_policy = a.ppo_epochs == 1 and self.mini == self.local_batch and a.grad_accum_steps == 1
         self.algorithm = resolve_algorithm(a.name, a.options)
         self.loss_agg = a.loss_agg or self.algorithm.loss_agg
@@ -115,12 +117,14 @@ class Trainer:
             else:
                 self.ref, _ = load_model(resolve_model(m.ref_model or m.name_or_path), dtype=m.dtype,
                                          tiny_seed=m.tiny_seed)
-            self.ref.requires_grad_(False).eval().to(self.acc.device)
+            match_grad_flags(self.ref, self.model)  # (the same kernels as the policy's passes: see passes.py)
+            self.ref.eval().to(self.acc.device)
         if m.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         # prompt-prefix sharing needs a KV cache in the training forward (not with checkpointing)
         self.share_group = self.G if (m.share_prompt_prefix and not m.gradient_checkpointing) else None
         self.model.to(self.acc.device).train()
+        self.on_policy = self.on_policy and not has_dropout(self.model)  # (a dropout pass is not pi_old)
 
         # data and rewards
         self.train_ds, self.eval_ds = load_datasets(cfg)
@@ -165,9 +169,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the stages
 
-    def _logp_fn(self, model: Any, batch: RolloutBatch) -> torch.Tensor:
-        """Log-probs of ``batch``'s responses under ``model`` with the trainer's convention (for algorithms)."""
-        return sequence_logps(model, batch, temperature=self.cfg.rollout.temperature, group_size=self.share_group)[0]
+    def _logp_fn(self, model: Any, batch: RolloutBatch, *, grad: bool = False) -> torch.Tensor:
+        """Log-probs of ``batch``'s responses under ``model`` with the trainer's convention (for algorithms);
+        without ``grad``, a no-grad pass in eval mode."""
+        kw = dict(temperature=self.cfg.rollout.temperature, group_size=self.share_group)
+        if grad:
+            return sequence_logps(model, batch, **kw)[0]
+        with eval_mode(model):
+            return logps_no_grad(model, batch, with_entropy=False, **kw)[0]
 
     def rollout(self, step: int) -> tuple[list[int], RolloutBatch]:
         """This process's prompts of ``step`` (dataset rows) and their G sampled responses each."""
@@ -201,8 +210,9 @@ class Trainer:
             fused = (logp, ent if a.entropy_coef > 0 else None)
             old_logp, entropy = logp.detach(), ent.detach()
         else:
-            old_logp, entropy = logps_no_grad(self.model, batch, temperature=temp, with_entropy=True, chunk=chunk,
-                                              group_size=self.share_group)
+            with eval_mode(self.model):
+                old_logp, entropy = logps_no_grad(self.model, batch, temperature=temp, with_entropy=True, chunk=chunk,
+                                                  group_size=self.share_group)
         mb = batch.completion_mask.bool()
         if not torch.isfinite(old_logp[mb]).all():
             raise self._diverged("the sampling policy's log-probs")
