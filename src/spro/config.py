@@ -83,8 +83,8 @@ class ModelConfig:
 class RewardSpec:
     name: str = _f(
         help="A registered reward ('arithmetic', 'math', 'code', 'format', ...; see spro.rewards) "
-        "or an import path 'package.module:function'. The function follows TRL's convention "
-        "fn(prompts, completions, **columns) -> list[float | None]."
+        "or an import path 'module:function' (a module in the working directory or on the Python path). The "
+        "function follows TRL's convention fn(prompts, completions, **columns) -> list[float | None]."
     )
     weight: float = _f(1.0, help="Weight of this reward in the weighted sum.")
 

@@ -35,7 +35,6 @@ import dataclasses
 import difflib
 import importlib
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -275,27 +274,13 @@ def list_algorithms() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _import_attr(spec: str) -> Any:
-    """``module:attr`` (module importable from the working directory too)."""
-    module, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"algorithm.name={spec!r}: cannot import module {module!r} ({e}); the module must be "
-                         f"importable from the working directory or the Python path") from None
-    try:
-        return getattr(mod, attr)
-    except AttributeError:
-        raise ValueError(f"algorithm.name={spec!r}: module {module!r} has no attribute {attr!r}") from None
-
-
 def get_algorithm(spec: str) -> type[Algorithm]:
     """The algorithm class for a registered name or a ``module:attr`` import path."""
     _load_builtins()
     if isinstance(spec, str) and ":" in spec:
-        obj = _import_attr(spec)
+        from spro.imports import import_object
+
+        obj = import_object(spec, f"algorithm.name={spec!r}")
         obj = getattr(obj, "algorithm", obj)
         if not (isinstance(obj, type) and issubclass(obj, Algorithm) and obj.name):
             raise ValueError(f"algorithm.name={spec!r} is not a registered algorithm: decorate it with "
