@@ -330,3 +330,31 @@ def test_sampling_and_no_grad_passes_run_without_dropout(tmp_path):
         t.train()
         assert {training for grad, training in seen if not grad} == {False}
         assert {training for grad, training in seen if grad} == {True}
+
+
+# ------------------------------------------------------------------------------ what is trained on
+
+
+def test_cli_trains_on_the_data_source_with_its_reward_and_a_held_out_set(model_dir, tmp_path, capsys):
+    """`spro train data.source=FILE data.schema=gsm8k` trains on the file (not on the default task), scores with the
+    reward gsm8k implies (math), says so, and evaluates on rows it does not train on or stops with an error."""
+    import json
+
+    from spro.cli import main
+
+    data = tmp_path / "my.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+{i}?", "answer": f"#### {2 * i}"}) + "\n" for i in range(12)))
+    base = small_overrides(model_dir, tmp_path / "run", "grpo", total_steps=1, **{
+        "data.task": "null", "data.rewards": "null", "data.source": str(data), "data.schema": "gsm8k",
+        "logging.log_completions": 8})
+    assert main(["train", *base]) == 1
+    assert "no held-out set for the evaluation" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert main(["train", *base, "data.eval_fraction=0.25"]) == 0
+    err = capsys.readouterr().err
+    assert "spro: data " in err and "9 prompts; 3 held out by data.eval_fraction=0.25" in err
+    assert "reward math (what gsm8k data implies" in err
+    trained = {r["prompt"] for r in read_jsonl(tmp_path / "run" / "completions.jsonl")}
+    assert trained and trained <= {f"{i}+{i}?" for i in range(12)}
+    (ev,) = read_jsonl(tmp_path / "run" / "eval.jsonl")
+    assert ev["eval/n"] == 3

@@ -84,10 +84,21 @@ class Scorer:
         return cls([RewardFn(getattr(reward, "__name__", "reward"), reward)])
 
     @classmethod
-    def from_config(cls, data_cfg: Any, overrides: dict[str, Callable] | None = None) -> Scorer:
-        """From a ``DataConfig`` (``rewards``, ``accuracy_reward``, ``correct_threshold``)."""
-        fns = [RewardFn(s.name, resolve_reward(s.name, overrides), s.weight) for s in data_cfg.rewards]
-        return cls(fns, accuracy_reward=data_cfg.accuracy_reward, correct_threshold=data_cfg.correct_threshold)
+    def from_config(cls, data_cfg: Any, overrides: dict[str, Callable] | None = None,
+                    rewards: Sequence[tuple[str, float]] | None = None) -> Scorer:
+        """From a ``DataConfig`` (``accuracy_reward``, ``correct_threshold``) and ``rewards``, the ``(name, weight)``
+        pairs to use (default: ``data_cfg.rewards``; ``spro.data.loader.reward_specs`` resolves a null one)."""
+        from spro.options import ConfigError
+
+        if rewards is None:
+            if data_cfg.rewards is None:
+                raise ConfigError("data.rewards is null: spro.data.loader.reward_specs gives the default reward")
+            rewards = [(s.name, s.weight) for s in data_cfg.rewards]
+        fns = [RewardFn(name, resolve_reward(name, overrides), weight) for name, weight in rewards]
+        try:
+            return cls(fns, accuracy_reward=data_cfg.accuracy_reward, correct_threshold=data_cfg.correct_threshold)
+        except ValueError as e:
+            raise ConfigError(f"data.accuracy_reward: {e}") from None
 
     def __call__(self, prompts: list, completions: list[str], columns: dict[str, list]) -> Scores:
         B = len(completions)

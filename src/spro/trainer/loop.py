@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 from spro.algorithms.losses import agg_normaliser, policy_loss
 from spro.algorithms.registry import AdvantageInputs, TrainerContext, resolve_algorithm
 from spro.config import ConfigError, TrainConfig, config_from_dict, diff_configs, flatten, save_yaml, to_dict
-from spro.data.loader import check_prompt_lengths, load_datasets, prompt_order
+from spro.data.loader import check_prompt_lengths, describe_datasets, load_datasets, prompt_order, reward_specs
 from spro.data.prompts import render_prompt
 from spro.models.loading import load_model
 from spro.models.logprobs import logps_no_grad, sequence_logps
@@ -135,11 +136,15 @@ class Trainer:
         if self.eval_ds is not None:
             self.eval_ds, _ = check_prompt_lengths(
                 self.eval_ds, [render_prompt(self.tok, p) for p in self.eval_ds["prompt"]], self.tok, ctx_len,
-                r.max_new_tokens, cfg.data.long_prompts, cfg.data.eval_split)
+                r.max_new_tokens, cfg.data.long_prompts, "evaluation")
         if len(self.train_ds) == 0:
             raise ConfigError("the training set is empty")
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
-        self.scorer = Scorer.from_config(cfg.data, reward_funcs)
+        specs, reward_note = reward_specs(cfg.data, self.train_ds)
+        self.scorer = Scorer.from_config(cfg.data, reward_funcs, specs)
+        if self.is_main:
+            print(f"spro: data {describe_datasets(cfg.data, self.train_ds, self.eval_ds)}; {reward_note}",
+                  file=sys.stderr, flush=True)
 
         # optimizer, schedule, generation
         o = cfg.optim
