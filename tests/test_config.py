@@ -110,6 +110,7 @@ def test_errors_in_a_file_name_the_file(tmp_path):
      "data.eval_fraction and data.eval_split both choose"),
     (["data.source=a.jsonl", "data.eval_fraction=1.5"], r"data.eval_fraction must be in \(0, 1\) or null"),
     (["data.eval_source=b.jsonl"], "data.eval_source is for a data.source run"),
+    (["data.reward_timeout=-1"], "data.reward_timeout must be >= 0"),
     (["rollout.top_p=0"], "top_p"),
 ])
 def test_validation(overrides, match):

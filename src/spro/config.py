@@ -148,10 +148,17 @@ class DataConfig:
         help="Reward functions with weights; the reward of a response is the weighted sum of the values that are "
         "not None (None = 'not applicable'); a response no function could score gets 0 (counted in the "
         "reward/none_frac metric). A function that raises is retried response by response; responses it still "
-        "fails on count as None (reward/errors). null = the reward of what is trained on, "
+        "fails on count as None (reward/errors, with a warning). null = the reward of what is trained on, "
         "printed at the start of the run: a task's own verifier (arithmetic -> arithmetic), for a dataset the "
         "one its schema implies (gsm8k, math -> math; eurus -> eurus; a reasoning_gym:NAME source -> "
         "reasoning_gym); the plain schema implies none, and the run stops asking for data.rewards.",
+    )
+    reward_timeout: float = _f(
+        300.0,
+        help="Seconds one call of a reward function of your own (not one of spro's, which have their own limits) "
+        "may take; it runs in a worker thread, and on time-out its responses count as None (reward/timeouts, with "
+        "a warning). 0 = no limit.",
+        check=(lambda v: v >= 0, ">= 0"),
     )
     accuracy_reward: str | None = _f(
         None,

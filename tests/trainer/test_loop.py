@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from helpers import REWARDS, RecordingPRM, read_jsonl, save_small_model, small_overrides
 from spro.config import ConfigError, load_config
 from spro.models.logprobs import sequence_logps
+from spro.rewards.scoring import RewardWarning
 from spro.trainer import EVAL_KEYS, METRIC_KEYS, RewardFunctionError, Trainer, TrainingDivergedError, train
 
 
@@ -180,9 +181,30 @@ def test_reward_errors_on_some_responses_are_counted(model_dir, tmp_path):
             raise RuntimeError("this one failed")
         return [1.0]
 
-    out = _run_with_reward(model_dir, tmp_path, flaky)
+    with pytest.warns(RewardWarning, match=r"reward 'digits': 4 of 8 responses \(50%\).*First error: .*batch failed"):
+        out = _run_with_reward(model_dir, tmp_path, flaky)
     (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["reward/errors"] == 4 and m["reward/none_frac"] == 0.5
+
+
+def test_a_reward_that_never_returns_is_timed_out_and_reported(model_dir, tmp_path):
+    import threading
+
+    release = threading.Event()
+
+    def stuck(prompts, completions, **kw):
+        release.wait()
+        return [1.0] * len(completions)
+
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", total_steps=1,
+                                                **{"data.reward_timeout": 0.2, "eval_every": -1}))
+    try:
+        with pytest.warns(RewardWarning, match=r"'digits'.*8 timed out.*did not return within 0.2 s"):
+            out = train(cfg, reward_funcs={"digits": stuck})
+    finally:
+        release.set()
+    (m,) = read_jsonl(out / "metrics.jsonl")
+    assert m["reward/timeouts"] == 8 and m["reward/none_frac"] == 1.0
 
 
 @pytest.mark.parametrize("bad, match", [
