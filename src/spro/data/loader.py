@@ -15,14 +15,15 @@ One rule each, used by ``spro train`` and ``spro eval`` alike:
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from spro.options import ConfigError
 
-__all__ = ["DEFAULT_TASK", "task_name", "default_reward", "reward_specs", "load_datasets", "describe_datasets",
-           "prompt_order", "check_prompt_lengths"]
+__all__ = ["DEFAULT_TASK", "TrainingData", "task_name", "default_reward", "reward_specs", "load_datasets",
+           "training_data", "describe_datasets", "prompt_order", "check_prompt_lengths"]
 
 DEFAULT_TASK = "arithmetic"
 # the reward a dataset's schema implies (spro.data.load_prompt_dataset's schemas; "plain" implies none)
@@ -122,6 +123,36 @@ def load_datasets(cfg: Any) -> tuple[Any, Any]:
     if evals is not None and d.eval_size:
         evals = evals.select(range(min(d.eval_size, len(evals))))
     return train, (evals if evaluate else None)
+
+
+@dataclass
+class TrainingData:
+    """What the trainer trains and evaluates on: the datasets, the rendered training prompts, the ``(reward,
+    weight)`` pairs and a one-line summary for the start of the run."""
+
+    train: Any
+    prompts: list[str]
+    evals: Any
+    rewards: list[tuple[str, float]]
+    summary: str
+
+
+def training_data(cfg: Any, tokenizer: Any, context: int | None) -> TrainingData:
+    """:func:`load_datasets`, prompts checked against the model's ``context`` (:func:`check_prompt_lengths`) and
+    :func:`reward_specs`."""
+    from spro.data.prompts import render_prompt
+
+    d, max_new = cfg.data, cfg.rollout.max_new_tokens
+    train, evals = load_datasets(cfg)
+    train, prompts = check_prompt_lengths(train, [render_prompt(tokenizer, p) for p in train["prompt"]], tokenizer,
+                                          context, max_new, d.long_prompts, "train")
+    if evals is not None:
+        evals, _ = check_prompt_lengths(evals, [render_prompt(tokenizer, p) for p in evals["prompt"]], tokenizer,
+                                        context, max_new, d.long_prompts, "evaluation")
+    if len(train) == 0:
+        raise ConfigError("the training set is empty")
+    specs, note = reward_specs(d, train)
+    return TrainingData(train, prompts, evals, specs, f"data {describe_datasets(d, train, evals)}; {note}")
 
 
 def _hold_out(ds: Any, fraction: float, seed: int, source: str) -> tuple[Any, Any]:

@@ -4,7 +4,8 @@ Used by ``spro compare`` and ``spro demo``. A *variant* is a label plus config o
 ``spro`` -> ``algorithm.name=spro`` or ``beta0.01`` -> ``algorithm.name=spro algorithm.spro.beta=0.01``.
 Every (variant, seed) run gets the same base config (file / preset / overrides) and its own folder
 ``<root>/<label>/seed<k>``. A run whose last checkpoint is at ``total_steps`` is done and is
-skipped; one with an earlier checkpoint is resumed from it; otherwise it starts afresh. So an
+skipped; one with an earlier checkpoint is resumed from it; otherwise it starts afresh (what an
+attempt that died before its first checkpoint logged is moved aside to ``seed<k>.old-N``). So an
 interrupted comparison continues where it stopped when the same command is run again.
 """
 
@@ -52,12 +53,11 @@ def parse_variant(text: str) -> Variant:
 
 def run_status(run_dir: Path, total_steps: int) -> tuple[str, int]:
     """('done' | 'partial' | 'new', last checkpointed step) for the run folder."""
-    from spro.trainer.checkpoint import list_checkpoints, read_trainer_state
+    from spro.trainer.checkpoint import find_checkpoint, list_checkpoints, read_trainer_state
 
-    ckpts = list_checkpoints(Path(run_dir) / "checkpoints")
-    if not ckpts:
+    if not list_checkpoints(Path(run_dir) / "checkpoints"):
         return "new", 0
-    step = int(read_trainer_state(ckpts[-1])["step"])
+    step = int(read_trainer_state(find_checkpoint(run_dir))["step"])  # the newest that verifies
     return ("done" if step >= total_steps else "partial"), step
 
 
@@ -73,7 +73,7 @@ def build_config(
     )
 
 
-def train_in_subprocess(cfg, run_dir: Path, *, resume: bool) -> None:
+def train_in_subprocess(cfg, run_dir: Path, *, resume: bool, overwrite: bool = False) -> None:
     """Run ``spro train`` on ``cfg`` in a fresh Python process.
 
     A process per run keeps runs independent: peak-memory figures (process RSS) are not inherited
@@ -87,6 +87,8 @@ def train_in_subprocess(cfg, run_dir: Path, *, resume: bool) -> None:
     cmd = [sys.executable, "-m", "spro", "train", "--config", str(cfg_path)]
     if resume:
         cmd += ["--resume", str(run_dir)]
+    if overwrite:
+        cmd += ["--overwrite"]
     rc = subprocess.call(cmd)
     if rc != 0:
         raise RuntimeError(f"training run {run_dir} failed (exit status {rc}); its last checkpoint is kept, "
@@ -133,7 +135,9 @@ def run_grid(
         else:
             log(f"{head}: training {cfg.total_steps} steps -> {run_dir}")
         t0 = time.time()
-        train_in_subprocess(cfg, run_dir, resume=status == "partial")
+        from spro.trainer.rundir import holds_run
+
+        train_in_subprocess(cfg, run_dir, resume=status == "partial", overwrite=status == "new" and holds_run(run_dir))
         log(f"{head}: finished in {time.time() - t0:.0f} s")
     root.mkdir(parents=True, exist_ok=True)
     (root / "runs.json").write_text(json.dumps({k: [str(p) for p in v] for k, v in runs.items()}, indent=1))

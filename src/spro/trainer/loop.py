@@ -34,9 +34,8 @@ import torch
 
 from spro.algorithms.losses import agg_normaliser, policy_loss
 from spro.algorithms.registry import AdvantageInputs, TrainerContext, resolve_algorithm
-from spro.config import ConfigError, TrainConfig, config_from_dict, diff_configs, flatten, save_yaml, to_dict
-from spro.data.loader import check_prompt_lengths, describe_datasets, load_datasets, prompt_order, reward_specs
-from spro.data.prompts import render_prompt
+from spro.config import ConfigError, TrainConfig, save_yaml, to_dict
+from spro.data.loader import prompt_order, training_data
 from spro.models.loading import load_model
 from spro.models.logprobs import logps_no_grad, sequence_logps
 from spro.rewards.scoring import RewardFunctionError, Scorer
@@ -45,6 +44,7 @@ from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, PRIME_METRIC_KEYS, step_metrics
 from spro.trainer.passes import eval_mode, has_dropout, match_grad_flags
+from spro.trainer.rundir import check_run_folder, config_for_resume, on_main, open_run_folder
 from spro.trainer.warmstart import resolve_model
 
 __all__ = ["Trainer", "train", "TrainingDivergedError", "RewardFunctionError", "METRIC_KEYS", "PRIME_METRIC_KEYS",
@@ -76,22 +76,24 @@ class Trainer:
     ``prm=``, a process reward model of your own).
     """
 
-    def __init__(self, config: TrainConfig | None, *, resume: str | Path | None = None,
+    def __init__(self, config: TrainConfig | None, *, resume: str | Path | None = None, overwrite: bool = False,
                  reward_funcs: dict[str, Callable] | None = None, accelerator: Any = None,
                  **algorithm_state: Any) -> None:
         from accelerate import Accelerator
         from transformers import get_scheduler, set_seed
 
         self.resume_ckpt = ckpt_lib.find_checkpoint(resume) if resume else None
-        if self.resume_ckpt is not None:
-            config = _config_for_resume(self.resume_ckpt, config, resume)
+        if self.resume_ckpt is not None:  # (its config, written into the checkpoint's run folder)
+            config = config_for_resume(self.resume_ckpt, config, resume)
         if config is None:
             raise ConfigError("train() needs a TrainConfig (or resume= a checkpoint)")
         self.cfg = cfg = config
         a, r, m = cfg.algorithm, cfg.rollout, cfg.model
         self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
         self.rank, self.world, self.is_main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
-        self.out = Path(cfg.output_dir)
+        self.out, self.run_lock = Path(cfg.output_dir), None
+        run = dict(resume=self.resume_ckpt is not None, overwrite=overwrite)
+        on_main(self.acc, lambda: check_run_folder(self.out, **run))  # at once, before the models load
         self.G = r.num_generations
         if r.prompts_per_step % self.world:
             raise ConfigError(f"rollout.prompts_per_step ({r.prompts_per_step}) must be divisible by the number of "
@@ -128,23 +130,12 @@ class Trainer:
         self.on_policy = self.on_policy and not has_dropout(self.model)  # (a dropout pass is not pi_old)
 
         # data and rewards
-        self.train_ds, self.eval_ds = load_datasets(cfg)
-        ctx_len = getattr(self.model.config, "max_position_embeddings", None)
-        self.train_ds, self.train_prompts = check_prompt_lengths(
-            self.train_ds, [render_prompt(self.tok, p) for p in self.train_ds["prompt"]], self.tok, ctx_len,
-            r.max_new_tokens, cfg.data.long_prompts, "train")
-        if self.eval_ds is not None:
-            self.eval_ds, _ = check_prompt_lengths(
-                self.eval_ds, [render_prompt(self.tok, p) for p in self.eval_ds["prompt"]], self.tok, ctx_len,
-                r.max_new_tokens, cfg.data.long_prompts, "evaluation")
-        if len(self.train_ds) == 0:
-            raise ConfigError("the training set is empty")
+        data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None))
+        self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
-        specs, reward_note = reward_specs(cfg.data, self.train_ds)
-        self.scorer = Scorer.from_config(cfg.data, reward_funcs, specs)
+        self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
         if self.is_main:
-            print(f"spro: data {describe_datasets(cfg.data, self.train_ds, self.eval_ds)}; {reward_note}",
-                  file=sys.stderr, flush=True)
+            print(f"spro: {data.summary}", file=sys.stderr, flush=True)
 
         # optimizer, schedule, generation
         o = cfg.optim
@@ -167,10 +158,20 @@ class Trainer:
             ckpt_lib.load_rng_state(self.resume_ckpt, self.rank, self.world)
         else:
             set_seed(cfg.seed * 1000 + self.rank)
-        self.logger = RunLogger(cfg, self.out, enabled=self.is_main, resume_step=self.step if self.resume_ckpt else None)
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.out / "config.yaml")
+        self.run_lock = on_main(self.acc, lambda: open_run_folder(self.out, **run))  # held until close()
+        try:
+            self.logger = RunLogger(cfg, self.out, enabled=self.is_main,
+                                    resume_step=self.step if self.resume_ckpt else None)
+            if self.is_main:
+                save_yaml(cfg, self.out / "config.yaml")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let another trainer use the run folder (``train`` calls it at the end)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     # ------------------------------------------------------------------------------ the stages
 
@@ -416,32 +417,20 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.logger.close()
+            self.close()
         return self.out
 
 
-def _config_for_resume(ckpt: Path, config: TrainConfig | None, resume: Any) -> TrainConfig:
-    """The config to resume ``ckpt`` with: its own, or ``config`` if they agree (but for
-    ``spro.config.RESUMABLE_DIFFERENCES``)."""
-    saved = to_dict(config_from_dict(ckpt_lib.read_run_config(ckpt)))
-    if config is None:
-        return config_from_dict(saved)
-    diffs = diff_configs(saved, to_dict(config))
-    if diffs:
-        fs, fn = flatten(saved), flatten(to_dict(config))
-        detail = "; ".join(f"{k}: {fs.get(k)!r} (checkpoint) vs {fn.get(k)!r} (now)" for k in diffs[:10])
-        raise ckpt_lib.CheckpointError(
-            f"--resume {resume}: the checkpoint was made with a different config; differing keys: {detail}")
-    return config
-
-
-def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, overwrite: bool = False,
           reward_funcs: dict[str, Callable] | None = None, **algorithm_state: Any) -> Path:
     """Train with ``config`` and return the run folder (``config.output_dir``).
 
-    ``resume``: a run folder or checkpoint to continue from (its saved config is used when
-    ``config`` is None; otherwise the two must agree except for the keys in
-    ``spro.config.RESUMABLE_DIFFERENCES``). ``reward_funcs``: ``{name: fn}`` used instead of looking
-    the names of ``config.data.rewards`` up in ``spro.rewards``. Other keyword arguments go to the
-    algorithm's ``setup`` hook (PRIME: ``prm=``, a process reward model of your own).
+    ``resume``: a run folder or checkpoint to continue from, written into that run folder (its saved
+    config is used when ``config`` is None; otherwise the two must agree except for the keys in
+    ``spro.config.RESUMABLE_DIFFERENCES``). A new run into a folder that holds a run stops with an
+    error, unless ``overwrite``: that run is then moved aside to ``<folder>.old-N``
+    (``spro.trainer.rundir``). ``reward_funcs``: ``{name: fn}`` used instead of looking the names of
+    ``config.data.rewards`` up in ``spro.rewards``. Other keyword arguments go to the algorithm's
+    ``setup`` hook (PRIME: ``prm=``, a process reward model of your own).
     """
-    return Trainer(config, resume=resume, reward_funcs=reward_funcs, **algorithm_state).train()
+    return Trainer(config, resume=resume, overwrite=overwrite, reward_funcs=reward_funcs, **algorithm_state).train()
