@@ -43,6 +43,7 @@ def test_default_reward_from_what_is_trained_on(tmp_path):
     for fixture, reward in (("gsm8k.jsonl", "math"), ("math.jsonl", "math"), ("eurus.jsonl", "eurus")):
         assert default_reward(source=str(FIX / fixture), dataset=load_prompt_dataset(FIX / fixture)) == reward
     assert default_reward(source="reasoning_gym:leg_counting") == "reasoning_gym"
+    assert default_reward(load_prompt_dataset(FIX / "gsm8k.jsonl")) == "math"  # the call of spro 0.1
     with pytest.raises(ConfigError, match=r"plain.csv: the plain schema implies no reward function; name one with "
                                           r"data.rewards"):
         default_reward(source=str(FIX / "plain.csv"), dataset=load_prompt_dataset(FIX / "plain.csv"))

@@ -55,7 +55,7 @@ def _default_reward(task: str | None, source: str | None, dataset: Any, how: str
                       "(a registered reward such as math, code, format, or module:function of your own)")
 
 
-def default_reward(*, task: str | None = None, source: str | None = None, dataset: Any = None,
+def default_reward(dataset: Any = None, *, task: str | None = None, source: str | None = None,
                    how: str = "data.rewards=[{name: ...}]") -> str:
     """The registered name of the reward that fits what is trained or evaluated on: the task's own verifier
     (``task``), ``reasoning_gym`` for a ``reasoning_gym:NAME`` source, else the one the schema of ``dataset``
