@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("spro.commands.eval", "Evaluate a model: greedy pass@1, sampled mean@k, length."),
     "compare": ("spro.commands.compare", "Multi-seed comparison of algorithms with a claims report."),
     "demo": ("spro.commands.demo", "The offline demo: SPRO against GRPO on the built-in task."),
+    "diagnose": ("spro.commands.diagnose", "Process-reward diagnostics of a saved model against a reference."),
 }
 
 

@@ -93,8 +93,9 @@ class RewardSpec:
 class DataConfig:
     task: str | None = _f(
         None,
-        help="Built-in task to train on (spro.data.tasks: arithmetic). null: the dataset data.source, or the "
-        "arithmetic task when data.source is null too. Giving both data.task and data.source is an error.",
+        help="Built-in task to train on (spro.data.tasks: arithmetic, arithmetic_long, multiplication). null: the "
+        "dataset data.source, or the arithmetic task when data.source is null too. Giving both data.task and "
+        "data.source is an error.",
     )
     task_kwargs: dict[str, Any] = _f(
         help="Knobs passed to get_task(task, **task_kwargs) (e.g. number of operands).",
@@ -331,6 +332,13 @@ class LoggingConfig:
     progress_bar: bool = _f(True, help="Show a progress bar with live metrics.")
     log_completions: int = _f(
         0, help="Every step, write this many sample completions to completions.jsonl (0 = none)."
+    )
+    diagnostics: bool = _f(
+        True,
+        help="Log the process-reward diagnostics every step (spro.trainer.diagnostics): diag/<signal>/first_error_* "
+        "on tasks with a step checker (does SPRO's self-guided reward, its MSA, PRIME's PRM or the advantage "
+        "locate the first wrong step of wrong responses?) and drift/* (share of the advantage from groups "
+        "without outcome variance; correlation of the process term with the log-ratio to the reference).",
     )
 
 

@@ -37,7 +37,8 @@ def test_compare_runs_reports_and_resumes(tmp_path, capsys):
     from spro.cli import main
 
     out = tmp_path / "cmp"
-    args = ["compare", "--algos", "grpo,spro", "--seeds", "2", "--preset", "tiny-random", "--out", str(out), *TINY]
+    args = ["compare", "--algos", "grpo,spro", "--seeds", "2", "--preset", "tiny-random", "--out", str(out),
+            "--loss-agg", "token-mean", "--jobs", "2", *TINY]
     assert main(args) == 0
     for label in ("grpo", "spro"):
         for s in (0, 1):
@@ -59,6 +60,9 @@ def test_compare_runs_reports_and_resumes(tmp_path, capsys):
         "algorithm.name", "output_dir", "seed"], differing
     report = (out / "report.md").read_text()
     assert "Paper claims" in report and "| grpo | 2 |" in report
+    # the setup table states the aggregation every arm ran with (one for all: --loss-agg)
+    assert "| grpo | grpo | token-mean |" in report and "| spro | spro | token-mean |" in report
+    assert (out / "grpo" / "seed0" / "train.log").is_file()  # parallel runs write their output there
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["algos"]) == {"grpo", "spro"}
     # running the same command again trains nothing

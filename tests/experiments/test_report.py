@@ -143,9 +143,34 @@ def test_write_report_missing_keys_and_ablation(tmp_path):
     for link in links_in(md):
         assert (tmp_path / "rep" / link).is_file(), link
     assert len(links_in(md)) == 6
-    crashed = next(ln for ln in md.splitlines() if ln.startswith("| crashed |"))
+    crashed = next(ln for ln in md.split("## Summary")[1].splitlines() if ln.startswith("| crashed |"))
     assert crashed.count("n/a") >= 5
     with pytest.raises(ValueError):
         write_report({}, tmp_path / "x", title="t")
     with pytest.raises(FileNotFoundError):
         write_report({"a": [tmp_path / "nope"]}, tmp_path / "x", title="t")
+
+
+def test_setup_and_diagnostics_tables(tmp_path):
+    import yaml
+
+    from spro.experiments.compare import load_run
+    from spro.experiments.report import diagnostics_table, setup_table
+
+    run = fake_run(tmp_path / "p", seed=0)
+    (run / "config.yaml").write_text(yaml.safe_dump({"algorithm": {"name": "prime", "loss_agg": None, "kl_coef": 0.0,
+                                                                   "prime": {"refill": 1, "prm_beta": 0.05}}}))
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r.update({"diag/first_error_top1_chance": 0.25, "diag/msa/first_error_top1": 0.5,
+                  "diag/msa/first_error_auroc": 0.75, "kl": float(i), "drift/zero_var_adv_share": 0.1})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    groups = {"prime": [load_run(run)]}
+    (setup,) = setup_table(groups)
+    assert setup["loss aggregation"] == "token-mean (its default)" and setup["options"] == "refill=1"
+    (diag,) = diagnostics_table(groups)
+    assert diag["msa top-1 / AUROC"] == "0.500 / 0.750" and diag["top-1 chance"] == "0.250"
+    assert diag["prm top-1 / AUROC"] == "n/a" and diag["zero-var share of |A| (last third)"] == "0.100"
+    n = len(rows)
+    last_third = [float(i) for i in range(n) if rows[i]["step"] >= rows[0]["step"] + 2 / 3 * (rows[-1]["step"] - rows[0]["step"])]
+    assert diag["KL (last third)"] == f"{sum(last_third) / len(last_third):.3f}"

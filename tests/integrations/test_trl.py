@@ -203,7 +203,8 @@ def test_spro_config_validation(tmp_path):
     args = make_args(tmp_path, spro_baseline="pooled", spro_process_reward="per_token", spro_outcome_scale="none")
     assert args.spro_options() == {
         "beta": 1.0, "outcome_scale": "none", "msa_scale_std": False, "eps": 1e-6,
-        "process_reward": "per_token", "baseline": "pooled", "process_only": False,
+        "process_reward": "per_token", "baseline": "pooled", "process_only": False, "credit": "sum",
+        "min_form_temperature": 0.1, "zero_variance_groups": "keep", "process_squash": None,
     }
     defaults = {f.name: f.default for f in dataclasses.fields(SPROConfig)}
     assert defaults["loss_type"] == "grpo" and defaults["disable_dropout"] is True

@@ -380,3 +380,28 @@ def test_cli_trains_on_the_data_source_with_its_reward_and_a_held_out_set(model_
     assert trained and trained <= {f"{i}+{i}?" for i in range(12)}
     (ev,) = read_jsonl(tmp_path / "run" / "eval.jsonl")
     assert ev["eval/n"] == 3
+
+
+def test_spro_reference_refreshed_from_the_policy(model_dir, tmp_path):
+    """algorithm.spro.ref_refresh_every=1: from step 2 the process reward's reference is the policy as it
+    was when the step began (and is saved with checkpoints); the trainer's own reference stays frozen."""
+    over = small_overrides(model_dir, tmp_path / "run", "spro", total_steps=2,
+                           **{"algorithm.spro.ref_refresh_every": 1})
+    t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+    seen = []
+    real = t.algorithm.prepare
+
+    def spy(batch, x):
+        before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+        x = real(batch, x)
+        same = all(torch.equal(before[n], p) for n, p in t.algorithm.process_ref.named_parameters())
+        seen.append((x.step, same, torch.equal(x.extra["process_ref_logp"], x.ref_logp)))
+        return x
+
+    t.algorithm.prepare = spy
+    out = t.train()
+    # step 1: the copy is the starting policy (= the reference); step 2: refreshed to the updated policy
+    assert seen == [(1, True, True), (2, True, False)]
+    start = load_file(str(model_dir / "model.safetensors"))
+    assert all(torch.equal(start[k].float(), p.detach().float()) for k, p in t.ref.state_dict().items() if k in start)
+    assert (out / "checkpoints" / "step-000002" / "algorithm" / "process_ref.safetensors").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import pytest
@@ -118,8 +120,9 @@ def test_filter_drops_groups_outside_the_band(model_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(PRMStage, "update", prm_update)
     monkeypatch.setattr(Trainer, "ppo_update", ppo_update)
-    out = train(_cfg(model_dir, tmp_path / "run", reward="banded"), reward_funcs=REWARDS)
-    # group 0 (accuracy 1.0) is dropped, group 1 (accuracy 0.5) kept, at both steps
+    out = train(_cfg(model_dir, tmp_path / "run", reward="banded", **{"algorithm.prime.refill": 1}),
+                reward_funcs=REWARDS)
+    # no refill: group 0 (accuracy 1.0) is dropped, group 1 (accuracy 0.5) kept, at both steps
     assert [s[:2] for s in sizes["prm"]] == [(4, [1.0, 0.0, 1.0, 0.0])] * 2
     assert all(s[2][0] == 4 for s in sizes["prm"])
     assert sizes["ppo"] == [(4, (4, sizes["ppo"][0][1][1]), 4)] * 2
@@ -132,8 +135,31 @@ def test_filter_drops_groups_outside_the_band(model_dir, tmp_path, monkeypatch):
     # with mini-batches and accumulation (no fused pass) the short batch also works
     sizes["ppo"].clear()
     train(_cfg(model_dir, tmp_path / "mb", reward="banded", total_steps=1,
-               **{"algorithm.mini_batch_size": 4, "algorithm.grad_accum_steps": 2}), reward_funcs=REWARDS)
+               **{"algorithm.mini_batch_size": 4, "algorithm.grad_accum_steps": 2, "algorithm.prime.refill": 1}),
+          reward_funcs=REWARDS)
     assert sizes["ppo"] == [(4, sizes["ppo"][0][1], False)]
+
+
+def test_refill_samples_more_prompts_until_the_batch_is_full(model_dir, tmp_path, monkeypatch):
+    """PRIME's default refill: a second round of prompts fills the batch with prompts that pass the filter."""
+    sizes = []
+    real_ppo = Trainer.ppo_update
+
+    def ppo_update(self, s, adv, step):
+        sizes.append((len(s.batch), s.x.correct.float().view(-1, 4).mean(1).tolist(), s.batch.prompts[::4]))
+        return real_ppo(self, s, adv, step)
+
+    monkeypatch.setattr(Trainer, "ppo_update", ppo_update)
+    out = train(_cfg(model_dir, tmp_path / "run", reward="banded"), reward_funcs=REWARDS)
+    assert [n for n, _, _ in sizes] == [8, 8] and all(acc == [0.5, 0.5] for _, acc, _ in sizes)
+    # four different prompts per step (two rounds of two), none trained twice across the steps
+    prompts = [p for _, _, ps in sizes for p in ps]
+    assert len(set(prompts)) == 4
+    for m in read_jsonl(out / "metrics.jsonl"):
+        assert m["rollout/rounds"] == 2.0 and m["prime/filtered_frac"] == 0.5
+        assert m["accuracy"] == pytest.approx(12 / 16)  # over every sampled response (both rounds)
+    state = json.loads((out / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert state["data_position"] == 8  # 2 steps x 2 rounds x 2 prompts
 
 
 def test_a_fully_filtered_batch_skips_the_update(model_dir, tmp_path):

@@ -205,6 +205,22 @@ def _row_means(v: Tensor, mf: Tensor) -> tuple[Tensor, Tensor]:
     return v.sum(dim=1) / length.clamp(min=1), (length > 0).to(v.dtype)
 
 
+def _min_form(p: Tensor, mf: Tensor, temperature: float) -> Tensor:
+    """PURE's min-form credit (Cheng et al. 2025, arXiv 2504.15275): ``p[i, t] * softmax_t(-p[i, t] / T)``
+    over each row's valid tokens, so that the row's sum approaches ``min_t p[i, t]`` as T -> 0."""
+    logits = torch.where(mf > 0, -p / temperature, float("-inf"))
+    w = torch.softmax(logits, dim=1).nan_to_num_(0.0)  # rows without a valid token: 0
+    return p * w
+
+
+def _zero_variance_groups(r: Tensor, g: _Groups) -> Tensor:
+    """[B] bool: the response's group has one outcome for all its responses (no outcome signal)."""
+    n = _group_sum(torch.ones_like(r), g)
+    mean = _group_sum(r, g) / n
+    spread = _group_sum((r - mean[g.inv]).abs(), g)
+    return (spread == 0)[g.inv]
+
+
 # --------------------------------------------------------------------------------------------
 # outcome-level estimators
 # --------------------------------------------------------------------------------------------
@@ -324,6 +340,10 @@ def spro_advantage(
     process_reward: Literal["cumulative", "per_token"] = "cumulative",
     baseline: Literal["masked_step", "pooled", "pooled_loo"] = "masked_step",
     process_only: bool = False,
+    credit: Literal["sum", "min_form"] = "sum",
+    min_form_temperature: float = 0.1,
+    zero_variance_groups: Literal["keep", "drop"] = "keep",
+    process_squash: float | None = None,
 ) -> Tensor:
     """SPRO advantage (Fei et al. 2025, arXiv 2507.01551), ``[B, T]``: ``(A_out[i] + MSA[i, t]) * mask``.
 
@@ -332,7 +352,13 @@ def spro_advantage(
     Ablations, one keyword each: ``process_reward="per_token"`` compares ``p[i, t]`` instead of the
     cumulative ``R[i, t]``; ``baseline="pooled"`` subtracts one mean per group over all its valid
     tokens, ``"pooled_loo"`` PRIME's leave-one-out mean of the other responses' mean values (no
-    ``msa_scale_std``); ``process_only`` drops ``A_out``.
+    ``msa_scale_std``); ``process_only`` drops ``A_out``; ``credit="min_form"`` replaces ``p`` by
+    PURE's min-form weighting before the sum (:func:`_min_form`).
+
+    Variants that are not in the paper (for the sparse-outcome drift): ``zero_variance_groups="drop"``
+    gives no process term to the responses of a group whose outcomes are all equal;
+    ``process_squash=c`` bounds the process term to ``c * tanh(term / c)`` (|term| < c, where the
+    outcome term has group std 1).
     """
     beta = _check_scalar(beta, "beta", nonneg=True)
     eps = _check_scalar(eps, "eps", nonneg=True)
@@ -341,6 +367,11 @@ def spro_advantage(
     _check_choice(baseline, "baseline", ("masked_step", "pooled", "pooled_loo"))
     if baseline == "pooled_loo" and msa_scale_std:
         raise ValueError("msa_scale_std=True is not supported with baseline='pooled_loo'")
+    _check_choice(credit, "credit", ("sum", "min_form"))
+    _check_choice(zero_variance_groups, "zero_variance_groups", ("keep", "drop"))
+    min_form_temperature = _check_scalar(min_form_temperature, "min_form_temperature", positive=True)
+    if process_squash is not None:
+        process_squash = _check_scalar(process_squash, "process_squash", positive=True)
     m = _check_mask(mask)
     r = _check_rewards(rewards, m.shape[0], m.device)
     logp, ref_logp = _check_tokens(logp, "logp", m), _check_tokens(ref_logp, "ref_logp", m)
@@ -348,6 +379,8 @@ def spro_advantage(
     mf = m.to(_float_dtype(r, logp, ref_logp))
 
     v = _process_reward(logp, ref_logp, mf, beta)
+    if credit == "min_form":
+        v = _min_form(v, mf, min_form_temperature)
     if process_reward == "cumulative":
         v = _cumsum(v, mf)
     if baseline == "masked_step":
@@ -356,6 +389,10 @@ def spro_advantage(
         adv = _pooled(v, mf, g, msa_scale_std, eps)
     else:
         adv = _pooled_loo(v, mf, g)
+    if process_squash is not None:
+        adv = torch.tanh(adv / process_squash).mul_(process_squash)
+    if zero_variance_groups == "drop":
+        adv = adv.mul_((~_zero_variance_groups(r.to(mf.dtype), g)).to(mf.dtype).unsqueeze(1))
     if not process_only:
         adv = adv.add_(_outcome(r.to(mf.dtype), g, outcome_scale, eps).unsqueeze(1)).mul_(mf)
     return adv
@@ -392,10 +429,16 @@ def prime_advantage(
     whiten: bool = True,
     whiten_shift_mean: bool = True,
     whiten_eps: float = 1e-8,
+    process_norm: Literal["none", "batch_norm"] = "none",
+    credit: Literal["sum", "min_form"] = "sum",
+    min_form_temperature: float = 0.1,
 ) -> Tensor:
     """PRIME advantage (Cui et al. 2025, arXiv 2502.01456), ``[B, T]``: leave-one-out per reward source.
 
-    1. Implicit process reward ``q[i, t] = beta * (prm_logp - ref_logp)[i, t]``.
+    1. Implicit process reward ``q[i, t] = beta * (prm_logp - ref_logp)[i, t]``; with
+       ``process_norm="batch_norm"`` (PRIME's ``prime_norm``) the raw log-ratio divided by the batch's
+       largest ``|sum_{s >= t} (prm_logp - ref_logp)[i, s]|`` + 1e-6 instead (beta cancels there);
+       ``credit="min_form"``: PURE's min-form weighting of ``q`` (see ``spro_advantage``).
     2. Process baseline: ``"others_mean"`` subtracts the mean, over the OTHER non-empty responses
        of the group, of their mean ``q`` (0 without such a neighbour); ``"verl_recipe"`` is verl's
        ``recipe/prime`` token formula ``q[i, t] * n/(n-1) - sum_k mean_t q[k, t] / (n-1)`` over the
@@ -410,13 +453,22 @@ def prime_advantage(
     process_coef = _check_scalar(process_coef, "process_coef")
     whiten_eps = _check_scalar(whiten_eps, "whiten_eps", positive=True)
     _check_choice(process_baseline, "process_baseline", ("others_mean", "verl_recipe"))
+    _check_choice(process_norm, "process_norm", ("none", "batch_norm"))
+    _check_choice(credit, "credit", ("sum", "min_form"))
+    min_form_temperature = _check_scalar(min_form_temperature, "min_form_temperature", positive=True)
     m = _check_mask(mask)
     r = _check_rewards(rewards, m.shape[0], m.device)
     prm_logp, ref_logp = _check_tokens(prm_logp, "prm_logp", m), _check_tokens(ref_logp, "ref_logp", m)
     g = _check_groups(group_ids, m.shape[0], m.device)
     mf = m.to(_float_dtype(r, prm_logp, ref_logp))
 
-    q = _process_reward(prm_logp, ref_logp, mf, beta)
+    if process_norm == "batch_norm":
+        q = _process_reward(prm_logp, ref_logp, mf, 1.0)
+        q = q / (q.flip(1).cumsum(1).abs().max() + 1e-6) if q.numel() else q
+    else:
+        q = _process_reward(prm_logp, ref_logp, mf, beta)
+    if credit == "min_form":
+        q = _min_form(q, mf, min_form_temperature)
     if process_baseline == "others_mean":
         q = _pooled_loo(q, mf, g)
     else:

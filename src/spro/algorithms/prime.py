@@ -42,8 +42,12 @@ class PRIMEOptions(Options):
         "training step); 0 = the whole batch at once.", check=(lambda v: v >= 0, ">= 0"),
     )
     prm_max_grad_norm: float = option(
-        1.0, help="Clip the PRM's gradient norm to this (0 = no clipping; verl's recipe default 1.0).",
+        10.0, help="Clip the PRM's gradient norm to this (0 = no clipping; PRIME's code and verl's recipe: 10).",
         check=(lambda v: v >= 0, ">= 0"),
+    )
+    prm_adam_beta2: float = option(
+        0.999, help="AdamW beta2 of the PRM (PRIME: 0.999; beta1, eps and weight decay are optim's).",
+        check=(lambda v: 0 <= v < 1, "in [0, 1)"),
     )
     prm_update: str = option(
         "before",
@@ -63,6 +67,34 @@ class PRIMEOptions(Options):
         1.0, help="Weight of the outcome (leave-one-out) source (PRIME: 5, equal to the process weight).")
     process_coef: float = option(
         1.0, help="Weight of the implicit process-reward source (PRIME: 5; only the ratio matters after whitening).")
+    process_norm: str = option(
+        "batch_norm",
+        help="'batch_norm' (PRIME's prime_norm): the token process rewards are the raw log-ratio log pi_phi - log "
+        "pi_ref divided by the batch's largest |reverse cumulative sum| (+1e-6), before the baseline; 'none' = "
+        "prm_beta * log-ratio as is.",
+        choices=("batch_norm", "none"),
+    )
+    process_baseline: str = option(
+        "verl_recipe",
+        help="Leave-one-out baseline of the process rewards: 'verl_recipe' = the formula of PRIME's released code "
+        "and verl's recipe, q[t] * n/(n-1) - sum_k mean_k / (n-1) over the n responses of the group; 'others_mean' "
+        "= q[t] minus the mean of the other responses' mean q.",
+        choices=("verl_recipe", "others_mean"),
+    )
+    credit: str = option(
+        "sum", help="'min_form' = PURE's min-form credit (arXiv:2504.15275) on the process rewards before the "
+        "baseline: q[t] weighted by softmax over the response's tokens of -q/min_form_temperature (not in PRIME).",
+        choices=("sum", "min_form"),
+    )
+    min_form_temperature: float = option(0.1, help="Temperature of credit=min_form (PURE: 0.1).",
+                                         check=(lambda v: v > 0, "> 0"))
+    refill: int = option(
+        4,
+        help="With the filter: sample up to this many rounds of rollout.prompts_per_step prompts per step, until "
+        "prompts_per_step prompts pass the filter (PRIME keeps the batch full by oversampling); prompts beyond "
+        "that are not trained on. 1 = no refill (a step trains on the prompts that pass in one round).",
+        check=(lambda v: v >= 1, ">= 1"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,12 +103,16 @@ class PRIMEOptions(Options):
                               f"{self.filter_low} / {self.filter_high}")
 
 
-@register_algorithm("prime", options=PRIMEOptions, needs_reference=True)
+@register_algorithm("prime", options=PRIMEOptions, needs_reference=True, loss_agg="token-mean")
 class PRIME(Algorithm):
     """PRIME (Cui et al. 2025, arXiv 2502.01456): an implicit PRM, initialised from the policy and trained
     online on the outcome labels, gives per-token rewards; leave-one-out advantages per reward source."""
 
     reference = "arXiv:2502.01456"
+
+    @property
+    def max_rounds(self) -> int:
+        return self.options.refill if self.options.filter else 1
 
     def setup(self, ctx: TrainerContext) -> None:
         """Build the implicit PRM (or use the ``prm`` object passed to ``train``: ``compute_logp(batch)
@@ -89,7 +125,7 @@ class PRIME(Algorithm):
         if self.prm is None:
             prm = ImplicitPRM(
                 ctx.reference, beta=o.prm_beta, lr=o.prm_lr or 2 * cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                adam_betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2), adam_eps=cfg.optim.adam_eps,
+                adam_betas=(cfg.optim.adam_beta1, o.prm_adam_beta2), adam_eps=cfg.optim.adam_eps,
                 max_grad_norm=o.prm_max_grad_norm or None, temperature=cfg.rollout.temperature,
             )
             if cfg.model.gradient_checkpointing:
@@ -109,8 +145,10 @@ class PRIME(Algorithm):
         if o.filter:
             keep = filter_groups_by_accuracy(x.correct.float(), x.group_ids.cpu(), o.filter_low,
                                              o.filter_high).to(x.mask.device)
-        self._metrics = {"time/prm": 0.0, "prime/filtered_frac": 1.0 - float(keep.float().mean()),
-                         "prime/skipped": float(not bool(keep.any()))}
+        if self._metrics.get("step") != x.step:  # the first round of a step
+            self._metrics = {"step": x.step, "time/prm": 0.0, "seen": 0.0, "kept": 0.0}
+        self._metrics["seen"] += keep.numel()
+        self._metrics["kept"] += float(keep.sum())
         return keep
 
     def prepare(self, batch: Any, x: AdvantageInputs) -> AdvantageInputs:
@@ -128,10 +166,15 @@ class PRIME(Algorithm):
     def advantages(self, x: AdvantageInputs) -> torch.Tensor:
         o = self.options
         return prime_advantage(x.rewards, x.extra["prm_logp"], x.ref_logp, x.mask, x.group_ids, beta=o.prm_beta,
-                               outcome_coef=o.outcome_coef, process_coef=o.process_coef)
+                               outcome_coef=o.outcome_coef, process_coef=o.process_coef,
+                               process_baseline=o.process_baseline, process_norm=o.process_norm, credit=o.credit,
+                               min_form_temperature=o.min_form_temperature)
 
     def metrics(self, x: AdvantageInputs, advantages: torch.Tensor | None) -> dict[str, float]:
-        return dict(self._metrics)
+        m = {k: v for k, v in self._metrics.items() if k not in ("step", "seen", "kept")}
+        m["prime/filtered_frac"] = 1.0 - self._metrics["kept"] / max(self._metrics["seen"], 1.0)
+        m["prime/skipped"] = float(advantages is None)
+        return m
 
     def save(self, folder: Path) -> None:
         if hasattr(self.prm, "save"):

@@ -22,7 +22,8 @@ section ``algorithm.x.*`` fills ``MyOptions``. Algorithms with state subclass :c
 A step of the trainer, as seen from an algorithm (``spro.trainer.loop``)::
 
     setup(ctx)                    once, after the models are built (PRIME builds its PRM here)
-    select(x) -> keep [B] | None  which responses train this step (None: all)
+    select(x) -> keep [B] | None  which responses train this step (None: all); with max_rounds > 1
+                                  the trainer samples more prompts until prompts_per_step are kept
     prepare(batch, x) -> x        state updates on the kept responses, may add tensors to x.extra
     advantages(x) -> [B, T]       the estimator
     metrics(x, adv) -> dict       logged with the step's metrics
@@ -172,8 +173,14 @@ class Algorithm:
         """Called once by the trainer after the models are built."""
 
     def select(self, x: AdvantageInputs) -> Tensor | None:
-        """``[B]`` bool: the responses that train this step (None: all of them)."""
+        """``[B]`` bool: the responses that train this step (None: all of them). Keep or drop whole groups."""
         return None
+
+    @property
+    def max_rounds(self) -> int:
+        """Rounds of ``rollout.prompts_per_step`` prompts a step may sample until ``select`` keeps that many
+        prompts (1: one round; PRIME refills after its accuracy filter)."""
+        return 1
 
     def prepare(self, batch: Any, x: AdvantageInputs) -> AdvantageInputs:
         """Update the algorithm's own state on the kept responses (``batch``: their ``RolloutBatch``);

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from spro.algorithms.core import spro_advantage
-from spro.algorithms.registry import AdvantageInputs, Algorithm, register_algorithm
+from spro.algorithms.registry import AdvantageInputs, Algorithm, TrainerContext, register_algorithm
 from spro.options import ConfigError, Options, option
 
 Tensor = torch.Tensor
@@ -50,11 +51,47 @@ class SPROOptions(Options):
         choices=("masked_step", "pooled", "pooled_loo"),
     )
     process_only: bool = option(False, help="Ablation: drop the outcome advantage and train on the process term alone.")
+    credit: str = option(
+        "sum",
+        help="Ablation: 'sum' = the paper's cumulative sum of p; 'min_form' = PURE's min-form credit (arXiv:2504.15275): "
+        "p[t] weighted by softmax over the response's tokens of -p/min_form_temperature before summing, so that a "
+        "response's total approaches its smallest token reward (not in the paper).",
+        choices=("sum", "min_form"),
+    )
+    min_form_temperature: float = option(
+        0.1, help="Temperature T of credit=min_form (PURE: 0.1); it applies to p = beta * (log pi_old - log pi_ref) "
+        "as is, so with small p the weights approach uniform.", check=(lambda v: v > 0, "> 0"),
+    )
+    zero_variance_groups: str = option(
+        "keep",
+        help="Variant, not in the paper: 'drop' gives no process term to the responses of groups whose outcomes are "
+        "all equal (there MSA is the only gradient and feeds the drift from the reference); 'keep' = the paper.",
+        choices=("keep", "drop"),
+    )
+    process_squash: float | None = option(
+        None,
+        help="Variant, not in the paper: bound the process term to c * tanh(term / c) with c = this value (the "
+        "outcome term has group std 1, so c = 0.5 keeps it below half of that); null = unbounded (the paper).",
+        check=(lambda v: v is None or v > 0, "> 0 or null"),
+    )
+    ref_refresh_every: int = option(
+        0,
+        help="Variant, not in the paper: take pi_ref of the process reward from a copy of the policy refreshed every "
+        "N steps (0 = the frozen starting policy, the paper). Costs a model copy and one more forward pass per step; "
+        "the 'kl' metric stays the KL to the starting policy.",
+        check=(lambda v: v >= 0, ">= 0"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.baseline == "pooled_loo" and self.msa_scale_std:
             raise ConfigError("msa_scale_std: not supported with baseline=pooled_loo")
+
+    def core_kwargs(self) -> dict:
+        """Keyword options of :func:`spro.algorithms.core.spro_advantage` (all but ``ref_refresh_every``)."""
+        d = dataclasses.asdict(self)
+        d.pop("ref_refresh_every")
+        return d
 
 
 @register_algorithm("spro", options=SPROOptions, needs_reference=True)
@@ -64,8 +101,37 @@ class SPRO(Algorithm):
 
     reference = "arXiv:2507.01551"
 
+    def setup(self, ctx: TrainerContext) -> None:
+        self.process_ref = None
+        if self.options.ref_refresh_every:
+            import copy
+
+            self.process_ref = copy.deepcopy(ctx.reference).requires_grad_(False).eval()
+            self.policy, self.logprobs = ctx.policy, ctx.logprobs
+
+    def prepare(self, batch, x: AdvantageInputs) -> AdvantageInputs:
+        if self.process_ref is not None:
+            if x.step > 1 and (x.step - 1) % self.options.ref_refresh_every == 0:
+                self.process_ref.load_state_dict(self.policy.state_dict())
+            with torch.no_grad():
+                x.extra["process_ref_logp"] = self.logprobs(self.process_ref, batch)
+        return x
+
     def advantages(self, x: AdvantageInputs) -> Tensor:
-        return spro_advantage(x.rewards, x.logp, x.ref_logp, x.mask, x.group_ids, **dataclasses.asdict(self.options))
+        ref = x.extra.get("process_ref_logp", x.ref_logp)
+        return spro_advantage(x.rewards, x.logp, ref, x.mask, x.group_ids, **self.options.core_kwargs())
+
+    def save(self, folder) -> None:
+        if self.process_ref is not None:
+            from safetensors.torch import save_model
+
+            save_model(self.process_ref, str(Path(folder) / "process_ref.safetensors"))
+
+    def load(self, folder) -> None:
+        if self.process_ref is not None:
+            from safetensors.torch import load_model
+
+            load_model(self.process_ref, str(Path(folder) / "process_ref.safetensors"))
 
 
 def process_stats(logp: Tensor, ref_logp: Tensor, mask: Tensor, group_ids: Tensor, options: SPROOptions,
@@ -79,7 +145,7 @@ def process_stats(logp: Tensor, ref_logp: Tensor, mask: Tensor, group_ids: Tenso
     of valid tokens: add across processes).
     """
     m = mask.bool()
-    opts = dataclasses.asdict(options)
+    opts = options.core_kwargs()
     with torch.no_grad():
         p = options.beta * (logp - ref_logp)
         last = (m.sum(dim=1) - 1).clamp(min=0).unsqueeze(1)

@@ -24,6 +24,7 @@ examples:
       --variant beta0.01:algorithm.name=spro,algorithm.spro.beta=0.01 \\
       --variant per_token:algorithm.name=spro,algorithm.spro.process_reward=per_token --ablation
   spro compare --report-only --out runs/cmp      # re-aggregate finished runs
+  spro compare --algos grpo,spro,prime --loss-agg token-mean   # every arm with one loss aggregation
 
 A variant is LABEL:key=value[,key=value...]; a bare algorithm name X means X:algorithm.name=X.
 key=value arguments after the options apply to every run (see `spro train --help` for the keys).
@@ -48,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation", action="store_true", help="Add the ablation table (one row per arm).")
     parser.add_argument("--title", default=None, help="Report title.")
     parser.add_argument("--report-only", action="store_true", help="Do not train; aggregate the runs in --out.")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="Runs at once, each in its own process with one torch thread (default: one per CPU "
+                        "core; with more than one, each run's output goes to <run>/train.log).")
+    parser.add_argument("--loss-agg", default=None, metavar="MODE",
+                        help="Run every arm with this policy-loss aggregation (algorithm.loss_agg); by default each "
+                        "algorithm uses its own (PRIME: token-mean, Dr. GRPO: seq-mean-token-sum-norm, the others: "
+                        "seq-mean-token-mean). The report states per arm which one ran.")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides for every run.")
 
 
@@ -65,14 +73,17 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
         overrides = list(args.overrides) + ([f"data.task={args.task}"] if args.task else [])
+        overrides += [f"algorithm.loss_agg={args.loss_agg}"] if args.loss_agg else []
         preset = args.preset or (None if args.config else "tiny-arithmetic")
         if args.report_only:
             from pathlib import Path
 
             runs = {v.label: [Path(args.out) / v.label / f"seed{s}" for s in seeds] for v in variants}
         else:
+            from spro.experiments.grid import default_jobs
+
             runs = run_grid(variants, seeds, root=args.out, config=args.config, preset=preset, overrides=overrides,
-                            log=lambda m: print(m, flush=True))
+                            jobs=args.jobs or default_jobs(), log=lambda m: print(m, flush=True))
     except (ValueError, ConfigError, CheckpointError, RuntimeError) as e:
         print(f"spro compare: error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import numpy as np
 
 from spro.options import ConfigError
 
-__all__ = ["DEFAULT_TASK", "TrainingData", "task_name", "default_reward", "reward_specs", "load_datasets",
+__all__ = ["DEFAULT_TASK", "TrainingData", "task_name", "load_task", "default_reward", "reward_specs", "load_datasets",
            "training_data", "describe_datasets", "prompt_order", "check_prompt_lengths"]
 
 DEFAULT_TASK = "arithmetic"
@@ -182,6 +182,16 @@ def describe_datasets(d: Any, train: Any, evals: Any) -> str:
     else:
         held = f"{d.eval_split}: {len(evals)}" if evals is not None else "no evaluation"
     return f"{d.source} ({len(train)} prompts; {held})"
+
+
+def load_task(cfg: Any) -> Any:
+    """The built-in task the config trains on (:func:`task_name`), or None for a dataset."""
+    name = task_name(cfg.data)
+    if name is None:
+        return None
+    from spro.data.tasks import get_task
+
+    return get_task(name, **cfg.data.task_kwargs)
 
 
 def prompt_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

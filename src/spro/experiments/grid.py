@@ -12,13 +12,14 @@ interrupted comparison continues where it stopped when the same command is run a
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -73,8 +74,8 @@ def build_config(
     )
 
 
-def train_in_subprocess(cfg, run_dir: Path, *, resume: bool, overwrite: bool = False) -> None:
-    """Run ``spro train`` on ``cfg`` in a fresh Python process.
+def _train_command(cfg, run_dir: Path, *, resume: bool) -> list[str]:
+    """``spro train`` on ``cfg`` (saved as ``run_dir/requested_config.yaml``) in a fresh Python process.
 
     A process per run keeps runs independent: peak-memory figures (process RSS) are not inherited
     from earlier runs, and torch / RNG state does not leak between them.
@@ -85,14 +86,20 @@ def train_in_subprocess(cfg, run_dir: Path, *, resume: bool, overwrite: bool = F
     cfg_path = run_dir / "requested_config.yaml"
     save_yaml(cfg, cfg_path)
     cmd = [sys.executable, "-m", "spro", "train", "--config", str(cfg_path)]
-    if resume:
-        cmd += ["--resume", str(run_dir)]
-    if overwrite:
-        cmd += ["--overwrite"]
-    rc = subprocess.call(cmd)
+    return cmd + (["--resume", str(run_dir)] if resume else [])
+
+
+def train_in_subprocess(cfg, run_dir: Path, *, resume: bool) -> None:
+    """Run ``spro train`` on ``cfg`` in a fresh Python process and wait for it."""
+    rc = subprocess.call(_train_command(cfg, run_dir, resume=resume))
     if rc != 0:
         raise RuntimeError(f"training run {run_dir} failed (exit status {rc}); its last checkpoint is kept, "
                            "run the same command again to resume")
+
+
+def default_jobs() -> int:
+    """Runs at once by default: one per CPU core (each run uses one torch thread)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def run_grid(
@@ -103,18 +110,27 @@ def run_grid(
     config: str | Path | None = None,
     preset: str | None = None,
     overrides: Sequence[str] = (),
+    jobs: int = 1,
+    threads: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[Path]]:
     """Train every (variant, seed), skipping finished runs and resuming partial ones.
 
     Returns ``{label: [run folder per seed]}``. The base config is validated for every run before
-    any training starts, so a typo in an override fails at once rather than after hours.
+    any training starts, so a typo in an override fails at once rather than after hours. ``jobs``
+    runs go at once, each in its own process with ``threads`` torch threads (OMP_NUM_THREADS);
+    with more than one job each run's output goes to ``<run>/train.log``. A failed run does not stop
+    the others; the failures are raised together at the end.
     """
+    from spro.trainer.rundir import RunLock, holds_run, move_run_aside
+
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise ValueError(f"variant labels must be unique, got {labels}")
     if not seeds:
         raise ValueError("at least one seed is needed")
+    if jobs < 1 or threads < 1:
+        raise ValueError(f"jobs and threads must be >= 1, got {jobs} and {threads}")
     root = Path(root)
     plan = []
     for v in variants:
@@ -123,6 +139,7 @@ def run_grid(
             cfg = build_config(config=config, preset=preset, overrides=overrides, variant=v, seed=s, run_dir=run_dir)
             plan.append((v, s, run_dir, cfg))
     runs: dict[str, list[Path]] = {v.label: [] for v in variants}
+    todo = []
     for i, (v, s, run_dir, cfg) in enumerate(plan, 1):
         status, step = run_status(run_dir, cfg.total_steps)
         runs[v.label].append(run_dir)
@@ -130,15 +147,36 @@ def run_grid(
         if status == "done":
             log(f"{head}: done already ({run_dir}), skipped")
             continue
-        if status == "partial":
-            log(f"{head}: resuming from step {step} ({run_dir})")
-        else:
-            log(f"{head}: training {cfg.total_steps} steps -> {run_dir}")
-        t0 = time.time()
-        from spro.trainer.rundir import holds_run
-
-        train_in_subprocess(cfg, run_dir, resume=status == "partial", overwrite=status == "new" and holds_run(run_dir))
-        log(f"{head}: finished in {time.time() - t0:.0f} s")
+        if status == "new" and holds_run(run_dir):  # an attempt that died before its first checkpoint
+            with RunLock(run_dir):
+                log(f"{head}: the records of an earlier attempt are now in {move_run_aside(run_dir)}")
+        todo.append((head, run_dir, cfg, status, step))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    running: list[tuple[str, Path, subprocess.Popen, float, Any]] = []
+    failures = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            head, run_dir, cfg, status, step = todo.pop(0)
+            log(f"{head}: " + (f"resuming from step {step}" if status == "partial" else f"training {cfg.total_steps} steps")
+                + f" -> {run_dir}")
+            cmd = _train_command(cfg, run_dir, resume=status == "partial")
+            out = open(run_dir / "train.log", "a") if jobs > 1 else None
+            running.append((head, run_dir, subprocess.Popen(cmd, env=env, stdout=out, stderr=out), time.time(), out))
+        time.sleep(0.2)
+        for item in [r for r in running if r[2].poll() is not None]:
+            running.remove(item)
+            head, run_dir, proc, t0, out = item
+            if out is not None:
+                out.close()
+            if proc.returncode == 0:
+                log(f"{head}: finished in {time.time() - t0:.0f} s")
+            else:
+                where = f"; see {run_dir / 'train.log'}" if out is not None else ""
+                log(f"{head}: FAILED (exit status {proc.returncode}){where}")
+                failures.append(f"{run_dir} (exit status {proc.returncode}){where}")
     root.mkdir(parents=True, exist_ok=True)
     (root / "runs.json").write_text(json.dumps({k: [str(p) for p in v] for k, v in runs.items()}, indent=1))
+    if failures:
+        raise RuntimeError("training run(s) failed: " + "; ".join(failures) + ". Their last checkpoints are kept; "
+                           "run the same command again to resume")
     return runs

@@ -42,7 +42,8 @@ from spro.experiments.compare import (
     t_quantile,
 )
 
-__all__ = ["PLOTS", "Curve", "curve", "plot_metric", "summary_table", "per_seed_table", "write_report"]
+__all__ = ["PLOTS", "DIAG_PLOTS", "Curve", "curve", "plot_metric", "summary_table", "per_seed_table", "setup_table",
+           "diagnostics_table", "write_report"]
 
 # (file stem, source file, key, axis label)
 PLOTS: tuple[tuple[str, str, str, str], ...] = (
@@ -51,6 +52,18 @@ PLOTS: tuple[tuple[str, str, str, str], ...] = (
     ("response_length", "metrics", "length/mean", "mean response length (tokens)"),
     ("reward", "metrics", "reward/mean", "mean reward"),
 )
+# process-reward diagnostics and drift (spro.trainer.diagnostics), plotted against steps
+DIAG_PLOTS: tuple[tuple[str, str, str], ...] = (
+    ("kl", "kl", "KL to the reference (per token)"),
+    ("zero_var_adv_share", "drift/zero_var_adv_share", "share of |advantage| from groups without outcome variance"),
+    ("msa_logratio_corr", "drift/msa_logratio_corr", "corr(process term, log-ratio to the reference)"),
+    ("zero_variance_frac", "groups/zero_variance_frac", "fraction of groups without outcome variance"),
+    ("diag_self_reward_auroc", "diag/self_reward/first_error_auroc", "first-error AUROC of the self-guided reward"),
+    ("diag_msa_auroc", "diag/msa/first_error_auroc", "first-error AUROC of the MSA"),
+    ("diag_prm_auroc", "diag/prm/first_error_auroc", "first-error AUROC of PRIME's implicit reward"),
+    ("diag_advantage_auroc", "diag/advantage/first_error_auroc", "first-error AUROC of the advantage"),
+)
+DIAG_SIGNALS = ("self_reward", "msa", "prm", "advantage")
 X_LABELS = {"step": "training step", "time": "wall time (s, excluding evaluation)"}
 
 
@@ -197,6 +210,73 @@ def summary_table(comp: Comparison) -> list[dict[str, str]]:
     ]
 
 
+def _run_config(run: RunData) -> dict:
+    import yaml
+
+    path = run.path / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def setup_table(groups: Mapping[str, Sequence[RunData]]) -> list[dict[str, str]]:
+    """Per label: the algorithm, the policy-loss aggregation that ran and the algorithm's options
+    that differ from their defaults (from the first seed's ``config.yaml``)."""
+    import dataclasses
+
+    from spro.algorithms import get_algorithm
+
+    rows = []
+    for label, runs in groups.items():
+        algo = (_run_config(runs[0]) if runs else {}).get("algorithm", {})
+        name, agg, options = algo.get("name", "?"), algo.get("loss_agg"), "-"
+        try:
+            cls = get_algorithm(name)
+            agg = agg or f"{cls.loss_agg} (its default)"
+            given = algo.get(cls.name, {}) or {}
+            changed = {f.name: given[f.name] for f in dataclasses.fields(cls.Options)
+                       if f.name in given and given[f.name] != f.default}
+            options = ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+        except ValueError:
+            agg = agg or "?"
+        rows.append({"run": label, "algorithm": name, "loss aggregation": agg, "options": options,
+                     "kl_coef": str(algo.get("kl_coef", "?"))})
+    return rows
+
+
+def _mean_over(runs: Sequence[RunData], key: str, start_frac: float = 0.0) -> tuple[float | None, int]:
+    """Mean over seeds of each seed's mean of ``key`` over its steps from ``start_frac`` of the run on."""
+    means = []
+    for r in runs:
+        xs, ys = series(r.metrics, key)
+        if ys.size:
+            cut = xs.min() + start_frac * (xs.max() - xs.min())
+            means.append(float(np.mean(ys[xs >= cut])))
+    return (float(np.mean(means)) if means else None), len(means)
+
+
+def diagnostics_table(groups: Mapping[str, Sequence[RunData]]) -> list[dict[str, str]]:
+    """Per label: the process-reward diagnostics (first-error top-1 / AUROC of each signal, averaged over
+    all steps) and the drift over the last third of training (KL, share of the advantage from groups
+    without outcome variance, correlation of the process term with the log-ratio)."""
+    rows = []
+    for label, runs in groups.items():
+        row = {"run": label}
+        chance, _ = _mean_over(runs, "diag/first_error_top1_chance")
+        row["top-1 chance"] = _fx(chance, 3)
+        for sig in DIAG_SIGNALS:
+            top1, _ = _mean_over(runs, f"diag/{sig}/first_error_top1")
+            auroc, _ = _mean_over(runs, f"diag/{sig}/first_error_auroc")
+            row[f"{sig} top-1 / AUROC"] = "n/a" if top1 is None else f"{_fx(top1, 3)} / {_fx(auroc, 3)}"
+        for key, name in (("kl", "KL (last third)"), ("drift/zero_var_adv_share", "zero-var share of |A| (last third)"),
+                          ("drift/msa_logratio_corr", "corr(MSA, log-ratio) (last third)")):
+            row[name] = _fx(_mean_over(runs, key, 2 / 3)[0], 3)
+        rows.append(row)
+    return rows
+
+
+def _fx(v: float | None, digits: int) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
 def per_seed_table(comp: Comparison, relative_to: Path | None = None) -> list[dict[str, str]]:
     """One row per run dir: label, path, steps logged, final / best held-out accuracy, steps to
     the baseline's target ("-" without a baseline, "not reached" when never reached)."""
@@ -274,6 +354,7 @@ def write_report(
     if command:
         lines += ["Produced by:", "", "```bash", command.strip(), "```", ""]
 
+    lines += ["## Setup", "", markdown_table(setup_table(groups)), ""]
     lines += ["## Summary", "", markdown_table(summary_table(comp)), ""]
     lines += [
         "Mean ± 95% confidence half-width across seeds (Student t; \"± n/a\" with one seed). "
@@ -321,6 +402,18 @@ def write_report(
                 lines += [f"![{ylabel} vs {x}]({_rel(path, out_dir)})", ""]
     if missing:
         lines += ["No data logged for: " + ", ".join(missing) + ".", ""]
+
+    lines += ["## Process-reward diagnostics and drift", "", markdown_table(diagnostics_table(groups)), "",
+              "First-error top-1 / AUROC: does the signal's lowest-scoring step find the first wrong step of a wrong "
+              "response (top-1; chance in its own column), and does the first wrong step score below the earlier, "
+              "correct steps (AUROC; chance 0.5)? Averaged over all steps of all seeds; n/a where not logged (PRIME's "
+              "implicit reward exists only in PRIME runs, the step checker only on built-in tasks). Drift columns: "
+              "means over the last third of training. Definitions: `spro.trainer.diagnostics`.", ""]
+    for stem, key, ylabel in DIAG_PLOTS:
+        path = plot_metric(groups, key, plots_dir / f"{stem}_vs_step.png", x="step", ylabel=ylabel,
+                           title=f"{ylabel} vs step", smooth=smooth)
+        if path is not None:
+            lines += [f"![{ylabel}]({_rel(path, out_dir)})", ""]
 
     lines += ["## Runs", "", markdown_table(per_seed_table(comp, out_dir)), ""]
 

@@ -99,7 +99,8 @@ def _spro_field(name: str) -> Any:
 @dataclass
 class SPROConfig(GRPOConfig):
     """``GRPOConfig`` plus SPRO's options: ``spro_<name>`` for each option of
-    :class:`spro.algorithms.spro.SPROOptions` (same defaults, help and checks as spro's trainer).
+    :class:`spro.algorithms.spro.SPROOptions` (same defaults, help and checks as spro's trainer), but for
+    ``ref_refresh_every`` (the reference is TRL's).
 
     Two GRPO defaults differ: ``loss_type="grpo"`` (per-sequence token mean, then mean over
     sequences: the aggregation of the SPRO paper) and ``disable_dropout=True`` (the process reward
@@ -116,6 +117,10 @@ class SPROConfig(GRPOConfig):
     spro_process_reward: str = _spro_field("process_reward")
     spro_baseline: str = _spro_field("baseline")
     spro_process_only: bool = _spro_field("process_only")
+    spro_credit: str = _spro_field("credit")
+    spro_min_form_temperature: float = _spro_field("min_form_temperature")
+    spro_zero_variance_groups: str = _spro_field("zero_variance_groups")
+    spro_process_squash: float | None = _spro_field("process_squash")
     loss_type: str = field(
         default="grpo",
         metadata={
@@ -144,10 +149,11 @@ class SPROConfig(GRPOConfig):
         """Keyword options for :func:`spro.algorithms.core.spro_advantage` (everything but the tensors),
         checked by :class:`spro.algorithms.spro.SPROOptions`."""
         try:
-            options = SPROOptions(**{f.name: getattr(self, f"spro_{f.name}") for f in dataclasses.fields(SPROOptions)})
+            options = SPROOptions(**{f.name: getattr(self, f"spro_{f.name}", f.default)
+                                     for f in dataclasses.fields(SPROOptions)})
         except ConfigError as e:
             raise ValueError(f"spro_{e}") from None
-        return dataclasses.asdict(options)
+        return options.core_kwargs()
 
 
 class SPROTrainer(GRPOTrainer):
@@ -178,7 +184,7 @@ class SPROTrainer(GRPOTrainer):
         # A frozen copy of the starting policy, taken before TRL patches the model's forward (its fused LM
         # head) and before accelerate wraps it. Only needed when TRL builds no reference itself.
         ref_copy = None
-        needs_own_ref = args.beta == 0.0 and peft_config is None and not is_peft_model(model)
+        needs_own_ref = args.beta == 0.0 and peft_config is None and (isinstance(model, str) or not is_peft_model(model))
         if needs_own_ref and not isinstance(model, str):
             if is_deepspeed_zero3_enabled():
                 raise ValueError(

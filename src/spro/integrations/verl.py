@@ -85,6 +85,8 @@ class SPROVerlOptions:
         if unknown:
             raise ValueError(f"algorithm.{unknown[0]}: not an SPRO option (they are "
                              f"{', '.join(self.PREFIX + n for n in sorted(names))})")
+        if values.get(self.PREFIX + "ref_refresh_every"):
+            raise ValueError("algorithm.spro_ref_refresh_every: not supported with verl (the reference is verl's)")
         try:
             self.options = SPROOptions(**{k[len(self.PREFIX):]: v for k, v in values.items()})
         except ConfigError as e:
@@ -109,7 +111,7 @@ class SPROVerlOptions:
 
     def core_kwargs(self) -> dict[str, Any]:
         """Keyword options for :func:`spro.algorithms.core.spro_advantage`."""
-        return dataclasses.asdict(self.options)
+        return self.options.core_kwargs()
 
 
 def _group_ids(index: Any, batch_size: int, device: torch.device) -> torch.Tensor:

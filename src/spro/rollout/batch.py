@@ -52,6 +52,28 @@ class RolloutBatch:
         """[B] number of response tokens (eos included)."""
         return self.completion_mask.sum(-1)
 
+    @staticmethod
+    def cat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
+        """Several batches as one: prompts left padded and responses right padded to the longest,
+        group ids renumbered so that each batch's groups stay apart."""
+        if len(batches) == 1:
+            return batches[0]
+        P = max(b.prompt_ids.shape[1] for b in batches)
+        T = max(b.completion_ids.shape[1] for b in batches)
+        pad = torch.nn.functional.pad
+        offsets = [0]
+        for b in batches[:-1]:
+            offsets.append(offsets[-1] + int(b.group_ids.max()) + 1 if len(b) else offsets[-1])
+        return RolloutBatch(
+            torch.cat([pad(b.prompt_ids, (P - b.prompt_ids.shape[1], 0), value=pad_id) for b in batches]),
+            torch.cat([pad(b.prompt_mask, (P - b.prompt_mask.shape[1], 0)) for b in batches]),
+            torch.cat([pad(b.completion_ids, (0, T - b.completion_ids.shape[1]), value=pad_id) for b in batches]),
+            torch.cat([pad(b.completion_mask, (0, T - b.completion_mask.shape[1])) for b in batches]),
+            torch.cat([b.truncated for b in batches]),
+            torch.cat([b.group_ids + o for b, o in zip(batches, offsets)]),
+            [p for b in batches for p in b.prompts], [c for b in batches for c in b.completions],
+        )
+
     def select(self, idx: torch.Tensor) -> "RolloutBatch":
         """The responses at positions ``idx`` (a 1-D long tensor)."""
         il = idx.tolist()

@@ -35,12 +35,13 @@ import torch
 from spro.algorithms.losses import agg_normaliser, policy_loss
 from spro.algorithms.registry import AdvantageInputs, TrainerContext, resolve_algorithm
 from spro.config import ConfigError, TrainConfig, save_yaml, to_dict
-from spro.data.loader import prompt_order, training_data
+from spro.data.loader import load_task, prompt_order, training_data
 from spro.models.loading import load_model
 from spro.models.logprobs import logps_no_grad, sequence_logps
 from spro.rewards.scoring import RewardFunctionError, Scorer
 from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
+from spro.trainer.diagnostics import ProcessDiagnostics
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, PRIME_METRIC_KEYS, step_metrics
 from spro.trainer.passes import eval_mode, has_dropout, match_grad_flags
@@ -105,9 +106,11 @@ class Trainer:
             raise ConfigError(f"algorithm.mini_batch_size ({a.mini_batch_size}) must divide the per-process batch "
                               f"({self.local_batch} responses)")
         self.micro = self.mini // a.grad_accum_steps
-        # one optimizer step per batch: the training forward pass doubles as the pi_old pass (set below)
-        self.on_policy = a.ppo_epochs == 1 and self.mini == self.local_batch and a.grad_accum_steps == 1
         self.algorithm = resolve_algorithm(a.name, a.options)
+        # one optimizer step per batch (of one round): the training forward pass doubles as the pi_old pass
+        # (models without dropout: set below)
+        self.on_policy = (a.ppo_epochs == 1 and self.mini == self.local_batch and a.grad_accum_steps == 1
+                          and self.algorithm.max_rounds == 1)
         self.loss_agg = a.loss_agg or self.algorithm.loss_agg
 
         # models (the reference is the starting policy, also when resuming)
@@ -134,6 +137,7 @@ class Trainer:
         self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
         self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
+        self.diagnostics = ProcessDiagnostics(load_task(cfg), self.tok) if cfg.logging.diagnostics else None
         if self.is_main:
             print(f"spro: {data.summary}", file=sys.stderr, flush=True)
 
@@ -148,11 +152,12 @@ class Trainer:
         self.backend = make_backend(r.backend, self.model, self.tok, r, share_prompt_prefix=m.share_prompt_prefix)
         self.algorithm.setup(TrainerContext(cfg, self.model, self.ref, self._logp_fn, self.acc, algorithm_state))
 
-        self.step, self.elapsed, self.last_ckpt = 0, 0.0, None
+        self.step, self.elapsed, self.last_ckpt, self.cursor = 0, 0.0, None, 0  # cursor: prompts consumed
         if self.resume_ckpt is not None:
             ckpt_lib.load_training_state(self.resume_ckpt, self.optimizer, self.scheduler)
             state = ckpt_lib.read_trainer_state(self.resume_ckpt)
             self.step, self.elapsed, self.last_ckpt = int(state["step"]), float(state["time"]), self.resume_ckpt
+            self.cursor = int(state.get("data_position", self.step * r.prompts_per_step))
             if self.algorithm.has_state:
                 self.algorithm.load(ckpt_lib.algorithm_state_dir(self.resume_ckpt))
             ckpt_lib.load_rng_state(self.resume_ckpt, self.rank, self.world)
@@ -184,14 +189,16 @@ class Trainer:
         with eval_mode(model):
             return logps_no_grad(model, batch, with_entropy=False, **kw)[0]
 
-    def rollout(self, step: int) -> tuple[list[int], RolloutBatch]:
-        """This process's prompts of ``step`` (dataset rows) and their G sampled responses each."""
+    def rollout(self) -> tuple[list[int], RolloutBatch]:
+        """The next ``prompts_per_step`` prompts of the data stream (this process's share: dataset rows)
+        and their G sampled responses each."""
         n, P = len(self.train_ds), self.cfg.rollout.prompts_per_step
-        start = (step - 1) * P + self.rank * self.local_prompts
+        start = self.cursor + self.rank * self.local_prompts
         rows = []
         for pos in range(start, start + self.local_prompts):
             epoch, i = divmod(pos, n)
             rows.append(int(prompt_order(n, self.cfg.seed, epoch, self.cfg.data.shuffle)[i]))
+        self.cursor += P
         return rows, self.backend.generate([self.train_prompts[i] for i in rows], self.G)
 
     def score(self, rows: list[int], completions: list[str]):
@@ -226,33 +233,40 @@ class Trainer:
             raise self._diverged("the reference model's log-probs")
         return old_logp, entropy, ref_logp, fused
 
-    def train_step(self) -> dict[str, Any]:
-        step, t_step = self.step + 1, time.perf_counter()
-        times = {}
-
-        t0 = time.perf_counter()  # 1. rollout
-        rows, batch = self.rollout(step)
-        times["time/rollout"] = time.perf_counter() - t0
-
-        scores = self.score(rows, batch.completions)  # 2. score
-        mask = batch.completion_mask
-
-        t0 = time.perf_counter()  # 3. log-probs
+    def sample(self, step: int, times: dict[str, float]) -> tuple[_Step, Any, torch.Tensor, torch.Tensor | None]:
+        """One round of stages 1-3 and the algorithm's ``select``: ``(_Step, Scores, entropy, keep)``."""
+        t0 = time.perf_counter()
+        rows, batch = self.rollout()
+        times["time/rollout"] += time.perf_counter() - t0
+        scores = self.score(rows, batch.completions)
+        t0 = time.perf_counter()
         old_logp, entropy, ref_logp, fused = self.logprobs(batch)
-        times["time/logprob"] = time.perf_counter() - t0
-
-        # 4. advantages: the algorithm's hooks on the responses it keeps, then its estimator
+        times["time/logprob"] += time.perf_counter() - t0
+        mask = batch.completion_mask
         x = AdvantageInputs(scores.rewards.to(mask.device), mask, batch.group_ids, old_logp, ref_logp,
                             scores.correct.to(mask.device), step)
-        s = _Step(batch, x, fused)
-        keep = self.algorithm.select(x)
+        return _Step(batch, x, fused), scores, entropy, self.algorithm.select(x)
+
+    def train_step(self) -> dict[str, Any]:
+        step, t_step = self.step + 1, time.perf_counter()
+        times = {"time/rollout": 0.0, "time/logprob": 0.0}
+
+        # 1-3. rollout, score, log-probs; more rounds while the algorithm keeps too few prompts
+        rounds = [self.sample(step, times)]
+        while _groups_kept(rounds) < self.local_prompts and len(rounds) < self.algorithm.max_rounds:
+            rounds.append(self.sample(step, times))
+        full, scores, entropy, keep = _combine(rounds, self.tok.pad_token_id)
+
+        # 4. advantages: the algorithm's hooks on the responses it keeps, then its estimator
+        s, rows = full, torch.arange(len(full.batch))
         if keep is not None and not bool(keep.all()):
-            s = s.select(keep.nonzero().squeeze(1)) if bool(keep.any()) else None
+            rows = _first_groups(keep, full.x.group_ids, self.local_prompts)
+            s = full.select(rows) if bool(keep.any()) else None
         adv, update = None, {"loss": None, "lr": self.scheduler.get_last_lr()[0], "grad_norm": None}
         times["time/update"] = 0.0
         if s is not None:  # (no response kept: no update this step)
             s.x = self.algorithm.prepare(s.batch, s.x)
-            adv = self.algorithm.advantages(s.x).to(old_logp.dtype)
+            adv = self.algorithm.advantages(s.x).to(s.x.logp.dtype)
             t0 = time.perf_counter()  # 5. update
             update = self.ppo_update(s, adv, step)
             times["time/update"] = time.perf_counter() - t0
@@ -260,13 +274,18 @@ class Trainer:
         # 6. metrics (reduced over processes)
         times["time/step"] = time.perf_counter() - t_step
         self.elapsed += times["time/step"]
-        metrics = step_metrics(self.acc, batch=batch, rewards=x.rewards, correct=x.correct, old_logp=old_logp,
-                               ref_logp=ref_logp, entropy=entropy, advantages=adv, update=update,
-                               kl_estimator=self.cfg.algorithm.kl_estimator, spro_options=self.cfg.algorithm.spro,
-                               group_size=self.G)
+        x, batch = full.x, full.batch
+        metrics = step_metrics(self.acc, batch=batch, rewards=x.rewards, correct=x.correct, old_logp=x.logp,
+                               ref_logp=x.ref_logp, entropy=entropy, advantages=adv if s is full else None,
+                               update=update, kl_estimator=self.cfg.algorithm.kl_estimator,
+                               spro_options=self.cfg.algorithm.spro, group_size=self.G)
         metrics = {"step": step, "time": self.elapsed, **metrics, **times, **scores.stats,
                    **self.algorithm.metrics(x if s is None else s.x, adv)}
+        if self.diagnostics is not None:
+            metrics.update(self.diagnostics(self.acc, full, s, rows, adv, self.cfg.algorithm.spro))
         metrics["perf/tokens_per_sec"] = metrics.pop("tokens") / times["time/step"]
+        if self.algorithm.max_rounds > 1:
+            metrics["rollout/rounds"] = float(len(rounds))
         n = self.cfg.logging.log_completions
         self.logger.log_completions(step, batch.prompts[:n], batch.completions[:n], x.rewards.tolist()[:n])
         self.step = step
@@ -375,7 +394,7 @@ class Trainer:
             path = ckpt_lib.save_checkpoint(
                 self.out / "checkpoints", self.step, model=self.model, tokenizer=self.tok, optimizer=self.optimizer,
                 scheduler=self.scheduler, run_config=to_dict(self.cfg),
-                trainer_state={"time": self.elapsed, "data_position": self.step * self.cfg.rollout.prompts_per_step,
+                trainer_state={"time": self.elapsed, "data_position": self.cursor,
                                "num_processes": self.world},
                 rng_states=rng, keep_last=self.cfg.keep_last,
                 extra_savers={ckpt_lib.ALGORITHM_STATE: self.algorithm.save} if self.algorithm.has_state else None,
@@ -419,6 +438,42 @@ class Trainer:
             self.logger.close()
             self.close()
         return self.out
+
+
+def _groups_kept(rounds: list) -> int:
+    """Number of groups the algorithm kept over the sampled rounds."""
+    return sum(int(torch.unique(s.x.group_ids if keep is None else s.x.group_ids[keep]).numel())
+               for s, _, _, keep in rounds)
+
+
+def _combine(rounds: list, pad_id: int) -> tuple[_Step, Any, torch.Tensor, torch.Tensor | None]:
+    """The rounds of a step as one: (_Step, Scores, entropy, keep)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    steps, scores, ents, keeps = zip(*rounds)
+    batch = RolloutBatch.cat([s.batch for s in steps], pad_id)
+    T = batch.completion_ids.shape[1]
+
+    def cat(ts):
+        return torch.cat([torch.nn.functional.pad(t, (0, T - t.shape[1])) for t in ts])
+
+    xs = [s.x for s in steps]
+    x = AdvantageInputs(torch.cat([x.rewards for x in xs]), batch.completion_mask, batch.group_ids,
+                        cat([x.logp for x in xs]), None if xs[0].ref_logp is None else cat([x.ref_logp for x in xs]),
+                        torch.cat([x.correct for x in xs]), xs[0].step)
+    stats = {k: sum(sc.stats.get(k, 0.0) for sc in scores) for k in scores[0].stats}
+    stats["reward/none_frac"] = stats.get("reward/none_frac", 0.0) / len(scores)
+    merged = type(scores[0])(x.rewards, x.correct, torch.cat([sc.scored for sc in scores]), stats)
+    keep = torch.cat([k if k is not None else torch.ones(len(s.batch), dtype=torch.bool, device=s.x.mask.device)
+                      for s, k in zip(steps, keeps)])
+    return _Step(batch, x, None), merged, cat(ents), keep
+
+
+def _first_groups(keep: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Row indices of the first ``n`` groups that ``keep`` keeps (whole groups, in batch order)."""
+    kept = group_ids[keep]
+    first = torch.unique_consecutive(kept)[:n]
+    return (keep & torch.isin(group_ids, first)).nonzero().squeeze(1)
 
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, overwrite: bool = False,

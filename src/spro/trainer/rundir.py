@@ -27,8 +27,8 @@ except ImportError:  # Windows
 
 from spro.trainer.checkpoint import STEP_RE, CheckpointError, read_run_config
 
-__all__ = ["RunFolderError", "RunLock", "holds_run", "open_run_folder", "check_run_folder", "config_for_resume",
-           "on_main", "read_records"]
+__all__ = ["RunFolderError", "RunLock", "holds_run", "open_run_folder", "check_run_folder", "move_run_aside",
+           "config_for_resume", "on_main", "read_records"]
 
 LOCK = ".lock"
 RECORDS = ("metrics.jsonl", "eval.jsonl")
@@ -120,6 +120,12 @@ class RunLock:
         if not self.file.closed:
             self.file.close()  # closing the file drops the lock
 
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
 
 def check_run_folder(folder: Path, *, resume: bool, overwrite: bool, probe_lock: bool = True) -> None:
     """Stop at once (before any model is loaded) when a run may not start in ``folder``: another trainer uses it
@@ -139,16 +145,22 @@ def open_run_folder(folder: Path, *, resume: bool, overwrite: bool) -> RunLock:
     try:
         check_run_folder(folder, resume=resume, overwrite=overwrite, probe_lock=False)
         if not resume and overwrite and holds_run(folder):
-            aside = _aside(folder)
-            aside.mkdir()
-            for entry in folder.iterdir():
-                if entry.name != LOCK:
-                    entry.rename(aside / entry.name)
-            warnings.warn(f"--overwrite: the run that was in {folder} is now in {aside}", stacklevel=2)
+            warnings.warn(f"--overwrite: the run that was in {folder} is now in {move_run_aside(folder)}", stacklevel=2)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def move_run_aside(folder: Path) -> Path:
+    """Move everything in ``folder`` (but its lock file) into a new ``<folder>.old-N``; returns that folder.
+    Hold the folder's :class:`RunLock` while calling it."""
+    aside = _aside(folder)
+    aside.mkdir()
+    for entry in folder.iterdir():
+        if entry.name != LOCK:
+            entry.rename(aside / entry.name)
+    return aside
 
 
 def _aside(folder: Path) -> Path:

@@ -3,7 +3,13 @@
 A task object provides ``split(name, n=None) -> datasets.Dataset`` (columns prompt, answer,
 solution), ``reward(prompts, completions, answer, **kw) -> list[float]``, ``reward_name`` (that
 reward's name in ``spro.rewards``' registry: the default ``data.rewards`` of a run on the task) and,
-where it can judge steps, ``first_wrong_step(prompt, completion) -> int | None``.
+where it can judge steps, ``first_wrong_step(prompt, completion) -> int | None`` and
+``step_spans(completion) -> [(start, end), ...]`` (the character span of each step in the
+completion text, for process diagnostics).
+
+* ``arithmetic``: chains of 3-5 additions/subtractions (2-4 steps and the answer);
+* ``arithmetic_long``: the same with 7-10 operands (6-9 steps), where the outcome is sparse;
+* ``multiplication``: long multiplication digit by digit (partial products, then their sum).
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable
 
-from spro.data.tasks.arithmetic import ArithmeticTask
+from spro.data.tasks.arithmetic import ArithmeticTask, LongArithmeticTask
+from spro.data.tasks.multiplication import MultiplicationTask
 
 _TASKS: dict[str, Callable[..., Any]] = {
     "arithmetic": ArithmeticTask,
+    "arithmetic_long": LongArithmeticTask,
+    "multiplication": MultiplicationTask,
 }
 
 
@@ -45,4 +54,4 @@ def get_task(name: str, **knobs: Any) -> Any:
         raise ValueError(f"task {name!r}: {exc}") from exc
 
 
-__all__ = ["ArithmeticTask", "get_task", "list_tasks", "task_reward"]
+__all__ = ["ArithmeticTask", "LongArithmeticTask", "MultiplicationTask", "get_task", "list_tasks", "task_reward"]

@@ -14,6 +14,10 @@ separated by ``;``.
 * :func:`verify` / :func:`arithmetic_reward` judge only the final answer (outcome reward).
 * :func:`first_wrong_step` judges every step (the ground truth for process rewards).
 
+* :func:`step_spans` locates the segments in the completion text (for process diagnostics).
+
+Registered as ``arithmetic`` (3-5 operands) and ``arithmetic_long`` (7-10 operands).
+
 Splits: each problem goes to ``train``, ``validation`` or ``test`` by a hash of its prompt text
 (bucket ``sha256(prompt) mod 20``: 0-1 test, 2-3 validation, the rest train), so the three splits
 are disjoint by construction, whatever the seed or size asked for. Within a split problems are
@@ -131,6 +135,21 @@ def first_wrong_step(prompt: str, completion: Any) -> int | None:
     if m is None or int(m.group(1)) != cur:
         return n
     return None
+
+
+def step_spans(completion: Any) -> list[tuple[int, int]]:
+    """Character spans ``(start, end)`` of the ``;``-separated segments of a completion (steps, then the
+    answer segment), in the text ``completion_text(completion)``: segment k of
+    :func:`first_wrong_step` is ``text[start:end]`` of span k (surrounding whitespace included)."""
+    text = completion_text(completion)
+    spans, start = [], 0
+    for i, ch in enumerate(text):
+        if ch == ";":
+            spans.append((start, i))
+            start = i + 1
+    if start < len(text):
+        spans.append((start, len(text)))
+    return spans
 
 
 def split_of(prompt: str) -> str:
@@ -270,3 +289,14 @@ class ArithmeticTask:
 
     def first_wrong_step(self, prompt: str, completion: Any) -> int | None:
         return first_wrong_step(prompt, completion)
+
+    def step_spans(self, completion: Any) -> list[tuple[int, int]]:
+        return step_spans(completion)
+
+
+@dataclass
+class LongArithmeticTask(ArithmeticTask):
+    """The arithmetic task with long chains: 7-10 operands (6-9 steps), a sparse outcome for small models."""
+
+    num_operands: Any = (7, 10)
+    name: str = field(default="arithmetic_long", init=False)
