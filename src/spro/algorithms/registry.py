@@ -127,7 +127,8 @@ class TrainerContext:
         reference: the frozen reference model, or None.
         logprobs: ``fn(model, batch, *, grad=False) -> [B, T]`` log-probs of a ``RolloutBatch``'s
             response tokens with the trainer's convention (temperature, position ids, prompt
-            sharing), so that log-probs of different models are comparable.
+            sharing), so that log-probs of different models are comparable; without ``grad`` a
+            no-grad pass in eval mode (no dropout).
         accelerator: the ``accelerate.Accelerator`` (``num_processes``, ``reduce``, ...).
         user_state: objects passed to ``spro.trainer.train(..., **)`` for the algorithm (PRIME: ``prm``).
     """
