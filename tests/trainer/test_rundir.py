@@ -42,6 +42,8 @@ def test_a_new_run_into_a_folder_holding_a_run_stops_and_loses_nothing(model_dir
 
     assert main(["train", *small_overrides(model_dir, run, "grpo", total_steps=1)]) == 1
     assert "holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--overwrite"]) == 2
+    assert "--resume continues the run in its folder and --overwrite starts a new one" in capsys.readouterr().err
     # an empty folder, or one with files that are not a run, is fine
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("mine")

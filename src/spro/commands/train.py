@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from spro.config import ConfigError, dump_yaml
 
     try:
+        if args.resume and args.overwrite:
+            raise ConfigError("--resume continues the run in its folder and --overwrite starts a new one: give one")
         cfg = resolve_config(args)
     except (ConfigError, CheckpointError) as e:
         print(f"spro train: error: {e}", file=sys.stderr)
