@@ -100,7 +100,17 @@ def test_errors_in_a_file_name_the_file(tmp_path):
     (["algorithm.grad_accum_steps=3"], "divisible by algorithm.grad_accum_steps"),
     (["rollout.generation_batch_size=12"], "generation_batch_size .* divisible by the group size"),
     (["model.use_reference=false"], "needs the reference model"),
-    (["data.accuracy_reward=math"], "not one of data.rewards"),
+    (["data.rewards=[{name: arithmetic}]", "data.accuracy_reward=math"], "not one of data.rewards"),
+    (["data.rewards=[]"], "data.rewards: give at least one reward function"),
+    (["data.task=arithmetic", "data.source=my.jsonl"],
+     "data.task=arithmetic and data.source=my.jsonl: give one \\(data.task=null to train on the dataset\\)"),
+    (["data.source=a.jsonl", "data.eval_source=b.jsonl", "data.eval_fraction=0.1"],
+     "data.eval_source and data.eval_fraction both choose the held-out set"),
+    (["data.source=a.jsonl", "data.eval_split=test", "data.eval_fraction=0.1"],
+     "data.eval_fraction and data.eval_split both choose"),
+    (["data.source=a.jsonl", "data.eval_fraction=1.5"], r"data.eval_fraction must be in \(0, 1\) or null"),
+    (["data.eval_source=b.jsonl"], "data.eval_source is for a data.source run"),
+    (["data.reward_timeout=-1"], "data.reward_timeout must be >= 0"),
     (["rollout.top_p=0"], "top_p"),
 ])
 def test_validation(overrides, match):

@@ -83,22 +83,19 @@ class ModelConfig:
 class RewardSpec:
     name: str = _f(
         help="A registered reward ('arithmetic', 'math', 'code', 'format', ...; see spro.rewards) "
-        "or an import path 'package.module:function'. The function follows TRL's convention "
-        "fn(prompts, completions, **columns) -> list[float | None]."
+        "or an import path 'module:function' (a module in the working directory or on the Python path). The "
+        "function follows TRL's convention fn(prompts, completions, **columns) -> list[float | None]."
     )
     weight: float = _f(1.0, help="Weight of this reward in the weighted sum.")
-
-
-def _default_rewards() -> list[RewardSpec]:
-    return [RewardSpec(name="arithmetic", weight=1.0)]
 
 
 @dataclass
 class DataConfig:
     task: str | None = _f(
-        "arithmetic",
-        help="Built-in task (spro.data.tasks.get_task). Set null and give 'source' to train on a "
-        "dataset instead.",
+        None,
+        help="Built-in task to train on (spro.data.tasks: arithmetic, arithmetic_long, multiplication). null: the "
+        "dataset data.source, or the arithmetic task when data.source is null too. Giving both data.task and "
+        "data.source is an error.",
     )
     task_kwargs: dict[str, Any] = _f(
         help="Knobs passed to get_task(task, **task_kwargs) (e.g. number of operands).",
@@ -106,35 +103,63 @@ class DataConfig:
     )
     source: str | None = _f(
         None,
-        help="Dataset to train on when task is null: a local file (jsonl/json/csv/parquet), a "
-        "folder or a hub name; loaded by spro.data.load_prompt_dataset.",
+        help="Dataset to train on: a local file (jsonl/json/csv/parquet), a saved dataset folder or a hub name; "
+        "loaded by spro.data.load_prompt_dataset.",
     )
     schema: str = _f("auto", help="Dataset schema for load_prompt_dataset ('auto' detects it).")
     column_map: dict[str, str] | None = _f(
-        None, help="Rename dataset columns to 'prompt' / 'answer' ({source_column: target})."
+        None,
+        help="Where your columns are: {'prompt': YOUR_PROMPT_COLUMN, 'answer': YOUR_ANSWER_COLUMN}, i.e. the column "
+        "spro needs -> the column of data.source that holds it (dotted names reach into nested fields, e.g. "
+        "reward_model.ground_truth). With schema=auto it implies the plain schema.",
     )
     prompt_template: str | None = _f(
         None, help="Format string applied to each prompt, e.g. '{prompt}\\nAnswer:'."
     )
-    split: str = _f("train", help="Split used for training.")
-    eval_source: str | None = _f(
-        None, help="Dataset for evaluation when task is null; null = 'source'."
+    split: str = _f(
+        "train", help="Split used for training (of the task, or of data.source when it has splits; a single file "
+        "has none and this is ignored)."
     )
-    eval_split: str = _f(
-        "validation",
-        help="Held-out split for periodic evaluation (for a dataset source without it, the "
-        "split is tried and an error names it).",
+    eval_source: str | None = _f(
+        None,
+        help="Dataset of held-out prompts for the periodic evaluation of a data.source run (same schema and "
+        "prompt_template; its columns: data.eval_column_map).",
+    )
+    eval_split: str | None = _f(
+        None,
+        help="Held-out split for the periodic evaluation: of the task (null = 'validation'), of data.eval_source "
+        "when it has splits, or another split of data.source (it must exist and differ from data.split).",
+    )
+    eval_fraction: float | None = _f(
+        None,
+        help="Hold out this fraction of data.source's rows (a seeded draw, by `seed`) for the periodic evaluation; "
+        "they are not trained on. A dataset run needs one of data.eval_source, data.eval_split and "
+        "data.eval_fraction to evaluate (else it stops with an error; eval_every=-1 never evaluates).",
+        check=(lambda v: v is None or 0 < v < 1, "in (0, 1) or null"),
+    )
+    eval_column_map: dict[str, str] | None = _f(
+        None, help="column_map of data.eval_source (null = data.column_map)."
     )
     eval_size: int = _f(200, help="Number of held-out prompts per evaluation (0 = all).")
     train_size: int | None = _f(
         None, help="Number of training prompts to draw from the split (null = all)."
     )
-    rewards: list[RewardSpec] = _f(
-        help="Reward functions with weights; the reward of a response is the weighted sum of "
-        "the values that are not None (None = 'not applicable'); a response no function could "
-        "score gets 0 (counted in the reward/none_frac metric). A function that raises is "
-        "retried response by response; responses it still fails on count as None (reward/errors).",
-        factory=_default_rewards,
+    rewards: list[RewardSpec] | None = _f(
+        None,
+        help="Reward functions with weights; the reward of a response is the weighted sum of the values that are "
+        "not None (None = 'not applicable'); a response no function could score gets 0 (counted in the "
+        "reward/none_frac metric). A function that raises is retried response by response; responses it still "
+        "fails on count as None (reward/errors, with a warning). null = the reward of what is trained on, "
+        "printed at the start of the run: a task's own verifier (arithmetic -> arithmetic), for a dataset the "
+        "one its schema implies (gsm8k, math -> math; eurus -> eurus; a reasoning_gym:NAME source -> "
+        "reasoning_gym); the plain schema implies none, and the run stops asking for data.rewards.",
+    )
+    reward_timeout: float = _f(
+        300.0,
+        help="Seconds one call of a reward function of your own (not one of spro's, which have their own limits) "
+        "may take; it runs in a worker thread, and on time-out its responses count as None (reward/timeouts, with "
+        "a warning). 0 = no limit.",
+        check=(lambda v: v >= 0, ">= 0"),
     )
     accuracy_reward: str | None = _f(
         None,
@@ -197,11 +222,12 @@ class AlgorithmConfig:
     )
     loss_agg: str | None = _f(
         None,
-        help="Loss aggregation: 'seq-mean-token-mean' (GRPO/SPRO: mean over each response's tokens, "
-        "then over responses), 'token-mean' (DAPO, PRIME: mean over all tokens of the mini-batch), "
-        "'seq-mean-token-sum' (sum over each response's tokens, mean over responses), "
-        "'seq-mean-token-sum-norm' (Dr. GRPO: token sum / max_new_tokens, mean over responses). null = "
-        "the algorithm's own (dr_grpo: seq-mean-token-sum-norm; the others: seq-mean-token-mean).",
+        help="Loss aggregation (verl's loss_agg_mode): 'seq-mean-token-mean' (GRPO/SPRO: mean over each "
+        "response's tokens, then over responses), 'token-mean' (DAPO, PRIME: mean over all tokens of the "
+        "mini-batch), 'seq-mean-token-sum' (sum over each response's tokens, mean over responses), "
+        "'seq-mean-token-sum-norm' (Dr. GRPO: token sum / max_new_tokens, mean over responses). The means are "
+        "over the whole mini-batch (all its micro-batches and processes), as verl does. null = the "
+        "algorithm's own (dr_grpo: seq-mean-token-sum-norm; the others: seq-mean-token-mean).",
         choices=(None,) + LOSS_AGGS,
     )
     clip_eps_low: float = _f(0.2, help="PPO clip range below: ratio >= 1 - clip_eps_low.",
@@ -210,6 +236,14 @@ class AlgorithmConfig:
         None,
         help="PPO clip range above (null = clip_eps_low; 0.28 = DAPO's clip-higher, arXiv:2503.14476).",
         check=(lambda v: v is None or v >= 0, ">= 0 or null"),
+    )
+    clip_ratio_c: float | None = _f(
+        None,
+        help="Dual-clip PPO (Ye et al. 2020, arXiv:1912.09729): for tokens with a negative advantage the "
+        "per-token loss is at most -advantage * clip_ratio_c, so one very unlikely-now token cannot blow up "
+        "the loss. null = off (plain clipped PPO, as in the GRPO and SPRO papers); verl's default is 3.0. "
+        "Must be > 1.",
+        check=(lambda v: v is None or v > 1, "> 1 or null"),
     )
     kl_coef: float = _f(0.0, help="Weight of the KL penalty to the reference in the loss (0 in the SPRO paper).",
                         check=(lambda v: v >= 0, ">= 0"))
@@ -371,6 +405,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # X | None: what X needs (", or null")
+            raise ConfigError(f"{errors[0]} (or null)")
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if tp is Any:
         return value
@@ -762,9 +798,18 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}")
     need(cfg.total_steps >= 1, f"total_steps must be >= 1, got {cfg.total_steps}")
     need(cfg.keep_last >= 1, f"keep_last must be >= 1, got {cfg.keep_last}")
-    need(d.task is not None or d.source is not None, "data: give data.task or data.source")
-    need(len(d.rewards) >= 1 or d.task is not None, "data.rewards: give at least one reward function")
-    if d.accuracy_reward is not None:
+    need(d.task is None or d.source is None,
+         f"data.task={d.task} and data.source={d.source}: give one (data.task=null to train on the dataset)")
+    if d.source is None:
+        for key in ("eval_source", "eval_fraction", "eval_column_map"):
+            need(getattr(d, key) is None, f"data.{key} is for a data.source run; a task evaluates on its split "
+                                          f"data.eval_split (null = validation)")
+    given = [k for k in ("eval_source", "eval_fraction") if getattr(d, k) is not None]
+    given += ["eval_split"] if d.eval_split is not None and d.eval_fraction is not None else []
+    need(len(given) <= 1, f"data: {' and '.join('data.' + k for k in given)} both choose the held-out set; give one")
+    need(d.rewards is None or len(d.rewards) >= 1,
+         "data.rewards: give at least one reward function (or null for the one the data implies)")
+    if d.accuracy_reward is not None and d.rewards is not None:
         names = [s.name for s in d.rewards]
         need(
             d.accuracy_reward in names,

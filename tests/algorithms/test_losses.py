@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spro.algorithms.losses import aggregate_loss, entropy_from_logits, kl_penalty, policy_loss
+from spro.algorithms.losses import AGG_MODES, agg_normaliser, aggregate_loss, entropy_from_logits, kl_penalty, policy_loss
 
 SETTINGS = settings(max_examples=60, deadline=None)
-MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
 
 def make(seed: int, garbage: bool = True):
@@ -58,16 +58,19 @@ def ref_aggregate(Lm, m, mode, max_len=None):
             if n:
                 seqs.append(sum(Lm[i][t] for t in range(T) if m[i][t]) / n)
         return sum(seqs) / len(seqs) if seqs else 0.0
+    if mode == "seq-mean-token-sum":
+        seqs = [sum(Lm[i][t] for t in range(T) if m[i][t]) for i in range(B) if sum(m[i])]
+        return sum(seqs) / len(seqs) if seqs else 0.0
     return sum(Lm[i][t] for i in range(B) for t in range(T) if m[i][t]) / (B * (max_len or T))
 
 
-def ref_policy(b, low, high, agg, kl_coef, kl_est, ent_coef, max_len=None):
+def ref_policy(b, low, high, agg, kl_coef, kl_est, ent_coef, max_len=None, clip_c=None):
     m, lp, old, A = b["mask"].tolist(), b["logp"].tolist(), b["old_logp"].tolist(), b["advantages"].tolist()
     rl, ent = b["ref_logp"].tolist(), b["entropy"].tolist()
     B, T = len(m), len(m[0])
     Lm = [[0.0] * T for _ in range(B)]
     pgm = [[0.0] * T for _ in range(B)]
-    n = lowc = highc = 0
+    n = lowc = highc = dualc = 0
     akl = kl = en = 0.0
     for i in range(B):
         for t in range(T):
@@ -76,6 +79,9 @@ def ref_policy(b, low, high, agg, kl_coef, kl_est, ent_coef, max_len=None):
             ratio = math.exp(lp[i][t] - old[i][t])
             clipped = min(max(ratio, 1 - low), 1 + high)
             pg = max(-A[i][t] * ratio, -A[i][t] * clipped)
+            if clip_c is not None and A[i][t] < 0:  # dual clip (verl's compute_policy_loss_vanilla)
+                dualc += pg > -A[i][t] * clip_c
+                pg = min(pg, -A[i][t] * clip_c)
             k = ref_kl(lp[i][t], rl[i][t], kl_est)
             pgm[i][t] = pg
             Lm[i][t] = pg + kl_coef * k - ent_coef * ent[i][t]
@@ -88,6 +94,8 @@ def ref_policy(b, low, high, agg, kl_coef, kl_est, ent_coef, max_len=None):
     n1 = max(n, 1)
     metrics = {"pg_loss": ref_aggregate(pgm, m, agg, max_len), "clip/low_frac": lowc / n1,
                "clip/high_frac": highc / n1, "approx_kl": akl / n1, "kl": kl / n1, "entropy": en / n1}
+    if clip_c is not None:
+        metrics["clip/dual_frac"] = dualc / n1
     return ref_aggregate(Lm, m, agg, max_len), metrics
 
 
@@ -170,25 +178,78 @@ def test_aggregate_modes_differ_as_documented():
     m = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
     assert aggregate_loss(Lm, m, "token-mean").item() == pytest.approx(8 / 5)
     assert aggregate_loss(Lm, m, "seq-mean-token-mean").item() == pytest.approx((1 + 4) / 2)
+    assert aggregate_loss(Lm, m, "seq-mean-token-sum").item() == pytest.approx((4 + 4) / 2)
     assert aggregate_loss(Lm, m, "seq-mean-token-sum-norm").item() == pytest.approx(8 / (2 * 4))
     assert aggregate_loss(Lm, m, "seq-mean-token-sum-norm", 10).item() == pytest.approx(8 / (2 * 10))
     assert aggregate_loss(Lm, torch.zeros_like(m), "seq-mean-token-mean").item() == 0.0
 
 
+def test_dual_clip_on_toy_case():
+    """Dual clip bounds the loss of a negative-advantage token at -A * c; positive advantages are unchanged."""
+    old = torch.zeros(1, 4, dtype=torch.float64)
+    ratio = torch.tensor([[5.0, 2.0, 5.0, 0.5]], dtype=torch.float64)
+    A = torch.tensor([[-1.0, -1.0, 1.0, -2.0]], dtype=torch.float64)
+    m = torch.ones(1, 4)
+    plain, pm = policy_loss(ratio.log(), old, A, m, agg="token-mean")
+    dual, dm = policy_loss(ratio.log(), old, A, m, agg="token-mean", clip_ratio_c=3.0)
+    # pg without dual clip: max(-A r, -A clip(r, .8, 1.2)) = [5, 2, -1.2, 1.6]; with c = 3: [3, 2, -1.2, 1.6]
+    assert pm["pg_loss"] == pytest.approx((5 + 2 - 1.2 + 1.6) / 4)
+    assert dm["pg_loss"] == pytest.approx((3 + 2 - 1.2 + 1.6) / 4)
+    assert dm["clip/dual_frac"] == 0.25 and "clip/dual_frac" not in pm
+    logp = ratio.log().requires_grad_(True)
+    policy_loss(logp, old, A, m, agg="token-mean", clip_ratio_c=3.0)[0].backward()
+    assert logp.grad[0, 0] == 0  # the dual-clipped token gets no gradient
+    assert logp.grad[0, 1] == pytest.approx(2.0 / 4)  # d(-A r)/dlogp = -A r = 2, over 4 tokens
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(MODES), cuts=st.lists(st.integers(0, 8), max_size=4))
+def test_pieces_with_the_batch_normaliser_add_up_to_the_batch_loss(seed, mode, cuts):
+    """Micro-batches (of any sizes, some empty or short) and processes: each piece's loss with the whole
+    batch's normaliser (the sum of the pieces' agg_normaliser), summed, is the loss of the whole batch,
+    value and gradient (how the trainer accumulates, and what verl's global token count does)."""
+    b = make(seed, garbage=False)
+    B = b["mask"].shape[0]
+    bounds = sorted({0, B, *[min(c, B) for c in cuts]})
+    pieces = [torch.arange(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    kw = dict(agg=mode, max_completion_length=b["mask"].shape[1])
+    logp = b["logp"].clone().requires_grad_(True)
+    whole, _ = policy_loss(logp, b["old_logp"], b["advantages"], b["mask"], **kw)
+    (g_whole,) = torch.autograd.grad(whole, logp)
+    norm = sum(agg_normaliser(b["mask"][i], mode) for i in pieces)
+    total = 0.0
+    for i in pieces:
+        part, _ = policy_loss(logp[i], b["old_logp"][i], b["advantages"][i], b["mask"][i], normaliser=norm, **kw)
+        total = total + part
+    (g_parts,) = torch.autograd.grad(total, logp)
+    assert float(total.detach()) == pytest.approx(float(whole.detach()), rel=1e-10, abs=1e-12)
+    torch.testing.assert_close(g_parts, g_whole, rtol=1e-10, atol=1e-12)
+
+
+def test_agg_modes_declared_once():
+    from spro.config import AlgorithmConfig
+
+    choices = AlgorithmConfig.__dataclass_fields__["loss_agg"].metadata["choices"]
+    assert choices == (None, *AGG_MODES) and "seq-mean-token-sum" in AGG_MODES
+
+
 @settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), clip=st.sampled_from([(0.2, None), (0.2, 0.28), (0.1, 0.5), (0.0, 0.0)]),
        agg=st.sampled_from(MODES), kl_coef=st.sampled_from([0.0, 0.1]), kl_est=st.sampled_from(["k1", "k2", "k3"]),
-       ent_coef=st.sampled_from([0.0, 0.01]))
-def test_policy_loss_matches_loop(seed, clip, agg, kl_coef, kl_est, ent_coef):
+       ent_coef=st.sampled_from([0.0, 0.01]), clip_c=st.sampled_from([None, 1.5, 3.0]))
+def test_policy_loss_matches_loop(seed, clip, agg, kl_coef, kl_est, ent_coef, clip_c):
     b = make(seed)
+    b["logp"] = b["old_logp"] + (b["logp"] - b["old_logp"]) * 4  # ratios far enough from 1 for the dual clip to act
     low, high = clip
     loss, metrics = policy_loss(
         b["logp"], b["old_logp"], b["advantages"], b["mask"], clip_eps_low=low, clip_eps_high=high, agg=agg,
         ref_logp=b["ref_logp"], kl_coef=kl_coef, kl_estimator=kl_est, entropy=b["entropy"], entropy_coef=ent_coef,
+        clip_ratio_c=clip_c,
     )
-    expect, em = ref_policy(b, low, low if high is None else high, agg, kl_coef, kl_est, ent_coef)
+    expect, em = ref_policy(b, low, low if high is None else high, agg, kl_coef, kl_est, ent_coef, clip_c=clip_c)
     assert loss.item() == pytest.approx(expect, rel=1e-10, abs=1e-12)
-    assert set(metrics) == {"pg_loss", "clip/low_frac", "clip/high_frac", "approx_kl", "kl", "entropy"}
+    assert set(metrics) == {"pg_loss", "clip/low_frac", "clip/high_frac", "approx_kl", "kl", "entropy"} | (
+        set() if clip_c is None else {"clip/dual_frac"})
     for k, v in em.items():
         assert isinstance(metrics[k], float)
         assert metrics[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
@@ -233,6 +294,8 @@ def test_policy_loss_gradient_matches_hand_derivation(seed, agg, high):
                 w = 1 / n_tok
             elif agg == "seq-mean-token-mean":
                 w = 1 / (n_seq * sum(m[i]))
+            elif agg == "seq-mean-token-sum":
+                w = 1 / n_seq
             else:
                 w = 1 / (B * T)
             r = math.exp(lp[i][t] - old[i][t])
@@ -296,6 +359,8 @@ def _args():
         (lambda b: None, dict(entropy_coef=0.1), r"entropy_coef != 0 needs entropy"),
         (lambda b: None, dict(agg="seq-mean-token-sum-norm", max_completion_length=1), r"smaller than the longest"),
         (lambda b: None, dict(agg="seq-mean-token-sum-norm", max_completion_length=0), r"positive int"),
+        (lambda b: None, dict(clip_ratio_c=1.0), r"clip_ratio_c \(dual clip\) must be > 1"),
+        (lambda b: None, dict(normaliser=float("nan")), r"normaliser must be a finite number"),
     ],
 )
 def test_policy_loss_bad_input(change, kw, match):

@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from spro.data import default_reward, get_load_report, load_prompt_dataset
+from spro.data import get_load_report, load_prompt_dataset
 
 FIX = Path(__file__).parents[1] / "fixtures"
 
@@ -78,6 +78,10 @@ def test_parquet_and_save_to_disk_and_split(tmp_path):
     assert ds["answer"] == ["2"]
     with pytest.raises(ValueError, match="no split 'validation'.*train, test"):
         load_prompt_dataset(tmp_path / "saved", split="validation")
+    # the report records the split read: none for a single file, whatever was asked for
+    assert get_load_report(ds).split == "test" and get_load_report(_load(tmp_path / "g.parquet", split="x")[0]).split is None
+    with pytest.raises(ValueError, match="saved has the splits train, test; name the one to read"):
+        load_prompt_dataset(tmp_path / "saved", split=None)
 
 
 def test_column_map_with_nested_field_and_code_tests():
@@ -141,9 +145,3 @@ def test_loaded_rows_feed_the_rewards():
                    "```python\ndef square(n):\n    return n * n\n```"]
     r = get_reward("eurus")(ds["prompt"], completions, answer=ds["answer"], data_source=ds["data_source"])
     assert r == [1.0, 1.0, 1.0, 1.0]
-
-
-def test_default_reward_per_schema():
-    assert default_reward(_load(FIX / "eurus.jsonl")[0]) == "eurus"
-    assert default_reward(_load(FIX / "gsm8k.jsonl")[0]) == "math"
-    assert default_reward(_load(FIX / "code_asserts.jsonl", column_map={"answer": "tests"})[0]) == "code"

@@ -127,3 +127,23 @@ def test_eval_cli_data_mode(tiny, tmp_path):
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["n"] == 6 and set(r["by_source"]) == {"s1", "s2"} and "mean@2" in r
+
+
+def test_eval_cli_default_reward_is_the_one_training_uses(tiny, tmp_path, capsys):
+    from spro.cli import main
+
+    _, _, path = tiny
+    gsm = tmp_path / "g.jsonl"
+    gsm.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(3)))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(path), "--data", str(gsm), "--max-new-tokens", "4", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert json.loads(out.read_text())["reward"] == "math"
+    assert main(["eval", "--model", str(path), "--task", "arithmetic", "--n", "2", "--max-new-tokens", "4", "--out",
+                 str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["reward"] == "arithmetic"
+    plain = tmp_path / "p.jsonl"
+    plain.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    assert main(["eval", "--model", str(path), "--data", str(plain), "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # (rich wraps long lines)
+    assert "the plain schema implies no reward function; name one with --reward NAME" in err

@@ -92,3 +92,17 @@ def test_compare_bad_input(tmp_path, capsys):
     assert "--seeds must be >= 1" in capsys.readouterr().err
     assert main(["compare", "--algos", "grpo", "--out", str(tmp_path), "optim.lrr=1"]) == 2
     assert "did you mean 'optim.lr'" in capsys.readouterr().err
+
+
+def test_compare_restarts_an_attempt_that_died_before_its_first_checkpoint(tmp_path):
+    """Its records are moved aside (seed0.old-1), not deleted, and the run starts afresh."""
+    from spro.cli import main
+
+    out = tmp_path / "cmp"
+    dead = out / "grpo" / "seed0"
+    dead.mkdir(parents=True)
+    (dead / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n')
+    assert main(["compare", "--algos", "grpo", "--seeds", "1", "--preset", "tiny-random", "--out", str(out),
+                 *[t for t in TINY if not t.startswith("total_steps")], "total_steps=1"]) == 0
+    assert run_status(dead, 1) == ("done", 1)
+    assert (out / "grpo" / "seed0.old-1" / "metrics.jsonl").read_text() == '{"step": 1, "reward/mean": 0.5}\n'

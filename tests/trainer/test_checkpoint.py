@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 
 import pytest
 import torch
@@ -101,3 +103,70 @@ def test_resume_with_a_different_config_names_the_keys(model_dir, tmp_path):
         Trainer(other, resume=out, reward_funcs=REWARDS)
     with pytest.raises(ck.CheckpointError, match="no complete checkpoint"):
         Trainer(other, resume=tmp_path, reward_funcs=REWARDS)
+
+
+# ------------------------------------------------------------------------------ corrupt checkpoints
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(model_dir, tmp_path_factory):
+    """A finished 2-step run with checkpoints at steps 1 and 2 (copy it before damaging it)."""
+    out = tmp_path_factory.mktemp("ckpts") / "run"
+    return train(_cfg(model_dir, out, total_steps=2, save_every=1), reward_funcs=REWARDS)
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # garbled: same size, one byte changed
+        i = len(data) // 2
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
+
+
+FILES = ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pt", "trainer_state.json", "run_config.yaml",
+         "tokenizer_config.json", "checksums.json"]
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbled"])
+@pytest.mark.parametrize("name", FILES)
+def test_a_corrupt_file_is_named_and_resume_falls_back_to_the_newest_good_checkpoint(two_checkpoints, tmp_path,
+                                                                                     name, how):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    bad = run / "checkpoints" / "step-000002" / name
+    _damage(bad, how)
+    with pytest.raises(ck.CheckpointError, match=re.escape(str(bad))):
+        ck.verify_checkpoint(bad.parent)
+    with pytest.raises(ck.CheckpointError, match=re.escape(str(bad))):
+        ck.find_checkpoint(bad.parent)  # a checkpoint named on its own must verify
+    with pytest.warns(UserWarning, match=f"skipping a corrupt checkpoint: {re.escape(str(bad))}.*step-000001"):
+        assert ck.find_checkpoint(run).name == "step-000001"
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint_and_pruning_keeps_the_last_good(two_checkpoints, model_dir,
+                                                                                   tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    _damage(run / "checkpoints" / "step-000002" / "optimizer.pt", "garbled")
+    with pytest.warns(UserWarning, match="skipping a corrupt checkpoint: .*step-000002/optimizer.pt"):
+        t = Trainer(_cfg(model_dir, run, total_steps=3, save_every=1, keep_last=1), resume=run,
+                    reward_funcs=REWARDS)
+    assert t.step == 1
+    t.train()  # step 2 is saved again (replacing the corrupt one), then step 3
+    assert [p.name for p in ck.list_checkpoints(run / "checkpoints")] == ["step-000003"]
+    ck.verify_checkpoint(run / "checkpoints" / "step-000003")
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    with pytest.raises(ck.CheckpointError, match="no checkpoint verifies"):
+        _damage(run / "checkpoints" / "step-000003" / "model.safetensors", "truncated")
+        ck.find_checkpoint(run)
+
+
+def test_pruning_never_deletes_the_checkpoint_just_saved(two_checkpoints, model_dir, tmp_path):
+    """A checkpoint of a later step already in the folder (a stale one, say) does not push out the new one."""
+    t = Trainer(_cfg(model_dir, tmp_path / "run", total_steps=1, save_every=1, keep_last=1), reward_funcs=REWARDS)
+    root = t.train() / "checkpoints"
+    shutil.copytree(two_checkpoints / "checkpoints" / "step-000002", root / "step-000009")
+    ck.save_checkpoint(root, 3, model=t.model, tokenizer=t.tok, optimizer=t.optimizer, scheduler=t.scheduler,
+                       run_config={}, trainer_state={"time": 0.0}, rng_states=[ck.rng_state()], keep_last=1)
+    assert [p.name for p in ck.list_checkpoints(root)] == ["step-000003", "step-000009"]  # step 1 pruned

@@ -1,9 +1,10 @@
 """Two-process data-parallel training on CPU (accelerate launch, gloo).
 
 Every group is generated on one process, so the advantages each process computes equal those
-computed by a single process on the whole (gathered) batch; gradients are averaged, so the
-weights stay identical on both processes; metrics are reduced over processes and only the main
-process writes logs and checkpoints.
+computed by a single process on the whole (gathered) batch; the gradient is that of the loss over
+the whole batch (token-mean: over all tokens of both processes), so the weights stay identical on
+both processes; metrics are reduced over processes and only the main process writes logs and
+checkpoints.
 """
 
 from __future__ import annotations
@@ -19,18 +20,47 @@ from spro.algorithms.core import spro_advantage
 
 SCRIPT = textwrap.dedent(
     """
+    import dataclasses
     import sys
     import torch
     sys.path.insert(0, {tests!r})
     from helpers import REWARDS, small_overrides
     from spro.config import load_config
+    from spro.rollout.batch import completion_mask_from_ids
     from spro.trainer import Trainer
 
     model_dir, out = sys.argv[1], sys.argv[2]
     cfg = load_config(overrides=small_overrides(model_dir, out, "spro", device="cpu", total_steps=2, save_every=1,
-                                                **{{"rollout.prompts_per_step": 4}}))
+                                                **{{"rollout.prompts_per_step": 4, "algorithm.loss_agg": "token-mean",
+                                                   "algorithm.grad_accum_steps": 2, "optim.max_grad_norm": 0}}))
     t = Trainer(cfg, reward_funcs=REWARDS)
     dumps, real = [], t.algorithm.advantages
+    first = {{}}
+    real_update, real_opt_step = t.ppo_update, t.optimizer.step
+
+    def update_spy(s, adv, step):
+        if step == 1:
+            first.update(batch=s.batch, old_logp=s.x.logp, adv=adv, mask=s.x.mask)
+        return real_update(s, adv, step)
+
+    def opt_step_spy(*a, **k):
+        first.setdefault("grads", {{n: p.grad.clone() for n, p in t.model.named_parameters()}})
+        return real_opt_step(*a, **k)
+
+    t.ppo_update, t.optimizer.step = update_spy, opt_step_spy
+    real_generate = t.backend.generate
+
+    def generate_shorter(prompts, G):  # the random model rarely ends early: end some responses at once
+        b = real_generate(prompts, G)
+        ids = b.completion_ids.clone()
+        for i in range(len(ids)):
+            if (i + t.rank) % 3 == 0:
+                ids[i, (i + t.rank) % ids.shape[1]] = t.tok.eos_token_id
+        mask, truncated = completion_mask_from_ids(ids, t.tok.eos_token_id)
+        return dataclasses.replace(b, completion_ids=ids.masked_fill(mask == 0, t.tok.pad_token_id),
+                                   completion_mask=mask, truncated=truncated)
+
+    t.backend.generate = generate_shorter
 
     def spy(x):
         adv = real(x)
@@ -41,7 +71,7 @@ SCRIPT = textwrap.dedent(
     t.algorithm.advantages = spy
     t.train()
     params = {{n: p.detach().clone() for n, p in t.model.named_parameters()}}
-    torch.save({{"dumps": dumps, "params": params, "world": t.world, "local_prompts": t.local_prompts}},
+    torch.save({{"dumps": dumps, "params": params, "world": t.world, "local_prompts": t.local_prompts, "first": first}},
                f"{{out}}/rank{{t.rank}}.pt")
     """
 )
@@ -81,6 +111,22 @@ def test_two_processes_match_single_process_advantages(tmp_path):
         lengths = full["mask"].sum(1).float()
         assert abs(m["length/mean"] - float(lengths.mean())) < 1e-6
         assert m["length/max"] == float(lengths.max())
+    # step 1's gradient (averaged by data parallelism) is that of the token-mean loss over the tokens of both
+    # processes, each with 2 accumulated micro-batches
+    from spro.algorithms.losses import policy_loss
+    from spro.models.loading import load_model_and_tokenizer
+    from spro.models.logprobs import sequence_logps
+
+    model = load_model_and_tokenizer(model_dir)[0]
+    f0, f1 = r0["first"], r1["first"]
+    n_tok = f0["mask"].sum() + f1["mask"].sum()
+    assert f0["mask"].sum() != f1["mask"].sum()  # (else a mean of per-process means would pass too)
+    total = sum(policy_loss(sequence_logps(model, f["batch"])[0], f["old_logp"], f["adv"], f["mask"], agg="token-mean",
+                            normaliser=n_tok)[0] for f in (f0, f1))
+    total.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(f0["grads"][name], p.grad, rtol=1e-4, atol=1e-7, msg=name)
+        assert torch.equal(f0["grads"][name], f1["grads"][name]), name
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step-000001", "step-000002"]
     rng = torch.load(out / "checkpoints" / "step-000002" / "rng_state.pt", weights_only=False)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from helpers import REWARDS, RecordingPRM, read_jsonl, save_small_model, small_overrides
 from spro.config import ConfigError, load_config
 from spro.models.logprobs import sequence_logps
+from spro.rewards.scoring import RewardWarning
 from spro.trainer import EVAL_KEYS, METRIC_KEYS, RewardFunctionError, Trainer, TrainingDivergedError, train
 
 
@@ -41,15 +42,23 @@ def test_loop_changes_weights_and_logs_every_metric(model_dir, tmp_path, algorit
     assert any(not torch.equal(start[k], end[k]) for k in start)
 
 
-def test_mini_batches_epochs_accumulation_tensorboard(model_dir, tmp_path):
+def test_mini_batches_epochs_accumulation_tensorboard(model_dir, tmp_path, monkeypatch):
+    import spro.trainer.loop as loop
+
     over = small_overrides(
         model_dir, tmp_path / "run", "spro", total_steps=1, **{
             "algorithm.ppo_epochs": 2, "algorithm.mini_batch_size": 4, "algorithm.grad_accum_steps": 2,
             "algorithm.kl_coef": 0.01, "algorithm.entropy_coef": 0.01, "algorithm.clip_eps_high": 0.28,
+            "algorithm.clip_ratio_c": 3.0, "algorithm.loss_agg": "seq-mean-token-sum",
             "optim.warmup_steps": 2, "logging.tensorboard": True, "logging.log_completions": 2,
         })
+    calls, real_loss = [], loop.policy_loss
+    monkeypatch.setattr(loop, "policy_loss", lambda *a, **kw: calls.append(kw) or real_loss(*a, **kw))
     t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
     out = t.train()
+    assert len(calls) == 2 * 2 * 2  # epochs x mini-batches x micro-batches
+    assert all(kw["clip_ratio_c"] == 3.0 and kw["agg"] == "seq-mean-token-sum" for kw in calls)
+    assert all(float(kw["normaliser"]) == 4 for kw in calls)  # the mini-batch's 4 responses (non-empty)
     (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["lr"] == pytest.approx(0.0)  # first optimizer step of a 2-step warmup
     assert t.scheduler.get_last_lr()[0] == pytest.approx(1e-3)  # after 4 optimizer steps
@@ -172,9 +181,30 @@ def test_reward_errors_on_some_responses_are_counted(model_dir, tmp_path):
             raise RuntimeError("this one failed")
         return [1.0]
 
-    out = _run_with_reward(model_dir, tmp_path, flaky)
+    with pytest.warns(RewardWarning, match=r"reward 'digits': 4 of 8 responses \(50%\).*First error: .*batch failed"):
+        out = _run_with_reward(model_dir, tmp_path, flaky)
     (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["reward/errors"] == 4 and m["reward/none_frac"] == 0.5
+
+
+def test_a_reward_that_never_returns_is_timed_out_and_reported(model_dir, tmp_path):
+    import threading
+
+    release = threading.Event()
+
+    def stuck(prompts, completions, **kw):
+        release.wait()
+        return [1.0] * len(completions)
+
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", total_steps=1,
+                                                **{"data.reward_timeout": 0.2, "eval_every": -1}))
+    try:
+        with pytest.warns(RewardWarning, match=r"'digits'.*8 timed out.*did not return within 0.2 s"):
+            out = train(cfg, reward_funcs={"digits": stuck})
+    finally:
+        release.set()
+    (m,) = read_jsonl(out / "metrics.jsonl")
+    assert m["reward/timeouts"] == 8 and m["reward/none_frac"] == 1.0
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -248,6 +278,108 @@ def test_process_reward_model_hook_for_prime(model_dir, tmp_path):
     assert [(n, shape) for n, shape, _ in prm.calls] == [(8, (8,)), (8, (8,))]
     metrics = read_jsonl(out / "metrics.jsonl")
     assert all(m["prm/loss"] == 0.5 for m in metrics) and all(k in metrics[0] for k in METRIC_KEYS)
+
+
+# ------------------------------------------------------------------------------ the update's loss
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_accumulated_gradient_is_the_gradient_of_the_mini_batch_loss(model_dir, tmp_path, agg):
+    """With grad_accum_steps=2 and 6 of 8 responses kept (as PRIME's filter does), the micro-batches hold 4 and
+    2 responses: the accumulated gradient must be that of the loss over all 6, whatever the aggregation."""
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", "grpo", total_steps=1, **{
+        "algorithm.grad_accum_steps": 2, "algorithm.loss_agg": agg, "optim.max_grad_norm": 0}))
+    t = Trainer(cfg, reward_funcs=REWARDS)
+    keep = torch.tensor([True] * 6 + [False] * 2)
+    t.algorithm.select = lambda x: keep
+    seen, grads = {}, {}
+    real_update = t.ppo_update
+    t.ppo_update = lambda s, adv, step: seen.update(s=s, adv=adv) or real_update(s, adv, step)
+    t.optimizer.step = lambda *a, **k: grads.update({n: p.grad.clone() for n, p in t.model.named_parameters()})
+    t.train_step()
+    s, adv = seen["s"], seen["adv"]
+    assert len(s.batch) == 6 and t.micro == 4
+    t.model.zero_grad()
+    logp, _ = sequence_logps(t.model, s.batch, temperature=cfg.rollout.temperature)
+    from spro.algorithms.losses import policy_loss
+
+    loss, _ = policy_loss(logp, s.x.logp, adv, s.x.mask, agg=agg, max_completion_length=cfg.rollout.max_new_tokens)
+    loss.backward()
+    for n, p in t.model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-7, msg=n)
+
+
+# ------------------------------------------------------------------------------ dropout and exactness
+
+
+def _model_with_dropout(path):
+    from spro.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(save_small_model(path))
+    model.config.attention_dropout = 0.1  # applied inside the attention function when training
+    model.save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("dropout", [False, True], ids=["no-dropout", "attention_dropout=0.1"])
+@pytest.mark.parametrize("extra", [{}, {"algorithm.grad_accum_steps": 2}, {"model.share_prompt_prefix": False}],
+                         ids=["on-policy", "accumulation", "no-prefix-sharing"])
+def test_process_reward_is_exactly_zero_at_step_1(model_dir, tmp_path, dropout, extra):
+    """At step 1 the policy is the reference: log pi_old - log pi_ref, SPRO's process reward and the KL are exactly 0
+    (no dropout in the pi_old pass; the same kernels in both passes: with 8 prompts a frozen reference rounded
+    differently, giving ~1e-9 without dropout)."""
+    model = _model_with_dropout(tmp_path / "model") if dropout else model_dir
+    cfg = load_config(overrides=small_overrides(model, tmp_path / "run", "spro", total_steps=1,
+                                                **{"rollout.prompts_per_step": 8, **extra}))
+    t = Trainer(cfg, reward_funcs=REWARDS)
+    m = t.train_step()
+    for k in ("process/cpr_final_mean", "process/cpr_final_std", "process/msa_abs_mean", "process/reward_abs_mean",
+              "kl"):
+        assert m[k] == 0.0, (k, m[k])
+
+
+def test_sampling_and_no_grad_passes_run_without_dropout(tmp_path):
+    """Every forward pass of the policy without gradients (sampling, pi_old, evaluation) runs in eval mode; the
+    update's passes (with gradients) in train mode."""
+    model = _model_with_dropout(tmp_path / "model")
+    for extra in ({}, {"algorithm.grad_accum_steps": 2}):
+        cfg = load_config(overrides=small_overrides(model, tmp_path / f"run{len(extra)}", "spro", total_steps=1,
+                                                    **extra))
+        t = Trainer(cfg, reward_funcs=REWARDS)
+        assert not t.on_policy  # a dropout pass cannot double as pi_old
+        seen = []
+        t.model.register_forward_hook(lambda mod, *a: seen.append((torch.is_grad_enabled(), mod.training)))
+        t.train()
+        assert {training for grad, training in seen if not grad} == {False}
+        assert {training for grad, training in seen if grad} == {True}
+
+
+# ------------------------------------------------------------------------------ what is trained on
+
+
+def test_cli_trains_on_the_data_source_with_its_reward_and_a_held_out_set(model_dir, tmp_path, capsys):
+    """`spro train data.source=FILE data.schema=gsm8k` trains on the file (not on the default task), scores with the
+    reward gsm8k implies (math), says so, and evaluates on rows it does not train on or stops with an error."""
+    import json
+
+    from spro.cli import main
+
+    data = tmp_path / "my.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+{i}?", "answer": f"#### {2 * i}"}) + "\n" for i in range(12)))
+    base = small_overrides(model_dir, tmp_path / "run", "grpo", total_steps=1, **{
+        "data.task": "null", "data.rewards": "null", "data.source": str(data), "data.schema": "gsm8k",
+        "logging.log_completions": 8})
+    assert main(["train", *base]) == 1
+    assert "no held-out set for the evaluation" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert main(["train", *base, "data.eval_fraction=0.25"]) == 0
+    err = capsys.readouterr().err
+    assert "spro: data " in err and "9 prompts; 3 held out by data.eval_fraction=0.25" in err
+    assert "reward math (what gsm8k data implies" in err
+    trained = {r["prompt"] for r in read_jsonl(tmp_path / "run" / "completions.jsonl")}
+    assert trained and trained <= {f"{i}+{i}?" for i in range(12)}
+    (ev,) = read_jsonl(tmp_path / "run" / "eval.jsonl")
+    assert ev["eval/n"] == 3
 
 
 def test_spro_reference_refreshed_from_the_policy(model_dir, tmp_path):

@@ -15,11 +15,13 @@ import torch
 from spro.algorithms.core import _check_choice, _check_mask, _check_scalar
 from spro.models.logprobs import entropy_from_logits  # noqa: F401 (part of the loss API)
 
-__all__ = ["policy_loss", "kl_penalty", "entropy_from_logits", "aggregate_loss", "AGG_MODES", "KL_ESTIMATORS"]
+__all__ = ["policy_loss", "kl_penalty", "entropy_from_logits", "aggregate_loss", "agg_normaliser", "AGG_MODES",
+           "KL_ESTIMATORS"]
 
 Tensor = torch.Tensor
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+# The loss aggregation modes (verl's loss_agg_mode names); the config's algorithm.loss_agg choices.
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
@@ -103,22 +105,32 @@ def kl_penalty(
 def aggregate_loss(
     loss_mat: Tensor,
     mask: Tensor,
-    mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean",
+    mode: str = "seq-mean-token-mean",
     max_len: int | None = None,
+    *,
+    normaliser: float | Tensor | None = None,
 ) -> Tensor:
     """Reduce a per-token loss ``[B, T]`` to a scalar over the valid tokens.
 
     * ``"token-mean"``: ``sum(L * m) / sum(m)`` (0 if no valid token). DAPO-style.
     * ``"seq-mean-token-mean"``: mean over the non-empty sequences of each sequence's token
       mean ``sum_t(L * m) / sum_t(m)`` (original GRPO; empty rows are skipped; 0 if all empty).
+    * ``"seq-mean-token-sum"``: mean over the non-empty sequences of each sequence's token sum
+      ``sum_t(L * m)``, i.e. ``sum(L * m) / (number of non-empty rows)``.
     * ``"seq-mean-token-sum-norm"``: ``sum(L * m) / (B * max_len)`` (Dr. GRPO), where
       ``max_len`` is the maximum completion length (default ``T``); it must be >= the longest
       valid row.
 
+    ``normaliser``: the denominator of a batch this one is a piece of (micro-batches of one
+    mini-batch, on one or several processes): the sum over all pieces of
+    :func:`agg_normaliser`. The result is then this piece's share, and the shares of all pieces
+    add up to the loss of the whole batch (as verl passes the global token / sequence count).
+    None = this batch alone.
+
     Args:
         loss_mat: ``[B, T]`` per-token loss.
         mask: ``[B, T]`` 0/1 mask.
-        mode: one of the three modes above.
+        mode: one of ``AGG_MODES``.
         max_len: normaliser for ``"seq-mean-token-sum-norm"`` (ignored otherwise).
 
     Returns:
@@ -127,29 +139,48 @@ def aggregate_loss(
     _check_choice(mode, "mode", AGG_MODES)
     mb = _check_mask(mask)
     _check_same(loss_mat, "loss_mat", mb.shape)
-    return _aggregate(loss_mat, mb, mode, max_len)
+    return _aggregate(loss_mat, mb, mode, max_len, normaliser)
 
 
-def _aggregate(loss_mat: Tensor, mb: Tensor, mode: str, max_len: int | None) -> Tensor:
-    lm = torch.where(mb, loss_mat, 0.0)
+def agg_normaliser(mask: Tensor, mode: str) -> Tensor:
+    """What ``mode`` divides by, counted on this batch: its valid tokens (``"token-mean"``), its
+    non-empty rows (``"seq-mean-token-mean"``, ``"seq-mean-token-sum"``) or its rows
+    (``"seq-mean-token-sum-norm"``, whose ``max_len`` factor is applied by the aggregation).
+    Add it over the pieces of a batch to get :func:`aggregate_loss`'s ``normaliser``."""
+    _check_choice(mode, "mode", AGG_MODES)
+    mb = _check_mask(mask)
     if mode == "token-mean":
-        return lm.sum() / mb.sum().clamp(min=1).to(lm.dtype)
+        n = mb.sum()
+    elif mode == "seq-mean-token-sum-norm":
+        n = torch.tensor(mb.shape[0], device=mb.device)
+    else:
+        n = mb.any(dim=1).sum()
+    return n.to(torch.float64)
+
+
+def _aggregate(loss_mat: Tensor, mb: Tensor, mode: str, max_len: int | None,
+               normaliser: float | Tensor | None = None) -> Tensor:
+    lm = torch.where(mb, loss_mat, 0.0)
     if mode == "seq-mean-token-mean":
-        length = mb.sum(dim=1).to(lm.dtype)
-        seq = lm.sum(dim=1) / length.clamp(min=1)
-        n_seq = (length > 0).sum().clamp(min=1).to(lm.dtype)
-        return seq.sum() / n_seq
-    B, T = mb.shape
-    if max_len is None:
-        max_len = T
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
-        raise ValueError(f"max_len / max_completion_length must be a positive int, got {max_len!r}")
-    longest = int(mb.sum(dim=1).max()) if T > 0 else 0
-    if longest > max_len:
-        raise ValueError(
-            f"max_completion_length={max_len} is smaller than the longest response in the batch ({longest} tokens)"
-        )
-    return lm.sum() / (B * max_len)
+        total = (lm.sum(dim=1) / mb.sum(dim=1).clamp(min=1).to(lm.dtype)).sum()
+    else:
+        total = lm.sum()
+    if mode == "seq-mean-token-sum-norm":
+        B, T = mb.shape
+        if max_len is None:
+            max_len = T
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
+            raise ValueError(f"max_len / max_completion_length must be a positive int, got {max_len!r}")
+        longest = int(mb.sum(dim=1).max()) if T > 0 else 0
+        if longest > max_len:
+            raise ValueError(
+                f"max_completion_length={max_len} is smaller than the longest response in the batch ({longest} tokens)"
+            )
+        total = total / max_len
+    n = agg_normaliser(mb, mode) if normaliser is None else torch.as_tensor(normaliser, dtype=torch.float64)
+    if not bool(torch.isfinite(n)) or float(n) < 0:
+        raise ValueError(f"normaliser must be a finite number >= 0, got {float(n)}")
+    return total / n.clamp(min=1).to(device=lm.device, dtype=lm.dtype)
 
 
 def policy_loss(
@@ -160,22 +191,27 @@ def policy_loss(
     *,
     clip_eps_low: float = 0.2,
     clip_eps_high: float | None = None,
-    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean",
+    clip_ratio_c: float | None = None,
+    agg: str = "seq-mean-token-mean",
     max_completion_length: int | None = None,
+    normaliser: float | Tensor | None = None,
     ref_logp: Tensor | None = None,
     kl_coef: float = 0.0,
     kl_estimator: Literal["k1", "k2", "k3"] = "k3",
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """PPO clipped surrogate (with clip-higher), optional KL-to-reference and entropy terms.
+    """PPO clipped surrogate (with clip-higher and dual clip), optional KL-to-reference and entropy terms.
 
     Per valid token, with ``ratio = exp(logp - old_logp)`` and ``A = advantages``:
     ``pg = max(-A * ratio, -A * clip(ratio, 1 - clip_eps_low, 1 + clip_eps_high))``
-    (``clip_eps_high`` defaults to ``clip_eps_low``; a larger one is DAPO's clip-higher).
-    Per-token loss ``L = pg + kl_coef * kl_penalty(logp, ref_logp, kl_estimator)
-    - entropy_coef * entropy``, reduced with ``aggregate_loss(L, mask, agg,
-    max_completion_length)``.
+    (``clip_eps_high`` defaults to ``clip_eps_low``; a larger one is DAPO's clip-higher). With
+    ``clip_ratio_c`` (dual-clip PPO, Ye et al. 2020, arXiv:1912.09729; verl's default 3.0) the
+    tokens with ``A < 0`` get ``min(pg, -A * clip_ratio_c)``: a very large ratio no longer makes
+    the loss unbounded. Per-token loss ``L = pg + kl_coef * kl_penalty(logp, ref_logp,
+    kl_estimator) - entropy_coef * entropy``, reduced with ``aggregate_loss(L, mask, agg,
+    max_completion_length, normaliser=normaliser)`` (``normaliser``: see :func:`aggregate_loss`;
+    with it the loss and ``pg_loss`` are this piece's share of the whole batch's).
 
     Metrics (Python floats):
 
@@ -187,6 +223,8 @@ def policy_loss(
       KL(pi_old || pi_theta)).
     * ``"kl"`` (only when ``ref_logp`` is given): token mean of the chosen KL estimator.
     * ``"entropy"`` (only when ``entropy`` is given): token mean of ``entropy``.
+    * ``"clip/dual_frac"`` (only with ``clip_ratio_c``): fraction of valid tokens with ``A < 0``
+      where the dual clip is active (``pg > -A * clip_ratio_c``).
 
     Args:
         logp: ``[B, T]`` log-probs of the sampled tokens under the current policy (with grad).
@@ -206,6 +244,8 @@ def policy_loss(
     high = low if clip_eps_high is None else _check_scalar(clip_eps_high, "clip_eps_high", nonneg=True)
     if low >= 1:
         raise ValueError(f"clip_eps_low must be < 1, got {low}")
+    if clip_ratio_c is not None and not _check_scalar(clip_ratio_c, "clip_ratio_c") > 1:
+        raise ValueError(f"clip_ratio_c (dual clip) must be > 1 or None, got {clip_ratio_c}")
     kl_coef = _check_scalar(kl_coef, "kl_coef")
     entropy_coef = _check_scalar(entropy_coef, "entropy_coef")
     mb = _check_mask(mask)
@@ -235,6 +275,10 @@ def policy_loss(
     pg1 = -adv * ratio
     pg2 = -adv * torch.clamp(ratio, 1.0 - low, 1.0 + high)
     pg = torch.maximum(pg1, pg2)
+    if clip_ratio_c is not None:
+        pg3 = -adv * clip_ratio_c
+        dual = (adv < 0) & (pg > pg3)
+        pg = torch.where(adv < 0, torch.minimum(pg, pg3), pg)
     loss_mat = pg
     metrics: dict[str, float] = {}
     n_tok = mb.sum().clamp(min=1)
@@ -253,9 +297,11 @@ def policy_loss(
         if entropy_coef != 0:
             loss_mat = loss_mat - entropy_coef * ent
 
-    loss = _aggregate(loss_mat, mb, agg, max_completion_length)
+    loss = _aggregate(loss_mat, mb, agg, max_completion_length, normaliser)
     with torch.no_grad():
-        metrics["pg_loss"] = float(_aggregate(pg.detach(), mb, agg, max_completion_length))
+        metrics["pg_loss"] = float(_aggregate(pg.detach(), mb, agg, max_completion_length, normaliser))
+        if clip_ratio_c is not None:
+            metrics["clip/dual_frac"] = tmean(dual.to(pg.dtype))
         r = ratio.detach()
         metrics["clip/low_frac"] = tmean(((r < 1.0 - low) & (adv < 0)).to(r.dtype))
         metrics["clip/high_frac"] = tmean(((r > 1.0 + high) & (adv > 0)).to(r.dtype))

@@ -36,7 +36,6 @@ import dataclasses
 import difflib
 import importlib
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -128,7 +127,8 @@ class TrainerContext:
         reference: the frozen reference model, or None.
         logprobs: ``fn(model, batch, *, grad=False) -> [B, T]`` log-probs of a ``RolloutBatch``'s
             response tokens with the trainer's convention (temperature, position ids, prompt
-            sharing), so that log-probs of different models are comparable.
+            sharing), so that log-probs of different models are comparable; without ``grad`` a
+            no-grad pass in eval mode (no dropout).
         accelerator: the ``accelerate.Accelerator`` (``num_processes``, ``reduce``, ...).
         user_state: objects passed to ``spro.trainer.train(..., **)`` for the algorithm (PRIME: ``prm``).
     """
@@ -282,27 +282,13 @@ def list_algorithms() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _import_attr(spec: str) -> Any:
-    """``module:attr`` (module importable from the working directory too)."""
-    module, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"algorithm.name={spec!r}: cannot import module {module!r} ({e}); the module must be "
-                         f"importable from the working directory or the Python path") from None
-    try:
-        return getattr(mod, attr)
-    except AttributeError:
-        raise ValueError(f"algorithm.name={spec!r}: module {module!r} has no attribute {attr!r}") from None
-
-
 def get_algorithm(spec: str) -> type[Algorithm]:
     """The algorithm class for a registered name or a ``module:attr`` import path."""
     _load_builtins()
     if isinstance(spec, str) and ":" in spec:
-        obj = _import_attr(spec)
+        from spro.imports import import_object
+
+        obj = import_object(spec, f"algorithm.name={spec!r}")
         obj = getattr(obj, "algorithm", obj)
         if not (isinstance(obj, type) and issubclass(obj, Algorithm) and obj.name):
             raise ValueError(f"algorithm.name={spec!r} is not a registered algorithm: decorate it with "

@@ -64,11 +64,11 @@ def final_eval(model_dir: Path, test_ds, max_new_tokens: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from spro.trainer.checkpoint import list_checkpoints
+    from spro.trainer.checkpoint import find_checkpoint
     from spro.config import ConfigError
     from spro.experiments.grid import parse_variant, run_grid, build_config
     from spro.experiments.report import write_report
-    from spro.data.tasks import get_task
+    from spro.data.loader import load_task
     from spro.trainer.warmstart import default_cache_dir, cache_key, warm_start
 
     out = Path(args.out)
@@ -101,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
     runs = run_grid(variants, [args.seed], root=out, preset="demo", overrides=args.overrides,
                     log=lambda m: print(m, flush=True))
 
-    task = get_task(cfg.data.task, **cfg.data.task_kwargs)
+    task = load_task(cfg)
     test_ds = task.split("test", n=args.test_n)
     torch.manual_seed(args.seed)
     models = {"warm start (step 0)": ws}
     for label, dirs in runs.items():
-        models[label] = list_checkpoints(dirs[0] / "checkpoints")[-1]
+        models[label] = find_checkpoint(dirs[0])  # the newest checkpoint that verifies
     finals = {}
     cache_file = out / "final_eval.json"
     if cache_file.is_file():

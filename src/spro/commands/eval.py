@@ -27,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="Split to evaluate (default: test).")
     parser.add_argument("--schema", default="auto", help="--data schema for spro.data.load_prompt_dataset (default: auto).")
     parser.add_argument("--reward", default=None,
-                        help="Reward name or module:function (default: the task's verifier; 'math' for --data).")
+                        help="Reward name or module:function (a module in the working directory or on the Python "
+                        "path). Default: the one spro train would use (spro.data.default_reward): the task's "
+                        "verifier; for --data the reward its schema implies (gsm8k, math: math; eurus: eurus; "
+                        "plain: none, give --reward).")
     parser.add_argument("--n", type=int, default=None, help="Evaluate only the first N prompts.")
     parser.add_argument("--k", type=int, default=0, help="Samples per prompt for mean@k / pass@k (0: greedy only).")
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for --k (default 1.0).")
@@ -61,33 +64,33 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.n is not None and args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
+        from spro.data import default_reward
+        from spro.rewards import get_reward
+
         step_checker = None
         if args.data is not None:
             from spro.data import load_prompt_dataset
-            from spro.rewards import get_reward
 
             dataset = load_prompt_dataset(args.data, schema=args.schema, split=args.split)
             if args.n is not None:
                 dataset = dataset.select(range(min(args.n, len(dataset))))
-            reward_fn = get_reward(args.reward or "math")
-            source = {"data": args.data, "schema": args.schema, "reward": args.reward or "math"}
+            reward = args.reward or default_reward(source=args.data, dataset=dataset, how="--reward NAME")
+            source = {"data": args.data, "schema": args.schema, "reward": reward}
             max_new = args.max_new_tokens or 512
         else:
             from spro.commands.sft import parse_knobs
+            from spro.data.loader import DEFAULT_TASK
             from spro.data.tasks import get_task
 
-            task = get_task(args.task or "arithmetic", **parse_knobs(args.task_knob))
+            name = args.task or DEFAULT_TASK
+            task = get_task(name, **parse_knobs(args.task_knob))
             dataset = task.split(args.split, n=args.n)
-            if args.reward:
-                from spro.rewards import get_reward
-
-                reward_fn = get_reward(args.reward)
-            else:
-                reward_fn = task.reward
+            reward = args.reward or default_reward(task=name)
             step_checker = getattr(task, "first_wrong_step", None)
-            source = {"task": args.task or "arithmetic", "split": args.split,
+            source = {"task": name, "split": args.split, "reward": reward,
                       "knobs": task.knobs() if hasattr(task, "knobs") else None}
             max_new = args.max_new_tokens or 96
+        reward_fn = get_reward(reward)
         model_dir = _resolve_model(args.model)
         model, tokenizer = load_model_and_tokenizer(model_dir)
         result = evaluate(

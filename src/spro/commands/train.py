@@ -13,7 +13,7 @@ overrides, e.g.
 
   spro train --preset tiny-arithmetic algorithm.name=grpo output_dir=runs/grpo
   spro train --config run.yaml optim.lr=2e-5 rollout.num_generations=8
-  spro train --resume runs/grpo                 # continue from the latest checkpoint
+  spro train --resume runs/grpo                 # continue from the latest checkpoint that verifies
   spro train --config run.yaml --print-config   # show the full resolved config and exit
   accelerate launch -m spro train --config run.yaml   # data parallel over processes
   accelerate launch --multi_gpu --num_processes 2 -m spro train --config run.yaml device=cpu
@@ -21,6 +21,10 @@ overrides, e.g.
 
 rollout.prompts_per_step is the global number of prompts per step; it must be divisible by the
 number of processes (each process generates whole groups).
+
+A run folder (output_dir) is used by one trainer at a time (a lock file). A new run into a folder
+that holds a run (checkpoints or logged metrics) stops with an error: resume it with --resume, pick
+another output_dir, or pass --overwrite to move that run aside to OUTPUT_DIR.old-N first.
 
 Override values use YAML syntax (true, 1e-5, null, [a, b], {k: v}). Every key, with its
 default and help text:
@@ -40,8 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume", metavar="DIR",
-        help="Continue from a run folder (its latest checkpoint) or a checkpoint folder. Without "
+        help="Continue from a run folder (its newest checkpoint that verifies against the checksums saved with it) "
+        "or a checkpoint folder, writing into that run folder (a copied run resumes into the copy). Without "
         "--config / --preset the checkpoint's own config is used.",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="Start a new run even if output_dir holds one: that run is moved aside to OUTPUT_DIR.old-N "
+        "(nothing is deleted).",
     )
     parser.add_argument("--print-config", action="store_true", help="Print the resolved config as YAML and exit.")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. optim.lr=2e-5.")
@@ -66,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from spro.config import ConfigError, dump_yaml
 
     try:
+        if args.resume and args.overwrite:
+            raise ConfigError("--resume continues the run in its folder and --overwrite starts a new one: give one")
         cfg = resolve_config(args)
     except (ConfigError, CheckpointError) as e:
         print(f"spro train: error: {e}", file=sys.stderr)
@@ -76,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from spro.trainer import TrainingDivergedError, train
 
     try:
-        out = train(cfg, resume=args.resume)
+        out = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, TrainingDivergedError) as e:  # ConfigError, CheckpointError, RewardFunctionError, ...
         print(f"spro train: error: {e}", file=sys.stderr)
         return 1

@@ -24,9 +24,11 @@ Schemas (``schema="auto"`` picks one from the columns, in this order):
   ``\\boxed{}`` of ``solution``;
 * ``"plain"``: ``prompt`` and ``answer`` columns as they are.
 
-``column_map`` renames source columns first: ``{"prompt": "instruction", "answer":
-"reward_model.ground_truth"}`` (dotted names reach into nested dicts); with a ``column_map`` and
-``schema="auto"`` the ``"plain"`` schema is used.
+``column_map`` says where the columns spro needs are, first: ``{"prompt": "instruction", "answer":
+"reward_model.ground_truth"}`` takes the prompt from the source column ``instruction`` and the
+answer from the nested field ``reward_model.ground_truth`` (the column spro needs -> the source
+column; dotted names reach into nested dicts); with a ``column_map`` and ``schema="auto"`` the
+``"plain"`` schema is used.
 
 Bad rows (missing or empty prompt/answer, an answer that cannot be parsed, text that is not
 valid UTF-8, an unreadable JSON line) are, by default, **dropped** (``on_bad_row="drop"``); with
@@ -49,7 +51,7 @@ from typing import Any, Iterator, Literal, Mapping
 
 import datasets
 
-__all__ = ["load_prompt_dataset", "LoadReport", "get_load_report", "default_reward", "SCHEMAS"]
+__all__ = ["load_prompt_dataset", "LoadReport", "get_load_report", "SCHEMAS"]
 
 SCHEMAS = ("eurus", "gsm8k", "math", "plain")
 _REPORT_KEY = "spro_load_report"
@@ -66,6 +68,7 @@ class LoadReport:
     rows_kept: int
     bad_rows: list[tuple[int, str]]
     rule: str
+    split: str | None = None  # the split read; None for a source without splits (a single file)
 
     @property
     def n_bad(self) -> int:
@@ -160,31 +163,36 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
                 yield i, {k: v for k, v in row.items() if k is not None}, None
 
 
-def _read_hf(ds: Any, split: str, where: str) -> Iterator[tuple[int, dict | None, str | None]]:
+def _read_hf(ds: Any, split: str | None, where: str) -> tuple[Iterator[tuple[int, dict | None, str | None]], str | None]:
+    """Rows of a Dataset, or of the split ``split`` of a DatasetDict; and the split read (None: no splits)."""
     if isinstance(ds, (datasets.DatasetDict, dict)):
+        if split is None:
+            raise ValueError(f"{where} has the splits {', '.join(ds.keys())}; name the one to read")
         if split not in ds:
             raise ValueError(f"{where}: no split {split!r}; available splits: {', '.join(ds.keys())}")
-        ds = ds[split]
-    for i, row in enumerate(ds):
-        yield i, row, None
+        ds, read = ds[split], split
+    else:
+        read = None
+    return ((i, row, None) for i, row in enumerate(ds)), read
 
 
-def _raw_rows(source: str | os.PathLike, split: str) -> tuple[Iterator[tuple[int, dict | None, str | None]], str]:
+def _raw_rows(source: str | os.PathLike, split: str | None
+              ) -> tuple[Iterator[tuple[int, dict | None, str | None]], str, str | None]:
+    """(rows, where, the split read or None for a source without splits)."""
     path = Path(source)
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists() or (path / "state.json").exists():
-            return _read_hf(datasets.load_from_disk(str(path)), split, str(path)), str(path)
+            rows, read = _read_hf(datasets.load_from_disk(str(path)), split, str(path))
+            return rows, str(path), read
         raise ValueError(f"{path}: a folder that is not a saved dataset (no dataset_info.json / dataset_dict.json)")
     if path.is_file():
         suf = path.suffix.lower()
-        if suf == ".jsonl":
-            return _read_jsonl(path), str(path)
-        if suf == ".json":
-            return _read_json(path), str(path)
-        if suf == ".csv":
-            return _read_csv(path), str(path)
+        readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
+        if suf in readers:
+            return readers[suf](path), str(path), None
         if suf == ".parquet":
-            return _read_hf(datasets.Dataset.from_parquet(str(path)), split, str(path)), str(path)
+            rows, _ = _read_hf(datasets.Dataset.from_parquet(str(path)), split, str(path))
+            return rows, str(path), None
         raise ValueError(f"{path}: unsupported file type {suf!r} (use .jsonl, .json, .parquet or .csv)")
     s = str(source)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", s) and not Path(s).suffix:
@@ -193,7 +201,8 @@ def _raw_rows(source: str | os.PathLike, split: str) -> tuple[Iterator[tuple[int
         except Exception as e:
             raise ValueError(f"{s!r} is not a local file or folder, and loading it from the Hugging Face Hub "
                              f"failed ({type(e).__name__}: {e})") from e
-        return _read_hf(ds, split, s), s
+        rows, read = _read_hf(ds, split, s)
+        return rows, s, read or split
     raise ValueError(f"dataset file not found: {s}")
 
 
@@ -351,7 +360,7 @@ def load_prompt_dataset(
     *,
     schema: Literal["auto", "eurus", "gsm8k", "math", "plain"] = "auto",
     column_map: Mapping[str, str] | None = None,
-    split: str = "train",
+    split: str | None = "train",
     prompt_template: str | None = None,
     on_bad_row: Literal["drop", "keep", "error"] = "drop",
     limit: int | None = None,
@@ -361,8 +370,11 @@ def load_prompt_dataset(
     Args:
         source: a file (.jsonl/.json/.parquet/.csv), a ``save_to_disk`` folder, or a Hub id.
         schema: "auto" or one of ``SCHEMAS``.
-        column_map: our column name -> source column name (dotted for nested fields).
-        split: split to take from a DatasetDict or the Hub (ignored for single files).
+        column_map: for each column spro needs (``prompt``, ``answer``), the source column that holds it
+            (dotted for nested fields): ``{"prompt": "instruction", "answer": "reward_model.ground_truth"}``.
+        split: split to take from a DatasetDict or the Hub (ignored for single files; the
+            :class:`LoadReport` records the split read, None for a source without splits). None: the
+            source must have no splits (a source with splits raises, naming them).
         prompt_template: e.g. ``"{prompt}\\nPut the final answer in \\\\boxed{{}}."``; ``{prompt}``
             (or ``{question}``) is the prompt text, other ``{column}`` names are row fields; for
             chat prompts it applies to the last user message.
@@ -378,7 +390,7 @@ def load_prompt_dataset(
         raise ValueError(f"unknown schema {schema!r}; choose from auto, {', '.join(SCHEMAS)}")
     if on_bad_row not in ("drop", "keep", "error"):
         raise ValueError(f"on_bad_row must be 'drop', 'keep' or 'error', got {on_bad_row!r}")
-    rows_iter, where = _raw_rows(source, split)
+    rows_iter, where, split_read = _raw_rows(source, split)
     raw = list(rows_iter)
     good_rows = [r for _, r, _ in raw if r is not None]
     columns: set[str] = set()
@@ -454,7 +466,7 @@ def load_prompt_dataset(
             r["data_source"] = default_source
     report = LoadReport(source=where, schema=schema, rows_read=len(raw), rows_kept=len(out), bad_rows=bad,
                         rule={"drop": "bad rows dropped", "keep": "bad rows kept with answer None",
-                              "error": "bad rows raise"}[on_bad_row])
+                              "error": "bad rows raise"}[on_bad_row], split=split_read)
     ds = _to_dataset(out)
     ds.info.description = report.to_json()
     return ds
@@ -482,15 +494,3 @@ def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
                 data[k] = [None if v is None else (v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
                            for v in vals]
         return datasets.Dataset.from_dict(data)
-
-
-def default_reward(ds: datasets.Dataset) -> str:
-    """The registered reward name that fits a dataset from :func:`load_prompt_dataset`:
-    ``"eurus"`` for Eurus-style data (math and code rows mixed, routed by ``data_source``),
-    ``"code"`` for rows with a ``tests`` column, otherwise ``"math"``."""
-    rep = get_load_report(ds)
-    if rep is not None and rep.schema == "eurus":
-        return "eurus"
-    if "tests" in ds.column_names:
-        return "code"
-    return "math"

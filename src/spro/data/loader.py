@@ -1,47 +1,197 @@
-"""The trainer's view of the data: the training and evaluation sets a config names, and the step order."""
+"""The trainer's view of the data: what a config trains and evaluates on, its default reward, the step order.
+
+One rule each, used by ``spro train`` and ``spro eval`` alike:
+
+* what is trained on (:func:`task_name`): ``data.source`` when given, ``data.task`` when given
+  (not both), the arithmetic task when neither is;
+* the held-out evaluation set (:func:`load_datasets`): the task's ``data.eval_split``; for a
+  dataset ``data.eval_source``, another split ``data.eval_split`` of ``data.source`` that exists,
+  or ``data.eval_fraction`` of its rows (seeded, not trained on); otherwise an error that says
+  how to give one, never a silent evaluation on training rows;
+* the default reward (:func:`default_reward`): a task's own verifier; for a dataset the reward
+  its schema implies; none for the plain schema (an error asks for one).
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["load_datasets", "load_task", "prompt_order", "check_prompt_lengths"]
+from spro.options import ConfigError
+
+__all__ = ["DEFAULT_TASK", "TrainingData", "task_name", "load_task", "default_reward", "reward_specs", "load_datasets",
+           "training_data", "describe_datasets", "prompt_order", "check_prompt_lengths"]
+
+DEFAULT_TASK = "arithmetic"
+# the reward a dataset's schema implies (spro.data.load_prompt_dataset's schemas; "plain" implies none)
+SCHEMA_REWARDS = {"gsm8k": "math", "math": "math", "eurus": "eurus"}
+REASONING_GYM_PREFIX = "reasoning_gym:"
+
+
+def task_name(d: Any) -> str | None:
+    """The built-in task a ``DataConfig`` trains on (None: the dataset ``data.source``)."""
+    if d.task is not None:
+        return d.task
+    return DEFAULT_TASK if d.source is None else None
+
+
+def _default_reward(task: str | None, source: str | None, dataset: Any, how: str) -> tuple[str, str]:
+    if task is not None:
+        from spro.data.tasks import task_reward
+
+        return task_reward(task), f"the verifier of the task {task}"
+    if source is not None and str(source).startswith(REASONING_GYM_PREFIX):
+        return "reasoning_gym", "the verifier of reasoning_gym sources"
+    from spro.data.datasets import get_load_report
+
+    report = get_load_report(dataset) if dataset is not None else None
+    schema = report.schema if report is not None else None
+    if schema in SCHEMA_REWARDS:
+        return SCHEMA_REWARDS[schema], f"what {schema} data implies"
+    raise ConfigError(f"{source}: the {schema or 'unknown'} schema implies no reward function; name one with {how} "
+                      "(a registered reward such as math, code, format, or module:function of your own)")
+
+
+def default_reward(dataset: Any = None, *, task: str | None = None, source: str | None = None,
+                   how: str = "data.rewards=[{name: ...}]") -> str:
+    """The registered name of the reward that fits what is trained or evaluated on: the task's own verifier
+    (``task``), ``reasoning_gym`` for a ``reasoning_gym:NAME`` source, else the one the schema of ``dataset``
+    (from :func:`spro.data.load_prompt_dataset`) implies: math for gsm8k and math, eurus for eurus. The plain
+    schema implies none: ConfigError telling to name one with ``how``."""
+    return _default_reward(task, source, dataset, how)[0]
+
+
+def reward_specs(d: Any, train: Any) -> tuple[list[tuple[str, float]], str]:
+    """``[(reward name, weight)]`` of a ``DataConfig`` whose training set is ``train``: ``data.rewards``, or when
+    null the :func:`default_reward`; and a sentence saying which and why."""
+    if d.rewards is not None:
+        specs = [(s.name, s.weight) for s in d.rewards]
+        return specs, "reward " + " + ".join(f"{w:g} x {n}" for n, w in specs) + " (data.rewards)"
+    name, why = _default_reward(task_name(d), d.source, train, "data.rewards=[{name: ...}]")
+    return [(name, 1.0)], f"reward {name} ({why}; data.rewards chooses another)"
 
 
 def load_datasets(cfg: Any) -> tuple[Any, Any]:
-    """(train, eval) datasets with at least a 'prompt' column."""
-    d = cfg.data
-    if d.task is not None:
+    """(train, eval) datasets with at least a 'prompt' column; eval is None when ``cfg.eval_every < 0``.
+
+    Raises ConfigError when a dataset run has no held-out set to evaluate on (see the module docstring).
+    """
+    d, evaluate = cfg.data, cfg.eval_every >= 0
+    task = task_name(d)
+    if task is not None:
         from spro.data.tasks import get_task
 
-        task = get_task(d.task, **d.task_kwargs)
-        train = task.split(d.split, n=d.train_size)
-        evals = task.split(d.eval_split, n=d.eval_size or None) if cfg.eval_every >= 0 else None
-        return train, evals
+        split = d.eval_split or "validation"
+        if evaluate and split == d.split:
+            raise ConfigError(f"data.eval_split={split} is the training split (data.split); evaluate on another one")
+        t = get_task(task, **d.task_kwargs)
+        return t.split(d.split, n=d.train_size), (t.split(split, n=d.eval_size or None) if evaluate else None)
     from spro.data import load_prompt_dataset
 
-    kw = dict(schema=d.schema, column_map=d.column_map, prompt_template=d.prompt_template)
-    train = load_prompt_dataset(d.source, split=d.split, **kw)
+    kw = dict(schema=d.schema, prompt_template=d.prompt_template)
+    train = load_prompt_dataset(d.source, split=d.split, column_map=d.column_map, **kw)
+    evals = None
+    if d.eval_fraction is not None:
+        train, evals = _hold_out(train, d.eval_fraction, cfg.seed, d.source)
+    elif d.eval_source is not None and evaluate:
+        try:
+            evals = load_prompt_dataset(d.eval_source, split=d.eval_split,
+                                        column_map=d.eval_column_map or d.column_map, **kw)
+        except ValueError as e:
+            raise ConfigError(f"data.eval_source: {e}" + ("" if d.eval_split else " (data.eval_split)")) from None
+    elif d.eval_split is not None and evaluate:
+        from spro.data.datasets import get_load_report
+
+        if d.eval_split == d.split:
+            raise ConfigError(f"data.eval_split={d.eval_split} is the training split (data.split); evaluate on another "
+                              "split, data.eval_source or data.eval_fraction")
+        if get_load_report(train).split is None:
+            raise ConfigError(f"data.eval_split={d.eval_split}: data.source={d.source} has no splits (a single file), so "
+                              "no held-out rows; give data.eval_source=FILE or data.eval_fraction=0.1")
+        evals = load_prompt_dataset(d.source, split=d.eval_split, column_map=d.column_map, **kw)
+    elif evaluate:
+        raise ConfigError(
+            f"data.source={d.source}: no held-out set for the evaluation (at the end of the run and every eval_every "
+            "steps); give data.eval_source=FILE (held-out prompts), data.eval_split=SPLIT (a split of data.source "
+            f"other than data.split={d.split}) or data.eval_fraction=0.1 (a seeded part of data.source's rows, not "
+            "trained on); or eval_every=-1 to never evaluate")
     if d.train_size:
         train = train.select(range(min(d.train_size, len(train))))
-    evals = None
-    if cfg.eval_every >= 0:
-        evals = load_prompt_dataset(d.eval_source or d.source, split=d.eval_split, **kw)
-        if d.eval_size:
-            evals = evals.select(range(min(d.eval_size, len(evals))))
-    return train, evals
+    if evals is not None and d.eval_size:
+        evals = evals.select(range(min(d.eval_size, len(evals))))
+    return train, (evals if evaluate else None)
+
+
+@dataclass
+class TrainingData:
+    """What the trainer trains and evaluates on: the datasets, the rendered training prompts, the ``(reward,
+    weight)`` pairs and a one-line summary for the start of the run."""
+
+    train: Any
+    prompts: list[str]
+    evals: Any
+    rewards: list[tuple[str, float]]
+    summary: str
+
+
+def training_data(cfg: Any, tokenizer: Any, context: int | None) -> TrainingData:
+    """:func:`load_datasets`, prompts checked against the model's ``context`` (:func:`check_prompt_lengths`) and
+    :func:`reward_specs`."""
+    from spro.data.prompts import render_prompt
+
+    d, max_new = cfg.data, cfg.rollout.max_new_tokens
+    train, evals = load_datasets(cfg)
+    train, prompts = check_prompt_lengths(train, [render_prompt(tokenizer, p) for p in train["prompt"]], tokenizer,
+                                          context, max_new, d.long_prompts, "train")
+    if evals is not None:
+        evals, _ = check_prompt_lengths(evals, [render_prompt(tokenizer, p) for p in evals["prompt"]], tokenizer,
+                                        context, max_new, d.long_prompts, "evaluation")
+    if len(train) == 0:
+        raise ConfigError("the training set is empty")
+    specs, note = reward_specs(d, train)
+    return TrainingData(train, prompts, evals, specs, f"data {describe_datasets(d, train, evals)}; {note}")
+
+
+def _hold_out(ds: Any, fraction: float, seed: int, source: str) -> tuple[Any, Any]:
+    """(train, held out): a seeded ``fraction`` of the rows held out, each part in the source's order."""
+    n = len(ds)
+    k = int(round(n * fraction))
+    if not 1 <= k < n:
+        raise ConfigError(f"data.eval_fraction={fraction} of the {n} rows of {source} holds out {k}; it must leave at "
+                          "least one row for each of training and evaluation")
+    held = np.random.default_rng([seed, 0x5EED]).permutation(n)[:k]
+    is_held = np.zeros(n, dtype=bool)
+    is_held[held] = True
+    return ds.select(np.flatnonzero(~is_held).tolist()), ds.select(np.flatnonzero(is_held).tolist())
+
+
+def describe_datasets(d: Any, train: Any, evals: Any) -> str:
+    """One line saying what a run trains and evaluates on (printed at its start)."""
+    task = task_name(d)
+    if task is not None:
+        what = f"task {task} ({d.split}: {len(train)} prompts"
+        held = f"{d.eval_split or 'validation'}: {len(evals)}" if evals is not None else "no evaluation"
+        return f"{what}; {held})"
+    if d.eval_fraction is not None:
+        held = f"{len(evals) if evals is not None else 0} held out by data.eval_fraction={d.eval_fraction}"
+    elif d.eval_source is not None:
+        held = f"{len(evals) if evals is not None else 0} from {d.eval_source}"
+    else:
+        held = f"{d.eval_split}: {len(evals)}" if evals is not None else "no evaluation"
+    return f"{d.source} ({len(train)} prompts; {held})"
 
 
 def load_task(cfg: Any) -> Any:
-    """The built-in task the config trains on (``data.task``), or None for a dataset."""
-    if cfg.data.task is None:
+    """The built-in task the config trains on (:func:`task_name`), or None for a dataset."""
+    name = task_name(cfg.data)
+    if name is None:
         return None
     from spro.data.tasks import get_task
 
-    return get_task(cfg.data.task, **cfg.data.task_kwargs)
+    return get_task(name, **cfg.data.task_kwargs)
 
 
 def prompt_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -64,8 +214,6 @@ def check_prompt_lengths(ds: Any, prompts: list[str], tokenizer: Any, context: i
     if not bad:
         return ds, prompts
     if long_prompts == "error":
-        from spro.options import ConfigError
-
         i = bad[0]
         raise ConfigError(
             f"data ({split} split), row {i}: the prompt has {lens[i]} tokens, and with rollout.max_new_tokens="

@@ -4,7 +4,8 @@ Used by ``spro compare`` and ``spro demo``. A *variant* is a label plus config o
 ``spro`` -> ``algorithm.name=spro`` or ``beta0.01`` -> ``algorithm.name=spro algorithm.spro.beta=0.01``.
 Every (variant, seed) run gets the same base config (file / preset / overrides) and its own folder
 ``<root>/<label>/seed<k>``. A run whose last checkpoint is at ``total_steps`` is done and is
-skipped; one with an earlier checkpoint is resumed from it; otherwise it starts afresh. So an
+skipped; one with an earlier checkpoint is resumed from it; otherwise it starts afresh (what an
+attempt that died before its first checkpoint logged is moved aside to ``seed<k>.old-N``). So an
 interrupted comparison continues where it stopped when the same command is run again.
 """
 
@@ -53,12 +54,11 @@ def parse_variant(text: str) -> Variant:
 
 def run_status(run_dir: Path, total_steps: int) -> tuple[str, int]:
     """('done' | 'partial' | 'new', last checkpointed step) for the run folder."""
-    from spro.trainer.checkpoint import list_checkpoints, read_trainer_state
+    from spro.trainer.checkpoint import find_checkpoint, list_checkpoints, read_trainer_state
 
-    ckpts = list_checkpoints(Path(run_dir) / "checkpoints")
-    if not ckpts:
+    if not list_checkpoints(Path(run_dir) / "checkpoints"):
         return "new", 0
-    step = int(read_trainer_state(ckpts[-1])["step"])
+    step = int(read_trainer_state(find_checkpoint(run_dir))["step"])  # the newest that verifies
     return ("done" if step >= total_steps else "partial"), step
 
 
@@ -122,6 +122,8 @@ def run_grid(
     with more than one job each run's output goes to ``<run>/train.log``. A failed run does not stop
     the others; the failures are raised together at the end.
     """
+    from spro.trainer.rundir import RunLock, holds_run, move_run_aside
+
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise ValueError(f"variant labels must be unique, got {labels}")
@@ -144,8 +146,11 @@ def run_grid(
         head = f"[{i}/{len(plan)}] {v.label} seed {s}"
         if status == "done":
             log(f"{head}: done already ({run_dir}), skipped")
-        else:
-            todo.append((head, run_dir, cfg, status, step))
+            continue
+        if status == "new" and holds_run(run_dir):  # an attempt that died before its first checkpoint
+            with RunLock(run_dir):
+                log(f"{head}: the records of an earlier attempt are now in {move_run_aside(run_dir)}")
+        todo.append((head, run_dir, cfg, status, step))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     running: list[tuple[str, Path, subprocess.Popen, float, Any]] = []
     failures = []

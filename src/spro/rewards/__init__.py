@@ -24,7 +24,6 @@ kept process-wide; read and reset them with :func:`pop_reward_stats` to log them
 from __future__ import annotations
 
 import difflib
-import importlib
 import math as _math
 import threading
 from collections import Counter
@@ -116,18 +115,9 @@ def list_rewards() -> list[str]:
 
 
 def _import_path(spec: str) -> RewardFn:
-    mod_name, _, attr = spec.partition(":")
-    if not mod_name or not attr:
-        raise ValueError(f"reward import path must look like 'package.module:function', got {spec!r}")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ValueError(f"reward {spec!r}: cannot import module {mod_name!r}: {e}") from e
-    obj: Any = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"reward {spec!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    from spro.imports import import_object
+
+    obj = import_object(spec, f"reward {spec!r}")
     if not callable(obj):
         raise ValueError(f"reward {spec!r} is not callable ({type(obj).__name__})")
     return obj

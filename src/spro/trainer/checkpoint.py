@@ -8,22 +8,33 @@ Layout of ``<output_dir>/checkpoints/step-000040/``:
     trainer_state.json                                  step, data position, elapsed time, ...
     run_config.yaml                                     the run's TrainConfig
     algorithm/                                          the algorithm's own state, when it has some (PRIME: its PRM)
+    checksums.json                                      size and SHA-256 of every other file
 
 A checkpoint is written into a hidden temporary folder next to its final place, every file and
 the folder are fsync'ed, and only then is the folder renamed to ``step-NNNNNN`` (an atomic
 rename on POSIX). A crash or kill during a save therefore leaves at most a ``.tmp-*`` folder,
-which is ignored (and removed by the next save); the previous checkpoints stay intact. Older
-checkpoints beyond ``keep_last`` are deleted after the new one is in place.
+which is ignored (and removed by the next save); the previous checkpoints stay intact. After the
+new checkpoint is in place, the checkpoints older than it beyond ``keep_last`` are deleted; the
+new one, the last good checkpoint, never is (nor any with a later step).
+
+A checkpoint verifies when every file of ``checksums.json`` is there with its size and SHA-256
+(:func:`verify_checkpoint`); a garbled or truncated file gives a :class:`CheckpointError` naming
+it. Resuming from a run folder takes the newest checkpoint that verifies, with a warning naming
+the files of those it skips (:func:`find_checkpoint`). Checkpoints written before checksums were
+kept (no ``checksums.json``) are taken as they are; a file of theirs that cannot be read is named
+when it is loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +46,7 @@ STEP_RE = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 RUN_CONFIG = "run_config.yaml"
 ALGORITHM_STATE = "algorithm"
+CHECKSUMS = "checksums.json"
 
 
 class CheckpointError(ValueError):
@@ -94,15 +106,73 @@ def list_checkpoints(ckpt_root: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+
+
+def write_checksums(folder: str | os.PathLike) -> None:
+    """Record the size and SHA-256 of every file of ``folder`` in ``folder/checksums.json``."""
+    folder = Path(folder)
+    sums = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+
+
+_VERIFIED: set[tuple] = set()  # checkpoints verified already in this process, by path and (size, mtime) of each file
+
+
+def verify_checkpoint(ckpt: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming the first file of ``ckpt`` that is missing, truncated or garbled
+    (not as ``checksums.json`` recorded it). A checkpoint without ``checksums.json`` (older spro) passes."""
+    ckpt = Path(ckpt)
+    path = ckpt / CHECKSUMS
+    if not path.is_file():
+        return
+    key = (str(ckpt.resolve()), *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(ckpt.rglob("*"))))
+    if key in _VERIFIED:
+        return
+    try:
+        sums = json.loads(path.read_text())
+        items = [(name, int(v["size"]), str(v["sha256"])) for name, v in sums.items()]
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: garbled ({type(e).__name__}: {e})") from None
+    for name, size, digest in items:
+        f = ckpt / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing from the checkpoint")
+        if f.stat().st_size != size:
+            raise CheckpointError(f"{f}: {f.stat().st_size} bytes, {size} when it was saved (truncated or garbled)")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f}: garbled (its SHA-256 differs from the one saved)")
+    _VERIFIED.add(key)
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
-    """Resolve ``path`` (a run folder, its ``checkpoints/`` folder or one checkpoint) to a checkpoint."""
+    """Resolve ``path`` (a run folder, its ``checkpoints/`` folder or one checkpoint) to a checkpoint that
+    verifies: one checkpoint must; in a folder of checkpoints the newest that verifies is taken, with a
+    warning naming the file of each newer one skipped."""
     path = Path(path)
     if (path / TRAINER_STATE).is_file():
+        verify_checkpoint(path)
         return path
     for root in (path / "checkpoints", path):
         ckpts = list_checkpoints(root)
+        problems = []
+        for ckpt in reversed(ckpts):
+            try:
+                verify_checkpoint(ckpt)
+            except CheckpointError as e:
+                problems.append(str(e))
+                continue
+            for problem in problems:
+                warnings.warn(f"skipping a corrupt checkpoint: {problem}; taking {ckpt}", stacklevel=2)
+            return ckpt
         if ckpts:
-            return ckpts[-1]
+            raise CheckpointError(f"--resume {path}: no checkpoint verifies: {'; '.join(problems)}")
     if not path.exists():
         raise CheckpointError(f"--resume {path}: no such folder")
     raise CheckpointError(f"--resume {path}: no complete checkpoint found (expected {path}/checkpoints/step-*/)")
@@ -143,8 +213,9 @@ def save_checkpoint(
             (tmp / name).mkdir()
             saver(tmp / name)
         (tmp / RUN_CONFIG).write_text(yaml.safe_dump(run_config, sort_keys=False))
-        # the state file last: a folder without it is never treated as a checkpoint
+        # the state file last: a folder without it is never treated as a checkpoint; then the checksums of all
         (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+        write_checksums(tmp)
         _fsync_tree(tmp)
         if final.exists():  # re-saving the same step: move the old one aside first
             aside = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-old-", dir=root))
@@ -157,7 +228,9 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(root)[:-keep_last]:
+    # prune the older checkpoints only: the new one is the last good checkpoint, later ones are not this run's to delete
+    older = [c for c in list_checkpoints(root) if int(STEP_RE.match(c.name).group(1)) < step]
+    for old in older[: max(len(older) - (keep_last - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -168,27 +241,40 @@ def algorithm_state_dir(ckpt: str | os.PathLike) -> Path:
     return ckpt / "prm" if not (ckpt / ALGORITHM_STATE).is_dir() and (ckpt / "prm").is_dir() else ckpt / ALGORITHM_STATE
 
 
+def _read(path: Path, load: Callable[[Path], Any]) -> Any:
+    """``load(path)``, any failure a CheckpointError naming the file."""
+    try:
+        return load(path)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+
+
 def read_trainer_state(ckpt: str | os.PathLike) -> dict:
-    return json.loads((Path(ckpt) / TRAINER_STATE).read_text())
+    return _read(Path(ckpt) / TRAINER_STATE, lambda p: json.loads(p.read_text()))
 
 
 def read_run_config(ckpt: str | os.PathLike) -> dict:
     path = Path(ckpt) / RUN_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{ckpt}: no {RUN_CONFIG}; not a spro checkpoint")
-    return yaml.safe_load(path.read_text())
+    return _read(path, lambda p: yaml.safe_load(p.read_text()))
+
+
+def _torch_load(path: Path) -> Any:
+    return _read(path, lambda p: torch.load(p, weights_only=False))
 
 
 def load_training_state(ckpt: str | os.PathLike, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
     """Restore optimizer and scheduler state from ``ckpt`` (the model is loaded with from_pretrained)."""
     ckpt = Path(ckpt)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    for name, obj in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
+        state = _torch_load(ckpt / name)
+        _read(ckpt / name, lambda p: obj.load_state_dict(state))
 
 
 def load_rng_state(ckpt: str | os.PathLike, rank: int, world_size: int) -> None:
     """Restore this process's RNG states; the run must use the same number of processes."""
-    states = torch.load(Path(ckpt) / "rng_state.pt", weights_only=False)
+    states = _torch_load(Path(ckpt) / "rng_state.pt")
     if len(states) != world_size:
         raise CheckpointError(
             f"{ckpt}: saved by {len(states)} process(es), resumed with {world_size}; resume with "

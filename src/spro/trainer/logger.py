@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from spro.config import ConfigError, TrainConfig, to_dict
+from spro.trainer.rundir import read_records
 
 __all__ = ["RunLogger", "clean_float"]
 
 
 class RunLogger:
-    """metrics.jsonl / eval.jsonl always; TensorBoard and W&B when configured; main process only."""
+    """metrics.jsonl / eval.jsonl always; TensorBoard and W&B when configured; main process only.
+
+    Records are appended; nothing is deleted on a fresh start (the trainer never starts one over a run:
+    ``spro.trainer.rundir``). On resume from the checkpoint of ``resume_step``, the records the interrupted
+    run wrote after it are dropped (they are written again), as is a torn last line; the file is replaced
+    atomically.
+    """
 
     def __init__(self, cfg: TrainConfig, out: Path, *, enabled: bool, resume_step: int | None) -> None:
         self.enabled = enabled
@@ -25,11 +33,10 @@ class RunLogger:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "eval.jsonl", "completions.jsonl"):
             path = out / name
-            if resume_step is None:
-                path.unlink(missing_ok=True)
-            elif path.exists():  # drop what the interrupted run logged after the checkpoint
-                keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-                path.write_text("".join(k + "\n" for k in keep))
+            if resume_step is not None and path.exists():
+                tmp = path.with_name(f".{name}.tmp")
+                tmp.write_text("".join(line + "\n" for line in read_records(path, after=resume_step)))
+                os.replace(tmp, path)
         self.metrics_f = open(out / "metrics.jsonl", "a")
         self.eval_f = open(out / "eval.jsonl", "a")
         self.comp_f = open(out / "completions.jsonl", "a") if cfg.logging.log_completions else None

@@ -7,9 +7,10 @@ One training step (:meth:`Trainer.train_step`):
               the single-process ones;
 2. score      the reward functions (``spro.rewards.scoring.Scorer``);
 3. log-probs  one no-grad pass of the frozen reference (when the algorithm or the KL term needs
-              it) and one of the sampling policy (pi_old, with the entropy); both are reused by
-              the advantage, the PPO ratio, the KL term and the metrics. With one optimizer step
-              per batch the training forward pass itself gives pi_old (``fused``);
+              it) and one of the sampling policy (pi_old, with the entropy), both in eval mode
+              (``spro.trainer.passes``); both are reused by the advantage, the PPO ratio, the KL
+              term and the metrics. With one optimizer step per batch and no dropout the training
+              forward pass itself gives pi_old (``fused``);
 4. advantages the algorithm's hooks (``select`` the responses that train, ``prepare`` its own
               state) and its estimator (``spro.algorithms``);
 5. update     PPO epochs over mini-batches with gradient accumulation (``spro.algorithms.losses``);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from spro.algorithms.losses import policy_loss
+from spro.algorithms.losses import agg_normaliser, policy_loss
 from spro.algorithms.registry import AdvantageInputs, TrainerContext, resolve_algorithm
-from spro.config import ConfigError, TrainConfig, config_from_dict, diff_configs, flatten, save_yaml, to_dict
-from spro.data.loader import check_prompt_lengths, load_datasets, load_task, prompt_order
-from spro.data.prompts import render_prompt
+from spro.config import ConfigError, TrainConfig, save_yaml, to_dict
+from spro.data.loader import load_task, prompt_order, training_data
 from spro.models.loading import load_model
 from spro.models.logprobs import logps_no_grad, sequence_logps
 from spro.rewards.scoring import RewardFunctionError, Scorer
@@ -43,6 +44,8 @@ from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer.diagnostics import ProcessDiagnostics
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, PRIME_METRIC_KEYS, step_metrics
+from spro.trainer.passes import eval_mode, has_dropout, match_grad_flags
+from spro.trainer.rundir import check_run_folder, config_for_resume, on_main, open_run_folder
 from spro.trainer.warmstart import resolve_model
 
 __all__ = ["Trainer", "train", "TrainingDivergedError", "RewardFunctionError", "METRIC_KEYS", "PRIME_METRIC_KEYS",
@@ -74,22 +77,24 @@ class Trainer:
     ``prm=``, a process reward model of your own).
     """
 
-    def __init__(self, config: TrainConfig | None, *, resume: str | Path | None = None,
+    def __init__(self, config: TrainConfig | None, *, resume: str | Path | None = None, overwrite: bool = False,
                  reward_funcs: dict[str, Callable] | None = None, accelerator: Any = None,
                  **algorithm_state: Any) -> None:
         from accelerate import Accelerator
         from transformers import get_scheduler, set_seed
 
         self.resume_ckpt = ckpt_lib.find_checkpoint(resume) if resume else None
-        if self.resume_ckpt is not None:
-            config = _config_for_resume(self.resume_ckpt, config, resume)
+        if self.resume_ckpt is not None:  # (its config, written into the checkpoint's run folder)
+            config = config_for_resume(self.resume_ckpt, config, resume)
         if config is None:
             raise ConfigError("train() needs a TrainConfig (or resume= a checkpoint)")
         self.cfg = cfg = config
         a, r, m = cfg.algorithm, cfg.rollout, cfg.model
         self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
         self.rank, self.world, self.is_main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
-        self.out = Path(cfg.output_dir)
+        self.out, self.run_lock = Path(cfg.output_dir), None
+        run = dict(resume=self.resume_ckpt is not None, overwrite=overwrite)
+        on_main(self.acc, lambda: check_run_folder(self.out, **run))  # at once, before the models load
         self.G = r.num_generations
         if r.prompts_per_step % self.world:
             raise ConfigError(f"rollout.prompts_per_step ({r.prompts_per_step}) must be divisible by the number of "
@@ -103,6 +108,7 @@ class Trainer:
         self.micro = self.mini // a.grad_accum_steps
         self.algorithm = resolve_algorithm(a.name, a.options)
         # one optimizer step per batch (of one round): the training forward pass doubles as the pi_old pass
+        # (models without dropout: set below)
         self.on_policy = (a.ppo_epochs == 1 and self.mini == self.local_batch and a.grad_accum_steps == 1
                           and self.algorithm.max_rounds == 1)
         self.loss_agg = a.loss_agg or self.algorithm.loss_agg
@@ -117,28 +123,23 @@ class Trainer:
             else:
                 self.ref, _ = load_model(resolve_model(m.ref_model or m.name_or_path), dtype=m.dtype,
                                          tiny_seed=m.tiny_seed)
-            self.ref.requires_grad_(False).eval().to(self.acc.device)
+            match_grad_flags(self.ref, self.model)  # (the same kernels as the policy's passes: see passes.py)
+            self.ref.eval().to(self.acc.device)
         if m.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         # prompt-prefix sharing needs a KV cache in the training forward (not with checkpointing)
         self.share_group = self.G if (m.share_prompt_prefix and not m.gradient_checkpointing) else None
         self.model.to(self.acc.device).train()
+        self.on_policy = self.on_policy and not has_dropout(self.model)  # (a dropout pass is not pi_old)
 
         # data and rewards
-        self.train_ds, self.eval_ds = load_datasets(cfg)
-        ctx_len = getattr(self.model.config, "max_position_embeddings", None)
-        self.train_ds, self.train_prompts = check_prompt_lengths(
-            self.train_ds, [render_prompt(self.tok, p) for p in self.train_ds["prompt"]], self.tok, ctx_len,
-            r.max_new_tokens, cfg.data.long_prompts, "train")
-        if self.eval_ds is not None:
-            self.eval_ds, _ = check_prompt_lengths(
-                self.eval_ds, [render_prompt(self.tok, p) for p in self.eval_ds["prompt"]], self.tok, ctx_len,
-                r.max_new_tokens, cfg.data.long_prompts, cfg.data.eval_split)
-        if len(self.train_ds) == 0:
-            raise ConfigError("the training set is empty")
+        data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None))
+        self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
-        self.scorer = Scorer.from_config(cfg.data, reward_funcs)
+        self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
         self.diagnostics = ProcessDiagnostics(load_task(cfg), self.tok) if cfg.logging.diagnostics else None
+        if self.is_main:
+            print(f"spro: {data.summary}", file=sys.stderr, flush=True)
 
         # optimizer, schedule, generation
         o = cfg.optim
@@ -162,16 +163,31 @@ class Trainer:
             ckpt_lib.load_rng_state(self.resume_ckpt, self.rank, self.world)
         else:
             set_seed(cfg.seed * 1000 + self.rank)
-        self.logger = RunLogger(cfg, self.out, enabled=self.is_main, resume_step=self.step if self.resume_ckpt else None)
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg, self.out / "config.yaml")
+        self.run_lock = on_main(self.acc, lambda: open_run_folder(self.out, **run))  # held until close()
+        try:
+            self.logger = RunLogger(cfg, self.out, enabled=self.is_main,
+                                    resume_step=self.step if self.resume_ckpt else None)
+            if self.is_main:
+                save_yaml(cfg, self.out / "config.yaml")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let another trainer use the run folder (``train`` calls it at the end)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     # ------------------------------------------------------------------------------ the stages
 
-    def _logp_fn(self, model: Any, batch: RolloutBatch) -> torch.Tensor:
-        """Log-probs of ``batch``'s responses under ``model`` with the trainer's convention (for algorithms)."""
-        return sequence_logps(model, batch, temperature=self.cfg.rollout.temperature, group_size=self.share_group)[0]
+    def _logp_fn(self, model: Any, batch: RolloutBatch, *, grad: bool = False) -> torch.Tensor:
+        """Log-probs of ``batch``'s responses under ``model`` with the trainer's convention (for algorithms);
+        without ``grad``, a no-grad pass in eval mode."""
+        kw = dict(temperature=self.cfg.rollout.temperature, group_size=self.share_group)
+        if grad:
+            return sequence_logps(model, batch, **kw)[0]
+        with eval_mode(model):
+            return logps_no_grad(model, batch, with_entropy=False, **kw)[0]
 
     def rollout(self) -> tuple[list[int], RolloutBatch]:
         """The next ``prompts_per_step`` prompts of the data stream (this process's share: dataset rows)
@@ -207,8 +223,9 @@ class Trainer:
             fused = (logp, ent if a.entropy_coef > 0 else None)
             old_logp, entropy = logp.detach(), ent.detach()
         else:
-            old_logp, entropy = logps_no_grad(self.model, batch, temperature=temp, with_entropy=True, chunk=chunk,
-                                              group_size=self.share_group)
+            with eval_mode(self.model):
+                old_logp, entropy = logps_no_grad(self.model, batch, temperature=temp, with_entropy=True, chunk=chunk,
+                                                  group_size=self.share_group)
         mb = batch.completion_mask.bool()
         if not torch.isfinite(old_logp[mb]).all():
             raise self._diverged("the sampling policy's log-probs")
@@ -277,26 +294,30 @@ class Trainer:
     def ppo_update(self, s: _Step, adv: torch.Tensor, step: int) -> dict[str, float]:
         """PPO epochs over mini-batches with gradient accumulation; one optimizer step per mini-batch.
 
+        Each micro-batch's loss is its share of the mini-batch loss: the loss aggregation divides by
+        the mini-batch's count of tokens / responses over all micro-batches and processes
+        (``spro.algorithms.losses.agg_normaliser``), so short micro-batches weigh what their rows weigh.
         ``s.fused``: ``(logp, entropy)`` of the whole batch from a forward pass that still holds its
         graph (the on-policy case: one epoch, one mini-batch, no accumulation), reused instead of a
         second forward pass.
         """
         cfg, a = self.cfg, self.cfg.algorithm
-        B, accum, mask = len(s.batch), a.grad_accum_steps, s.x.mask
+        B, mask = len(s.batch), s.x.mask
         params = [p for p in self.model.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        sums: dict[str, float] = {}
-        n_micro, grad_norms, lrs = 0, [], []
+        per_mini: list[dict[str, float]] = []
+        grad_norms, lrs = [], []
         for epoch in range(a.ppo_epochs):
             order = (torch.arange(B) if epoch == 0 else torch.randperm(B, generator=gen)).to(mask.device)
             for start in range(0, B, self.mini):
                 mb_idx = order[start : start + self.mini]
                 lrs.append(self.scheduler.get_last_lr()[0])
-                for k in range(accum):
-                    idx = mb_idx[k * self.micro : (k + 1) * self.micro]
-                    if idx.numel() == 0:  # a short batch (the algorithm kept fewer responses)
-                        continue
-                    sync = contextlib.nullcontext() if k == accum - 1 else self.acc.no_sync(self.ddp_model)
+                # micro-batches; fewer or shorter ones when the algorithm kept fewer responses
+                chunks = [c for c in mb_idx.split(self.micro) if c.numel()]
+                norm = self.acc.reduce(agg_normaliser(mask[mb_idx], self.loss_agg).to(mask.device), "sum")
+                sums, n_tok = {}, 0.0
+                for k, idx in enumerate(chunks):
+                    sync = contextlib.nullcontext() if k == len(chunks) - 1 else self.acc.no_sync(self.ddp_model)
                     with sync:
                         if s.fused is not None:
                             logp, ent = s.fused
@@ -307,18 +328,22 @@ class Trainer:
                             raise self._diverged("the policy's log-probs during the update")
                         loss, m = policy_loss(
                             logp, s.x.logp[idx], adv[idx], mask[idx], clip_eps_low=a.clip_eps_low,
-                            clip_eps_high=a.clip_eps_high, agg=self.loss_agg,
-                            max_completion_length=cfg.rollout.max_new_tokens,
+                            clip_eps_high=a.clip_eps_high, clip_ratio_c=a.clip_ratio_c, agg=self.loss_agg,
+                            max_completion_length=cfg.rollout.max_new_tokens, normaliser=norm,
                             ref_logp=s.x.ref_logp[idx] if s.x.ref_logp is not None else None,
                             kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy=ent, entropy_coef=a.entropy_coef,
                         )
                         if not torch.isfinite(loss):
                             raise self._diverged("the loss")
-                        self.acc.backward(loss / accum)
-                    m["loss"] = float(loss.detach())
+                        # data parallel averages the gradients over processes: x world gives their sum
+                        self.acc.backward(loss * self.world)
+                    # loss shares add up (x world: their mean over processes is their sum); the other
+                    # metrics are token means, weighted by the micro-batch's tokens
+                    m["loss"], w = float(loss.detach()), float(mask[idx].sum())
                     for key, v in m.items():
-                        sums[key] = sums.get(key, 0.0) + v
-                    n_micro += 1
+                        sums[key] = sums.get(key, 0.0) + (v * self.world if key in ("loss", "pg_loss") else v * w)
+                    n_tok += w
+                per_mini.append({k: v if k in ("loss", "pg_loss") else v / max(n_tok, 1.0) for k, v in sums.items()})
                 if cfg.optim.max_grad_norm > 0:
                     gn = float(self.acc.clip_grad_norm_(params, cfg.optim.max_grad_norm))
                 else:
@@ -329,7 +354,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-        out = {k: v / n_micro for k, v in sums.items()}
+        out = {k: float(np.mean([m[k] for m in per_mini])) for k in per_mini[0]}
         out["grad_norm"] = float(np.mean(grad_norms))
         out["lr"] = float(lrs[0])
         return out
@@ -411,6 +436,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.logger.close()
+            self.close()
         return self.out
 
 
@@ -450,29 +476,16 @@ def _first_groups(keep: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.
     return (keep & torch.isin(group_ids, first)).nonzero().squeeze(1)
 
 
-def _config_for_resume(ckpt: Path, config: TrainConfig | None, resume: Any) -> TrainConfig:
-    """The config to resume ``ckpt`` with: its own, or ``config`` if they agree (but for
-    ``spro.config.RESUMABLE_DIFFERENCES``)."""
-    saved = to_dict(config_from_dict(ckpt_lib.read_run_config(ckpt)))
-    if config is None:
-        return config_from_dict(saved)
-    diffs = diff_configs(saved, to_dict(config))
-    if diffs:
-        fs, fn = flatten(saved), flatten(to_dict(config))
-        detail = "; ".join(f"{k}: {fs.get(k)!r} (checkpoint) vs {fn.get(k)!r} (now)" for k in diffs[:10])
-        raise ckpt_lib.CheckpointError(
-            f"--resume {resume}: the checkpoint was made with a different config; differing keys: {detail}")
-    return config
-
-
-def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, overwrite: bool = False,
           reward_funcs: dict[str, Callable] | None = None, **algorithm_state: Any) -> Path:
     """Train with ``config`` and return the run folder (``config.output_dir``).
 
-    ``resume``: a run folder or checkpoint to continue from (its saved config is used when
-    ``config`` is None; otherwise the two must agree except for the keys in
-    ``spro.config.RESUMABLE_DIFFERENCES``). ``reward_funcs``: ``{name: fn}`` used instead of looking
-    the names of ``config.data.rewards`` up in ``spro.rewards``. Other keyword arguments go to the
-    algorithm's ``setup`` hook (PRIME: ``prm=``, a process reward model of your own).
+    ``resume``: a run folder or checkpoint to continue from, written into that run folder (its saved
+    config is used when ``config`` is None; otherwise the two must agree except for the keys in
+    ``spro.config.RESUMABLE_DIFFERENCES``). A new run into a folder that holds a run stops with an
+    error, unless ``overwrite``: that run is then moved aside to ``<folder>.old-N``
+    (``spro.trainer.rundir``). ``reward_funcs``: ``{name: fn}`` used instead of looking the names of
+    ``config.data.rewards`` up in ``spro.rewards``. Other keyword arguments go to the algorithm's
+    ``setup`` hook (PRIME: ``prm=``, a process reward model of your own).
     """
-    return Trainer(config, resume=resume, reward_funcs=reward_funcs, **algorithm_state).train()
+    return Trainer(config, resume=resume, overwrite=overwrite, reward_funcs=reward_funcs, **algorithm_state).train()

@@ -30,7 +30,7 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from spro.rewards import completion_text
 
@@ -197,6 +197,8 @@ class ArithmeticTask:
     validation_size: int = 2000
     test_size: int = 2000
     name: str = field(default="arithmetic", init=False)
+    # the registered name of this task's verifier (spro.rewards.get_reward): the default data.rewards
+    reward_name: ClassVar[str] = "arithmetic"
 
     def __post_init__(self) -> None:
         self.num_operands = _range_knob("num_operands", self.num_operands)

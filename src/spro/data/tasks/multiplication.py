@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from spro.data.tasks.arithmetic import SPLITS, _range_knob, arithmetic_reward, split_of, step_spans
 from spro.rewards import completion_text
@@ -80,6 +80,8 @@ class MultiplicationTask:
     validation_size: int = 2000
     test_size: int = 2000
     name: str = field(default="multiplication", init=False)
+    # the registered name of this task's verifier (the same final "A:<int>" check): the default data.rewards
+    reward_name: ClassVar[str] = "arithmetic"
 
     def __post_init__(self) -> None:
         self.digits_a = _range_knob("digits_a", self.digits_a, lo_min=1)

@@ -1,0 +1,79 @@
+"""spro.rewards.scoring.Scorer: weighted rewards, and failures that are counted, warned about and time-limited."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+
+from spro.rewards.scoring import RewardFn, RewardWarning, Scorer
+
+PROMPTS = ["p"] * 8
+
+
+def test_errors_are_warned_about_once_then_when_the_rate_doubles():
+    calls = {"rate": 4}
+    seen = []
+
+    def fn(prompts, completions, **kw):
+        if len(completions) > 1:
+            raise RuntimeError("batch failed")
+        seen.append(1)
+        if len(seen) % calls["rate"] == 0:
+            raise ValueError(f"cannot parse response {len(seen)}")
+        return [1.0]
+
+    scorer = Scorer([RewardFn("parse", fn)])
+    comps = [str(i) for i in range(8)]
+    with pytest.warns(RewardWarning, match=r"reward 'parse': 2 of 8 responses \(25%\) got no value in this call \(2 "
+                                           r"raised, 0 timed out\).*First error: .*RuntimeError: batch failed"):
+        s = scorer(PROMPTS, comps, {})
+    assert s.stats["reward/errors"] == 2 and s.stats["reward/timeouts"] == 0
+    with warnings.catch_warnings(record=True) as w:  # the same rate again: no new warning
+        warnings.simplefilter("always")
+        scorer(PROMPTS, comps, {})
+    assert not w
+    calls["rate"] = 2  # the rate doubles: warned again, with the totals
+    with pytest.warns(RewardWarning, match=r"4 of 8 responses \(50%\).*doubled since the last warning; 8 raised and 0 "
+                                           r"timed out of 24 responses so far"):
+        scorer(PROMPTS, comps, {})
+
+
+def test_a_reward_that_never_returns_hits_the_time_limit():
+    release = threading.Event()
+
+    def stuck(prompts, completions, **kw):
+        release.wait()
+        return [1.0] * len(completions)
+
+    def fine(prompts, completions, **kw):
+        return [0.5] * len(completions)
+
+    scorer = Scorer([RewardFn("fine", fine), RewardFn("stuck", stuck)], timeout=0.2)
+    try:
+        with pytest.warns(RewardWarning, match=r"reward 'stuck': 8 of 8 responses \(100%\).*8 timed out.*did not "
+                                               r"return within 0.2 s \(data.reward_timeout\)"):
+            s = scorer(PROMPTS, [str(i) for i in range(8)], {})
+    finally:
+        release.set()  # let the abandoned worker thread end
+    assert s.stats["reward/timeouts"] == 8 and s.stats["reward/none_frac"] == 0.5
+    assert s.rewards.tolist() == [0.5] * 8 and s.scored.all()
+
+
+def test_only_functions_of_your_own_run_in_a_worker_thread():
+    threads = {}
+
+    def own(prompts, completions, **kw):
+        threads["own"] = threading.current_thread()
+        return [1.0] * len(completions)
+
+    def builtin(prompts, completions, **kw):
+        threads["builtin"] = threading.current_thread()
+        return [1.0] * len(completions)
+
+    builtin.__module__ = "spro.rewards.example"  # spro's rewards carry their own limits
+    Scorer([RewardFn("own", own), RewardFn("builtin", builtin)], timeout=5)(["p"], ["c"], {})
+    assert threads["own"] is not threading.main_thread() and threads["builtin"] is threading.main_thread()
+    Scorer([RewardFn("own", own)], timeout=0)(["p"], ["c"], {})  # 0: no limit, no thread
+    assert threads["own"] is threading.main_thread()
