@@ -130,7 +130,8 @@ class DataConfig:
         None, help="Number of training prompts to draw from the split (null = all)."
     )
     rewards: list[RewardSpec] = _f(
-        help="Reward functions with weights; the reward of a response is the weighted sum of "
+        help="Reward functions with weights ([{name: math, weight: 1.0}, ...]; a bare name stands for weight 1: "
+        "[math, format] or just math); the reward of a response is the weighted sum of "
         "the values that are not None (None = 'not applicable'); a response no function could "
         "score gets 0 (counted in the reward/none_frac metric). A function that raises is "
         "retried response by response; responses it still fails on count as None (reward/errors).",
@@ -291,13 +292,30 @@ class OptimConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = _f(True, help="Write TensorBoard events under <output_dir>/tensorboard.")
+    tensorboard: bool = _f(
+        True,
+        help="Write TensorBoard events under <output_dir>/tensorboard: every metric as a scalar, the run config as "
+        "hparams, sample completions as text (logging.log_completions).",
+    )
     wandb: bool = _f(False, help="Log to Weights & Biases (needs `pip install wandb`).")
     wandb_project: str = _f("spro", help="W&B project name.")
     wandb_run_name: str | None = _f(None, help="W&B run name (null = the output folder name).")
-    progress_bar: bool = _f(True, help="Show a progress bar with live metrics.")
+    progress_bar: bool = _f(
+        True,
+        help="Show a progress bar with live metrics when stderr is a terminal; otherwise (or when false) print "
+        "a line of key metrics every logging.every steps instead.",
+    )
+    every: int = _f(
+        1,
+        help="Steps between the lines of key metrics (step, reward, accuracy, loss, KL, length, time) printed "
+        "when there is no progress bar and written to <output_dir>/train.log (plain lines, no carriage "
+        "returns); the last step is always included.",
+        check=(lambda v: v >= 1, ">= 1"),
+    )
     log_completions: int = _f(
-        0, help="Every step, write this many sample completions to completions.jsonl (0 = none)."
+        0,
+        help="Every step, write this many sample completions to completions.jsonl and to TensorBoard as a text "
+        "table (tag 'completions') (0 = none).",
     )
 
 
@@ -370,10 +388,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if _is_dataclass_type(tp):
         if isinstance(tp, type) and isinstance(value, tp):
             return value
+        if tp is RewardSpec and isinstance(value, str):  # data.rewards=[math, format]: names with weight 1
+            value = {"name": value}
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return _build(tp, value, key)
     if origin in (list, tuple):
+        if isinstance(value, str) and typing.get_args(tp)[:1] == (RewardSpec,):  # data.rewards=math
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item_tp, *_) = typing.get_args(tp) or (Any,)

@@ -1,6 +1,7 @@
 """`spro eval`: evaluate a causal LM on a built-in task or a prompt dataset.
 
     spro eval --model DIR --task arithmetic [--split test] [--n N] [--k K]
+    spro eval --model RUN_DIR ...       (a `spro train` run folder: its latest checkpoint)
     spro eval --model DIR --data FILE [--schema auto] [--reward NAME] [--k K]
 
 Greedy pass@1, sampled mean@k and pass@k (``--k``, ``--temperature``, ``--top-p``), mean
@@ -18,7 +19,9 @@ HELP = "Evaluate a model: greedy pass@1, sampled mean@k, length."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="HF folder of a causal LM, or warmstart:weak / warmstart:strong (built and cached if needed).")
+                        help="HF folder of a causal LM, a run folder of `spro train` (its latest checkpoint), a "
+                        "checkpoint folder (LoRA adapters are loaded onto their base model), or warmstart:weak / "
+                        "warmstart:strong (built and cached if needed).")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--task", default=None, help="Built-in task (e.g. arithmetic). Default when --data is not given.")
     src.add_argument("--data", default=None, help="Prompt dataset: a local jsonl/json/parquet/csv file or saved dataset folder.")
@@ -40,11 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve_model(spec: str):
+    """The model folder ``--model`` names: a run folder becomes its latest checkpoint."""
     from pathlib import Path
 
+    from spro.trainer.checkpoint import CheckpointError, find_checkpoint
     from spro.trainer.warmstart import resolve_model
 
-    return Path(resolve_model(spec))
+    path = Path(resolve_model(spec))
+    if path.is_dir() and not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
+        try:
+            return find_checkpoint(path)
+        except CheckpointError:
+            raise ValueError(f"--model {spec}: neither a model folder (no config.json or adapter_config.json) nor a "
+                             f"run folder with checkpoints") from None
+    return path
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,18 +365,21 @@ class Trainer:
 
     def train(self) -> Path:
         cfg = self.cfg
-        bar = None
-        if self.is_main and cfg.logging.progress_bar:
+        bar = None  # a progress bar only on a terminal: a redirected log gets plain lines (logging.every)
+        if self.is_main and cfg.logging.progress_bar and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.total_steps, initial=self.step, desc=f"{cfg.algorithm.name}", dynamic_ncols=True)
         do_eval = self.eval_ds is not None and cfg.eval_every >= 0
         try:
             if do_eval and cfg.eval_at_start and self.step == 0:
-                self.logger.log_eval(self.evaluate())
+                ev = self.evaluate()
+                self.logger.log_eval(ev)
+                self.logger.print_eval(ev, echo=bar is None)
             while self.step < cfg.total_steps:
                 metrics = self.train_step()
                 self.logger.log_metrics({k: (clean_float(v) if isinstance(v, float) else v) for k, v in metrics.items()})
+                self.logger.print_step(metrics, echo=bar is None)
                 if bar is not None:
                     bar.update(1)
                     loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
@@ -385,6 +389,7 @@ class Trainer:
                 if do_eval and (last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0)):
                     ev = self.evaluate()
                     self.logger.log_eval(ev)
+                    self.logger.print_eval(ev, echo=bar is None)
                     if bar is not None:
                         bar.write(f"step {self.step}: eval accuracy {ev['eval/accuracy']:.3f} (n={ev['eval/n']})")
                 if last or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
