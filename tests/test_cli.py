@@ -21,7 +21,6 @@ def test_overrides_may_come_before_or_after_the_options(capsys):
 def test_rewards_by_bare_name():
     cfg = load_config(overrides=["data.rewards=[math, {name: format, weight: 0.2}]"])
     assert cfg.data.rewards == [RewardSpec("math", 1.0), RewardSpec("format", 0.2)]
-    assert load_config(overrides=["data.rewards=math"]).data.rewards == [RewardSpec("math", 1.0)]
     with pytest.raises(ConfigError, match=r"data.rewards\[0\]"):
         load_config(overrides=["data.rewards=[3]"])
 

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("spro.commands.train", "RL-train a causal LM (spro, grpo, dr_grpo, rloo, prime)."),
     "sft": ("spro.commands.sft", "Supervised warm start of a causal LM on a task's solutions."),
     "eval": ("spro.commands.eval", "Evaluate a model: greedy pass@1, sampled mean@k, length."),
+    "export": ("spro.commands.export", "Write a full HF model folder: LoRA adapters merged into their base, or a "
+               "GGUF file dequantised."),
     "compare": ("spro.commands.compare", "Multi-seed comparison of algorithms with a claims report."),
     "demo": ("spro.commands.demo", "The offline demo: SPRO against GRPO on the built-in task."),
 }

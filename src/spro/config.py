@@ -44,6 +44,27 @@ _f = option
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA adapters through peft (arXiv:2106.09685); ``pip install 'spro[lora]'``."""
+
+    rank: int = _f(
+        0,
+        help="LoRA rank r; 0 = off (the whole model trains). With r > 0 only the adapters train, the reference "
+        "pi_ref is the same weights with the adapters disabled (no second copy of the model: SPRO's log pi_ref "
+        "costs no memory), checkpoints hold the adapters (spro eval loads them; spro export merges them "
+        "into a full model). Not with algorithm.name=prime (its implicit PRM is a full trainable copy).",
+        check=(lambda v: v >= 0, ">= 0"),
+    )
+    alpha: int = _f(16, help="LoRA alpha: the adapters' output is scaled by alpha / rank.", check=(lambda v: v > 0, "> 0"))
+    dropout: float = _f(0.0, help="Dropout on the adapters' input.", check=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    target_modules: str | list[str] = _f(
+        "all-linear",
+        help="Modules that get adapters: 'all-linear' (every linear layer but the output layer) or a list of "
+        "module names, e.g. [q_proj, k_proj, v_proj, o_proj].",
+    )
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = _f(
         "tiny",
@@ -65,7 +86,27 @@ class ModelConfig:
         "grpo / dr_grpo / rloo with kl_coef = 0 set false to skip its forward pass (the 'kl' and "
         "process/* metrics are then logged as null).",
     )
-    dtype: str = _f("float32", help="Weights dtype.", choices=DTYPES)
+    dtype: str = _f(
+        "float32",
+        help="Weights dtype. bfloat16 / float16 cast the weights themselves (half the memory, no fp32 copy: "
+        "small updates are rounded away); for mixed precision keep float32 and set model.precision=bf16.",
+        choices=DTYPES,
+    )
+    precision: str = _f(
+        "fp32",
+        help="'bf16': mixed precision, every forward pass under torch.autocast(bfloat16) with float32 master "
+        "weights and optimizer state; the output layer and the log-softmax stay float32, so the log-probs of "
+        "the PPO ratio, the KL term and the process reward are float32 (spro.models.precision). Meant for GPUs; "
+        "torch also runs it on CPU (usually slower than fp32 there). 'fp32': plain model.dtype.",
+        choices=("fp32", "bf16"),
+    )
+    gguf_file: str | None = _f(
+        None,
+        help="A GGUF file inside the name_or_path folder (or an absolute path) to load the policy from; "
+        "transformers dequantises it to model.dtype (needs `pip install 'spro[gguf]'`). A name_or_path "
+        "ending in .gguf works the same.",
+    )
+    lora: LoRAConfig = _f(help="LoRA adapters (rank 0 = off).", factory=LoRAConfig)
     gradient_checkpointing: bool = _f(
         False, help="Recompute activations in the backward pass to save memory (slower)."
     )
@@ -131,7 +172,7 @@ class DataConfig:
     )
     rewards: list[RewardSpec] = _f(
         help="Reward functions with weights ([{name: math, weight: 1.0}, ...]; a bare name stands for weight 1: "
-        "[math, format] or just math); the reward of a response is the weighted sum of "
+        "[math, format]); the reward of a response is the weighted sum of "
         "the values that are not None (None = 'not applicable'); a response no function could "
         "score gets 0 (counted in the reward/none_frac metric). A function that raises is "
         "retried response by response; responses it still fails on count as None (reward/errors).",
@@ -394,8 +435,6 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return _build(tp, value, key)
     if origin in (list, tuple):
-        if isinstance(value, str) and typing.get_args(tp)[:1] == (RewardSpec,):  # data.rewards=math
-            value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
@@ -766,6 +805,15 @@ def validate(cfg: TrainConfig) -> None:
         mb % a.grad_accum_steps == 0,
         f"the mini-batch ({mb} responses) must be divisible by algorithm.grad_accum_steps ({a.grad_accum_steps})",
     )
+    if cfg.model.lora.rank > 0:
+        from spro.algorithms import registry
+
+        need(registry.get_algorithm(a.name).name != "prime",
+             "model.lora.rank > 0 is not supported with algorithm.name=prime: PRIME's implicit PRM is a full "
+             "trainable copy of the reference model, so LoRA would save no memory; set model.lora.rank=0")
+    if cfg.model.precision == "bf16":
+        need(cfg.model.dtype == "float32", f"model.precision=bf16 keeps float32 master weights; model.dtype must be "
+             f"float32, got {cfg.model.dtype}")
     if not cfg.model.use_reference:
         from spro.algorithms import registry
 

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from spro.experiments.evaluation import evaluate
-    from spro.models.loading import load_model_and_tokenizer
+    from spro.models.loading import load_model
 
     console = Console(stderr=True)
     try:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                       "knobs": task.knobs() if hasattr(task, "knobs") else None}
             max_new = args.max_new_tokens or 96
         model_dir = _resolve_model(args.model)
-        model, tokenizer = load_model_and_tokenizer(model_dir)
+        model, tokenizer = load_model(str(model_dir))  # LoRA adapters merged into their base
         result = evaluate(
             model, tokenizer, dataset, reward_fn, k=args.k, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=max_new, batch_size=args.batch_size, seed=args.seed, step_checker=step_checker,

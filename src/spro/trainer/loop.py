@@ -20,7 +20,6 @@ One training step (:meth:`Trainer.train_step`):
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import sys
 import time
@@ -36,7 +35,7 @@ from spro.algorithms.registry import AdvantageInputs, TrainerContext, resolve_al
 from spro.config import ConfigError, TrainConfig, config_from_dict, diff_configs, flatten, save_yaml, to_dict
 from spro.data.loader import check_prompt_lengths, load_datasets, prompt_order
 from spro.data.prompts import render_prompt
-from spro.models.loading import load_model
+from spro.models.policy import load_policy, load_reference
 from spro.models.logprobs import logps_no_grad, sequence_logps
 from spro.rewards.scoring import RewardFunctionError, Scorer
 from spro.rollout import RolloutBatch, generate_completions, make_backend
@@ -106,19 +105,16 @@ class Trainer:
         self.algorithm = resolve_algorithm(a.name, a.options)
         self.loss_agg = a.loss_agg or self.algorithm.loss_agg
 
-        # models (the reference is the starting policy, also when resuming)
-        policy_src = str(self.resume_ckpt) if self.resume_ckpt else resolve_model(m.name_or_path)
-        self.model, self.tok = load_model(policy_src, dtype=m.dtype, tiny_seed=m.tiny_seed, tokenizer=m.tokenizer)
+        # models (the reference is the starting policy, also when resuming; with LoRA, the policy with its
+        # adapters disabled); precision, gradient checkpointing and adapters: spro.models.policy
+        resumed = self.resume_ckpt is not None
+        policy_src = str(self.resume_ckpt) if resumed else resolve_model(m.name_or_path)
+        device_type = self.acc.device.type
+        self.model, self.tok = load_policy(m, policy_src, device_type=device_type, resumed=resumed)
         self.ref = None
         if self.algorithm.needs_reference or m.use_reference or a.kl_coef > 0:
-            if m.ref_model is None and self.resume_ckpt is None:
-                self.ref = copy.deepcopy(self.model)
-            else:
-                self.ref, _ = load_model(resolve_model(m.ref_model or m.name_or_path), dtype=m.dtype,
-                                         tiny_seed=m.tiny_seed)
-            self.ref.requires_grad_(False).eval().to(self.acc.device)
-        if m.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            self.ref = load_reference(m, self.model, device_type=device_type, resumed=resumed,
+                                      resolve=resolve_model).to(self.acc.device)
         # prompt-prefix sharing needs a KV cache in the training forward (not with checkpointing)
         self.share_group = self.G if (m.share_prompt_prefix and not m.gradient_checkpointing) else None
         self.model.to(self.acc.device).train()
