@@ -135,6 +135,30 @@ def _default_rewards() -> list[RewardSpec]:
 
 
 @dataclass
+class ReasoningGymConfig:
+    """data.source=reasoning_gym:NAME: a reasoning-gym task (pip install 'spro[gym]'; spro.data.reasoning_gym)."""
+
+    size: int = _f(1000, help="Training questions generated (items 0 .. size-1 of the task's dataset).")
+    seed: int = _f(
+        0,
+        help="Seed of the task's generator. The data.eval_size evaluation questions are the items after the "
+        "training ones, minus any question that is also a training question (the sets are disjoint).",
+    )
+    config: dict[str, Any] = _f(
+        help="The task's own config keys, e.g. {min_terms: 2, max_terms: 3, min_digits: 1, max_digits: 2} for "
+        "chain_sum (reasoning-gym's <Task>Config).",
+        factory=dict,
+    )
+    chat: bool = _f(
+        True,
+        help="Prompts as chat messages (reasoning-gym's default system prompt, which asks for the answer "
+        "inside <answer></answer>, then the question), rendered with the tokenizer's chat template; false = "
+        "plain text: the question and that instruction. The reward 'reasoning_gym' scores the last "
+        "<answer>...</answer> with the task's score_answer.",
+    )
+
+
+@dataclass
 class DataConfig:
     task: str | None = _f(
         "arithmetic",
@@ -148,7 +172,8 @@ class DataConfig:
     source: str | None = _f(
         None,
         help="Dataset to train on when task is null: a local file (jsonl/json/csv/parquet), a "
-        "folder or a hub name; loaded by spro.data.load_prompt_dataset.",
+        "folder or a hub name, loaded by spro.data.load_prompt_dataset; or reasoning_gym:NAME, a "
+        "reasoning-gym task (data.reasoning_gym.*; reward 'reasoning_gym').",
     )
     schema: str = _f("auto", help="Dataset schema for load_prompt_dataset ('auto' detects it).")
     column_map: dict[str, str] | None = _f(
@@ -193,6 +218,10 @@ class DataConfig:
         choices=("error", "drop"),
     )
     shuffle: bool = _f(True, help="Shuffle the training prompts each epoch (seeded).")
+    reasoning_gym: ReasoningGymConfig = _f(
+        help="Size, seed, task config and prompt format of a data.source=reasoning_gym:NAME task.",
+        factory=ReasoningGymConfig,
+    )
 
 
 @dataclass

@@ -24,13 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "warmstart:strong (built and cached if needed).")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--task", default=None, help="Built-in task (e.g. arithmetic). Default when --data is not given.")
-    src.add_argument("--data", default=None, help="Prompt dataset: a local jsonl/json/parquet/csv file or saved dataset folder.")
+    src.add_argument("--data", default=None, help="Prompt dataset: a local jsonl/json/parquet/csv file or saved dataset "
+                     "folder, or reasoning_gym:NAME (the held-out questions of a training run with the default "
+                     "data.reasoning_gym seed and size; --task-knob sets the task's config keys).")
     parser.add_argument("--task-knob", action="append", default=[], metavar="KEY=VALUE",
-                        help="Task knob (JSON value), e.g. num_operands=[3,5]. Repeatable.")
+                        help="Task knob (JSON value), e.g. num_operands=[3,5], or a reasoning-gym config key. Repeatable.")
     parser.add_argument("--split", default="test", help="Split to evaluate (default: test).")
     parser.add_argument("--schema", default="auto", help="--data schema for spro.data.load_prompt_dataset (default: auto).")
     parser.add_argument("--reward", default=None,
-                        help="Reward name or module:function (default: the task's verifier; 'math' for --data).")
+                        help="Reward name or module:function (default: the task's verifier; 'math' for --data, "
+                        "'reasoning_gym' for --data reasoning_gym:NAME).")
     parser.add_argument("--n", type=int, default=None, help="Evaluate only the first N prompts.")
     parser.add_argument("--k", type=int, default=0, help="Samples per prompt for mean@k / pass@k (0: greedy only).")
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for --k (default 1.0).")
@@ -59,6 +62,19 @@ def _resolve_model(spec: str):
     return path
 
 
+def _reasoning_gym_split(args: argparse.Namespace):
+    """--data reasoning_gym:NAME: the held-out questions of a run with the default data.reasoning_gym seed and
+    size (--split train: its training questions); --task-knob sets the task's config keys."""
+    from spro.commands.sft import parse_knobs
+    from spro.config import DataConfig, ReasoningGymConfig
+    from spro.data.reasoning_gym import load_reasoning_gym
+
+    knobs = {k: list(v) if isinstance(v, tuple) else v for k, v in parse_knobs(args.task_knob).items()}
+    data = DataConfig(task=None, source=args.data, eval_size=args.n or 200, reasoning_gym=ReasoningGymConfig(config=knobs))
+    train, held_out = load_reasoning_gym(data, with_eval=args.split != "train")
+    return train if args.split == "train" else held_out
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -78,11 +94,16 @@ def run(args: argparse.Namespace) -> int:
             from spro.data import load_prompt_dataset
             from spro.rewards import get_reward
 
-            dataset = load_prompt_dataset(args.data, schema=args.schema, split=args.split)
+            from spro.data.reasoning_gym import is_reasoning_gym
+
+            if is_reasoning_gym(args.data):
+                dataset, default_reward = _reasoning_gym_split(args), "reasoning_gym"
+            else:
+                dataset, default_reward = load_prompt_dataset(args.data, schema=args.schema, split=args.split), "math"
             if args.n is not None:
                 dataset = dataset.select(range(min(args.n, len(dataset))))
-            reward_fn = get_reward(args.reward or "math")
-            source = {"data": args.data, "schema": args.schema, "reward": args.reward or "math"}
+            reward_fn = get_reward(args.reward or default_reward)
+            source = {"data": args.data, "schema": args.schema, "reward": args.reward or default_reward}
             max_new = args.max_new_tokens or 512
         else:
             from spro.commands.sft import parse_knobs

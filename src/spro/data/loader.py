@@ -21,6 +21,10 @@ def load_datasets(cfg: Any) -> tuple[Any, Any]:
         train = task.split(d.split, n=d.train_size)
         evals = task.split(d.eval_split, n=d.eval_size or None) if cfg.eval_every >= 0 else None
         return train, evals
+    from spro.data.reasoning_gym import is_reasoning_gym, load_reasoning_gym
+
+    if is_reasoning_gym(d.source):  # procedural questions: disjoint train and eval sets (spro.data.reasoning_gym)
+        return load_reasoning_gym(d, with_eval=cfg.eval_every >= 0)
     from spro.data import load_prompt_dataset
 
     kw = dict(schema=d.schema, column_map=d.column_map, prompt_template=d.prompt_template)
