@@ -183,12 +183,20 @@ def _load_gguf(folder: Path, gguf_file: str, torch_dtype: Any) -> tuple[Any, Any
         raise ModelLoadError(f"{file}: GGUF file not found (model.gguf_file={gguf_file!r} in {folder})")
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError(f"{file}: loading a GGUF file needs the gguf package: pip install 'spro[gguf]'")
+    from transformers import GgufConfig
+
     try:
         tok = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(file.parent), gguf_file=file.name, dtype=torch.float32 if torch_dtype == "auto" else torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(  # dense weights: the policy trains and saves like any model
+            str(file.parent), gguf_file=file.name, dtype=torch.float32 if torch_dtype == "auto" else torch_dtype,
+            quantization_config=GgufConfig(dequantize=True))
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{file}: transformers could not load this GGUF file ({type(exc).__name__}: {exc})") from exc
+    if any(type(m).__module__.startswith("transformers.integrations") for m in model.modules()):
+        raise ModelLoadError(f"{file}: transformers kept GGUF-packed layers; spro trains dense weights only")
+    model.hf_quantizer = None  # the weights are plain tensors now: saving and training need no quantizer
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     if tok.eos_token_id is None:
         raise ModelLoadError(f"{file}: the GGUF tokenizer has no eos token")
     if tok.pad_token_id is None:
