@@ -156,6 +156,8 @@ def load_model(name: str, *, dtype: str = "float32", tiny_seed: int = 0, tokeniz
             tok = load_tokenizer(path)
         elif path.exists():
             model, tok = load_model_and_tokenizer(path, dtype=torch_dtype)
+        elif path.is_absolute() or name.startswith((".", "~")):  # a path, not a hub id
+            raise ModelLoadError(f"{path}: model folder does not exist")
         else:  # a hub id (only when online)
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
