@@ -17,7 +17,7 @@ import sys
 # name -> (module, one-line help). The help is repeated here so `spro --help` needs no imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("spro.commands.train", "RL-train a causal LM (spro, grpo, dr_grpo, rloo, prime)."),
-    "sft": ("spro.commands.sft", "Supervised warm start of a causal LM on a task's solutions."),
+    "sft": ("spro.commands.sft", "Supervised warm start of a causal LM on a task's or a dataset's solutions."),
     "eval": ("spro.commands.eval", "Evaluate a model: greedy pass@1, sampled mean@k, length."),
     "export": ("spro.commands.export", "Write a full HF model folder: LoRA adapters merged into their base, or a "
                "GGUF file dequantised."),
