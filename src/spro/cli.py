@@ -17,8 +17,10 @@ import sys
 # name -> (module, one-line help). The help is repeated here so `spro --help` needs no imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("spro.commands.train", "RL-train a causal LM (spro, grpo, dr_grpo, rloo, prime)."),
-    "sft": ("spro.commands.sft", "Supervised warm start of a causal LM on a task's solutions."),
+    "sft": ("spro.commands.sft", "Supervised warm start of a causal LM on a task's or a dataset's solutions."),
     "eval": ("spro.commands.eval", "Evaluate a model: greedy pass@1, sampled mean@k, length."),
+    "export": ("spro.commands.export", "Write a full HF model folder: LoRA adapters merged into their base, or a "
+               "GGUF file dequantised."),
     "compare": ("spro.commands.compare", "Multi-seed comparison of algorithms with a claims report."),
     "demo": ("spro.commands.demo", "The offline demo: SPRO against GRPO on the built-in task."),
     "diagnose": ("spro.commands.diagnose", "Process-reward diagnostics of a saved model against a reference."),
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"spro {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
-    args = sub.parse_args(rest)
+    args = sub.parse_intermixed_args(rest)  # key=value overrides may come before or after the options
     return int(module.run(args) or 0)
 
 

@@ -28,7 +28,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import yaml
 
@@ -41,6 +41,27 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 _f = option
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters through peft (arXiv:2106.09685); ``pip install 'spro[lora]'``."""
+
+    rank: int = _f(
+        0,
+        help="LoRA rank r; 0 = off (the whole model trains). With r > 0 only the adapters train, the reference "
+        "pi_ref is the same weights with the adapters disabled (no second copy of the model: SPRO's log pi_ref "
+        "costs no memory), checkpoints hold the adapters (spro eval loads them; spro export merges them "
+        "into a full model). Not with algorithm.name=prime (its implicit PRM is a full trainable copy).",
+        check=(lambda v: v >= 0, ">= 0"),
+    )
+    alpha: int = _f(16, help="LoRA alpha: the adapters' output is scaled by alpha / rank.", check=(lambda v: v > 0, "> 0"))
+    dropout: float = _f(0.0, help="Dropout on the adapters' input.", check=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    target_modules: str | list[str] = _f(
+        "all-linear",
+        help="Modules that get adapters: 'all-linear' (every linear layer but the output layer) or a list of "
+        "module names, e.g. [q_proj, k_proj, v_proj, o_proj].",
+    )
 
 
 @dataclass
@@ -65,7 +86,27 @@ class ModelConfig:
         "grpo / dr_grpo / rloo with kl_coef = 0 set false to skip its forward pass (the 'kl' and "
         "process/* metrics are then logged as null).",
     )
-    dtype: str = _f("float32", help="Weights dtype.", choices=DTYPES)
+    dtype: str = _f(
+        "float32",
+        help="Weights dtype. bfloat16 / float16 cast the weights themselves (half the memory, no fp32 copy: "
+        "small updates are rounded away); for mixed precision keep float32 and set model.precision=bf16.",
+        choices=DTYPES,
+    )
+    precision: str = _f(
+        "fp32",
+        help="'bf16': mixed precision, every forward pass under torch.autocast(bfloat16) with float32 master "
+        "weights and optimizer state; the output layer and the log-softmax stay float32, so the log-probs of "
+        "the PPO ratio, the KL term and the process reward are float32 (spro.models.precision). Meant for GPUs; "
+        "torch also runs it on CPU (usually slower than fp32 there). 'fp32': plain model.dtype.",
+        choices=("fp32", "bf16"),
+    )
+    gguf_file: str | None = _f(
+        None,
+        help="A GGUF file inside the name_or_path folder (or an absolute path) to load the policy from; "
+        "transformers dequantises it to model.dtype (needs `pip install 'spro[gguf]'`). A name_or_path "
+        "ending in .gguf works the same.",
+    )
+    lora: LoRAConfig = _f(help="LoRA adapters (rank 0 = off).", factory=LoRAConfig)
     gradient_checkpointing: bool = _f(
         False, help="Recompute activations in the backward pass to save memory (slower)."
     )
@@ -90,6 +131,30 @@ class RewardSpec:
 
 
 @dataclass
+class ReasoningGymConfig:
+    """data.source=reasoning_gym:NAME: a reasoning-gym task (pip install 'spro[gym]'; spro.data.reasoning_gym)."""
+
+    size: int = _f(1000, help="Training questions generated (items 0 .. size-1 of the task's dataset).")
+    seed: int = _f(
+        0,
+        help="Seed of the task's generator. The data.eval_size evaluation questions are the items after the "
+        "training ones, minus any question that is also a training question (the sets are disjoint).",
+    )
+    config: dict[str, Any] = _f(
+        help="The task's own config keys, e.g. {min_terms: 2, max_terms: 3, min_digits: 1, max_digits: 2} for "
+        "chain_sum (reasoning-gym's <Task>Config).",
+        factory=dict,
+    )
+    chat: bool = _f(
+        True,
+        help="Prompts as chat messages (reasoning-gym's default system prompt, which asks for the answer "
+        "inside <answer></answer>, then the question), rendered with the tokenizer's chat template; false = "
+        "plain text: the question and that instruction. The reward 'reasoning_gym' scores the last "
+        "<answer>...</answer> with the task's score_answer.",
+    )
+
+
+@dataclass
 class DataConfig:
     task: str | None = _f(
         None,
@@ -103,8 +168,9 @@ class DataConfig:
     )
     source: str | None = _f(
         None,
-        help="Dataset to train on: a local file (jsonl/json/csv/parquet), a saved dataset folder or a hub name; "
-        "loaded by spro.data.load_prompt_dataset.",
+        help="Dataset to train on: a local file (jsonl/json/csv/parquet), a saved dataset folder or a hub name, "
+        "loaded by spro.data.load_prompt_dataset; or reasoning_gym:NAME, a reasoning-gym task "
+        "(data.reasoning_gym.*; reward 'reasoning_gym').",
     )
     schema: str = _f("auto", help="Dataset schema for load_prompt_dataset ('auto' detects it).")
     column_map: dict[str, str] | None = _f(
@@ -146,7 +212,8 @@ class DataConfig:
     )
     rewards: list[RewardSpec] | None = _f(
         None,
-        help="Reward functions with weights; the reward of a response is the weighted sum of the values that are "
+        help="Reward functions with weights ([{name: math, weight: 1.0}, ...]; a bare name stands for weight 1: "
+        "[math, format]); the reward of a response is the weighted sum of the values that are "
         "not None (None = 'not applicable'); a response no function could score gets 0 (counted in the "
         "reward/none_frac metric). A function that raises is retried response by response; responses it still "
         "fails on count as None (reward/errors, with a warning). null = the reward of what is trained on, "
@@ -176,6 +243,10 @@ class DataConfig:
         choices=("error", "drop"),
     )
     shuffle: bool = _f(True, help="Shuffle the training prompts each epoch (seeded).")
+    reasoning_gym: ReasoningGymConfig = _f(
+        help="Size, seed, task config and prompt format of a data.source=reasoning_gym:NAME task.",
+        factory=ReasoningGymConfig,
+    )
 
 
 @dataclass
@@ -325,13 +396,30 @@ class OptimConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = _f(True, help="Write TensorBoard events under <output_dir>/tensorboard.")
+    tensorboard: bool = _f(
+        True,
+        help="Write TensorBoard events under <output_dir>/tensorboard: every metric as a scalar, the run config as "
+        "hparams, sample completions as text (logging.log_completions).",
+    )
     wandb: bool = _f(False, help="Log to Weights & Biases (needs `pip install wandb`).")
     wandb_project: str = _f("spro", help="W&B project name.")
     wandb_run_name: str | None = _f(None, help="W&B run name (null = the output folder name).")
-    progress_bar: bool = _f(True, help="Show a progress bar with live metrics.")
+    progress_bar: bool = _f(
+        True,
+        help="Show a progress bar with live metrics when stderr is a terminal; otherwise (or when false) print "
+        "a line of key metrics every logging.every steps instead.",
+    )
+    every: int = _f(
+        1,
+        help="Steps between the lines of key metrics (step, reward, accuracy, loss, KL, length, time) printed "
+        "when there is no progress bar and written to <output_dir>/train.log (plain lines, no carriage "
+        "returns); the last step is always included.",
+        check=(lambda v: v >= 1, ">= 1"),
+    )
     log_completions: int = _f(
-        0, help="Every step, write this many sample completions to completions.jsonl (0 = none)."
+        0,
+        help="Every step, write this many sample completions to completions.jsonl and to TensorBoard as a text "
+        "table (tag 'completions') (0 = none).",
     )
     diagnostics: bool = _f(
         True,
@@ -413,6 +501,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if _is_dataclass_type(tp):
         if isinstance(tp, type) and isinstance(value, tp):
             return value
+        if tp is RewardSpec and isinstance(value, str):  # data.rewards=[math, format]: names with weight 1
+            value = {"name": value}
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return _build(tp, value, key)
@@ -787,6 +877,15 @@ def validate(cfg: TrainConfig) -> None:
         mb % a.grad_accum_steps == 0,
         f"the mini-batch ({mb} responses) must be divisible by algorithm.grad_accum_steps ({a.grad_accum_steps})",
     )
+    if cfg.model.lora.rank > 0:
+        from spro.algorithms import registry
+
+        need(registry.get_algorithm(a.name).name != "prime",
+             "model.lora.rank > 0 is not supported with algorithm.name=prime: PRIME's implicit PRM is a full "
+             "trainable copy of the reference model, so LoRA would save no memory; set model.lora.rank=0")
+    if cfg.model.precision == "bf16":
+        need(cfg.model.dtype == "float32", f"model.precision=bf16 keeps float32 master weights; model.dtype must be "
+             f"float32, got {cfg.model.dtype}")
     if not cfg.model.use_reference:
         from spro.algorithms import registry
 

@@ -62,7 +62,7 @@ def test_compare_runs_reports_and_resumes(tmp_path, capsys):
     assert "Paper claims" in report and "| grpo | 2 |" in report
     # the setup table states the aggregation every arm ran with (one for all: --loss-agg)
     assert "| grpo | grpo | token-mean |" in report and "| spro | spro | token-mean |" in report
-    assert (out / "grpo" / "seed0" / "train.log").is_file()  # parallel runs write their output there
+    assert (out / "grpo" / "seed0" / "output.log").is_file()  # parallel runs write their output there
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["algos"]) == {"grpo", "spro"}
     # running the same command again trains nothing

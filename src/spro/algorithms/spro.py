@@ -106,7 +106,10 @@ class SPRO(Algorithm):
         if self.options.ref_refresh_every:
             import copy
 
-            self.process_ref = copy.deepcopy(ctx.reference).requires_grad_(False).eval()
+            from spro.models.passes import match_grad_flags
+
+            self.process_ref = copy.deepcopy(ctx.reference).eval()
+            match_grad_flags(self.process_ref, ctx.policy)  # as the trainer's reference (models/passes.py)
             self.policy, self.logprobs = ctx.policy, ctx.logprobs
 
     def prepare(self, batch, x: AdvantageInputs) -> AdvantageInputs:

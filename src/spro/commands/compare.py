@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-only", action="store_true", help="Do not train; aggregate the runs in --out.")
     parser.add_argument("--jobs", type=int, default=None,
                         help="Runs at once, each in its own process with one torch thread (default: one per CPU "
-                        "core; with more than one, each run's output goes to <run>/train.log).")
+                        "core; with more than one, each run's output goes to <run>/output.log).")
     parser.add_argument("--loss-agg", default=None, metavar="MODE",
                         help="Run every arm with this policy-loss aggregation (algorithm.loss_agg); by default each "
                         "algorithm uses its own (PRIME: token-mean, Dr. GRPO: seq-mean-token-sum-norm, the others: "

@@ -1,6 +1,7 @@
 """`spro eval`: evaluate a causal LM on a built-in task or a prompt dataset.
 
     spro eval --model DIR --task arithmetic [--split test] [--n N] [--k K]
+    spro eval --model RUN_DIR ...       (a `spro train` run folder: its latest checkpoint)
     spro eval --model DIR --data FILE [--schema auto] [--reward NAME] [--k K]
 
 Greedy pass@1, sampled mean@k and pass@k (``--k``, ``--temperature``, ``--top-p``), mean
@@ -18,19 +19,23 @@ HELP = "Evaluate a model: greedy pass@1, sampled mean@k, length."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="HF folder of a causal LM, or warmstart:weak / warmstart:strong (built and cached if needed).")
+                        help="HF folder of a causal LM, a run folder of `spro train` (its latest checkpoint), a "
+                        "checkpoint folder (LoRA adapters are loaded onto their base model), or warmstart:weak / "
+                        "warmstart:strong (built and cached if needed).")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--task", default=None, help="Built-in task (e.g. arithmetic). Default when --data is not given.")
-    src.add_argument("--data", default=None, help="Prompt dataset: a local jsonl/json/parquet/csv file or saved dataset folder.")
+    src.add_argument("--data", default=None, help="Prompt dataset: a local jsonl/json/parquet/csv file or saved dataset "
+                     "folder, or reasoning_gym:NAME (the held-out questions of a training run with the default "
+                     "data.reasoning_gym seed and size; --task-knob sets the task's config keys).")
     parser.add_argument("--task-knob", action="append", default=[], metavar="KEY=VALUE",
-                        help="Task knob (JSON value), e.g. num_operands=[3,5]. Repeatable.")
+                        help="Task knob (JSON value), e.g. num_operands=[3,5], or a reasoning-gym config key. Repeatable.")
     parser.add_argument("--split", default="test", help="Split to evaluate (default: test).")
     parser.add_argument("--schema", default="auto", help="--data schema for spro.data.load_prompt_dataset (default: auto).")
     parser.add_argument("--reward", default=None,
                         help="Reward name or module:function (a module in the working directory or on the Python "
                         "path). Default: the one spro train would use (spro.data.default_reward): the task's "
                         "verifier; for --data the reward its schema implies (gsm8k, math: math; eurus: eurus; "
-                        "plain: none, give --reward).")
+                        "reasoning_gym:NAME: reasoning_gym; plain: none, give --reward).")
     parser.add_argument("--n", type=int, default=None, help="Evaluate only the first N prompts.")
     parser.add_argument("--k", type=int, default=0, help="Samples per prompt for mean@k / pass@k (0: greedy only).")
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for --k (default 1.0).")
@@ -43,11 +48,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve_model(spec: str):
+    """The model folder ``--model`` names: a run folder becomes its latest checkpoint."""
     from pathlib import Path
 
+    from spro.trainer.checkpoint import CheckpointError, find_checkpoint
     from spro.trainer.warmstart import resolve_model
 
-    return Path(resolve_model(spec))
+    path = Path(resolve_model(spec))
+    if path.is_dir() and not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
+        try:
+            return find_checkpoint(path)
+        except CheckpointError:
+            raise ValueError(f"--model {spec}: neither a model folder (no config.json or adapter_config.json) nor a "
+                             f"run folder with checkpoints") from None
+    return path
+
+
+def _reasoning_gym_split(args: argparse.Namespace):
+    """--data reasoning_gym:NAME: the held-out questions of a run with the default data.reasoning_gym seed and
+    size (--split train: its training questions); --task-knob sets the task's config keys."""
+    from spro.commands.sft import parse_knobs
+    from spro.config import DataConfig, ReasoningGymConfig
+    from spro.data.reasoning_gym import load_reasoning_gym
+
+    knobs = {k: list(v) if isinstance(v, tuple) else v for k, v in parse_knobs(args.task_knob).items()}
+    data = DataConfig(task=None, source=args.data, eval_size=args.n or 200, reasoning_gym=ReasoningGymConfig(config=knobs))
+    train, held_out = load_reasoning_gym(data, with_eval=args.split != "train")
+    return train if args.split == "train" else held_out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from spro.experiments.evaluation import evaluate
-    from spro.models.loading import load_model_and_tokenizer
+    from spro.models.loading import load_model
 
     console = Console(stderr=True)
     try:
@@ -70,8 +97,12 @@ def run(args: argparse.Namespace) -> int:
         step_checker = None
         if args.data is not None:
             from spro.data import load_prompt_dataset
+            from spro.data.reasoning_gym import is_reasoning_gym
 
-            dataset = load_prompt_dataset(args.data, schema=args.schema, split=args.split)
+            if is_reasoning_gym(args.data):
+                dataset = _reasoning_gym_split(args)
+            else:
+                dataset = load_prompt_dataset(args.data, schema=args.schema, split=args.split)
             if args.n is not None:
                 dataset = dataset.select(range(min(args.n, len(dataset))))
             reward = args.reward or default_reward(source=args.data, dataset=dataset, how="--reward NAME")
@@ -92,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             max_new = args.max_new_tokens or 96
         reward_fn = get_reward(reward)
         model_dir = _resolve_model(args.model)
-        model, tokenizer = load_model_and_tokenizer(model_dir)
+        model, tokenizer = load_model(str(model_dir))  # LoRA adapters merged into their base
         result = evaluate(
             model, tokenizer, dataset, reward_fn, k=args.k, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=max_new, batch_size=args.batch_size, seed=args.seed, step_checker=step_checker,

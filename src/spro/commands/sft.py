@@ -1,4 +1,8 @@
-"""`spro sft`: supervised warm start of a causal LM on a task's reference solutions."""
+"""`spro sft`: supervised warm start of a causal LM on reference solutions, of a built-in task or a dataset.
+
+    spro sft --output models/weak --preset weak                      # the built-in arithmetic task
+    spro sft --data train.jsonl --model models/base --output models/sft [--schema gsm8k] [--eval-data dev.jsonl]
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,37 @@ import argparse
 import dataclasses
 import json
 
-HELP = "Supervised warm start of a causal LM on a task's solutions."
+HELP = "Supervised warm start of a causal LM on a task's or a dataset's solutions."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from spro.trainer.sft import PRESETS
+
     parser.add_argument("--output", "-o", required=True, help="Folder to save the fine-tuned model + tokenizer (HF format).")
-    parser.add_argument("--preset", choices=["weak", "strong"], default="weak",
-                        help="Start from this preset's settings (default: weak); flags below override it.")
+    parser.add_argument("--preset", choices=sorted(PRESETS) + ["finetune"], default=None,
+                        help="Start from this preset's settings; flags below override it. Default: finetune (lr 1e-5, "
+                        "batch 8, 100 steps, 256 new tokens) with --data and --model, weak (a tiny model's settings) "
+                        "otherwise.")
     parser.add_argument("--model", default=None,
-                        help="HF folder of a causal LM to fine-tune (default: a fresh tiny Llama with a character tokenizer).")
-    parser.add_argument("--task", default=None, help="Task name (default: arithmetic).")
+                        help="HF folder (or .gguf file) of a causal LM to fine-tune (default: a fresh tiny Llama with a "
+                        "character tokenizer).")
+    parser.add_argument("--task", default=None, help="Task name (default: arithmetic; not with --data).")
+    data = parser.add_argument_group("a dataset instead of the built-in task")
+    data.add_argument("--data", default=None,
+                      help="Dataset with solutions: a jsonl/json/parquet/csv file or saved dataset folder "
+                      "(spro.data.load_prompt_dataset).")
+    data.add_argument("--schema", default="auto",
+                      help="Its schema: auto, gsm8k, math, eurus, plain (default: auto).")
+    data.add_argument("--column-map", action="append", default=[], metavar="OURS=THEIRS",
+                      help="Rename a column first, e.g. prompt=instruction, answer=gold, solution=response. Repeatable.")
+    data.add_argument("--solution-column", default="solution",
+                      help="Column with the target text (default: solution; GSM8K's gets its '#### answer' line back).")
+    data.add_argument("--prompt-template", default=None, help="Format string for each prompt, e.g. '{prompt}\\nAnswer:'.")
+    data.add_argument("--eval-data", default=None,
+                      help="Held-out dataset for the accuracy (default: min(--eval-n, 10%%) of --data's rows, seeded).")
+    data.add_argument("--reward", default=None,
+                      help="Reward of the held-out accuracy (default: math; code for rows with tests; eurus for Eurus data).")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="Generation budget of the held-out accuracy.")
     parser.add_argument("--task-knob", action="append", default=[], metavar="KEY=VALUE",
                         help="Task knob, value parsed as JSON when possible, e.g. num_operands=[3,5] or value_range=[0,9]. Repeatable.")
     parser.add_argument("--steps", type=int, default=None, help="Optimizer steps.")
@@ -50,15 +75,24 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.console import Console
 
-    from spro.trainer.sft import get_preset, sft
+    from spro.trainer.sft import FINETUNE, get_preset, sft
 
     console = Console(stderr=True)
     try:
-        cfg = get_preset(args.preset)
+        if args.data and args.task:
+            raise ValueError("give --data or --task, not both")
+        preset = args.preset or ("finetune" if args.data and args.model else "weak")
+        cfg = dataclasses.replace(FINETUNE) if preset == "finetune" else get_preset(preset)
+        bad = [item for item in args.column_map if "=" not in item]
+        if bad:
+            raise ValueError(f"--column-map {bad[0]!r}: expected OURS=THEIRS, e.g. solution=response")
+        column_map = dict(item.split("=", 1) for item in args.column_map) or None
         overrides = {
             "model": args.model, "task": args.task, "steps": args.steps, "batch_size": args.batch_size,
             "lr": args.lr, "eval_every": args.eval_every, "eval_n": args.eval_n, "seed": args.seed,
-            "threads": args.threads,
+            "threads": args.threads, "data": args.data, "schema": args.schema, "column_map": column_map,
+            "solution_column": args.solution_column, "prompt_template": args.prompt_template,
+            "eval_data": args.eval_data, "reward": args.reward, "max_new_tokens": args.max_new_tokens,
         }
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         if args.task_knob:
@@ -69,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     last = result.validation[-1] if result.validation else {}
     console.print(
-        f"saved {result.path}  ({result.num_parameters:,} params, {result.seconds:.1f}s, "
-        f"final loss {result.losses[-1]:.4f}, validation accuracy {last.get('accuracy', float('nan')):.3f})"
+        f"saved {result.path}  (preset {preset}, {result.num_parameters:,} params, {result.seconds:.1f}s, "
+        f"final loss {result.losses[-1]:.4f}, held-out accuracy {last.get('accuracy', float('nan')):.3f} "
+        f"on {last.get('n', 0)} rows)"
     )
     return 0

@@ -89,6 +89,10 @@ def load_datasets(cfg: Any) -> tuple[Any, Any]:
             raise ConfigError(f"data.eval_split={split} is the training split (data.split); evaluate on another one")
         t = get_task(task, **d.task_kwargs)
         return t.split(d.split, n=d.train_size), (t.split(split, n=d.eval_size or None) if evaluate else None)
+    from spro.data.reasoning_gym import is_reasoning_gym, load_reasoning_gym
+
+    if is_reasoning_gym(d.source):  # procedural questions: disjoint train and eval sets (spro.data.reasoning_gym)
+        return load_reasoning_gym(d, with_eval=evaluate)
     from spro.data import load_prompt_dataset
 
     kw = dict(schema=d.schema, prompt_template=d.prompt_template)

@@ -119,7 +119,7 @@ def run_grid(
     Returns ``{label: [run folder per seed]}``. The base config is validated for every run before
     any training starts, so a typo in an override fails at once rather than after hours. ``jobs``
     runs go at once, each in its own process with ``threads`` torch threads (OMP_NUM_THREADS);
-    with more than one job each run's output goes to ``<run>/train.log``. A failed run does not stop
+    with more than one job each run's output goes to ``<run>/output.log``. A failed run does not stop
     the others; the failures are raised together at the end.
     """
     from spro.trainer.rundir import RunLock, holds_run, move_run_aside
@@ -160,7 +160,7 @@ def run_grid(
             log(f"{head}: " + (f"resuming from step {step}" if status == "partial" else f"training {cfg.total_steps} steps")
                 + f" -> {run_dir}")
             cmd = _train_command(cfg, run_dir, resume=status == "partial")
-            out = open(run_dir / "train.log", "a") if jobs > 1 else None
+            out = open(run_dir / "output.log", "a") if jobs > 1 else None
             running.append((head, run_dir, subprocess.Popen(cmd, env=env, stdout=out, stderr=out), time.time(), out))
         time.sleep(0.2)
         for item in [r for r in running if r[2].poll() is not None]:
@@ -171,7 +171,7 @@ def run_grid(
             if proc.returncode == 0:
                 log(f"{head}: finished in {time.time() - t0:.0f} s")
             else:
-                where = f"; see {run_dir / 'train.log'}" if out is not None else ""
+                where = f"; see {run_dir / 'output.log'}" if out is not None else ""
                 log(f"{head}: FAILED (exit status {proc.returncode}){where}")
                 failures.append(f"{run_dir} (exit status {proc.returncode}){where}")
     root.mkdir(parents=True, exist_ok=True)

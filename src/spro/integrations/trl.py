@@ -184,6 +184,7 @@ class SPROTrainer(GRPOTrainer):
         # A frozen copy of the starting policy, taken before TRL patches the model's forward (its fused LM
         # head) and before accelerate wraps it. Only needed when TRL builds no reference itself.
         ref_copy = None
+        # (a model path is never a peft model; accelerate's is_peft_model fails on a string once peft is installed)
         needs_own_ref = args.beta == 0.0 and peft_config is None and (isinstance(model, str) or not is_peft_model(model))
         if needs_own_ref and not isinstance(model, str):
             if is_deepspeed_zero3_enabled():

@@ -39,7 +39,6 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-import dataclasses
 from dataclasses import fields
 from typing import Any
 

@@ -121,8 +121,15 @@ def save_model_and_tokenizer(
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
-def load_model(name: str, *, dtype: str = "float32", tiny_seed: int = 0, tokenizer: str | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for a ModelConfig.name_or_path (see its help)."""
+def load_model(name: str, *, dtype: str = "float32", tiny_seed: int = 0, tokenizer: str | None = None,
+               gguf_file: str | None = None, adapters: str = "merge") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for a ModelConfig.name_or_path (see its help).
+
+    ``name`` may also be a ``.gguf`` file or a folder with ``gguf_file`` in it (GGUF checkpoints,
+    dequantised by transformers; needs the ``gguf`` package), or a folder of LoRA adapters (a
+    checkpoint of a ``model.lora.rank > 0`` run): its base model is loaded with the adapters merged
+    in (``adapters="merge"``) or kept trainable (``adapters="train"``, for resuming).
+    """
     torch_dtype = _DTYPES[dtype]
     if name == "tiny":
         from spro.models.tiny import build_char_tokenizer, build_tiny_model
@@ -136,8 +143,21 @@ def load_model(name: str, *, dtype: str = "float32", tiny_seed: int = 0, tokeniz
             raise ValueError(f"model.name_or_path={name!r} names a cached warm start: pass the folder "
                              f"spro.trainer.warmstart.resolve_model({name!r}) returns")
         path = Path(name)
-        if path.exists():
+        if name.endswith(".gguf") and gguf_file is None:
+            path, gguf_file = path.parent, path.name
+        from spro.models.lora import is_adapter_folder, load_adapter_folder
+
+        if gguf_file is not None:
+            model, tok = _load_gguf(path, gguf_file, torch_dtype)
+        elif path.is_dir() and is_adapter_folder(path):
+            seed = _run_config_tiny_seed(path, tiny_seed)
+            model = load_adapter_folder(path, load_base=lambda base: load_model(base, dtype=dtype, tiny_seed=seed)[0],
+                                        trainable=adapters == "train")
+            tok = load_tokenizer(path)
+        elif path.exists():
             model, tok = load_model_and_tokenizer(path, dtype=torch_dtype)
+        elif path.is_absolute() or name.startswith((".", "~")):  # a path, not a hub id
+            raise ModelLoadError(f"{path}: model folder does not exist")
         else:  # a hub id (only when online)
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,3 +171,49 @@ def load_model(name: str, *, dtype: str = "float32", tiny_seed: int = 0, tokeniz
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
     return model, tok
+
+
+def _load_gguf(folder: Path, gguf_file: str, torch_dtype: Any) -> tuple[Any, Any]:
+    """A GGUF checkpoint through transformers (``from_pretrained(folder, gguf_file=...)``), dequantised
+    to ``torch_dtype`` weights; the tokenizer comes from the same file."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    file = Path(gguf_file) if Path(gguf_file).is_absolute() else folder / gguf_file
+    if not file.is_file():
+        raise ModelLoadError(f"{file}: GGUF file not found (model.gguf_file={gguf_file!r} in {folder})")
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"{file}: loading a GGUF file needs the gguf package: pip install 'spro[gguf]'")
+    from transformers import GgufConfig
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+        model = AutoModelForCausalLM.from_pretrained(  # dense weights: the policy trains and saves like any model
+            str(file.parent), gguf_file=file.name, dtype=torch.float32 if torch_dtype == "auto" else torch_dtype,
+            quantization_config=GgufConfig(dequantize=True))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{file}: transformers could not load this GGUF file ({type(exc).__name__}: {exc})") from exc
+    if any(type(m).__module__.startswith("transformers.integrations") for m in model.modules()):
+        raise ModelLoadError(f"{file}: transformers kept GGUF-packed layers; spro trains dense weights only")
+    model.hf_quantizer = None  # the weights are plain tensors now: saving and training need no quantizer
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tok.eos_token_id is None:
+        raise ModelLoadError(f"{file}: the GGUF tokenizer has no eos token")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    gc = model.generation_config
+    gc.pad_token_id = gc.pad_token_id if gc.pad_token_id is not None else tok.pad_token_id
+    gc.eos_token_id = gc.eos_token_id if gc.eos_token_id is not None else tok.eos_token_id
+    return model, tok
+
+
+def _run_config_tiny_seed(folder: Path, default: int) -> int:
+    """``model.tiny_seed`` of the run config saved next to LoRA adapters (a checkpoint), else ``default``."""
+    import yaml
+
+    cfg = folder / "run_config.yaml"
+    if cfg.is_file():
+        return int(((yaml.safe_load(cfg.read_text()) or {}).get("model") or {}).get("tiny_seed", default))
+    return default

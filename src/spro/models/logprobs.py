@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from spro.rollout import RolloutBatch, _cache_kw
+from spro.rollout.batch import RolloutBatch
+from spro.rollout.hf import _cache_kw
 
 __all__ = ["sequence_logps", "logps_no_grad", "entropy_from_logits"]
 

@@ -71,6 +71,7 @@ _LAZY: dict[str, str] = {
     "code": "spro.rewards.code:code_reward",
     "format": "spro.rewards.format:format_reward",
     "eurus": "spro.rewards.code:eurus_reward",
+    "reasoning_gym": "spro.data.reasoning_gym:reasoning_gym_reward",
 }
 
 _STATS_LOCK = threading.Lock()

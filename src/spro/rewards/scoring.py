@@ -63,12 +63,13 @@ class RewardFn:
 @dataclass
 class Scores:
     """rewards ``[B]`` float (weighted sum), correct ``[B]`` bool, scored ``[B]`` bool (some function
-    gave a value), and counters (``reward/errors``, ``reward/none_frac``, ...)."""
+    gave a value), and counters (``reward/errors``, ``reward/none_frac``, ...) and each function's
+    ``reward/<name>/mean`` and ``reward/<name>/std`` (None when it scored nothing)."""
 
     rewards: torch.Tensor
     correct: torch.Tensor
     scored: torch.Tensor
-    stats: dict[str, float]
+    stats: dict[str, float | None]
 
 
 def resolve_reward(name: str, overrides: dict[str, Callable] | None = None) -> Callable[..., Any]:
@@ -142,10 +143,12 @@ class Scorer:
         correct = torch.zeros(B, dtype=torch.bool)
         scored = torch.zeros(B, dtype=torch.bool)
         errors = nones = timeouts = 0
+        per_function: dict[str, float | None] = {}
         for k, rf in enumerate(self.rewards):
             values, n_err, n_timeout, message = self._call(rf, prompts, completions, columns)
             self._report(rf, B, n_err, n_timeout, message)
             errors, timeouts = errors + n_err, timeouts + n_timeout
+            per_function.update(_mean_std(rf.name, values))
             for i, v in enumerate(values):
                 if v is None:
                     nones += 1
@@ -159,6 +162,7 @@ class Scorer:
         stats = {"reward/errors": float(errors), "reward/timeouts": float(timeouts),
                  "reward/none_frac": nones / max(B * len(self.rewards), 1)}
         stats.update({f"reward/{k}": float(v) for k, v in pop_reward_stats().items()})
+        stats.update(per_function)
         return Scores(total.float(), correct, scored, stats)
 
     def _call(self, rf: RewardFn, prompts: list, completions: list[str], columns: dict
@@ -239,3 +243,11 @@ class Scorer:
             f"({errors} raised, {timeouts} timed out); {again}{h.errors} raised and {h.timeouts} timed out of {h.rows} "
             f"responses so far. These responses count as None (metrics reward/errors, reward/timeouts). First error: "
             f"{h.first_error}", RewardWarning, stacklevel=3)
+
+
+def _mean_std(name: str, values: list[float | None]) -> dict[str, float | None]:
+    """``reward/<name>/mean`` and ``/std`` (sample std, as ``reward/std``) of one function's values that
+    are not None (both None when it scored no response), TRL's per-function metrics."""
+    vals = torch.tensor([v for v in values if v is not None], dtype=torch.float64)
+    return {f"reward/{name}/mean": float(vals.mean()) if len(vals) else None,
+            f"reward/{name}/std": (float(vals.std()) if len(vals) > 1 else 0.0) if len(vals) else None}

@@ -10,7 +10,7 @@ can implement the same protocol (and ``sync_weights`` to receive the trained wei
 
 from spro.rollout.batch import RolloutBatch, completion_mask_from_ids
 from spro.rollout.generate import generate_completions
-from spro.rollout.hf import HFGenerateBackend, RolloutBackend, _cache_kw, make_backend
+from spro.rollout.hf import HFGenerateBackend, RolloutBackend, make_backend
 
 __all__ = ["RolloutBatch", "RolloutBackend", "HFGenerateBackend", "completion_mask_from_ids", "generate_completions",
            "make_backend"]

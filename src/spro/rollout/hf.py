@@ -115,7 +115,10 @@ def _cache_kw(model: Any) -> str:
     """Name of the KV-cache argument of ``model.forward`` ('cache' in newer transformers)."""
     import inspect
 
-    params = inspect.signature(getattr(model, "module", model).forward).parameters
+    model = getattr(model, "module", model)  # DDP
+    if hasattr(model, "get_base_model"):  # a peft model: its forward passes the cache on by keyword
+        model = model.get_base_model()
+    params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

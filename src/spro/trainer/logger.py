@@ -1,4 +1,4 @@
-"""Where a run's records go: metrics.jsonl, eval.jsonl, completions.jsonl, TensorBoard, W&B."""
+"""Where a run's records go: metrics.jsonl, eval.jsonl, completions.jsonl, train.log, TensorBoard, W&B."""
 
 from __future__ import annotations
 
@@ -8,14 +8,29 @@ import os
 from pathlib import Path
 from typing import Any
 
-from spro.config import ConfigError, TrainConfig, to_dict
+from spro.config import ConfigError, TrainConfig, flatten, to_dict
 from spro.trainer.rundir import read_records
 
-__all__ = ["RunLogger", "clean_float"]
+__all__ = ["RunLogger", "clean_float", "step_line"]
+
+# (metric, label, format) of the line printed every logging.every steps
+_LINE = (("accuracy", "acc", "{:.3f}"), ("loss", "loss", "{:.4f}"), ("kl", "kl", "{:.4f}"),
+         ("length/mean", "len", "{:.1f}"), ("time/step", "s/step", "{:.2f}"))
+
+
+def step_line(record: dict, total_steps: int) -> str:
+    """One plain line of a step's key metrics, e.g. ``step 3/100  reward 0.375±0.484  acc 0.375  loss
+    -0.0012  kl 0.0003  len 12.4  s/step 3.21`` (metrics that are None are left out)."""
+    parts = [f"step {record['step']}/{total_steps}"]
+    if record.get("reward/mean") is not None:
+        std = record.get("reward/std")
+        parts.append(f"reward {record['reward/mean']:.3f}" + (f"±{std:.3f}" if std is not None else ""))
+    parts += [f"{label} {fmt.format(record[k])}" for k, label, fmt in _LINE if record.get(k) is not None]
+    return "  ".join(parts)
 
 
 class RunLogger:
-    """metrics.jsonl / eval.jsonl always; TensorBoard and W&B when configured; main process only.
+    """metrics.jsonl / eval.jsonl / train.log always; TensorBoard and W&B when configured; main process only.
 
     Records are appended; nothing is deleted on a fresh start (the trainer never starts one over a run:
     ``spro.trainer.rundir``). On resume from the checkpoint of ``resume_step``, the records the interrupted
@@ -28,6 +43,7 @@ class RunLogger:
         self.out = out
         self.tb = None
         self.wandb = None
+        self.every, self.total_steps = cfg.logging.every, cfg.total_steps
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
@@ -40,10 +56,16 @@ class RunLogger:
         self.metrics_f = open(out / "metrics.jsonl", "a")
         self.eval_f = open(out / "eval.jsonl", "a")
         self.comp_f = open(out / "completions.jsonl", "a") if cfg.logging.log_completions else None
+        if resume_step is None:
+            (out / "train.log").unlink(missing_ok=True)
+        self.log_f = open(out / "train.log", "a")
+        if resume_step is not None:
+            self.log_f.write(f"resumed after step {resume_step}\n")
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tensorboard"))
+            self._write_hparams(cfg)
         if cfg.logging.wandb:
             try:
                 import wandb
@@ -79,11 +101,44 @@ class RunLogger:
             for p, c, r in zip(prompts, completions, rewards):
                 self.comp_f.write(json.dumps({"step": step, "prompt": p, "completion": c, "reward": r}) + "\n")
             self.comp_f.flush()
+            if self.tb is not None and prompts:
+                def cell(text: Any) -> str:
+                    return str(text).replace("|", "\\|").replace("\n", "<br>")
+
+                rows = "".join(f"| {cell(p)} | {cell(c)} | {r} |\n" for p, c, r in zip(prompts, completions, rewards))
+                self.tb.add_text("completions", "| prompt | completion | reward |\n|---|---|---|\n" + rows, step)
+
+    def print_step(self, record: dict, *, echo: bool) -> None:
+        """Every ``logging.every`` steps (and at the last): the step's line to train.log, and printed if ``echo``."""
+        if self.enabled and (record["step"] % self.every == 0 or record["step"] == self.total_steps):
+            self._line(step_line(record, self.total_steps), echo)
+
+    def print_eval(self, record: dict, *, echo: bool) -> None:
+        self._line(f"step {record['step']}: eval accuracy {record['eval/accuracy']:.3f} (n={record['eval/n']})", echo)
+
+    def _line(self, text: str, echo: bool) -> None:
+        if not self.enabled:
+            return
+        self.log_f.write(text + "\n")
+        self.log_f.flush()
+        if echo:
+            print(text, flush=True)
+
+    def _write_hparams(self, cfg: TrainConfig) -> None:
+        """The run config as TensorBoard hparams (dotted keys; lists and mappings as text), with the reward,
+        accuracy and eval accuracy as its metrics."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+                  for k, v in flatten(to_dict(cfg)).items()}
+        writer = self.tb._get_file_writer()
+        for summary in hparams(values, {"reward/mean": 0.0, "accuracy": 0.0, "eval/accuracy": 0.0}):
+            writer.add_summary(summary)
 
     def close(self) -> None:
         if not self.enabled:
             return
-        for f in (self.metrics_f, self.eval_f, self.comp_f):
+        for f in (self.metrics_f, self.eval_f, self.comp_f, self.log_f):
             if f is not None:
                 f.close()
         if self.tb is not None:

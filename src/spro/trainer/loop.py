@@ -8,7 +8,7 @@ One training step (:meth:`Trainer.train_step`):
 2. score      the reward functions (``spro.rewards.scoring.Scorer``);
 3. log-probs  one no-grad pass of the frozen reference (when the algorithm or the KL term needs
               it) and one of the sampling policy (pi_old, with the entropy), both in eval mode
-              (``spro.trainer.passes``); both are reused by the advantage, the PPO ratio, the KL
+              (``spro.models.passes``); both are reused by the advantage, the PPO ratio, the KL
               term and the metrics. With one optimizer step per batch and no dropout the training
               forward pass itself gives pi_old (``fused``);
 4. advantages the algorithm's hooks (``select`` the responses that train, ``prepare`` its own
@@ -21,7 +21,6 @@ One training step (:meth:`Trainer.train_step`):
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import sys
 import time
@@ -36,15 +35,15 @@ from spro.algorithms.losses import agg_normaliser, policy_loss
 from spro.algorithms.registry import AdvantageInputs, TrainerContext, resolve_algorithm
 from spro.config import ConfigError, TrainConfig, save_yaml, to_dict
 from spro.data.loader import load_task, prompt_order, training_data
-from spro.models.loading import load_model
 from spro.models.logprobs import logps_no_grad, sequence_logps
+from spro.models.passes import eval_mode, has_dropout
+from spro.models.policy import load_policy, load_reference
 from spro.rewards.scoring import RewardFunctionError, Scorer
 from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer.diagnostics import ProcessDiagnostics
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, PRIME_METRIC_KEYS, step_metrics
-from spro.trainer.passes import eval_mode, has_dropout, match_grad_flags
 from spro.trainer.rundir import check_run_folder, config_for_resume, on_main, open_run_folder
 from spro.trainer.warmstart import resolve_model
 
@@ -113,20 +112,16 @@ class Trainer:
                           and self.algorithm.max_rounds == 1)
         self.loss_agg = a.loss_agg or self.algorithm.loss_agg
 
-        # models (the reference is the starting policy, also when resuming)
-        policy_src = str(self.resume_ckpt) if self.resume_ckpt else resolve_model(m.name_or_path)
-        self.model, self.tok = load_model(policy_src, dtype=m.dtype, tiny_seed=m.tiny_seed, tokenizer=m.tokenizer)
+        # models (the reference is the starting policy, also when resuming; with LoRA, the policy with its
+        # adapters disabled); precision, gradient checkpointing and adapters: spro.models.policy
+        resumed = self.resume_ckpt is not None
+        policy_src = str(self.resume_ckpt) if resumed else resolve_model(m.name_or_path)
+        device_type = self.acc.device.type
+        self.model, self.tok = load_policy(m, policy_src, device_type=device_type, resumed=resumed)
         self.ref = None
         if self.algorithm.needs_reference or m.use_reference or a.kl_coef > 0:
-            if m.ref_model is None and self.resume_ckpt is None:
-                self.ref = copy.deepcopy(self.model)
-            else:
-                self.ref, _ = load_model(resolve_model(m.ref_model or m.name_or_path), dtype=m.dtype,
-                                         tiny_seed=m.tiny_seed)
-            match_grad_flags(self.ref, self.model)  # (the same kernels as the policy's passes: see passes.py)
-            self.ref.eval().to(self.acc.device)
-        if m.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            self.ref = load_reference(m, self.model, device_type=device_type, resumed=resumed,
+                                      resolve=resolve_model).to(self.acc.device)
         # prompt-prefix sharing needs a KV cache in the training forward (not with checkpointing)
         self.share_group = self.G if (m.share_prompt_prefix and not m.gradient_checkpointing) else None
         self.model.to(self.acc.device).train()
@@ -407,18 +402,21 @@ class Trainer:
 
     def train(self) -> Path:
         cfg = self.cfg
-        bar = None
-        if self.is_main and cfg.logging.progress_bar:
+        bar = None  # a progress bar only on a terminal: a redirected log gets plain lines (logging.every)
+        if self.is_main and cfg.logging.progress_bar and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.total_steps, initial=self.step, desc=f"{cfg.algorithm.name}", dynamic_ncols=True)
         do_eval = self.eval_ds is not None and cfg.eval_every >= 0
         try:
             if do_eval and cfg.eval_at_start and self.step == 0:
-                self.logger.log_eval(self.evaluate())
+                ev = self.evaluate()
+                self.logger.log_eval(ev)
+                self.logger.print_eval(ev, echo=bar is None)
             while self.step < cfg.total_steps:
                 metrics = self.train_step()
                 self.logger.log_metrics({k: (clean_float(v) if isinstance(v, float) else v) for k, v in metrics.items()})
+                self.logger.print_step(metrics, echo=bar is None)
                 if bar is not None:
                     bar.update(1)
                     loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
@@ -428,6 +426,7 @@ class Trainer:
                 if do_eval and (last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0)):
                     ev = self.evaluate()
                     self.logger.log_eval(ev)
+                    self.logger.print_eval(ev, echo=bar is None)
                     if bar is not None:
                         bar.write(f"step {self.step}: eval accuracy {ev['eval/accuracy']:.3f} (n={ev['eval/n']})")
                 if last or (cfg.save_every > 0 and self.step % cfg.save_every == 0):

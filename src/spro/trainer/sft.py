@@ -1,12 +1,20 @@
-"""Supervised warm start: fine-tune a causal LM on a task's reference solutions.
+"""Supervised warm start: fine-tune a causal LM on reference solutions, of a built-in task or of any dataset.
 
-Each example is ``render_prompt(prompt)`` followed by ``solution + eos``; the loss is the mean
-token cross-entropy over the completion tokens only (prompt and padding are masked with -100).
-AdamW with linear warm-up and cosine decay, gradient clipping, random mini-batches (seeded),
-a progress bar, periodic greedy validation accuracy, and an atomic HF-format save at the end.
+Examples come from :func:`sft_data`: a built-in task's ``solution`` column (``task``), or a dataset
+file / folder (``data``, loaded by :func:`spro.data.load_prompt_dataset` with ``schema``,
+``column_map`` and ``prompt_template``) with a solution column (``solution_column``, default the
+schemas' ``solution``; GSM8K's worked solution gets its ``#### answer`` line back so that the math
+reward finds the answer). Both go through the same loop: each example is ``render_prompt(prompt)``
+(chat prompts through the tokenizer's chat template) followed by ``solution + eos``; the loss is
+the mean token cross-entropy over the completion tokens only (prompt and padding are masked with
+-100). AdamW with linear warm-up and cosine decay, gradient clipping, random mini-batches
+(seeded), a progress bar, periodic greedy held-out accuracy scored with the task's / dataset's
+reward (``reward``, default :func:`spro.data.datasets.default_reward`), and an atomic HF-format
+save at the end.
 
 Presets (see :data:`PRESETS`): ``weak`` - a tiny model trained briefly, greedy test accuracy
 in the 20-50% range, the starting policy for RL; ``strong`` - trained longer, a competent model.
+:data:`FINETUNE` - settings for a pretrained model on a dataset (``spro sft --data F --model D``).
 """
 
 from __future__ import annotations
@@ -49,6 +57,18 @@ class SFTConfig:
     train_size: int | None = field(default=None, metadata={"help": "Training problems (None: task default)."})
     seed: int = field(default=0, metadata={"help": "Seed of model init and batch order."})
     threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (None: leave as is)."})
+    data: str | None = field(default=None, metadata={
+        "help": "Dataset with solutions (a jsonl/json/parquet/csv file or saved dataset folder); None: the task."})
+    schema: str = field(default="auto", metadata={"help": "Schema of data (spro.data.load_prompt_dataset)."})
+    column_map: dict[str, str] | None = field(default=None, metadata={
+        "help": "Rename data's columns first ({'prompt': 'instruction', 'answer': 'gold', 'solution': 'response'})."})
+    prompt_template: str | None = field(default=None, metadata={"help": "Format string applied to each prompt."})
+    solution_column: str = field(default="solution", metadata={"help": "Column of data with the target text."})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "Held-out dataset for the accuracy (same schema); None: min(eval_n, 10%) of data's rows, seeded."})
+    reward: str | None = field(default=None, metadata={
+        "help": "Reward of the held-out accuracy for data (a name or module:function); None: the dataset's "
+        "default (math; code for rows with tests; eurus for Eurus data)."})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_n", "max_new_tokens"):
@@ -61,6 +81,8 @@ class SFTConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
         if not (self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.eval_data is not None and self.data is None:
+            raise ValueError("eval_data needs data (the built-in task has its own validation split)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +103,14 @@ PRESETS: dict[str, SFTConfig] = {
     "mult-weak": SFTConfig(task="multiplication", steps=1000, batch_size=64, lr=5e-3, warmup_steps=30, eval_every=0,
                            eval_n=200, **_PRESET_MODEL),
 }
+
+
+# The fields for a dataset instead of the built-in task.
+DATASET_FIELDS = ("data", "schema", "column_map", "prompt_template", "solution_column", "eval_data", "reward")
+
+# A pretrained model on a dataset: a small learning rate, small batches, room for worked solutions.
+FINETUNE = SFTConfig(steps=100, batch_size=8, lr=1e-5, weight_decay=0.0, warmup_steps=10, eval_every=0, eval_n=50,
+                     max_new_tokens=256)
 
 
 def get_preset(name: str) -> SFTConfig:
@@ -134,18 +164,71 @@ def completion_loss(model: Any, ids: Any, att: Any, lab: Any):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
 
 
-def validation_accuracy(model: Any, tokenizer: Any, task: Any, n: int, max_new_tokens: int) -> dict[str, Any]:
-    """Greedy accuracy (mean reward) and mean length on the first ``n`` validation problems."""
+@dataclass
+class SFTData:
+    """What :func:`sft` trains and validates on: training rows with their target texts, held-out rows, the reward."""
+
+    train: Any  # datasets.Dataset with a prompt column
+    targets: list[str]
+    validation: Any
+    reward: Any
+    knobs: dict[str, Any] | None = None  # the task's resolved knobs (built-in tasks)
+
+
+def sft_data(config: SFTConfig) -> SFTData:
+    """The examples of ``config``: the built-in task's splits, or ``config.data`` (see the module docstring)."""
+    if config.data is None:
+        from spro.data.tasks import get_task
+
+        task = get_task(config.task, **config.task_knobs)
+        train = task.split("train", n=config.train_size)
+        return SFTData(train, list(train["solution"]), task.split("validation", n=config.eval_n), task.reward,
+                       task.knobs() if hasattr(task, "knobs") else None)
+    from spro.data.datasets import default_reward, get_load_report, load_prompt_dataset
+    from spro.rewards import get_reward
+
+    kw = dict(schema=config.schema, column_map=config.column_map, prompt_template=config.prompt_template)
+    ds = load_prompt_dataset(config.data, **kw)
+    col = config.solution_column
+    if col not in ds.column_names:
+        raise ValueError(f"{config.data}: no {col!r} column to learn from (columns: {', '.join(ds.column_names)}); "
+                         f"name the column with the target text: --solution-column NAME or --column-map {col}=NAME")
+    empty = [i for i, v in enumerate(ds[col]) if v is None or not str(v).strip()]
+    if empty:
+        raise ValueError(f"{config.data}: {len(empty)} row(s) with an empty {col!r} (first: row {empty[0]} of the "
+                         f"loaded rows)")
+    report = get_load_report(ds)
+    if report is not None and report.schema == "gsm8k" and col == "solution":  # the final answer, split off on load
+        ds = ds.map(lambda r: {col: f"{r[col]}\n#### {r['answer']}"})
+    if config.eval_data is not None:
+        validation = load_prompt_dataset(config.eval_data, **kw)
+        validation = validation.select(range(min(config.eval_n, len(validation))))
+    else:
+        if len(ds) < 2:
+            raise ValueError(f"{config.data}: {len(ds)} row(s); holding rows out for the accuracy needs at least 2 "
+                             "(or give eval_data)")
+        import numpy as np
+
+        n_val = min(config.eval_n, max(1, len(ds) // 10))
+        order = np.random.default_rng(config.seed).permutation(len(ds))
+        validation, ds = ds.select(sorted(order[:n_val])), ds.select(sorted(order[n_val:]))
+    if config.train_size:
+        ds = ds.select(range(min(config.train_size, len(ds))))
+    return SFTData(ds, [str(v) for v in ds[col]], validation, get_reward(config.reward or default_reward(ds)))
+
+
+def validation_accuracy(model: Any, tokenizer: Any, data: Any, reward: Any, max_new_tokens: int) -> dict[str, Any]:
+    """Greedy accuracy (fraction of responses the reward calls correct: value >= 1), mean reward and mean length
+    on the held-out rows ``data``."""
     from spro.rewards.scoring import Scorer
     from spro.rollout import generate_completions
 
-    ds = task.split("validation", n=n)
-    prompts = list(ds["prompt"])
+    prompts = list(data["prompt"])
     texts, lengths, _ = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=100)
-    columns = {c: list(ds[c]) for c in ds.column_names if c != "prompt"}
-    scores = Scorer.of(task.reward)(prompts, [t[0] for t in texts], columns)
-    return {"accuracy": float(scores.rewards.double().mean()), "length_mean": sum(l[0] for l in lengths) / len(prompts),
-            "n": len(prompts)}
+    columns = {c: list(data[c]) for c in data.column_names if c != "prompt"}
+    scores = Scorer.of(reward)(prompts, [t[0] for t in texts], columns)
+    return {"accuracy": float(scores.correct.double().mean()), "reward_mean": float(scores.rewards.double().mean()),
+            "length_mean": sum(l[0] for l in lengths) / len(prompts), "n": len(prompts)}
 
 
 def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progress: bool = True,
@@ -158,13 +241,12 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
     import torch
 
     from spro.models.loading import load_model_and_tokenizer, save_model_and_tokenizer
-    from spro.data.tasks import get_task
     from spro.models.tiny import build_char_tokenizer, build_tiny_model, count_parameters
 
     if config.threads:
         torch.set_num_threads(config.threads)
     t0, c0 = time.time(), time.process_time()
-    task = get_task(config.task, **config.task_knobs)
+    data = sft_data(config)
     if config.model is None:
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(
@@ -173,15 +255,20 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
             seed=config.seed,
         )
     else:
-        model, tokenizer = load_model_and_tokenizer(config.model)
-    train = task.split("train", n=config.train_size)
-    examples = [encode_example(tokenizer, p, s) for p, s in zip(train["prompt"], train["solution"])]
+        if config.model.endswith(".gguf"):
+            from spro.models.loading import load_model
+
+            model, tokenizer = load_model(config.model)
+        else:
+            model, tokenizer = load_model_and_tokenizer(config.model)
+    examples = [encode_example(tokenizer, p, s) for p, s in zip(data.train["prompt"], data.targets)]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit:
         too_long = [i for i, (p, c) in enumerate(examples) if len(p) + len(c) > limit]
         if too_long:
             raise ValueError(
-                f"training example {too_long[0]} is {sum(map(len, examples[too_long[0]]))} tokens, longer than the "
+                f"{config.data or 'task ' + config.task}: training example {too_long[0]} is "
+                f"{sum(map(len, examples[too_long[0]]))} tokens, longer than the "
                 f"model's max_position_embeddings ({limit})"
             )
 
@@ -231,7 +318,7 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
         last = step + 1 == config.steps
         if (config.eval_every and (step + 1) % config.eval_every == 0) or last:
             te = time.time()
-            v = validation_accuracy(model, tokenizer, task, config.eval_n, config.max_new_tokens)
+            v = validation_accuracy(model, tokenizer, data.validation, data.reward, config.max_new_tokens)
             model.train()
             eval_time += time.time() - te
             v["step"] = step + 1
@@ -250,7 +337,7 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
     cpu_seconds = time.process_time() - c0
     path = None
     if output_dir is not None:
-        meta = {**config.to_dict(), "task_knobs_resolved": task.knobs() if hasattr(task, "knobs") else None,
+        meta = {**config.to_dict(), "task_knobs_resolved": data.knobs, "train_rows": len(examples),
                 "seconds": seconds, "cpu_seconds": cpu_seconds,
                 "eval_seconds": eval_time, "torch_threads": torch.get_num_threads(), "validation": validation}
         path = save_model_and_tokenizer(model, tokenizer, output_dir, extra_files={

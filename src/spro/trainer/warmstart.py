@@ -30,13 +30,16 @@ def cache_key(preset: str) -> str:
     import transformers
 
     import spro
-    from spro.trainer.sft import get_preset
     from spro.data.tasks import get_task
+    from spro.trainer.sft import DATASET_FIELDS, SFTConfig, get_preset
 
     cfg = get_preset(preset)
     task = get_task(cfg.task, **cfg.task_knobs)
+    # the fields of dataset SFT count only when set, so that the warm starts built before they existed keep their key
+    defaults = SFTConfig().to_dict()
+    config = {k: v for k, v in cfg.to_dict().items() if k not in DATASET_FIELDS or v != defaults[k]}
     blob = json.dumps(
-        {"preset": preset, "config": cfg.to_dict(), "task": getattr(task, "knobs", lambda: None)(),
+        {"preset": preset, "config": config, "task": getattr(task, "knobs", lambda: None)(),
          "spro": spro.__version__, "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
          "format": 1},
         sort_keys=True, default=str,

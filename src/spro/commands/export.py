@@ -1,0 +1,44 @@
+"""`spro export`: write a plain Hugging Face model folder from any model spro can load.
+
+    spro export --model runs/lora --output models/merged      # LoRA adapters merged into their base
+    spro export --model path/to/model.Q4_1.gguf --output DIR  # a GGUF file dequantised to safetensors
+
+``--model`` takes what ``spro eval --model`` takes: a run folder (its latest checkpoint), a
+checkpoint or model folder, a ``.gguf`` file, ``warmstart:NAME``. The result loads with
+``AutoModelForCausalLM.from_pretrained(DIR)`` and works as ``model.name_or_path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "Write a full HF model folder: LoRA adapters merged into their base, or a GGUF file dequantised."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="A run folder (latest checkpoint), a checkpoint with LoRA adapters, a model folder, a "
+                        ".gguf file or warmstart:NAME.")
+    parser.add_argument("--output", "-o", required=True, help="Folder to write (model + tokenizer, safetensors).")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="Dtype of the written weights (default float32).")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from spro.commands.eval import _resolve_model
+    from spro.models.loading import load_model, save_model_and_tokenizer
+
+    try:
+        source = _resolve_model(args.model)
+        model, tok = load_model(str(source), dtype=args.dtype)  # LoRA adapters merged ("merge" is the default)
+        path = save_model_and_tokenizer(model, tok, args.output)
+    except ValueError as exc:
+        print(f"spro export: error: {exc}", file=sys.stderr)
+        return 2
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {path} ({type(model).__name__}, {n:,} parameters, from {source})")
+    return 0

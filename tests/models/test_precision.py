@@ -1,0 +1,74 @@
+"""Mixed precision (model.precision=bf16): bf16 autocast, fp32 master weights, fp32 log-probs; GGUF loading errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers import REWARDS, read_jsonl, small_overrides
+
+from spro.config import ConfigError, load_config
+from spro.models.loading import ModelLoadError, load_model
+from spro.models.logprobs import sequence_logps
+from spro.models.precision import apply_precision, autocast_dtype
+from spro.trainer import Trainer
+
+
+def test_bf16_autocast_keeps_fp32_weights_and_fp32_logits(model_dir):
+    model, _ = load_model(str(model_dir))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    want = model(input_ids=ids).logits
+    apply_precision(model, "bf16", "cpu")
+    inner = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(lambda mod, i, o: inner.append(o.dtype))
+    got = model(input_ids=ids).logits
+    assert inner == [torch.bfloat16]  # the matmuls run in bf16 ...
+    assert got.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())  # ... not the rest
+    assert 0 < float((got - want).abs().max()) < 0.05
+    ref = copy.deepcopy(model)  # the frozen reference / PRIME's PRM keep the precision, bound to themselves
+    assert autocast_dtype(ref) == torch.bfloat16 and ref.forward.__self__ is ref
+    assert torch.equal(ref(input_ids=ids).logits, got)
+
+
+def test_bf16_training_on_cpu(model_dir, tmp_path):
+    over = small_overrides(model_dir, tmp_path / "run", total_steps=2, **{"model.precision": "bf16",
+                                                                          "algorithm.kl_coef": 0.01})
+    t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+    assert autocast_dtype(t.model) == torch.bfloat16 and autocast_dtype(t.ref) == torch.bfloat16
+    _, batch = t.rollout(1)
+    logp, _ = sequence_logps(t.model, batch, group_size=t.G)
+    assert logp.dtype == torch.float32
+    t.train()
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(metrics) == 2 and all(m["loss"] is not None and m["kl"] is not None for m in metrics)
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in t.optimizer.state.values())
+
+
+def test_bf16_with_lora(model_dir, tmp_path):
+    over = small_overrides(model_dir, tmp_path / "run", total_steps=1,
+                           **{"model.precision": "bf16", "model.lora.rank": 2})
+    t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+    assert autocast_dtype(t.model.get_base_model()) == torch.bfloat16
+    t.train()
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["kl"] is not None
+
+
+def test_precision_needs_fp32_weights_and_a_known_name(model_dir):
+    with pytest.raises(ConfigError, match="model.dtype must be float32"):
+        load_config(overrides=["model.precision=bf16", "model.dtype=bfloat16"])
+    with pytest.raises(ConfigError, match="model.precision: 'fp16' is not one of fp32, bf16"):
+        load_config(overrides=["model.precision=fp16"])
+    model, _ = load_model(str(model_dir), dtype="bfloat16")
+    with pytest.raises(ValueError, match="fp32 master weights.*torch.bfloat16"):
+        apply_precision(model, "bf16", "cpu")
+
+
+def test_gguf_errors_name_the_file(model_dir, tmp_path):
+    with pytest.raises(ModelLoadError, match=r"missing.gguf: GGUF file not found"):
+        load_model(str(model_dir), gguf_file="missing.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file")
+    with pytest.raises(ModelLoadError, match=r"bad.gguf: transformers could not load this GGUF file"):
+        load_model(str(bad))
