@@ -36,7 +36,7 @@ def test_bf16_training_on_cpu(model_dir, tmp_path):
                                                                           "algorithm.kl_coef": 0.01})
     t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
     assert autocast_dtype(t.model) == torch.bfloat16 and autocast_dtype(t.ref) == torch.bfloat16
-    _, batch = t.rollout(1)
+    _, batch = t.rollout()
     logp, _ = sequence_logps(t.model, batch, group_size=t.G)
     assert logp.dtype == torch.float32
     t.train()

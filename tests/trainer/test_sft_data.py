@@ -3,6 +3,8 @@ of the built-in tasks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
@@ -40,10 +42,13 @@ def test_chat_prompts_mapped_columns_completion_only_and_held_out_accuracy(tmp_p
     path = _write_jsonl(tmp_path / "chat.jsonl", rows)
     cfg = SFTConfig(data=str(path), column_map={"prompt": "messages", "answer": "gold", "solution": "response"},
                     steps=150, batch_size=32, lr=1e-2, warmup_steps=10, eval_n=10, max_new_tokens=8, **TINY)
+    with pytest.raises(ValueError, match="the plain schema implies no reward function; name one with --reward"):
+        sft_data(cfg)  # plain rows: no reward is implied, as for spro train (spro.data.default_reward)
+    cfg = dataclasses.replace(cfg, reward="math")
     data = sft_data(cfg)
     assert len(data.train) == 90 and len(data.validation) == 10  # 10% held out
     assert not set(map(str, data.train["prompt"])) & set(map(str, data.validation["prompt"]))
-    assert data.reward.__name__ == "math_reward"  # the dataset's default reward
+    assert data.reward.__name__ == "math_reward"
     p, c = encode_example(char_tokenizer, data.train[0]["prompt"], data.targets[0])
     rendered = char_tokenizer.apply_chat_template(data.train[0]["prompt"], tokenize=False, add_generation_prompt=True)
     assert char_tokenizer.decode(p) == rendered and rendered.endswith("assistant: ")  # the chat template, unsupervised

@@ -24,7 +24,6 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +44,7 @@ from spro.trainer.diagnostics import ProcessDiagnostics
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, PRIME_METRIC_KEYS, step_metrics
 from spro.trainer.rundir import check_run_folder, config_for_resume, on_main, open_run_folder
+from spro.trainer.steps import Step, batch_sizes, combine, first_groups, groups_kept
 from spro.trainer.warmstart import resolve_model
 
 __all__ = ["Trainer", "train", "TrainingDivergedError", "RewardFunctionError", "METRIC_KEYS", "PRIME_METRIC_KEYS",
@@ -53,19 +53,6 @@ __all__ = ["Trainer", "train", "TrainingDivergedError", "RewardFunctionError", "
 
 class TrainingDivergedError(RuntimeError):
     """Non-finite log-probs, loss or gradients: training stopped, the last checkpoint kept."""
-
-
-@dataclass
-class _Step:
-    """The responses of a step that train, with everything the update needs about them."""
-
-    batch: RolloutBatch
-    x: AdvantageInputs  # rewards, mask, group ids, log pi_old, log pi_ref, correctness
-    fused: tuple[torch.Tensor, torch.Tensor | None] | None  # (logp, entropy) with their graph (on-policy)
-
-    def select(self, idx: torch.Tensor) -> _Step:
-        fused = None if self.fused is None else tuple(None if t is None else t[idx] for t in self.fused)
-        return _Step(self.batch.select(idx), self.x.select(idx), fused)
 
 
 class Trainer:
@@ -95,16 +82,7 @@ class Trainer:
         run = dict(resume=self.resume_ckpt is not None, overwrite=overwrite)
         on_main(self.acc, lambda: check_run_folder(self.out, **run))  # at once, before the models load
         self.G = r.num_generations
-        if r.prompts_per_step % self.world:
-            raise ConfigError(f"rollout.prompts_per_step ({r.prompts_per_step}) must be divisible by the number of "
-                              f"processes ({self.world}) so that every group stays on one process")
-        self.local_prompts = r.prompts_per_step // self.world
-        self.local_batch = self.local_prompts * self.G
-        self.mini = a.mini_batch_size or self.local_batch
-        if self.local_batch % self.mini:
-            raise ConfigError(f"algorithm.mini_batch_size ({a.mini_batch_size}) must divide the per-process batch "
-                              f"({self.local_batch} responses)")
-        self.micro = self.mini // a.grad_accum_steps
+        self.local_prompts, self.local_batch, self.mini, self.micro = batch_sizes(cfg, self.world)
         self.algorithm = resolve_algorithm(a.name, a.options)
         # one optimizer step per batch (of one round): the training forward pass doubles as the pi_old pass
         # (models without dropout: set below)
@@ -228,8 +206,8 @@ class Trainer:
             raise self._diverged("the reference model's log-probs")
         return old_logp, entropy, ref_logp, fused
 
-    def sample(self, step: int, times: dict[str, float]) -> tuple[_Step, Any, torch.Tensor, torch.Tensor | None]:
-        """One round of stages 1-3 and the algorithm's ``select``: ``(_Step, Scores, entropy, keep)``."""
+    def sample(self, step: int, times: dict[str, float]) -> tuple[Step, Any, torch.Tensor, torch.Tensor | None]:
+        """One round of stages 1-3 and the algorithm's ``select``: ``(Step, Scores, entropy, keep)``."""
         t0 = time.perf_counter()
         rows, batch = self.rollout()
         times["time/rollout"] += time.perf_counter() - t0
@@ -240,7 +218,7 @@ class Trainer:
         mask = batch.completion_mask
         x = AdvantageInputs(scores.rewards.to(mask.device), mask, batch.group_ids, old_logp, ref_logp,
                             scores.correct.to(mask.device), step)
-        return _Step(batch, x, fused), scores, entropy, self.algorithm.select(x)
+        return Step(batch, x, fused), scores, entropy, self.algorithm.select(x)
 
     def train_step(self) -> dict[str, Any]:
         step, t_step = self.step + 1, time.perf_counter()
@@ -248,14 +226,14 @@ class Trainer:
 
         # 1-3. rollout, score, log-probs; more rounds while the algorithm keeps too few prompts
         rounds = [self.sample(step, times)]
-        while _groups_kept(rounds) < self.local_prompts and len(rounds) < self.algorithm.max_rounds:
+        while groups_kept(rounds) < self.local_prompts and len(rounds) < self.algorithm.max_rounds:
             rounds.append(self.sample(step, times))
-        full, scores, entropy, keep = _combine(rounds, self.tok.pad_token_id)
+        full, scores, entropy, keep = combine(rounds, self.tok.pad_token_id)
 
         # 4. advantages: the algorithm's hooks on the responses it keeps, then its estimator
         s, rows = full, torch.arange(len(full.batch))
         if keep is not None and not bool(keep.all()):
-            rows = _first_groups(keep, full.x.group_ids, self.local_prompts)
+            rows = first_groups(keep, full.x.group_ids, self.local_prompts)
             s = full.select(rows) if bool(keep.any()) else None
         adv, update = None, {"loss": None, "lr": self.scheduler.get_last_lr()[0], "grad_norm": None}
         times["time/update"] = 0.0
@@ -286,7 +264,7 @@ class Trainer:
         self.step = step
         return metrics
 
-    def ppo_update(self, s: _Step, adv: torch.Tensor, step: int) -> dict[str, float]:
+    def ppo_update(self, s: Step, adv: torch.Tensor, step: int) -> dict[str, float]:
         """PPO epochs over mini-batches with gradient accumulation; one optimizer step per mini-batch.
 
         Each micro-batch's loss is its share of the mini-batch loss: the loss aggregation divides by
@@ -437,42 +415,6 @@ class Trainer:
             self.logger.close()
             self.close()
         return self.out
-
-
-def _groups_kept(rounds: list) -> int:
-    """Number of groups the algorithm kept over the sampled rounds."""
-    return sum(int(torch.unique(s.x.group_ids if keep is None else s.x.group_ids[keep]).numel())
-               for s, _, _, keep in rounds)
-
-
-def _combine(rounds: list, pad_id: int) -> tuple[_Step, Any, torch.Tensor, torch.Tensor | None]:
-    """The rounds of a step as one: (_Step, Scores, entropy, keep)."""
-    if len(rounds) == 1:
-        return rounds[0]
-    steps, scores, ents, keeps = zip(*rounds)
-    batch = RolloutBatch.cat([s.batch for s in steps], pad_id)
-    T = batch.completion_ids.shape[1]
-
-    def cat(ts):
-        return torch.cat([torch.nn.functional.pad(t, (0, T - t.shape[1])) for t in ts])
-
-    xs = [s.x for s in steps]
-    x = AdvantageInputs(torch.cat([x.rewards for x in xs]), batch.completion_mask, batch.group_ids,
-                        cat([x.logp for x in xs]), None if xs[0].ref_logp is None else cat([x.ref_logp for x in xs]),
-                        torch.cat([x.correct for x in xs]), xs[0].step)
-    stats = {k: sum(sc.stats.get(k, 0.0) for sc in scores) for k in scores[0].stats}
-    stats["reward/none_frac"] = stats.get("reward/none_frac", 0.0) / len(scores)
-    merged = type(scores[0])(x.rewards, x.correct, torch.cat([sc.scored for sc in scores]), stats)
-    keep = torch.cat([k if k is not None else torch.ones(len(s.batch), dtype=torch.bool, device=s.x.mask.device)
-                      for s, k in zip(steps, keeps)])
-    return _Step(batch, x, None), merged, cat(ents), keep
-
-
-def _first_groups(keep: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.Tensor:
-    """Row indices of the first ``n`` groups that ``keep`` keeps (whole groups, in batch order)."""
-    kept = group_ids[keep]
-    first = torch.unique_consecutive(kept)[:n]
-    return (keep & torch.isin(group_ids, first)).nonzero().squeeze(1)
 
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, overwrite: bool = False,

@@ -9,7 +9,7 @@ reward finds the answer). Both go through the same loop: each example is ``rende
 the mean token cross-entropy over the completion tokens only (prompt and padding are masked with
 -100). AdamW with linear warm-up and cosine decay, gradient clipping, random mini-batches
 (seeded), a progress bar, periodic greedy held-out accuracy scored with the task's / dataset's
-reward (``reward``, default :func:`spro.data.datasets.default_reward`), and an atomic HF-format
+reward (``reward``, default :func:`spro.data.loader.default_reward`), and an atomic HF-format
 save at the end.
 
 Presets (see :data:`PRESETS`): ``weak`` - a tiny model trained briefly, greedy test accuracy
@@ -184,7 +184,8 @@ def sft_data(config: SFTConfig) -> SFTData:
         train = task.split("train", n=config.train_size)
         return SFTData(train, list(train["solution"]), task.split("validation", n=config.eval_n), task.reward,
                        task.knobs() if hasattr(task, "knobs") else None)
-    from spro.data.datasets import default_reward, get_load_report, load_prompt_dataset
+    from spro.data.datasets import get_load_report, load_prompt_dataset
+    from spro.data.loader import default_reward
     from spro.rewards import get_reward
 
     kw = dict(schema=config.schema, column_map=config.column_map, prompt_template=config.prompt_template)
@@ -214,7 +215,7 @@ def sft_data(config: SFTConfig) -> SFTData:
         validation, ds = ds.select(sorted(order[:n_val])), ds.select(sorted(order[n_val:]))
     if config.train_size:
         ds = ds.select(range(min(config.train_size, len(ds))))
-    return SFTData(ds, [str(v) for v in ds[col]], validation, get_reward(config.reward or default_reward(ds)))
+    return SFTData(ds, [str(v) for v in ds[col]], validation, get_reward(config.reward or default_reward(ds, source=config.data, how="--reward NAME")))
 
 
 def validation_accuracy(model: Any, tokenizer: Any, data: Any, reward: Any, max_new_tokens: int) -> dict[str, Any]:
