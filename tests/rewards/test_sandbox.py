@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from spro.rewards import sandbox
 from spro.rewards.sandbox import (SandboxLimits, Unrepresentable, decode_value, encode_value, isolation_report,
-                                  run_asserts, run_calls, run_python, run_values)
+                                  run_calls, run_python, run_values)
+from spro.rewards.code import run_asserts
 
 # Ordinary programs get a generous wall limit: the machine may be busy.
 NORMAL = SandboxLimits(cpu_seconds=5, wall_seconds=30, memory_mb=512, output_bytes=64 * 1024, max_processes=16,

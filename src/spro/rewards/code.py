@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from spro.rewards import completion_text, count_event, register_reward, sandbox
-from spro.rewards.sandbox import SandboxLimits
+from spro.rewards.sandbox import Isolation, SandboxLimits, SandboxResult
 
 __all__ = [
     "extract_code",
@@ -971,3 +971,19 @@ def eurus_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Seq
         for i, v in zip(mi, vals):
             out[i] = v
     return out
+
+
+def run_asserts(
+    code: str,
+    tests: Sequence[str],
+    *,
+    limits: SandboxLimits = SandboxLimits(),
+    isolation: Isolation = "auto",
+) -> tuple[list[bool], SandboxResult]:
+    """Run ``code`` once and judge each test (``"assert f(2) == 4"``, or several statements) on the
+    trusted side: the program only computes the values the assertions read from it.
+
+    Returns (passed per test, the run's result). Raises :class:`UnsupportedTest`
+    (a ValueError) for a test the trusted judge cannot evaluate (see :mod:`spro.rewards.code`).
+    """
+    return judge_asserts(code, tests, limits=limits, isolation=isolation)

@@ -91,7 +91,6 @@ __all__ = [
     "decode_value",
     "run_python",
     "run_values",
-    "run_asserts",
     "run_calls",
     "run_many",
     "isolation_report",
@@ -1213,24 +1212,6 @@ def run_values(
     return _parse_results(raw, len(requests)), result
 
 
-def run_asserts(
-    code: str,
-    tests: Sequence[str],
-    *,
-    limits: SandboxLimits = SandboxLimits(),
-    isolation: Isolation = "auto",
-) -> tuple[list[bool], SandboxResult]:
-    """Run ``code`` once and judge each test (``"assert f(2) == 4"``, or several statements) on the
-    trusted side: the program only computes the values the assertions read from it.
-
-    Returns (passed per test, the run's result). Raises :class:`spro.rewards.code.UnsupportedTest`
-    (a ValueError) for a test the trusted judge cannot evaluate (see :mod:`spro.rewards.code`).
-    """
-    from spro.rewards.code import judge_asserts
-
-    return judge_asserts(code, tests, limits=limits, isolation=isolation)
-
-
 def run_calls(
     code: str,
     fn_name: str,
@@ -1265,3 +1246,9 @@ def run_many(
     with ThreadPoolExecutor(max_workers=workers) as ex:
         return list(ex.map(fn, jobs))
 
+
+
+def __getattr__(name: str):
+    if name == "run_asserts":  # judged on the trusted side: it lives with the judge
+        raise AttributeError("spro.rewards.sandbox.run_asserts moved to spro.rewards.code.run_asserts")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
