@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REWARDS, read_jsonl, save_small_model, small_overrides, train_killed_at
+from helpers import REWARDS, read_jsonl, small_overrides, train_killed_at
 from spro.trainer import checkpoint as ck
 from spro.config import load_config
 from spro.trainer import Trainer, train

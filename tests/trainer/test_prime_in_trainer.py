@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import (
-    RecordingPRM, launch_two_processes, read_jsonl, save_small_model, small_overrides, train_killed_at,
+    RecordingPRM, launch_two_processes, read_jsonl, small_overrides, train_killed_at,
 )
 from spro.trainer import checkpoint as ck
 from spro.config import ConfigError, load_config
@@ -234,9 +234,6 @@ torch.save({{"policy": {{n: p.detach().clone() for n, p in t.model.named_paramet
 
 def test_two_processes_keep_one_prm(model_dir, tmp_path):
     """With two processes the PRM's gradients are averaged: both hold the same, trained PRM."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     script = tmp_path / "run_ddp.py"

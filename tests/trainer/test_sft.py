@@ -7,7 +7,6 @@ import os
 import threading
 
 import pytest
-import torch
 
 from spro.trainer.sft import SFTConfig, collate, encode_example, get_preset, sft
 from spro.models.tiny import build_char_tokenizer
