@@ -298,7 +298,7 @@ class AlgorithmConfig:
         "mini-batch), 'seq-mean-token-sum' (sum over each response's tokens, mean over responses), "
         "'seq-mean-token-sum-norm' (Dr. GRPO: token sum / max_new_tokens, mean over responses). The means are "
         "over the whole mini-batch (all its micro-batches and processes), as verl does. null = the "
-        "algorithm's own (dr_grpo: seq-mean-token-sum-norm; the others: seq-mean-token-mean).",
+        "algorithm's own (dr_grpo: seq-mean-token-sum-norm; prime: token-mean; the others: seq-mean-token-mean).",
         choices=(None,) + LOSS_AGGS,
     )
     clip_eps_low: float = _f(0.2, help="PPO clip range below: ratio >= 1 - clip_eps_low.",
