@@ -106,3 +106,29 @@ def test_compare_restarts_an_attempt_that_died_before_its_first_checkpoint(tmp_p
                  *[t for t in TINY if not t.startswith("total_steps")], "total_steps=1"]) == 0
     assert run_status(dead, 1) == ("done", 1)
     assert (out / "grpo" / "seed0.old-1" / "metrics.jsonl").read_text() == '{"step": 1, "reward/mean": 0.5}\n'
+
+
+def test_report_only_reports_finished_runs_and_names_the_others(tmp_path, capsys):
+    """--report-only never trains; a missing or partial run is left out with a line naming it."""
+    from spro.cli import main
+
+    out = tmp_path / "cmp"
+    over = [t for t in TINY if not t.startswith("total_steps")]
+    base = ["compare", "--algos", "grpo", "--preset", "tiny-random", "--out", str(out), *over]
+    assert main([*base, "--seeds", "1", "total_steps=2"]) == 0  # grpo seed0: finished
+    assert main([*base, "--seeds", "1", "--seed-offset", "1", "total_steps=1", "save_every=1"]) == 0
+    capsys.readouterr()
+    report = ["compare", "--report-only", "--algos", "grpo,spro", "--seeds", "3", "--preset", "tiny-random",
+              "--out", str(out), *over, "total_steps=2"]
+    assert main(report) == 0
+    printed = capsys.readouterr().out
+    assert f"left out of the report: {out / 'grpo' / 'seed1'} (partial: step 1 of 2)" in printed
+    assert f"left out of the report: {out / 'grpo' / 'seed2'} (missing)" in printed
+    assert f"left out of the report: {out / 'spro' / 'seed0'} (missing)" in printed
+    assert not (out / "spro").exists() and run_status(out / "grpo" / "seed1", 2) == ("partial", 1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["algos"]) == ["grpo"] and len(summary["algos"]["grpo"]["runs"]) == 1
+    assert "| grpo | 1 |" in (out / "report.md").read_text()
+    # nothing finished: a clear error, not a traceback
+    assert main(["compare", "--report-only", "--algos", "spro", "--out", str(out), *over]) == 2
+    assert "no finished run under" in capsys.readouterr().err

@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="spro", help="Label judged against the paper's claims (default: spro).")
     parser.add_argument("--ablation", action="store_true", help="Add the ablation table (one row per arm).")
     parser.add_argument("--title", default=None, help="Report title.")
-    parser.add_argument("--report-only", action="store_true", help="Do not train; aggregate the runs in --out.")
+    parser.add_argument("--report-only", action="store_true",
+                        help="Do not train; aggregate the finished runs in --out (missing or partial runs are left "
+                        "out, each named).")
     parser.add_argument("--jobs", type=int, default=None,
                         help="Runs at once, each in its own process with one torch thread (default: one per CPU "
                         "core; with more than one, each run's output goes to <run>/output.log).")
@@ -76,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
         overrides += [f"algorithm.loss_agg={args.loss_agg}"] if args.loss_agg else []
         preset = args.preset or (None if args.config else "tiny-arithmetic")
         if args.report_only:
-            from pathlib import Path
+            from spro.experiments.grid import finished_runs
 
-            runs = {v.label: [Path(args.out) / v.label / f"seed{s}" for s in seeds] for v in variants}
+            runs = finished_runs(variants, seeds, root=args.out, config=args.config, preset=preset,
+                                 overrides=overrides, log=lambda m: print(m, flush=True))
         else:
             from spro.experiments.grid import default_jobs
 

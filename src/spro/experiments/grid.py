@@ -97,6 +97,33 @@ def train_in_subprocess(cfg, run_dir: Path, *, resume: bool) -> None:
                            "run the same command again to resume")
 
 
+def finished_runs(
+    variants: Sequence[Variant], seeds: Sequence[int], *, root: str | Path, config: str | Path | None = None,
+    preset: str | None = None, overrides: Sequence[str] = (), log: Callable[[str], None] = print,
+) -> dict[str, list[Path]]:
+    """``{label: [run folder per finished seed]}`` of a grid, for reporting without training.
+
+    Runs that are missing or stopped before ``total_steps`` are left out, each with a line through
+    ``log`` (a partial run would weigh as much as a finished one); arms with no finished run are
+    left out too. Raises ValueError when no run of the grid is finished.
+    """
+    root = Path(root)
+    runs: dict[str, list[Path]] = {}
+    for v in variants:
+        for s in seeds:
+            run_dir = root / v.label / f"seed{s}"
+            cfg = build_config(config=config, preset=preset, overrides=overrides, variant=v, seed=s, run_dir=run_dir)
+            status, step = run_status(run_dir, cfg.total_steps)
+            if status == "done":
+                runs.setdefault(v.label, []).append(run_dir)
+            else:
+                why = "missing" if status == "new" else f"partial: step {step} of {cfg.total_steps}"
+                log(f"left out of the report: {run_dir} ({why})")
+    if not runs:
+        raise ValueError(f"no finished run under {root} for these arms and seeds")
+    return runs
+
+
 def default_jobs() -> int:
     """Runs at once by default: one per CPU core (each run uses one torch thread)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
