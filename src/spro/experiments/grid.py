@@ -117,7 +117,8 @@ def finished_runs(
             if status == "done":
                 runs.setdefault(v.label, []).append(run_dir)
             else:
-                why = "missing" if status == "new" else f"partial: step {step} of {cfg.total_steps}"
+                why = (f"partial: step {step} of {cfg.total_steps}" if status == "partial"
+                       else "no checkpoint yet" if run_dir.exists() else "missing")
                 log(f"left out of the report: {run_dir} ({why})")
     if not runs:
         raise ValueError(f"no finished run under {root} for these arms and seeds")
