@@ -30,19 +30,30 @@ def smollm2_gguf() -> Path:
     return next(Path(dist.locate_file(f)) for f in dist.files if str(f).endswith(".gguf"))
 
 
+def _write_chat(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": r["prompt"] + INSTRUCTION}],
+                                        "answer": r["answer"]}) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture(scope="module")
 def gsm_chat(tmp_path_factory) -> Path:
     """The GSM8K fixture's good rows as chat prompts (plain schema: prompt messages + answer)."""
     from spro.data import load_prompt_dataset
 
     rows = load_prompt_dataset("tests/fixtures/gsm8k.jsonl")
-    path = tmp_path_factory.mktemp("data") / "gsm_chat.jsonl"
-    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": r["prompt"] + INSTRUCTION}],
-                                        "answer": r["answer"]}) + "\n" for r in rows))
-    return path
+    return _write_chat(tmp_path_factory.mktemp("data") / "gsm_chat.jsonl", rows)
 
 
-def test_warm_start_then_spro_on_gsm8k_chat_prompts(tmp_path, gsm_chat):
+@pytest.fixture(scope="module")
+def gsm_chat_heldout(tmp_path_factory) -> Path:
+    """A held-out file, as a user gives one (data.eval_source): the same questions with other numbers."""
+    rows = [{"prompt": "Tom has 7 apples and buys 5 more. How many apples does he have?", "answer": "12"},
+            {"prompt": "A box holds 6 pens. How many pens are in 4 boxes?", "answer": "24"}]
+    return _write_chat(tmp_path_factory.mktemp("data") / "gsm_chat_heldout.jsonl", rows)
+
+
+def test_warm_start_then_spro_on_gsm8k_chat_prompts(tmp_path, gsm_chat, gsm_chat_heldout):
     from spro.cli import main
     from spro.trainer import train
 
@@ -55,7 +66,8 @@ def test_warm_start_then_spro_on_gsm8k_chat_prompts(tmp_path, gsm_chat):
 
     cfg = load_config(overrides=[
         f"model.name_or_path={sft_dir}", f"output_dir={tmp_path / 'run'}", "algorithm.name=spro", "total_steps=2",
-        "data.task=null", f"data.source={gsm_chat}", "data.schema=plain", "data.rewards=[math]", "data.eval_size=2",
+        "data.task=null", f"data.source={gsm_chat}", "data.schema=plain", "data.rewards=[math]",
+        f"data.eval_source={gsm_chat_heldout}", "data.eval_size=2",
         "rollout.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=48", "optim.lr=1e-6",
         "logging.tensorboard=false", "logging.progress_bar=false"])
     out = train(cfg)
@@ -90,6 +102,6 @@ def test_lora_and_bf16_straight_from_the_gguf_file(tmp_path, gsm_chat):
     assert (ckpt / "adapter_model.safetensors").stat().st_size < 20e6  # adapters, not the 538 MB model
     assert json.loads((ckpt / "adapter_config.json").read_text())["base_model_name_or_path"] == str(gguf)
     out = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(gsm_chat), "--schema", "plain", "--n", "2",
+    assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(gsm_chat), "--schema", "plain", "--reward", "math", "--n", "2",
                  "--max-new-tokens", "32", "--batch-size", "2", "--no-progress", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["n"] == 2
