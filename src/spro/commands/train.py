@@ -58,16 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace):
-    from spro.config import config_from_dict, load_config, _set_dotted, parse_override
+    from spro.config import load_config
 
     if args.resume and not args.config and not args.preset:
         from spro.trainer.checkpoint import find_checkpoint, read_run_config
 
-        data = read_run_config(find_checkpoint(args.resume))
-        for text in args.overrides:
-            key, value = parse_override(text)
-            _set_dotted(data, key, value)
-        return config_from_dict(data)
+        return load_config(overrides=args.overrides, base=read_run_config(find_checkpoint(args.resume)))
     return load_config(args.config, args.overrides, preset=args.preset)
 
 
