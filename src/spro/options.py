@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 __all__ = ["ConfigError", "option", "check_fields", "check_tree", "Options", "build", "layer", "read_yaml",
-           "overrides_layer", "all_keys", "unknown_key", "describe"]
+           "overrides_layer", "all_keys", "unknown_key", "describe", "add_flags", "flags_layer"]
 
 
 class ConfigError(ValueError):
@@ -222,18 +222,56 @@ def build(cls: type, data: Any, prefix: str = "", keys: Callable[[], list[str]] 
     return obj
 
 
-def describe(cls: type, obj: Any, prefix: str = "") -> list[str]:
-    """``  key = default`` and the help text of every key of the dataclass ``cls`` (``obj``'s values)."""
+def describe(cls: type, obj: Any = None, prefix: str = "") -> list[str]:
+    """``  key = default`` and the help text of every key of the dataclass ``cls`` (``obj``'s values; without
+    ``obj`` the declared defaults, a key without one shown as ``(required)``)."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("sections"):
             continue
-        value, tp = getattr(obj, f.name), hints[f.name]
+        tp = hints[f.name]
+        if obj is not None:
+            value = getattr(obj, f.name)
+        elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        else:
+            value = "(required)"
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             lines += describe(tp, value, f"{prefix}{f.name}.")
             continue
         if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
             value = [dataclasses.asdict(v) for v in value]
-        lines.append(f"  {prefix}{f.name} = {value!r}\n      {f.metadata.get('help', '')}")
+        lines.append(f"  {prefix}{f.name} = {value if value == '(required)' else repr(value)}\n"
+                     f"      {f.metadata.get('help', '')}")
     return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# command-line flags as short aliases of key=value overrides
+
+_FLAG = "alias:"
+
+
+def add_flags(parser: Any, cls: type, names: list[str]) -> None:
+    """``--a-name VALUE`` for each field ``a_name`` of the dataclass ``cls``: a short alias of the override
+    ``a_name=VALUE``, with the field's help text."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=_FLAG + name, metavar=name.upper(), default=None,
+                            help=fields[name].metadata.get("help", "").replace("%", "%%"))
+
+
+def flags_layer(args: Any, cls: type) -> Any:
+    """The alias flags given (see :func:`add_flags`) as one layer: a string key takes the text as it is, any
+    other key reads it as YAML (``--lr 1e-5``, ``--train-size null``)."""
+    import yaml
+
+    hints = typing.get_type_hints(cls)
+    data = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(_FLAG) and value is not None:
+            name = dest[len(_FLAG):]
+            text_only = hints[name] is str or set(typing.get_args(hints[name])) == {str, type(None)}
+            data[name] = value if text_only else yaml.safe_load(value)
+    return layer(data)

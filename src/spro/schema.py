@@ -363,8 +363,9 @@ class OptimConfig:
     adam_eps: float = _f(1e-8, help="AdamW epsilon.", check=NON_NEGATIVE)
     scheduler: str = _f(
         "constant_with_warmup",
-        help="Learning-rate schedule (transformers.get_scheduler), over total_steps optimizer steps' worth of "
-        "warmup_steps and decay.",
+        help="Learning-rate schedule, a transformers.get_scheduler name: constant, constant_with_warmup, linear, "
+        "cosine, cosine_with_restarts, polynomial, inverse_sqrt (warmup: optim.warmup_steps; the decay runs over "
+        "all the run's optimizer steps).",
         choices=SCHEDULERS,
     )
     warmup_steps: int = _f(0, help="Optimizer steps of linear LR warmup.", check=NON_NEGATIVE)
