@@ -76,3 +76,43 @@ def test_a_plugin_algorithms_options_are_in_train_help(tmp_path, monkeypatch, ca
         assert "(not listed: " in capsys.readouterr().out
     finally:
         sys.modules.pop("my_help_algo", None)
+
+
+def _resolve(command, *argv):
+    import argparse
+    import importlib
+
+    module = importlib.import_module(f"spro.commands.{command}")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.resolve_config(parser.parse_intermixed_args(list(argv)))
+
+
+def test_sft_takes_key_value_settings_with_the_flags_as_short_aliases():
+    preset, cfg = _resolve("sft", "-o", "x", "--steps", "7", "task_kwargs.num_operands=[3,5]", "--task-knob",
+                           "value_range=[0,9]", "lr=1e-3", "--prompt-template", "{prompt}\nAnswer:")
+    assert preset == "weak" and (cfg.steps, cfg.lr, cfg.hidden_size) == (7, 1e-3, 64)
+    assert cfg.task_kwargs == {"num_operands": [3, 5], "value_range": [0, 9]}
+    assert cfg.prompt_template == "{prompt}\nAnswer:"  # a string key takes the flag's text as it is
+    assert _resolve("sft", "-o", "x", "--steps", "7", "steps=9")[1].steps == 9  # key=value wins over the flag
+    preset, cfg = _resolve("sft", "-o", "x", "data=a.jsonl", "--model", "m", "column_map.solution=response")
+    assert preset == "finetune" and cfg.column_map == {"solution": "response"} and cfg.lr == 1e-5
+    for argv, match in ((["stepz=3"], "unknown config key 'stepz'; did you mean 'steps'"),
+                        (["lr=fast"], "lr: expected a number, got 'fast'"),
+                        (["--steps", "0"], "steps must be a positive int"),
+                        (["data=a.jsonl", "task=arithmetic"], "give data .* or task .*, not both"),
+                        (["--task-knob", "num_operands"], "--task-knob 'num_operands': expected KEY=VALUE")):
+        with pytest.raises(ValueError, match=match):
+            _resolve("sft", "-o", "x", *argv)
+
+
+def test_eval_takes_key_value_settings_with_the_flags_as_short_aliases():
+    cfg = _resolve("eval", "model=m", "--k", "4", "task_kwargs.num_operands=[3,5]", "--task-knob", "value_range=[0,9]")
+    assert (cfg.model, cfg.k, cfg.task) == ("m", 4, None)
+    assert cfg.task_kwargs == {"num_operands": [3, 5], "value_range": [0, 9]}
+    for argv, match in (([], "model: missing"), (["model=m", "n=0"], "n must be >= 1 or null, got 0"),
+                        (["model=m", "temperature=.inf"], "temperature must be a finite number"),
+                        (["model=m", "kk=2"], "unknown config key 'kk'; did you mean 'k'"),
+                        (["model=m", "task=arithmetic", "--data", "a.jsonl"], "give one")):
+        with pytest.raises(ValueError, match=match):
+            _resolve("eval", *argv)
