@@ -53,39 +53,50 @@ PRESET_DIR = Path(__file__).parent / "presets"
 # ----------------------------------------------------------------------------------------------
 # loading: spro.options.build (OmegaConf) types each layer; the declarations above check the values
 
-# Other names of keys -> what to suggest: the flat algorithm keys of spro 0.1 and the names of TRL's GRPOConfig
-# (and of the transformers TrainingArguments it extends) that have a spro key.
+# Other names of keys, suggested when given: the flat algorithm keys of spro 0.1 (now an error) ...
 _OLD_FLAT_KEYS = {
-    "beta": "spro.beta", "outcome_scale": "spro.outcome_scale' or 'algorithm.grpo.outcome_scale", "eps":
-    "spro.eps' or 'algorithm.grpo.eps", "msa_scale_std": "spro.msa_scale_std", "process_reward": "spro.process_reward",
-    "baseline": "spro.baseline", "process_only": "spro.process_only", "prm_lr": "prime.prm_lr", "prm_beta":
-    "prime.prm_beta", "prm_micro_batch": "prime.prm_micro_batch", "prm_max_grad_norm": "prime.prm_max_grad_norm",
-    "prm_update": "prime.prm_update", "prime_filter": "prime.filter", "prime_filter_low": "prime.filter_low",
-    "prime_filter_high": "prime.filter_high", "prime_outcome_coef": "prime.outcome_coef",
-    "prime_process_coef": "prime.process_coef",
+    "beta": ("spro.beta",), "outcome_scale": ("spro.outcome_scale", "grpo.outcome_scale"), "eps": ("spro.eps", "grpo.eps"),
+    "msa_scale_std": ("spro.msa_scale_std",), "process_reward": ("spro.process_reward",), "baseline": ("spro.baseline",),
+    "process_only": ("spro.process_only",), "prm_lr": ("prime.prm_lr",), "prm_beta": ("prime.prm_beta",),
+    "prm_micro_batch": ("prime.prm_micro_batch",), "prm_max_grad_norm": ("prime.prm_max_grad_norm",),
+    "prm_update": ("prime.prm_update",), "prime_filter": ("prime.filter",), "prime_filter_low": ("prime.filter_low",),
+    "prime_filter_high": ("prime.filter_high",), "prime_outcome_coef": ("prime.outcome_coef",),
+    "prime_process_coef": ("prime.process_coef",),
 }
+# ... and the names of TRL's GRPOConfig (with the transformers TrainingArguments and trl.ModelConfig it uses)
 TRL_NAMES = {
-    "beta": "algorithm.kl_coef' (TRL's beta; SPRO's process-reward beta is 'algorithm.spro.beta')",
-    "num_iterations": "algorithm.ppo_epochs", "num_generations": "rollout.num_generations",
-    "learning_rate": "optim.lr", "max_completion_length": "rollout.max_new_tokens",
-    "temperature": "rollout.temperature", "top_p": "rollout.top_p", "top_k": "rollout.top_k",
-    "epsilon": "algorithm.clip_eps_low", "epsilon_high": "algorithm.clip_eps_high",
-    "loss_type": "algorithm.loss_agg' (TRL's loss_type=dr_grpo is algorithm.name=dr_grpo)",
+    "beta": "algorithm.kl_coef", "num_iterations": "algorithm.ppo_epochs", "num_generations": "rollout.num_generations",
+    "learning_rate": "optim.lr", "max_completion_length": "rollout.max_new_tokens", "temperature": "rollout.temperature",
+    "top_p": "rollout.top_p", "top_k": "rollout.top_k", "epsilon": "algorithm.clip_eps_low",
+    "epsilon_high": "algorithm.clip_eps_high", "loss_type": "algorithm.loss_agg",
     "scale_rewards": "algorithm.grpo.outcome_scale", "entropy_coef": "algorithm.entropy_coef",
-    "generation_batch_size": "rollout.generation_batch_size",
-    "reward_weights": "data.rewards' (each reward's weight: [{name: ..., weight: ...}])",
+    "generation_batch_size": "rollout.generation_batch_size", "reward_weights": "data.rewards",
     "log_completions": "logging.log_completions", "shuffle_dataset": "data.shuffle", "max_steps": "total_steps",
     "lr_scheduler_type": "optim.scheduler", "adam_epsilon": "optim.adam_eps", "adam_beta1": "optim.adam_beta1",
     "adam_beta2": "optim.adam_beta2", "weight_decay": "optim.weight_decay", "warmup_steps": "optim.warmup_steps",
     "max_grad_norm": "optim.max_grad_norm", "gradient_accumulation_steps": "algorithm.grad_accum_steps",
-    "per_device_train_batch_size": "rollout.prompts_per_step' (spro counts prompts: a step trains "
-    "prompts_per_step * rollout.num_generations responses)",
-    "logging_steps": "logging.every", "save_steps": "save_every", "eval_steps": "eval_every",
-    "save_total_limit": "keep_last", "model_name_or_path": "model.name_or_path",
+    "per_device_train_batch_size": "rollout.prompts_per_step", "logging_steps": "logging.every",
+    "save_steps": "save_every", "eval_steps": "eval_every", "save_total_limit": "keep_last",
+    "model_name_or_path": "model.name_or_path",
 }
-RENAMED = {**{f"algorithm.{k}": f"'algorithm.{v}'?" + (" (TRL's beta, the KL coefficient, is 'algorithm.kl_coef')"
-                                                         if k == "beta" else "") for k, v in _OLD_FLAT_KEYS.items()},
-           **{k: f"'{v}" + ("" if v.endswith(")") else "'") + "?" for k, v in TRL_NAMES.items()}}
+_TRL_NOTES = {
+    "beta": "TRL's beta; SPRO's process-reward beta is 'algorithm.spro.beta'",
+    "loss_type": "TRL's grpo / dapo / dr_grpo are seq-mean-token-mean / token-mean / seq-mean-token-sum-norm",
+    "reward_weights": "each reward's weight: [{name: ..., weight: ...}]",
+    "per_device_train_batch_size": "spro counts prompts: a step trains prompts_per_step * rollout.num_generations "
+                                   "responses",
+}
+
+
+def _hint(keys: list[str], note: str = "") -> str:
+    return " or ".join(f"'{k}'" for k in keys) + "?" + (f" ({note})" if note else "")
+
+
+RENAMED = {
+    **{f"algorithm.{old}": _hint([f"algorithm.{k}" for k in new], "TRL's beta, the KL coefficient, is "
+                                 "'algorithm.kl_coef'" if old == "beta" else "") for old, new in _OLD_FLAT_KEYS.items()},
+    **{name: _hint([key], _TRL_NOTES.get(name, "")) for name, key in TRL_NAMES.items()},
+}
 
 
 def _sections() -> dict[str, type]:
