@@ -45,9 +45,9 @@ class LoRAConfig:
         "pi_ref is the same weights with the adapters disabled (no second copy of the model: SPRO's log pi_ref "
         "costs no memory), checkpoints hold the adapters (spro eval loads them; spro export merges them "
         "into a full model). Not with algorithm.name=prime (its implicit PRM is a full trainable copy).",
-        check=(lambda v: v >= 0, ">= 0"),
+        check=NON_NEGATIVE,
     )
-    alpha: int = _f(16, help="LoRA alpha: the adapters' output is scaled by alpha / rank.", check=(lambda v: v > 0, "> 0"))
+    alpha: int = _f(16, help="LoRA alpha: the adapters' output is scaled by alpha / rank.", check=POSITIVE)
     dropout: float = _f(0.0, help="Dropout on the adapters' input.", check=(lambda v: 0 <= v < 1, "in [0, 1)"))
     target_modules: str | list[str] = _f(
         "all-linear",
@@ -220,7 +220,7 @@ class DataConfig:
         help="Seconds one call of a reward function of your own (not one of spro's, which have their own limits) "
         "may take; it runs in a worker thread, and on time-out its responses count as None (reward/timeouts, with "
         "a warning). 0 = no limit.",
-        check=(lambda v: v >= 0, ">= 0"),
+        check=NON_NEGATIVE,
     )
     accuracy_reward: str | None = _f(
         None,
@@ -313,10 +313,10 @@ class AlgorithmConfig:
         check=(lambda v: v is None or v > 1, "> 1 or null"),
     )
     kl_coef: float = _f(0.0, help="Weight of the KL penalty to the reference in the loss (0 in the SPRO paper).",
-                        check=(lambda v: v >= 0, ">= 0"))
+                        check=NON_NEGATIVE)
     kl_estimator: str = _f("k3", help="KL estimator (Schulman's k1 / k2 / k3).", choices=KL_ESTIMATORS)
     entropy_coef: float = _f(0.0, help="Weight of the entropy bonus (0 = none).")
-    ppo_epochs: int = _f(1, help="Passes over each batch of rollouts (PPO epochs).", check=(lambda v: v >= 1, ">= 1"))
+    ppo_epochs: int = _f(1, help="Passes over each batch of rollouts (PPO epochs).", check=AT_LEAST_1)
     mini_batch_size: int = _f(
         0,
         help="Responses per optimizer step (per process); 0 = the whole local batch (one optimizer step "
@@ -327,7 +327,7 @@ class AlgorithmConfig:
         1,
         help="Micro-batches per mini-batch: each mini-batch is split into this many forward/backward "
         "passes whose gradients are summed before the optimizer step.",
-        check=(lambda v: v >= 1, ">= 1"),
+        check=AT_LEAST_1,
     )
     sections: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"sections": True})
 
@@ -392,7 +392,7 @@ class LoggingConfig:
         help="Steps between the lines of key metrics (step, reward, accuracy, loss, KL, length, time) printed "
         "when there is no progress bar and written to <output_dir>/train.log (plain lines, no carriage "
         "returns); the last step is always included.",
-        check=(lambda v: v >= 1, ">= 1"),
+        check=AT_LEAST_1,
     )
     log_completions: int = _f(
         0,
