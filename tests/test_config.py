@@ -73,6 +73,10 @@ def test_unknown_keys_and_choices_suggest_the_closest(override, match):
     ("optim.lr=fast", "optim.lr: expected a number"),
     ("data.rewards=arithmetic", "data.rewards: expected a list"),
     ("data.rewards=[{weight: 1}]", "data.rewards"),
+    ("data.rewards=[{name: math, wieght: 1}]", r"data.rewards: unknown key 'wieght' \(its keys: name, weight\)"),
+    ("data=5", "data: expected a mapping of DataConfig's keys, got 5"),
+    ("model.lora.target_modules=5", "model.lora.target_modules: expected a string or a list, got 5"),
+    ("data.prompt_template=${nope}", "data.prompt_template: Interpolation key 'nope' not found"),
     ("seed", "must look like key=value"),
 ])
 def test_wrong_types_name_the_key(override, match):

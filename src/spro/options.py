@@ -186,6 +186,39 @@ def unknown_key(key: str, keys: list[str], renamed: dict[str, str] | None = None
     return ConfigError(f"unknown config key '{key}'" + (f"; did you mean {hint}" if hint else ""))
 
 
+def _dataclass_fields(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` that are dataclasses, or lists of them: name -> that dataclass."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        for t in typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,):
+            t = (typing.get_args(t) or (None,))[0] if typing.get_origin(t) is list else t
+            if isinstance(t, type) and dataclasses.is_dataclass(t):
+                out[name] = t
+    return out
+
+
+def _check_mappings(cls: type, data: Any, prefix: str) -> None:
+    """A section (a dataclass field) given as something else than a mapping is named (OmegaConf would not)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in (data.items() if isinstance(data, dict) else []):
+        tp = hints.get(key)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp) and value is not None:
+            if not isinstance(value, dict) and not dataclasses.is_dataclass(value):
+                raise ConfigError(f"{prefix}{key}: expected a mapping of {tp.__name__}'s keys, got {value!r}")
+            _check_mappings(tp, value, f"{prefix}{key}.")
+
+
+def _path_to(cls: type, target: type, prefix: str = "") -> str:
+    """The dotted key of the field of ``cls`` (nested) whose type, or list item type, is ``target``."""
+    for name, tp in _dataclass_fields(cls).items():
+        if tp is target:
+            return prefix + name
+        found = _path_to(tp, target, f"{prefix}{name}.")
+        if found:
+            return found
+    return ""
+
+
 def build(cls: type, data: Any, prefix: str = "", keys: Callable[[], list[str]] | None = None,
           renamed: dict[str, str] | None = None) -> Any:
     """An instance of the dataclass ``cls`` from ``data`` (a mapping or OmegaConf tree of its keys; missing
@@ -193,11 +226,14 @@ def build(cls: type, data: Any, prefix: str = "", keys: Callable[[], list[str]] 
     Errors are ConfigErrors naming the key (``prefix.key``); an unknown key suggests the closest of
     ``keys()`` (default: those of ``cls``)."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+    from omegaconf.errors import (ConfigKeyError, InterpolationResolutionError, MissingMandatoryValue,
+                                  OmegaConfBaseException)
 
     def name(key: Any) -> str:
         return ".".join(str(p) for p in (prefix, key) if p not in (None, ""))
 
+    plain = OmegaConf.to_container(data, resolve=False) if OmegaConf.is_config(data) else data
+    _check_mappings(cls, plain, f"{prefix}." if prefix else "")
     try:
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), data))
     except ConfigError as e:  # an Options class checked itself in __post_init__
@@ -205,19 +241,21 @@ def build(cls: type, data: Any, prefix: str = "", keys: Callable[[], list[str]] 
     except ConfigKeyError as e:
         where = getattr(e, "object_type", None)
         if where is not None and where is not cls and "." not in str(e.full_key) and "[" not in str(e.full_key):
-            owner = getattr(where, "__name__", "")  # a key of a list item's dataclass: OmegaConf loses its path
-            raise ConfigError(f"{name(owner)}: unknown key '{e.key}' (its keys: "
+            # a key of a list item's dataclass (data.rewards[i]): OmegaConf loses its path
+            raise ConfigError(f"{name(_path_to(cls, where)) or where.__name__}: unknown key '{e.key}' (its keys: "
                               f"{', '.join(f.name for f in dataclasses.fields(where))})") from None
         raise unknown_key(name(e.full_key), keys() if keys else all_keys(cls, f"{prefix}." if prefix else ""),
                           renamed) from None
     except MissingMandatoryValue as e:
         raise ConfigError(f"{name(e.full_key)}: missing (no default; give a value)") from None
+    except InterpolationResolutionError as e:  # ${key} naming no key
+        raise ConfigError(f"{name(e.full_key)}: {str(e).splitlines()[0]}") from None
     except OmegaConfBaseException as e:
         where, key = getattr(e, "object_type", None), getattr(e, "key", None)
         hints = typing.get_type_hints(where) if dataclasses.is_dataclass(where) else {}
         if key in hints:
             raise ConfigError(f"{name(e.full_key)}: expected {_type_text(hints[key])}, got {e.value!r}") from None
-        raise ConfigError(f"{name(e.full_key)}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{name(e.full_key) or 'config'}: {str(e).splitlines()[0]}") from None
     check_tree(obj, prefix)
     return obj
 
