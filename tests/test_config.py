@@ -73,6 +73,10 @@ def test_unknown_keys_and_choices_suggest_the_closest(override, match):
     ("optim.lr=fast", "optim.lr: expected a number"),
     ("data.rewards=arithmetic", "data.rewards: expected a list"),
     ("data.rewards=[{weight: 1}]", "data.rewards"),
+    ("data.rewards=[{name: math, wieght: 1}]", r"data.rewards: unknown key 'wieght' \(its keys: name, weight\)"),
+    ("data=5", "data: expected a mapping of DataConfig's keys, got 5"),
+    ("model.lora.target_modules=5", "model.lora.target_modules: expected a string or a list, got 5"),
+    ("data.prompt_template=${nope}", "data.prompt_template: Interpolation key 'nope' not found"),
     ("seed", "must look like key=value"),
 ])
 def test_wrong_types_name_the_key(override, match):
@@ -160,17 +164,105 @@ def test_options_of_several_algorithms_in_one_config():
     assert C.config_from_dict(C.to_dict(cfg)) == cfg
 
 
-def test_keys_of_0_1_still_work_with_a_warning_naming_the_new_key(tmp_path):
-    path = tmp_path / "old.yaml"
-    path.write_text(yaml.safe_dump({"algorithm": {"name": "prime", "beta": 0.2, "prm_lr": 1e-4, "spro": {"eps": 0.5}}}))
-    with pytest.warns(FutureWarning, match="algorithm.prm_lr is now algorithm.prime.prm_lr"):
-        cfg = load_config(path, ["algorithm.prime_filter=false"])
-    assert cfg.algorithm.spro.beta == 0.2 and cfg.algorithm.spro.eps == 0.5 and cfg.algorithm.prime.prm_lr == 1e-4
-    assert cfg.algorithm.prime.filter is False
-    with pytest.warns(FutureWarning, match="algorithm.outcome_scale is now algorithm.spro.outcome_scale and "
-                                           "algorithm.grpo.outcome_scale"):
-        cfg = load_config(overrides=["algorithm.spro.beta=0.3", "algorithm.outcome_scale=none"])
-    assert cfg.algorithm.grpo.outcome_scale == "none" == cfg.algorithm.spro.outcome_scale
-    # an override given the old way after the new way wins, as overrides do
-    with pytest.warns(FutureWarning):
-        assert load_config(overrides=["algorithm.spro.beta=0.3", "algorithm.beta=0.4"]).algorithm.spro.beta == 0.4
+@pytest.mark.parametrize("override, suggestion", [
+    ("algorithm.beta=0.2", "'algorithm.spro.beta'? (TRL's beta, the KL coefficient, is 'algorithm.kl_coef')"),
+    ("algorithm.prm_lr=1e-4", "'algorithm.prime.prm_lr'?"),
+    ("algorithm.prime_filter=false", "'algorithm.prime.filter'?"),
+    ("algorithm.outcome_scale=none", "'algorithm.spro.outcome_scale' or 'algorithm.grpo.outcome_scale'?"),
+])
+def test_flat_algorithm_keys_of_0_1_are_errors_naming_the_new_key(override, suggestion):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["algorithm.name=prime", override])
+    assert str(e.value) == f"unknown config key '{override.split('=')[0]}'; did you mean {suggestion}"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("beta=0.04", "algorithm.kl_coef"), ("num_iterations=2", "algorithm.ppo_epochs"),
+    ("num_generations=4", "rollout.num_generations"), ("learning_rate=1e-6", "optim.lr"),
+    ("max_completion_length=64", "rollout.max_new_tokens"), ("temperature=0.7", "rollout.temperature"),
+    ("epsilon=0.2", "algorithm.clip_eps_low"), ("epsilon_high=0.28", "algorithm.clip_eps_high"),
+    ("loss_type=dapo", "algorithm.loss_agg"), ("scale_rewards=none", "algorithm.grpo.outcome_scale"),
+    ("max_steps=10", "total_steps"), ("gradient_accumulation_steps=2", "algorithm.grad_accum_steps"),
+])
+def test_did_you_mean_knows_trl_names(override, key):
+    with pytest.raises(ConfigError, match=f"unknown config key '{override.split('=')[0]}'; did you mean '{key}'"):
+        load_config(overrides=[override])
+
+
+def test_trl_names_are_grpo_config_fields_and_their_keys_exist():
+    trl = pytest.importorskip("trl")
+    fields = {f.name for cls in (trl.GRPOConfig, trl.ModelConfig) for f in dataclasses.fields(cls)}
+    assert set(C.TRL_NAMES) <= fields, set(C.TRL_NAMES) - fields
+    keys = set(C.all_keys())
+    assert set(C.TRL_NAMES.values()) <= keys, set(C.TRL_NAMES.values()) - keys
+
+
+@pytest.mark.parametrize("override, match", [
+    ("algorithm.mini_batch_size=-4", "algorithm.mini_batch_size must be >= 0, got -4"),
+    ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
+    ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+    ("rollout.temperature=.inf", "rollout.temperature must be a finite number, got inf"),
+    ("rollout.temperature=0", "rollout.temperature must be > 0, got 0.0"),
+    ("optim.max_grad_norm=-1", "optim.max_grad_norm must be >= 0, got -1.0"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay must be >= 0"),
+    ("seed=-1", r"seed must be in \[0, 4294967\), got -1"),
+    ("seed=5000000", r"seed must be in \[0, 4294967\)"),
+    ("optim.adam_beta1=1.5", r"optim.adam_beta1 must be in \[0, 1\), got 1.5"),
+    ("optim.adam_beta2=-0.1", r"optim.adam_beta2 must be in \[0, 1\)"),
+    ("optim.adam_eps=-1e-8", "optim.adam_eps must be >= 0"),
+    ("optim.scheduler=cosin", "optim.scheduler: 'cosin' is not one of .*did you mean 'cosine'"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps must be >= 0"),
+    ("data.eval_size=-5", "data.eval_size must be >= 0, got -5"),
+    ("data.train_size=0", "data.train_size must be >= 1 or null"),
+    ("data.rewards=[{name: arithmetic, weight: .inf}]", r"data.rewards\[0\].weight must be a finite number"),
+    ("rollout.top_k=-1", "rollout.top_k must be >= 0"),
+    ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be >= 1"),
+    ("rollout.eval_batch_size=0", "rollout.eval_batch_size must be >= 1"),
+    ("total_steps=0", "total_steps must be >= 1, got 0"),
+    ("save_every=-1", "save_every must be >= 0"),
+    ("eval_every=-2", "eval_every must be >= -1"),
+    ("keep_last=0", "keep_last must be >= 1"),
+    ("model.tiny_seed=-3", "model.tiny_seed must be in"),
+    ("logging.log_completions=-1", "logging.log_completions must be >= 0"),
+    ("algorithm.entropy_coef=-.inf", "algorithm.entropy_coef must be a finite number"),
+    ("algorithm.spro.beta=.inf", "algorithm.spro.beta must be a finite number"),
+])
+def test_numeric_ranges_are_checked_at_load_naming_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=[override])
+
+
+def test_scheduler_choices_are_transformers_schedulers():
+    from transformers.trainer_utils import SchedulerType
+
+    assert set(C.SCHEDULERS) <= {s.value for s in SchedulerType}
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("output_dir: runs/caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not a UTF-8 text file .*save it as UTF-8"):
+        load_config(path)
+
+
+def test_one_version_and_no_compatibility_layer():
+    import importlib
+    import pathlib
+    import tomllib
+
+    import spro
+
+    pyproject = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == spro.__version__
+    assert "filterwarnings" not in pyproject["tool"]["pytest"]["ini_options"]  # dependencies' warnings stay visible
+    for old in ("spro.advantages", "spro.prm", "spro.checkpoint", "spro.algorithms.compat"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
+
+
+def test_dotted_keys_in_a_file_and_interpolation(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("algorithm.name: grpo\noutput_dir: runs/${algorithm.name}-${seed}\nseed: 4\n")
+    cfg = load_config(path, ["data.rewards=[arithmetic, {name: format, weight: 0.5}]"])
+    assert cfg.algorithm.name == "grpo" and cfg.output_dir == "runs/grpo-4"
+    assert cfg.data.rewards == [C.RewardSpec("arithmetic", 1.0), C.RewardSpec("format", 0.5)]

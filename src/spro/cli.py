@@ -4,7 +4,8 @@ Each sub-command lives in its own module, imported only when that sub-command ru
 `spro --help` stays fast. A sub-command module provides:
 
     HELP: str                                   one line for `spro --help`
-    add_arguments(parser: argparse.ArgumentParser) -> None
+    add_arguments(parser: argparse.ArgumentParser[, argv: list[str]]) -> None   (argv: the sub-command's
+                                                arguments, e.g. for `spro train algorithm.name=mod:Algo --help`)
     run(args: argparse.Namespace) -> int        exit status
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 
 # name -> (module, one-line help). The help is repeated here so `spro --help` needs no imports.
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"spro {name}", description=COMMANDS[name][1])
-    module.add_arguments(sub)
+    if len(inspect.signature(module.add_arguments).parameters) > 1:
+        module.add_arguments(sub, rest)
+    else:
+        module.add_arguments(sub)
     args = sub.parse_intermixed_args(rest)  # key=value overrides may come before or after the options
     return int(module.run(args) or 0)
 

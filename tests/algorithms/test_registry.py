@@ -1,4 +1,4 @@
-"""The algorithm plugin API: registration, options, selection by name or import path, the 0.1 shims."""
+"""The algorithm plugin API: registration, options, selection by name or import path."""
 
 from __future__ import annotations
 
@@ -146,18 +146,3 @@ def test_import_path_from_the_working_directory(tmp_path, monkeypatch, scratch_r
         assert cfg.algorithm.options is not None and get_algorithm("my_algo_from_cwd").name == "my_algo_from_cwd"
     finally:
         sys.modules.pop("my_algo_mod", None)
-
-
-def test_estimator_registry_of_0_1_still_works():
-    sys.modules.pop("spro.advantages", None)
-    with pytest.warns(DeprecationWarning, match="spro.advantages has moved to spro.algorithms.compat"):
-        from spro.advantages import get_estimator
-    x = _inputs()
-    b = dict(rewards=x.rewards, mask=x.mask.float(), group_ids=x.group_ids, logp=x.logp, ref_logp=x.ref_logp)
-    torch.testing.assert_close(get_estimator("spro")(**b, beta=0.1),
-                               spro_advantage(x.rewards, x.logp, x.ref_logp, x.mask, x.group_ids, beta=0.1))
-    with pytest.raises(ValueError, match="unknown option.*msa_scale_sdt"):
-        get_estimator("spro")(**b, beta=0.1, msa_scale_sdt=True)
-    with pytest.raises(ValueError, match="'spro' needs the input 'ref_logp'"):
-        get_estimator("spro")(**{**b, "ref_logp": None})
-    assert torch.equal(get_estimator("grpo")(**b, beta=0.1, outcome_scale="none"), get_estimator("dr_grpo")(**b))

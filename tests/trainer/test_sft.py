@@ -18,7 +18,7 @@ TASK = {"num_operands": (2, 3), "value_range": (0, 9), "train_size": 300, "valid
 
 
 def tiny_config(**kw):
-    base = dict(task_knobs=dict(TASK), steps=40, batch_size=16, lr=1e-2, warmup_steps=5, eval_every=20, eval_n=8,
+    base = dict(task_kwargs=dict(TASK), steps=40, batch_size=16, lr=1e-2, warmup_steps=5, eval_every=20, eval_n=8,
                 max_new_tokens=16, **TINY)
     base.update(kw)
     return SFTConfig(**base)
@@ -52,7 +52,7 @@ def test_short_sft_lowers_loss_and_saves(tmp_path):
 
     model, tok = load_model_and_tokenizer(out)
     meta = json.loads((out / "sft_config.json").read_text())
-    assert meta["steps"] == 40 and meta["task_knobs_resolved"]["value_range"] == [0, 9]
+    assert meta["steps"] == 40 and meta["task_kwargs_resolved"]["value_range"] == [0, 9]
     log = [json.loads(line) for line in (out / "sft_log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in log if "loss" in r] == pytest.approx(result.losses)
     assert not [p for p in tmp_path.iterdir() if p.name != "model"]  # temp folder renamed away

@@ -29,7 +29,7 @@ def test_a_dataset_file_trains_exactly_like_the_same_rows_of_a_built_in_task(tmp
     train = _write_jsonl(tmp_path / "train.jsonl", [{c: r[c] for c in cols} for r in task.split("train")])
     dev = _write_jsonl(tmp_path / "dev.jsonl", [{c: r[c] for c in cols} for r in task.split("validation")])
     common = dict(steps=12, batch_size=16, lr=1e-2, warmup_steps=2, eval_every=6, eval_n=8, max_new_tokens=16, **TINY)
-    built_in = sft(SFTConfig(task_knobs=TASK, **common), None, progress=False)
+    built_in = sft(SFTConfig(task_kwargs=TASK, **common), None, progress=False)
     from_file = sft(SFTConfig(data=str(train), eval_data=str(dev), reward="arithmetic", **common), None,
                     progress=False)
     assert from_file.losses == built_in.losses

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     runs = run_grid(variants, [args.seed], root=out, preset="demo", overrides=args.overrides,
                     log=lambda m: print(m, flush=True))
 
-    task = load_task(cfg)
+    task = load_task(cfg.data)
     test_ds = task.split("test", n=args.test_n)
     torch.manual_seed(args.seed)
     models = {"warm start (step 0)": ws}

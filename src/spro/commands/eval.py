@@ -1,50 +1,90 @@
 """`spro eval`: evaluate a causal LM on a built-in task or a prompt dataset.
 
-    spro eval --model DIR --task arithmetic [--split test] [--n N] [--k K]
-    spro eval --model RUN_DIR ...       (a `spro train` run folder: its latest checkpoint)
-    spro eval --model DIR --data FILE [--schema auto] [--reward NAME] [--k K]
+    spro eval model=DIR task=arithmetic [split=test] [n=N] [k=K] [task_kwargs.num_operands=[3,5]]
+    spro eval model=RUN_DIR ...         (a `spro train` run folder: its latest checkpoint)
+    spro eval model=DIR data=FILE [schema=auto] [reward=NAME] [k=K]
+    spro eval --model DIR --data FILE --k 4     (every key is also a flag, its short alias)
 
-Greedy pass@1, sampled mean@k and pass@k (``--k``, ``--temperature``, ``--top-p``), mean
+The settings are the keys of :class:`EvalConfig`, loaded like `spro train`'s
+(:func:`spro.options.build`: ``key=value`` with YAML values, did-you-mean for unknown keys, each
+value checked). Greedy pass@1, sampled mean@k and pass@k (``k``, ``temperature``, ``top_p``), mean
 response length, a per-``data_source`` breakdown when that column exists and, for the arithmetic
-task, first-wrong-step statistics. A table on screen; ``--out FILE`` writes the JSON.
+task, first-wrong-step statistics. A table on screen; ``out=FILE`` writes the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
+from typing import Any
+
+from spro.options import option
 
 HELP = "Evaluate a model: greedy pass@1, sampled mean@k, length."
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="HF folder of a causal LM, a run folder of `spro train` (its latest checkpoint), a "
+@dataclass
+class EvalConfig:
+    """The settings of `spro eval` (keys of ``key=value``; each also a ``--flag``)."""
+
+    model: str = option(help="HF folder of a causal LM, a run folder of `spro train` (its latest checkpoint), a "
                         "checkpoint folder (LoRA adapters are loaded onto their base model), or warmstart:weak / "
                         "warmstart:strong (built and cached if needed).")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--task", default=None, help="Built-in task (e.g. arithmetic). Default when --data is not given.")
-    src.add_argument("--data", default=None, help="Prompt dataset: a local jsonl/json/parquet/csv file or saved dataset "
-                     "folder, or reasoning_gym:NAME (the held-out questions of a training run with the default "
-                     "data.reasoning_gym seed and size; --task-knob sets the task's config keys).")
+    task: str | None = option(None, help="Built-in task (e.g. arithmetic). Default when data is not given.")
+    data: str | None = option(None, help="Prompt dataset: a local jsonl/json/parquet/csv file or saved dataset "
+                              "folder, or reasoning_gym:NAME (the held-out questions of a training run with the default "
+                              "data.reasoning_gym seed and size; task_kwargs sets the task's config keys).")
+    task_kwargs: dict[str, Any] = option(help="Keyword arguments of the task (get_task(task, **task_kwargs)), or a "
+                                         "reasoning-gym task's config keys, e.g. {num_operands: [3, 5]}.", factory=dict)
+    split: str = option("test", help="Split to evaluate.")
+    schema: str = option("auto", help="Schema of data for spro.data.load_prompt_dataset.")
+    reward: str | None = option(None, help="Reward name or module:function (a module in the working directory or on "
+                                "the Python path). null: the one spro train would use (spro.data.default_reward): "
+                                "the task's verifier; for data the reward its schema implies (gsm8k, math: math; eurus: "
+                                "eurus; reasoning_gym:NAME: reasoning_gym; plain: none, give reward).")
+    n: int | None = option(None, help="Evaluate only the first N prompts (null: all).",
+                           check=(lambda v: v is None or v >= 1, ">= 1 or null"))
+    k: int = option(0, help="Samples per prompt for mean@k / pass@k (0: greedy only).", check=(lambda v: v >= 0, ">= 0"))
+    temperature: float = option(1.0, help="Sampling temperature for k.", check=(lambda v: v > 0, "> 0"))
+    top_p: float = option(1.0, help="Nucleus sampling for k.", check=(lambda v: 0 < v <= 1, "in (0, 1]"))
+    max_new_tokens: int | None = option(None, help="Generation budget (null: 96 for tasks, 512 for data).",
+                                        check=(lambda v: v is None or v >= 1, ">= 1 or null"))
+    batch_size: int = option(256, help="Sequences per generate() call (lower it for big models).",
+                             check=(lambda v: v >= 1, ">= 1"))
+    seed: int = option(0, help="Sampling seed.", check=(lambda v: v >= 0, ">= 0"))
+    out: str | None = option(None, help="Write the results as JSON to this file.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from spro.options import add_flags, describe
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = ("Settings: key=value (YAML values) or the flags above, their short aliases (key=value wins), e.g.\n"
+                     "  spro eval model=runs/spro task=arithmetic k=4 task_kwargs.num_operands=[3,5]\n\n"
+                     "Every key, with its default and help text:\n\n" + "\n".join(describe(EvalConfig)))
+    add_flags(parser, EvalConfig, [f for f in EvalConfig.__dataclass_fields__ if f != "task_kwargs"])
     parser.add_argument("--task-knob", action="append", default=[], metavar="KEY=VALUE",
-                        help="Task knob (JSON value), e.g. num_operands=[3,5], or a reasoning-gym config key. Repeatable.")
-    parser.add_argument("--split", default="test", help="Split to evaluate (default: test).")
-    parser.add_argument("--schema", default="auto", help="--data schema for spro.data.load_prompt_dataset (default: auto).")
-    parser.add_argument("--reward", default=None,
-                        help="Reward name or module:function (a module in the working directory or on the Python "
-                        "path). Default: the one spro train would use (spro.data.default_reward): the task's "
-                        "verifier; for --data the reward its schema implies (gsm8k, math: math; eurus: eurus; "
-                        "reasoning_gym:NAME: reasoning_gym; plain: none, give --reward).")
-    parser.add_argument("--n", type=int, default=None, help="Evaluate only the first N prompts.")
-    parser.add_argument("--k", type=int, default=0, help="Samples per prompt for mean@k / pass@k (0: greedy only).")
-    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for --k (default 1.0).")
-    parser.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling for --k (default 1.0).")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="Generation budget (default: 96 for tasks, 512 for --data).")
-    parser.add_argument("--batch-size", type=int, default=256, help="Sequences per generate() call (default 256; lower it for big models).")
-    parser.add_argument("--seed", type=int, default=0, help="Sampling seed.")
-    parser.add_argument("--out", default=None, help="Write the results as JSON to this file.")
+                        help="A task knob, short for task_kwargs.KEY=VALUE (YAML value), e.g. num_operands=[3,5], or a "
+                        "reasoning-gym config key. Repeatable.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Settings (the keys listed below).")
+
+
+def resolve_config(args: argparse.Namespace) -> EvalConfig:
+    """The EvalConfig of the flags and the key=value overrides (later wins)."""
+    from omegaconf import OmegaConf
+
+    from spro import options
+
+    bad = [item for item in args.task_knob if "=" not in item]
+    if bad:
+        raise ValueError(f"--task-knob {bad[0]!r}: expected KEY=VALUE")
+    cfg = options.build(EvalConfig, OmegaConf.merge(options.flags_layer(args, EvalConfig), options.overrides_layer(
+        [f"task_kwargs.{i}" for i in args.task_knob] + args.overrides)))
+    if cfg.task is not None and cfg.data is not None:
+        raise ValueError(f"task={cfg.task} and data={cfg.data}: give one")
+    return cfg
 
 
 def _resolve_model(spec: str):
@@ -59,22 +99,21 @@ def _resolve_model(spec: str):
         try:
             return find_checkpoint(path)
         except CheckpointError:
-            raise ValueError(f"--model {spec}: neither a model folder (no config.json or adapter_config.json) nor a "
+            raise ValueError(f"model={spec}: neither a model folder (no config.json or adapter_config.json) nor a "
                              f"run folder with checkpoints") from None
     return path
 
 
-def _reasoning_gym_split(args: argparse.Namespace):
-    """--data reasoning_gym:NAME: the held-out questions of a run with the default data.reasoning_gym seed and
-    size (--split train: its training questions); --task-knob sets the task's config keys."""
-    from spro.commands.sft import parse_knobs
+def _reasoning_gym_split(cfg: EvalConfig):
+    """data=reasoning_gym:NAME: the held-out questions of a run with the default data.reasoning_gym seed and
+    size (split=train: its training questions); task_kwargs sets the task's config keys."""
     from spro.config import DataConfig, ReasoningGymConfig
     from spro.data.reasoning_gym import load_reasoning_gym
 
-    knobs = {k: list(v) if isinstance(v, tuple) else v for k, v in parse_knobs(args.task_knob).items()}
-    data = DataConfig(task=None, source=args.data, eval_size=args.n or 200, reasoning_gym=ReasoningGymConfig(config=knobs))
-    train, held_out = load_reasoning_gym(data, with_eval=args.split != "train")
-    return train if args.split == "train" else held_out
+    data = DataConfig(task=None, source=cfg.data, eval_size=cfg.n or 200,
+                      reasoning_gym=ReasoningGymConfig(config=dict(cfg.task_kwargs)))
+    train, held_out = load_reasoning_gym(data, with_eval=cfg.split != "train")
+    return train if cfg.split == "train" else held_out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,44 +128,42 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     try:
-        if args.n is not None and args.n < 1:
-            raise ValueError(f"--n must be >= 1, got {args.n}")
+        cfg = resolve_config(args)
         from spro.data import default_reward
         from spro.rewards import get_reward
 
         step_checker = None
-        if args.data is not None:
+        if cfg.data is not None:
             from spro.data import load_prompt_dataset
             from spro.data.reasoning_gym import is_reasoning_gym
 
-            if is_reasoning_gym(args.data):
-                dataset = _reasoning_gym_split(args)
+            if is_reasoning_gym(cfg.data):
+                dataset = _reasoning_gym_split(cfg)
             else:
-                dataset = load_prompt_dataset(args.data, schema=args.schema, split=args.split)
-            if args.n is not None:
-                dataset = dataset.select(range(min(args.n, len(dataset))))
-            reward = args.reward or default_reward(source=args.data, dataset=dataset, how="--reward NAME")
-            source = {"data": args.data, "schema": args.schema, "reward": reward}
-            max_new = args.max_new_tokens or 512
+                dataset = load_prompt_dataset(cfg.data, schema=cfg.schema, split=cfg.split)
+            if cfg.n is not None:
+                dataset = dataset.select(range(min(cfg.n, len(dataset))))
+            reward = cfg.reward or default_reward(source=cfg.data, dataset=dataset, how="--reward NAME")
+            source = {"data": cfg.data, "schema": cfg.schema, "reward": reward}
+            max_new = cfg.max_new_tokens or 512
         else:
-            from spro.commands.sft import parse_knobs
             from spro.data.loader import DEFAULT_TASK
             from spro.data.tasks import get_task
 
-            name = args.task or DEFAULT_TASK
-            task = get_task(name, **parse_knobs(args.task_knob))
-            dataset = task.split(args.split, n=args.n)
-            reward = args.reward or default_reward(task=name)
+            name = cfg.task or DEFAULT_TASK
+            task = get_task(name, **cfg.task_kwargs)
+            dataset = task.split(cfg.split, n=cfg.n)
+            reward = cfg.reward or default_reward(task=name)
             step_checker = getattr(task, "first_wrong_step", None)
-            source = {"task": name, "split": args.split, "reward": reward,
+            source = {"task": name, "split": cfg.split, "reward": reward,
                       "knobs": task.knobs() if hasattr(task, "knobs") else None}
-            max_new = args.max_new_tokens or 96
+            max_new = cfg.max_new_tokens or 96
         reward_fn = get_reward(reward)
-        model_dir = _resolve_model(args.model)
+        model_dir = _resolve_model(cfg.model)
         model, tokenizer = load_model(str(model_dir))  # LoRA adapters merged into their base
         result = evaluate(
-            model, tokenizer, dataset, reward_fn, k=args.k, temperature=args.temperature, top_p=args.top_p,
-            max_new_tokens=max_new, batch_size=args.batch_size, seed=args.seed, step_checker=step_checker,
+            model, tokenizer, dataset, reward_fn, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+            max_new_tokens=max_new, batch_size=cfg.batch_size, seed=cfg.seed, step_checker=step_checker,
             progress=not args.no_progress,
         )
     except ValueError as exc:
@@ -141,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    keys = ["n", "pass@1"] + ([f"mean@{args.k}", f"pass@{args.k}"] if args.k else []) + \
-        ["length_mean"] + (["sampled_length_mean"] if args.k else []) + ["truncated_frac", "reward_none"]
+    keys = ["n", "pass@1"] + ([f"mean@{cfg.k}", f"pass@{cfg.k}"] if cfg.k else []) + \
+        ["length_mean"] + (["sampled_length_mean"] if cfg.k else []) + ["truncated_frac", "reward_none"]
     for key in keys:
         table.add_row(key, fmt(result.get(key)))
     sc = result.get("step_checker")
@@ -154,15 +191,15 @@ def run(args: argparse.Namespace) -> int:
     Console().print(table)
     if "by_source" in result:
         bt = Table(title="by data_source")
-        cols = ["n", "pass@1", "length_mean"] + ([f"mean@{args.k}", f"pass@{args.k}"] if args.k else [])
+        cols = ["n", "pass@1", "length_mean"] + ([f"mean@{cfg.k}", f"pass@{cfg.k}"] if cfg.k else [])
         bt.add_column("data_source")
         for c in cols:
             bt.add_column(c, justify="right")
         for src_name, entry in result["by_source"].items():
             bt.add_row(src_name, *[fmt(entry.get(c)) for c in cols])
         Console().print(bt)
-    if args.out:
-        with open(args.out, "w") as f:
+    if cfg.out:
+        with open(cfg.out, "w") as f:
             json.dump(result, f, indent=2)
-        console.print(f"wrote {args.out}")
+        console.print(f"wrote {cfg.out}")
     return 0

@@ -1,72 +1,70 @@
 """`spro sft`: supervised warm start of a causal LM on reference solutions, of a built-in task or a dataset.
 
-    spro sft --output models/weak --preset weak                      # the built-in arithmetic task
-    spro sft --data train.jsonl --model models/base --output models/sft [--schema gsm8k] [--eval-data dev.jsonl]
+    spro sft --output models/weak --preset weak                                 # the built-in arithmetic task
+    spro sft --output models/sft data=train.jsonl model=models/base schema=gsm8k eval_data=dev.jsonl
+    spro sft --output models/sft --data train.jsonl --model models/base         # the same keys as flags
+
+Settings (later wins): the preset < the flags (short aliases of keys) < ``key=value`` overrides, the
+convention of `spro train`, loaded by the same loader (:func:`spro.options.build`). The keys are the
+fields of :class:`spro.trainer.sft.SFTConfig`, each listed with its help by `spro sft --help`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 
 HELP = "Supervised warm start of a causal LM on a task's or a dataset's solutions."
 
+FLAGS = ("model", "task", "steps", "batch_size", "lr", "eval_every", "eval_n", "seed", "threads", "max_new_tokens")
+DATA_FLAGS = ("data", "schema", "solution_column", "prompt_template", "eval_data", "reward")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from spro.trainer.sft import PRESETS
+    from spro.options import add_flags, describe
+    from spro.trainer.sft import PRESETS, SFTConfig
 
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = ("Settings (later wins): --preset < the flags above < key=value overrides (YAML values), e.g.\n"
+                     "  spro sft -o models/w steps=200 task_kwargs.num_operands=[3,5]\n\nEvery key, with its "
+                     "default (without a preset) and help text:\n\n" + "\n".join(describe(SFTConfig, SFTConfig())))
     parser.add_argument("--output", "-o", required=True, help="Folder to save the fine-tuned model + tokenizer (HF format).")
     parser.add_argument("--preset", choices=sorted(PRESETS) + ["finetune"], default=None,
-                        help="Start from this preset's settings; flags below override it. Default: finetune (lr 1e-5, "
-                        "batch 8, 100 steps, 256 new tokens) with --data and --model, weak (a tiny model's settings) "
-                        "otherwise.")
-    parser.add_argument("--model", default=None,
-                        help="HF folder (or .gguf file) of a causal LM to fine-tune (default: a fresh tiny Llama with a "
-                        "character tokenizer).")
-    parser.add_argument("--task", default=None, help="Task name (default: arithmetic; not with --data).")
-    data = parser.add_argument_group("a dataset instead of the built-in task")
-    data.add_argument("--data", default=None,
-                      help="Dataset with solutions: a jsonl/json/parquet/csv file or saved dataset folder "
-                      "(spro.data.load_prompt_dataset).")
-    data.add_argument("--schema", default="auto",
-                      help="Its schema: auto, gsm8k, math, eurus, plain (default: auto).")
-    data.add_argument("--column-map", action="append", default=[], metavar="OURS=THEIRS",
-                      help="Rename a column first, e.g. prompt=instruction, answer=gold, solution=response. Repeatable.")
-    data.add_argument("--solution-column", default="solution",
-                      help="Column with the target text (default: solution; GSM8K's gets its '#### answer' line back).")
-    data.add_argument("--prompt-template", default=None, help="Format string for each prompt, e.g. '{prompt}\\nAnswer:'.")
-    data.add_argument("--eval-data", default=None,
-                      help="Held-out dataset for the accuracy (default: min(--eval-n, 10%%) of --data's rows, seeded).")
-    data.add_argument("--reward", default=None,
-                      help="Reward of the held-out accuracy (default: math; code for rows with tests; eurus for Eurus data).")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="Generation budget of the held-out accuracy.")
+                        help="Start from this preset's settings; flags and key=value override it. Default: finetune "
+                        "(lr 1e-5, batch 8, 100 steps, 256 new tokens) with data and model, weak (a tiny model's "
+                        "settings) otherwise.")
+    add_flags(parser, SFTConfig, FLAGS)
     parser.add_argument("--task-knob", action="append", default=[], metavar="KEY=VALUE",
-                        help="Task knob, value parsed as JSON when possible, e.g. num_operands=[3,5] or value_range=[0,9]. Repeatable.")
-    parser.add_argument("--steps", type=int, default=None, help="Optimizer steps.")
-    parser.add_argument("--batch-size", type=int, default=None, help="Examples per step.")
-    parser.add_argument("--lr", type=float, default=None, help="Peak AdamW learning rate.")
-    parser.add_argument("--eval-every", type=int, default=None, help="Validation accuracy every N steps (0: only at the end).")
-    parser.add_argument("--eval-n", type=int, default=None, help="Validation problems per evaluation.")
-    parser.add_argument("--seed", type=int, default=None, help="Seed of model init and batch order.")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads.")
+                        help="A task knob, short for task_kwargs.KEY=VALUE (YAML value), e.g. num_operands=[3,5]. "
+                        "Repeatable.")
+    data = parser.add_argument_group("a dataset instead of the built-in task")
+    add_flags(data, SFTConfig, DATA_FLAGS)
+    data.add_argument("--column-map", action="append", default=[], metavar="OURS=THEIRS",
+                      help="Rename a column first, short for column_map.OURS=THEIRS, e.g. prompt=instruction, "
+                      "solution=response. Repeatable.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="Settings (the keys listed below), e.g. lr=1e-5 task_kwargs.value_range=[0,9].")
 
 
-def parse_knobs(items: list[str]) -> dict:
-    knobs = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--task-knob {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            v = json.loads(value)
-        except json.JSONDecodeError:
-            v = value
-        if isinstance(v, list):
-            v = tuple(v)
-        knobs[key.strip()] = v
-    return knobs
+def resolve_config(args: argparse.Namespace):
+    """``(preset name, SFTConfig)`` from the preset, the flags and the key=value overrides."""
+    from omegaconf import OmegaConf
+
+    from spro import options
+    from spro.trainer.sft import FINETUNE, PRESETS, SFTConfig
+
+    for flag, items, form in (("--column-map", args.column_map, "OURS=THEIRS, e.g. solution=response"),
+                              ("--task-knob", args.task_knob, "KEY=VALUE")):
+        bad = [item for item in items if "=" not in item]
+        if bad:
+            raise ValueError(f"{flag} {bad[0]!r}: expected {form}")
+    given = OmegaConf.merge(options.flags_layer(args, SFTConfig), options.overrides_layer(
+        [f"column_map.{i}" for i in args.column_map] + [f"task_kwargs.{i}" for i in args.task_knob] + args.overrides))
+    if given.get("data") is not None and given.get("task") is not None:
+        raise ValueError("give data (a dataset) or task (a built-in task), not both")
+    preset = args.preset or ("finetune" if given.get("data") and given.get("model") else "weak")
+    base = FINETUNE if preset == "finetune" else PRESETS[preset]
+    return preset, options.build(SFTConfig, OmegaConf.merge(options.layer(base.to_dict()), given))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,28 +73,11 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.console import Console
 
-    from spro.trainer.sft import FINETUNE, get_preset, sft
+    from spro.trainer.sft import sft
 
     console = Console(stderr=True)
     try:
-        if args.data and args.task:
-            raise ValueError("give --data or --task, not both")
-        preset = args.preset or ("finetune" if args.data and args.model else "weak")
-        cfg = dataclasses.replace(FINETUNE) if preset == "finetune" else get_preset(preset)
-        bad = [item for item in args.column_map if "=" not in item]
-        if bad:
-            raise ValueError(f"--column-map {bad[0]!r}: expected OURS=THEIRS, e.g. solution=response")
-        column_map = dict(item.split("=", 1) for item in args.column_map) or None
-        overrides = {
-            "model": args.model, "task": args.task, "steps": args.steps, "batch_size": args.batch_size,
-            "lr": args.lr, "eval_every": args.eval_every, "eval_n": args.eval_n, "seed": args.seed,
-            "threads": args.threads, "data": args.data, "schema": args.schema, "column_map": column_map,
-            "solution_column": args.solution_column, "prompt_template": args.prompt_template,
-            "eval_data": args.eval_data, "reward": args.reward, "max_new_tokens": args.max_new_tokens,
-        }
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-        if args.task_knob:
-            cfg = dataclasses.replace(cfg, task_knobs={**cfg.task_knobs, **parse_knobs(args.task_knob)})
+        preset, cfg = resolve_config(args)
         result = sft(cfg, args.output, progress=not args.no_progress)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -26,17 +26,38 @@ A run folder (output_dir) is used by one trainer at a time (a lock file). A new 
 that holds a run (checkpoints or logged metrics) stops with an error: resume it with --resume, pick
 another output_dir, or pass --overwrite to move that run aside to OUTPUT_DIR.old-N first.
 
-Override values use YAML syntax (true, 1e-5, null, [a, b], {k: v}). Every key, with its
-default and help text:
+Override values use YAML syntax (true, 1e-5, null, [a, b], {k: v}); ${key} in a value is the value
+of another key (OmegaConf interpolation, e.g. output_dir=runs/${algorithm.name}). An algorithm of
+your own shows its options here when named: spro train algorithm.name=my_algos:MyAlgo --help.
+Every key, with its default and help text:
 
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def plugin_algorithms(argv: list[str]) -> list[str]:
+    """The ``module:attr`` algorithms named in ``argv`` (``algorithm.name=...`` overrides, --config's
+    ``algorithm.name``), so that `spro train ... --help` lists their options too."""
+    specs = [a.split("=", 1)[1] for a in argv if a.startswith("algorithm.name=")]
+    if "--config" in argv[:-1]:
+        from spro.config import ConfigError, options
+
+        try:
+            data = options.read_yaml(argv[argv.index("--config") + 1])
+            specs.append(str((data.get("algorithm") or {}).get("name", data.get("algorithm.name", ""))))
+        except (ConfigError, AttributeError):
+            pass
+    return [s for s in specs if ":" in s]
+
+
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str] = ()) -> None:
     from spro.config import describe_options, list_presets
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG + describe_options()
+    try:
+        keys_help = describe_options(extra=plugin_algorithms(list(argv)))
+    except ValueError as e:  # a plugin that does not import: say so under the built-in ones
+        keys_help = describe_options() + f"\n\n(not listed: {e})"
+    parser.epilog = EPILOG + keys_help
     parser.add_argument("--config", metavar="FILE", help="YAML file with config keys (nested or dotted).")
     parser.add_argument(
         "--preset", metavar="NAME",
@@ -58,16 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace):
-    from spro.config import config_from_dict, load_config, _set_dotted, parse_override
+    from spro.config import load_config
 
     if args.resume and not args.config and not args.preset:
         from spro.trainer.checkpoint import find_checkpoint, read_run_config
 
-        data = read_run_config(find_checkpoint(args.resume))
-        for text in args.overrides:
-            key, value = parse_override(text)
-            _set_dotted(data, key, value)
-        return config_from_dict(data)
+        return load_config(overrides=args.overrides, base=read_run_config(find_checkpoint(args.resume)))
     return load_config(args.config, args.overrides, preset=args.preset)
 
 

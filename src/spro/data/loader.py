@@ -188,14 +188,15 @@ def describe_datasets(d: Any, train: Any, evals: Any) -> str:
     return f"{d.source} ({len(train)} prompts; {held})"
 
 
-def load_task(cfg: Any) -> Any:
-    """The built-in task the config trains on (:func:`task_name`), or None for a dataset."""
-    name = task_name(cfg.data)
+def load_task(data: Any) -> Any:
+    """The built-in task the ``data`` section (``spro.config.DataConfig``) trains on (:func:`task_name`), or
+    None for a dataset."""
+    name = task_name(data)
     if name is None:
         return None
     from spro.data.tasks import get_task
 
-    return get_task(name, **cfg.data.task_kwargs)
+    return get_task(name, **data.task_kwargs)
 
 
 def prompt_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

@@ -110,7 +110,7 @@ class Trainer:
         self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
         self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
-        self.diagnostics = ProcessDiagnostics(load_task(cfg), self.tok) if cfg.logging.diagnostics else None
+        self.diagnostics = ProcessDiagnostics(load_task(cfg.data), self.tok) if cfg.logging.diagnostics else None
         if self.is_main:
             print(f"spro: {data.summary}", file=sys.stderr, flush=True)
 

@@ -36,7 +36,8 @@ class SFTConfig:
     """Configuration of one supervised warm-start run."""
 
     task: str = field(default="arithmetic", metadata={"help": "Task name (spro.data.tasks.get_task)."})
-    task_knobs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Keyword knobs for the task."})
+    task_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Keyword arguments of the task: get_task(task, **task_kwargs), e.g. {num_operands: [3, 5]}."})
     model: str | None = field(
         default=None, metadata={"help": "HF folder of the causal LM to fine-tune; None builds a fresh tiny model."}
     )
@@ -117,7 +118,7 @@ def get_preset(name: str) -> SFTConfig:
     """A fresh copy of the named preset."""
     if name not in PRESETS:
         raise ValueError(f"unknown SFT preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
-    return dataclasses.replace(PRESETS[name], task_knobs=dict(PRESETS[name].task_knobs))
+    return dataclasses.replace(PRESETS[name], task_kwargs=dict(PRESETS[name].task_kwargs))
 
 
 @dataclass
@@ -180,7 +181,7 @@ def sft_data(config: SFTConfig) -> SFTData:
     if config.data is None:
         from spro.data.tasks import get_task
 
-        task = get_task(config.task, **config.task_knobs)
+        task = get_task(config.task, **config.task_kwargs)
         train = task.split("train", n=config.train_size)
         return SFTData(train, list(train["solution"]), task.split("validation", n=config.eval_n), task.reward,
                        task.knobs() if hasattr(task, "knobs") else None)
@@ -338,7 +339,7 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
     cpu_seconds = time.process_time() - c0
     path = None
     if output_dir is not None:
-        meta = {**config.to_dict(), "task_knobs_resolved": data.knobs, "train_rows": len(examples),
+        meta = {**config.to_dict(), "task_kwargs_resolved": data.knobs, "train_rows": len(examples),
                 "seconds": seconds, "cpu_seconds": cpu_seconds,
                 "eval_seconds": eval_time, "torch_threads": torch.get_num_threads(), "validation": validation}
         path = save_model_and_tokenizer(model, tokenizer, output_dir, extra_files={

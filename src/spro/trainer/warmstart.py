@@ -34,10 +34,11 @@ def cache_key(preset: str) -> str:
     from spro.trainer.sft import DATASET_FIELDS, SFTConfig, get_preset
 
     cfg = get_preset(preset)
-    task = get_task(cfg.task, **cfg.task_knobs)
+    task = get_task(cfg.task, **cfg.task_kwargs)
     # the fields of dataset SFT count only when set, so that the warm starts built before they existed keep their key
     defaults = SFTConfig().to_dict()
     config = {k: v for k, v in cfg.to_dict().items() if k not in DATASET_FIELDS or v != defaults[k]}
+    config["task_knobs"] = config.pop("task_kwargs")  # its name before 0.2: the warm starts built since keep their key
     blob = json.dumps(
         {"preset": preset, "config": config, "task": getattr(task, "knobs", lambda: None)(),
          "spro": spro.__version__, "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,

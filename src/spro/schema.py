@@ -1,0 +1,442 @@
+"""The declarations of `spro train`'s config: a tree of dataclasses, every field with its help text
+(``spro.options.option``), its allowed choices and its checks, in the manner of TRL's ``GRPOConfig``.
+
+This module is data: the keys, their defaults, their help texts (which `spro train --help` prints)
+and their valid ranges. Loading, merging and the cross-field checks live in :mod:`spro.config`,
+which re-exports every class here (``from spro.config import TrainConfig`` is the public path).
+
+References: SPRO = Fei et al., "Self-Guided Process Reward Optimization with Masked Step
+Advantage for Process Reinforcement Learning", arXiv:2507.01551 (2025). GRPO = Shao et al.,
+arXiv:2402.03300. Dr. GRPO = Liu et al., arXiv:2503.20783. RLOO = Ahmadian et al.,
+arXiv:2402.14740. PRIME = Cui et al., arXiv:2502.01456. DAPO (clip-higher) = Yu et al.,
+arXiv:2503.14476.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from spro.algorithms.losses import AGG_MODES as LOSS_AGGS, KL_ESTIMATORS
+from spro.options import option
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+# transformers.get_scheduler names that need no more than (warmup steps, training steps)
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+              "inverse_sqrt")
+# the range checks shared by many keys (every float is also checked to be finite: spro.options.check_fields)
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+POSITIVE = (lambda v: v > 0, "> 0")
+AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+# the trainer seeds numpy with seed * 1000 + rank, which must fit in 32 bits
+SEED = (lambda v: 0 <= v < 2**32 // 1000, f"in [0, {2**32 // 1000})")
+
+
+_f = option
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters through peft (arXiv:2106.09685); ``pip install 'spro[lora]'``."""
+
+    rank: int = _f(
+        0,
+        help="LoRA rank r; 0 = off (the whole model trains). With r > 0 only the adapters train, the reference "
+        "pi_ref is the same weights with the adapters disabled (no second copy of the model: SPRO's log pi_ref "
+        "costs no memory), checkpoints hold the adapters (spro eval loads them; spro export merges them "
+        "into a full model). Not with algorithm.name=prime (its implicit PRM is a full trainable copy).",
+        check=NON_NEGATIVE,
+    )
+    alpha: int = _f(16, help="LoRA alpha: the adapters' output is scaled by alpha / rank.", check=POSITIVE)
+    dropout: float = _f(0.0, help="Dropout on the adapters' input.", check=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    target_modules: str | list[str] = _f(
+        "all-linear",
+        help="Modules that get adapters: 'all-linear' (every linear layer but the output layer) or a list of "
+        "module names, e.g. [q_proj, k_proj, v_proj, o_proj].",
+    )
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f(
+        "tiny",
+        help="The policy: a local folder with an AutoModelForCausalLM and its tokenizer, a hub id "
+        "(when online), 'tiny' (a randomly initialised ~1M-parameter Llama with the character "
+        "tokenizer of spro.models.tiny) or 'warmstart:weak' / 'warmstart:strong' (spro.trainer.warmstart's SFT "
+        "models for the built-in arithmetic task, built once and cached).",
+    )
+    tokenizer: str | None = _f(None, help="Tokenizer folder or id; null = the model's own.")
+    ref_model: str | None = _f(
+        None,
+        help="The frozen reference policy pi_ref (SPRO's process reward is beta * (log pi_old - "
+        "log pi_ref), arXiv:2507.01551; also the KL anchor). null = a frozen copy of the starting "
+        "policy, which is what SPRO, GRPO and PRIME use.",
+    )
+    use_reference: bool = _f(
+        True,
+        help="Run the frozen reference model. Required by spro and prime and by kl_coef > 0; for "
+        "grpo / dr_grpo / rloo with kl_coef = 0 set false to skip its forward pass (the 'kl' and "
+        "process/* metrics are then logged as null).",
+    )
+    dtype: str = _f(
+        "float32",
+        help="Weights dtype. bfloat16 / float16 cast the weights themselves (half the memory, no fp32 copy: "
+        "small updates are rounded away); for mixed precision keep float32 and set model.precision=bf16.",
+        choices=DTYPES,
+    )
+    precision: str = _f(
+        "fp32",
+        help="'bf16': mixed precision, every forward pass under torch.autocast(bfloat16) with float32 master "
+        "weights and optimizer state; the output layer and the log-softmax stay float32, so the log-probs of "
+        "the PPO ratio, the KL term and the process reward are float32 (spro.models.precision). Meant for GPUs; "
+        "torch also runs it on CPU (usually slower than fp32 there). 'fp32': plain model.dtype.",
+        choices=("fp32", "bf16"),
+    )
+    gguf_file: str | None = _f(
+        None,
+        help="A GGUF file inside the name_or_path folder (or an absolute path) to load the policy from; "
+        "transformers dequantises it to model.dtype (needs `pip install 'spro[gguf]'`). A name_or_path "
+        "ending in .gguf works the same.",
+    )
+    lora: LoRAConfig = _f(help="LoRA adapters (rank 0 = off).", factory=LoRAConfig)
+    gradient_checkpointing: bool = _f(
+        False, help="Recompute activations in the backward pass to save memory (slower)."
+    )
+    tiny_seed: int = _f(0, help="Initialisation seed when name_or_path is 'tiny'.", check=SEED)
+    share_prompt_prefix: bool = _f(
+        True,
+        help="Run each group's prompt once and reuse its KV cache for the G responses, in "
+        "generation (pre-fill) and in the log-prob passes (same values up to float rounding, "
+        "less compute). Set false for models whose forward does not support a batch-repeated "
+        "KV cache. The log-prob passes do not share with gradient checkpointing.",
+    )
+
+
+@dataclass
+class RewardSpec:
+    name: str = _f(
+        help="A registered reward ('arithmetic', 'math', 'code', 'format', ...; see spro.rewards) "
+        "or an import path 'module:function' (a module in the working directory or on the Python path). The "
+        "function follows TRL's convention fn(prompts, completions, **columns) -> list[float | None]."
+    )
+    weight: float = _f(1.0, help="Weight of this reward in the weighted sum.")
+
+
+@dataclass
+class ReasoningGymConfig:
+    """data.source=reasoning_gym:NAME: a reasoning-gym task (pip install 'spro[gym]'; spro.data.reasoning_gym)."""
+
+    size: int = _f(1000, help="Training questions generated (items 0 .. size-1 of the task's dataset).", check=AT_LEAST_1)
+    seed: int = _f(
+        0,
+        help="Seed of the task's generator. The data.eval_size evaluation questions are the items after the "
+        "training ones, minus any question that is also a training question (the sets are disjoint).",
+        check=SEED,
+    )
+    config: dict[str, Any] = _f(
+        help="The task's own config keys, e.g. {min_terms: 2, max_terms: 3, min_digits: 1, max_digits: 2} for "
+        "chain_sum (reasoning-gym's <Task>Config).",
+        factory=dict,
+    )
+    chat: bool = _f(
+        True,
+        help="Prompts as chat messages (reasoning-gym's default system prompt, which asks for the answer "
+        "inside <answer></answer>, then the question), rendered with the tokenizer's chat template; false = "
+        "plain text: the question and that instruction. The reward 'reasoning_gym' scores the last "
+        "<answer>...</answer> with the task's score_answer.",
+    )
+
+
+@dataclass
+class DataConfig:
+    task: str | None = _f(
+        None,
+        help="Built-in task to train on (spro.data.tasks: arithmetic, arithmetic_long, multiplication). null: the "
+        "dataset data.source, or the arithmetic task when data.source is null too. Giving both data.task and "
+        "data.source is an error.",
+    )
+    task_kwargs: dict[str, Any] = _f(
+        help="Knobs passed to get_task(task, **task_kwargs) (e.g. number of operands).",
+        factory=dict,
+    )
+    source: str | None = _f(
+        None,
+        help="Dataset to train on: a local file (jsonl/json/csv/parquet), a saved dataset folder or a hub name, "
+        "loaded by spro.data.load_prompt_dataset; or reasoning_gym:NAME, a reasoning-gym task "
+        "(data.reasoning_gym.*; reward 'reasoning_gym').",
+    )
+    schema: str = _f("auto", help="Dataset schema for load_prompt_dataset ('auto' detects it).")
+    column_map: dict[str, str] | None = _f(
+        None,
+        help="Where your columns are: {'prompt': YOUR_PROMPT_COLUMN, 'answer': YOUR_ANSWER_COLUMN}, i.e. the column "
+        "spro needs -> the column of data.source that holds it (dotted names reach into nested fields, e.g. "
+        "reward_model.ground_truth). With schema=auto it implies the plain schema.",
+    )
+    prompt_template: str | None = _f(
+        None, help="Format string applied to each prompt, e.g. '{prompt}\\nAnswer:'."
+    )
+    split: str = _f(
+        "train", help="Split used for training (of the task, or of data.source when it has splits; a single file "
+        "has none and this is ignored)."
+    )
+    eval_source: str | None = _f(
+        None,
+        help="Dataset of held-out prompts for the periodic evaluation of a data.source run (same schema and "
+        "prompt_template; its columns: data.eval_column_map).",
+    )
+    eval_split: str | None = _f(
+        None,
+        help="Held-out split for the periodic evaluation: of the task (null = 'validation'), of data.eval_source "
+        "when it has splits, or another split of data.source (it must exist and differ from data.split).",
+    )
+    eval_fraction: float | None = _f(
+        None,
+        help="Hold out this fraction of data.source's rows (a seeded draw, by `seed`) for the periodic evaluation; "
+        "they are not trained on. A dataset run needs one of data.eval_source, data.eval_split and "
+        "data.eval_fraction to evaluate (else it stops with an error; eval_every=-1 never evaluates).",
+        check=(lambda v: v is None or 0 < v < 1, "in (0, 1) or null"),
+    )
+    eval_column_map: dict[str, str] | None = _f(
+        None, help="column_map of data.eval_source (null = data.column_map)."
+    )
+    eval_size: int = _f(200, help="Number of held-out prompts per evaluation (0 = all).", check=NON_NEGATIVE)
+    train_size: int | None = _f(
+        None, help="Number of training prompts to draw from the split (null = all).",
+        check=(lambda v: v is None or v >= 1, ">= 1 or null"),
+    )
+    rewards: list[RewardSpec] | None = _f(
+        None,
+        help="Reward functions with weights ([{name: math, weight: 1.0}, ...]; a bare name stands for weight 1: "
+        "[math, format]); the reward of a response is the weighted sum of the values that are "
+        "not None (None = 'not applicable'); a response no function could score gets 0 (counted in the "
+        "reward/none_frac metric). A function that raises is retried response by response; responses it still "
+        "fails on count as None (reward/errors, with a warning). null = the reward of what is trained on, "
+        "printed at the start of the run: a task's own verifier (arithmetic -> arithmetic), for a dataset the "
+        "one its schema implies (gsm8k, math -> math; eurus -> eurus; a reasoning_gym:NAME source -> "
+        "reasoning_gym); the plain schema implies none, and the run stops asking for data.rewards.",
+    )
+    reward_timeout: float = _f(
+        300.0,
+        help="Seconds one call of a reward function of your own (not one of spro's, which have their own limits) "
+        "may take; it runs in a worker thread, and on time-out its responses count as None (reward/timeouts, with "
+        "a warning). 0 = no limit.",
+        check=NON_NEGATIVE,
+    )
+    accuracy_reward: str | None = _f(
+        None,
+        help="Name of the reward whose value decides 'correct' for the accuracy metrics "
+        "(null = the first reward).",
+    )
+    correct_threshold: float = _f(
+        1.0, help="A response counts as correct when its accuracy reward is >= this value."
+    )
+    long_prompts: str = _f(
+        "error",
+        help="What to do with prompts that leave no room for max_new_tokens in the model's "
+        "context: 'error' (stop naming the row) or 'drop' (skip them, with a warning).",
+        choices=("error", "drop"),
+    )
+    shuffle: bool = _f(True, help="Shuffle the training prompts each epoch (seeded).")
+    reasoning_gym: ReasoningGymConfig = _f(
+        help="Size, seed, task config and prompt format of a data.source=reasoning_gym:NAME task.",
+        factory=ReasoningGymConfig,
+    )
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = _f(
+        "hf",
+        help="Generation backend: 'hf' (transformers generate). A vLLM backend can implement "
+        "spro.rollout.RolloutBackend.",
+        choices=("hf",),
+    )
+    num_generations: int = _f(
+        8, help="G: responses sampled per prompt (the group of GRPO / SPRO's masked step advantage).",
+        check=(lambda v: v >= 2, ">= 2 (group baselines need a group)"),
+    )
+    prompts_per_step: int = _f(
+        8, help="Prompts per training step; the batch is prompts_per_step * num_generations responses.",
+        check=AT_LEAST_1,
+    )
+    temperature: float = _f(1.0, help="Sampling temperature (log-probs use the same temperature).", check=POSITIVE)
+    top_p: float = _f(1.0, help="Nucleus sampling threshold (1.0 = off).", check=(lambda v: 0 < v <= 1, "in (0, 1]"))
+    top_k: int = _f(0, help="Top-k sampling (0 = off).", check=NON_NEGATIVE)
+    max_new_tokens: int = _f(
+        32, help="Maximum response length; responses cut here are flagged truncated.", check=AT_LEAST_1
+    )
+    generation_batch_size: int = _f(
+        0, help="Responses generated per generate() call (0 = the whole local batch at once).", check=NON_NEGATIVE
+    )
+    eval_batch_size: int = _f(64, help="Prompts per greedy generate() call during evaluation.", check=AT_LEAST_1)
+
+
+@dataclass
+class AlgorithmConfig:
+    """The algorithm (selected from spro.algorithms' registry) and the policy update all algorithms share.
+
+    Each registered algorithm also has a section ``algorithm.<its name>.*`` with its own options
+    (e.g. ``algorithm.spro.beta``), read only when that algorithm runs; a config may hold the
+    sections of several algorithms, so that ``spro compare`` arms can share one base config.
+    """
+
+    name: str = _f(
+        "spro",
+        help="The algorithm: a registered name (spro, arXiv:2507.01551; grpo, arXiv:2402.03300; "
+        "dr_grpo, arXiv:2503.20783; rloo, arXiv:2402.14740; prime, arXiv:2502.01456; see `spro train "
+        "--help` for each one's options) or 'module:attr' naming an algorithm of your own, importable "
+        "from the working directory (spro.algorithms.register_algorithm).",
+    )
+    loss_agg: str | None = _f(
+        None,
+        help="Loss aggregation (verl's loss_agg_mode): 'seq-mean-token-mean' (GRPO/SPRO: mean over each "
+        "response's tokens, then over responses), 'token-mean' (DAPO, PRIME: mean over all tokens of the "
+        "mini-batch), 'seq-mean-token-sum' (sum over each response's tokens, mean over responses), "
+        "'seq-mean-token-sum-norm' (Dr. GRPO: token sum / max_new_tokens, mean over responses). The means are "
+        "over the whole mini-batch (all its micro-batches and processes), as verl does. null = the "
+        "algorithm's own (dr_grpo: seq-mean-token-sum-norm; prime: token-mean; the others: seq-mean-token-mean).",
+        choices=(None,) + LOSS_AGGS,
+    )
+    clip_eps_low: float = _f(0.2, help="PPO clip range below: ratio >= 1 - clip_eps_low.",
+                             check=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    clip_eps_high: float | None = _f(
+        None,
+        help="PPO clip range above (null = clip_eps_low; 0.28 = DAPO's clip-higher, arXiv:2503.14476).",
+        check=(lambda v: v is None or v >= 0, ">= 0 or null"),
+    )
+    clip_ratio_c: float | None = _f(
+        None,
+        help="Dual-clip PPO (Ye et al. 2020, arXiv:1912.09729): for tokens with a negative advantage the "
+        "per-token loss is at most -advantage * clip_ratio_c, so one very unlikely-now token cannot blow up "
+        "the loss. null = off (plain clipped PPO, as in the GRPO and SPRO papers); verl's default is 3.0. "
+        "Must be > 1.",
+        check=(lambda v: v is None or v > 1, "> 1 or null"),
+    )
+    kl_coef: float = _f(0.0, help="Weight of the KL penalty to the reference in the loss (0 in the SPRO paper).",
+                        check=NON_NEGATIVE)
+    kl_estimator: str = _f("k3", help="KL estimator (Schulman's k1 / k2 / k3).", choices=KL_ESTIMATORS)
+    entropy_coef: float = _f(0.0, help="Weight of the entropy bonus (0 = none).")
+    ppo_epochs: int = _f(1, help="Passes over each batch of rollouts (PPO epochs).", check=AT_LEAST_1)
+    mini_batch_size: int = _f(
+        0,
+        help="Responses per optimizer step (per process); 0 = the whole local batch (one optimizer step "
+        "per epoch). Must divide the local batch.",
+        check=NON_NEGATIVE,
+    )
+    grad_accum_steps: int = _f(
+        1,
+        help="Micro-batches per mini-batch: each mini-batch is split into this many forward/backward "
+        "passes whose gradients are summed before the optimizer step.",
+        check=AT_LEAST_1,
+    )
+    sections: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"sections": True})
+
+    def __getattr__(self, name: str) -> Any:
+        """``cfg.algorithm.<algorithm name>``: that algorithm's options (its defaults when not set)."""
+        if name.startswith("__") or name == "sections":
+            raise AttributeError(name)
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        from spro.algorithms import registry
+
+        try:
+            cls = registry.get_algorithm(name)
+        except ValueError:
+            raise AttributeError(f"AlgorithmConfig has no field or algorithm section {name!r}") from None
+        return cls.Options()
+
+    @property
+    def options(self) -> Any:
+        """The options of the selected algorithm (``algorithm.<its name>``)."""
+        from spro.algorithms import registry
+
+        return getattr(self, registry.get_algorithm(self.name).name)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-5, help="AdamW peak learning rate (1e-5 to 3e-5 is stable for the tiny model).", check=POSITIVE)
+    weight_decay: float = _f(0.0, help="AdamW weight decay.", check=NON_NEGATIVE)
+    adam_beta1: float = _f(0.9, help="AdamW beta1.", check=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    adam_beta2: float = _f(0.99, help="AdamW beta2.", check=(lambda v: 0 <= v < 1, "in [0, 1)"))
+    adam_eps: float = _f(1e-8, help="AdamW epsilon.", check=NON_NEGATIVE)
+    scheduler: str = _f(
+        "constant_with_warmup",
+        help="Learning-rate schedule, a transformers.get_scheduler name: constant, constant_with_warmup, linear, "
+        "cosine, cosine_with_restarts, polynomial, inverse_sqrt (warmup: optim.warmup_steps; the decay runs over "
+        "all the run's optimizer steps).",
+        choices=SCHEDULERS,
+    )
+    warmup_steps: int = _f(0, help="Optimizer steps of linear LR warmup.", check=NON_NEGATIVE)
+    max_grad_norm: float = _f(1.0, help="Clip the global gradient norm to this (0 = no clipping).", check=NON_NEGATIVE)
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = _f(
+        True,
+        help="Write TensorBoard events under <output_dir>/tensorboard: every metric as a scalar, the run config as "
+        "hparams, sample completions as text (logging.log_completions).",
+    )
+    wandb: bool = _f(False, help="Log to Weights & Biases (needs `pip install wandb`).")
+    wandb_project: str = _f("spro", help="W&B project name.")
+    wandb_run_name: str | None = _f(None, help="W&B run name (null = the output folder name).")
+    progress_bar: bool = _f(
+        True,
+        help="Show a progress bar with live metrics when stderr is a terminal; otherwise (or when false) print "
+        "a line of key metrics every logging.every steps instead.",
+    )
+    every: int = _f(
+        1,
+        help="Steps between the lines of key metrics (step, reward, accuracy, loss, KL, length, time) printed "
+        "when there is no progress bar and written to <output_dir>/train.log (plain lines, no carriage "
+        "returns); the last step is always included.",
+        check=AT_LEAST_1,
+    )
+    log_completions: int = _f(
+        0,
+        help="Every step, write this many sample completions to completions.jsonl and to TensorBoard as a text "
+        "table (tag 'completions') (0 = none).",
+        check=NON_NEGATIVE,
+    )
+    diagnostics: bool = _f(
+        True,
+        help="Log the process-reward diagnostics every step (spro.trainer.diagnostics): diag/<signal>/first_error_* "
+        "on tasks with a step checker (does SPRO's self-guided reward, its MSA, PRIME's PRM or the advantage "
+        "locate the first wrong step of wrong responses?) and drift/* (share of the advantage from groups "
+        "without outcome variance; correlation of the process term with the log-ratio to the reference).",
+    )
+
+
+@dataclass
+class TrainConfig:
+    seed: int = _f(0, help="Seed for data order, sampling and initialisation.", check=SEED)
+    output_dir: str = _f("runs/spro", help="Run folder: metrics.jsonl, eval.jsonl, checkpoints/.")
+    total_steps: int = _f(100, help="Training steps (one rollout batch each).", check=AT_LEAST_1)
+    eval_every: int = _f(0, help="Evaluate every N steps, and at the end (0 = only at the end; -1 = never).",
+                         check=(lambda v: v >= -1, ">= -1"))
+    eval_at_start: bool = _f(False, help="Also evaluate before the first step (step 0).")
+    save_every: int = _f(0, help="Checkpoint every N steps (0 = only at the end).", check=NON_NEGATIVE)
+    keep_last: int = _f(2, help="Keep the last K checkpoints (older ones are deleted).", check=AT_LEAST_1)
+    device: str = _f(
+        "auto", help="'auto' (what accelerate picks), 'cpu' or 'cuda'.", choices=("auto", "cpu", "cuda")
+    )
+    model: ModelConfig = _f(help="Policy and reference model.", factory=ModelConfig)
+    data: DataConfig = _f(help="Prompts, rewards, evaluation split.", factory=DataConfig)
+    rollout: RolloutConfig = _f(help="Sampling of the response groups.", factory=RolloutConfig)
+    algorithm: AlgorithmConfig = _f(help="Advantage estimator and loss.", factory=AlgorithmConfig)
+    optim: OptimConfig = _f(help="Optimizer and schedule.", factory=OptimConfig)
+    logging: LoggingConfig = _f(help="Where metrics go.", factory=LoggingConfig)
+
+
+# Keys that may differ between a run and its resumption (they do not change what is computed).
+RESUMABLE_DIFFERENCES = (
+    "output_dir",
+    "total_steps",
+    "eval_every",
+    "eval_at_start",
+    "save_every",
+    "keep_last",
+    "logging.",
+)
