@@ -33,6 +33,7 @@ from typing import Any, Union
 import yaml
 
 from spro.algorithms.losses import AGG_MODES as LOSS_AGGS, KL_ESTIMATORS
+from spro.algorithms.probes import ProbeOptions
 from spro.options import ConfigError, Options, check_fields, option  # noqa: F401 (re-exported)
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -427,6 +428,11 @@ class LoggingConfig:
         "on tasks with a step checker (does SPRO's self-guided reward, its MSA, PRIME's PRM or the advantage "
         "locate the first wrong step of wrong responses?) and drift/* (share of the advantage from groups "
         "without outcome variance; correlation of the process term with the log-ratio to the reference).",
+    )
+    probe: ProbeOptions = _f(
+        help="The process probe (spro.algorithms.probes): SPRO's self-guided reward measured on runs whose algorithm "
+        "has none of its own, for process/*, diag/self_reward, diag/msa and drift/* (a spro run logs its own).",
+        factory=ProbeOptions,
     )
 
 
@@ -877,12 +883,13 @@ def validate(cfg: TrainConfig) -> None:
         mb % a.grad_accum_steps == 0,
         f"the mini-batch ({mb} responses) must be divisible by algorithm.grad_accum_steps ({a.grad_accum_steps})",
     )
-    if cfg.model.lora.rank > 0:
-        from spro.algorithms import registry
+    from spro.algorithms import registry
 
-        need(registry.get_algorithm(a.name).name != "prime",
-             "model.lora.rank > 0 is not supported with algorithm.name=prime: PRIME's implicit PRM is a full "
-             "trainable copy of the reference model, so LoRA would save no memory; set model.lora.rank=0")
+    try:
+        algorithm = registry.get_algorithm(a.name)
+    except ValueError as exc:
+        raise ConfigError(f"algorithm.name: {exc}") from None
+    algorithm.check_config(cfg)  # the algorithm's own checks
     if cfg.model.precision == "bf16":
         need(cfg.model.dtype == "float32", f"model.precision=bf16 keeps float32 master weights; model.dtype must be "
              f"float32, got {cfg.model.dtype}")

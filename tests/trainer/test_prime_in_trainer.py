@@ -16,7 +16,8 @@ from helpers import (
 from spro.trainer import checkpoint as ck
 from spro.config import ConfigError, load_config
 from spro.algorithms.prm import PRMStage
-from spro.trainer import METRIC_KEYS, PRIME_METRIC_KEYS, Trainer, train
+from spro.algorithms.prime import PRIME
+from spro.trainer import METRIC_KEYS, Trainer, train
 
 
 def parity_reward(prompts, completions, **kw):
@@ -62,7 +63,7 @@ def test_prime_trains_policy_and_prm_and_logs_its_cost(model_dir, tmp_path):
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
-        for k in METRIC_KEYS + PRIME_METRIC_KEYS + ("prm/loss", "prm/accuracy", "prm/grad_norm", "prm/lr"):
+        for k in METRIC_KEYS + PRIME.metric_keys + ("prm/loss", "prm/accuracy", "prm/grad_norm", "prm/lr"):
             assert m[k] is not None and math.isfinite(m[k]), (k, m[k])
         assert m["time/prm"] > 0 and m["prm/grad_norm"] > 0 and m["prime/filtered_frac"] == 0.0
         assert m["prime/skipped"] == 0.0 and m["prm/lr"] == pytest.approx(1e-3)

@@ -109,6 +109,15 @@ class PRIME(Algorithm):
     online on the outcome labels, gives per-token rewards; leave-one-out advantages per reward source."""
 
     reference = "arXiv:2502.01456"
+    metric_keys = ("time/prm", "prime/filtered_frac", "prime/skipped")
+    diagnostic_names = ("prm",)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        if config.model.lora.rank > 0:
+            raise ConfigError("model.lora.rank > 0 is not supported with algorithm.name=prime: PRIME's implicit PRM "
+                              "is a full trainable copy of the reference model, so LoRA would save no memory; set "
+                              "model.lora.rank=0")
 
     @property
     def max_rounds(self) -> int:
@@ -169,6 +178,11 @@ class PRIME(Algorithm):
                                outcome_coef=o.outcome_coef, process_coef=o.process_coef,
                                process_baseline=o.process_baseline, process_norm=o.process_norm, credit=o.credit,
                                min_form_temperature=o.min_form_temperature)
+
+    def diagnostic_signals(self, x: AdvantageInputs) -> dict[str, torch.Tensor]:
+        if "prm_logp" not in x.extra or x.ref_logp is None:
+            return {}
+        return {"prm": (x.extra["prm_logp"] - x.ref_logp) * x.mask}
 
     def metrics(self, x: AdvantageInputs, advantages: torch.Tensor | None) -> dict[str, float]:
         m = {k: v for k, v in self._metrics.items() if k not in ("step", "seen", "kept")}
