@@ -731,3 +731,13 @@ def test_group_helpers_of_advantage_inputs():
     assert x.group_std(r)[3].item() == pytest.approx(float(torch.tensor([0.0, 1.0, 3.0]).std()))
     assert x.group_max(r).tolist() == pytest.approx([0.7, 0.7, 0.7, 3.0, 3.0, 3.0])
     assert x.group_min(r).tolist() == pytest.approx([0.7, 0.7, 0.7, 0.0, 0.0, 0.0])
+
+
+def test_group_helpers_exported_for_plugins():
+    from spro.algorithms import group_mean, group_size, group_std
+
+    r = torch.tensor([1.0, 0.0, 0.1, 0.1, 0.1])
+    g = torch.tensor([3, 3, 1, 1, 1])
+    assert group_size(g).tolist() == [2, 2, 3, 3, 3]
+    close(group_mean(r, g), torch.tensor([0.5, 0.5, 0.1, 0.1, 0.1]))
+    assert group_std(r, g)[2:].tolist() == [0.0] * 3 and group_std(r, g)[0].item() == pytest.approx(2 ** -0.5)

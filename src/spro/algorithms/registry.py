@@ -53,6 +53,9 @@ __all__ = [
     "Algorithm",
     "ProcessSignal",
     "MissingReferenceError",
+    "group_mean",
+    "group_size",
+    "group_std",
     "compute_advantages",
     "TrainerContext",
     "NoOptions",
@@ -109,45 +112,25 @@ class AdvantageInputs:
             if t is not None and t.shape != self.mask.shape:
                 raise ValueError(f"AdvantageInputs.{name} must be [B, T] = {tuple(self.mask.shape)}, got {tuple(t.shape)}")
 
-    def _group_sums(self, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(sums [n], counts [n], inverse [B]) of ``values`` [B] over the groups."""
-        _, inv = torch.unique(self.group_ids, return_inverse=True)
-        n = int(inv.max()) + 1
-        sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, values)
-        counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, torch.ones_like(values))
-        return sums, counts, inv
-
     def group_size(self) -> Tensor:
-        """``[B]`` long: the number of responses in each response's group."""
-        _, counts, inv = self._group_sums(torch.ones(self.group_ids.shape[0], device=self.mask.device))
-        return counts.long()[inv]
+        """``[B]`` long: the number of responses in each response's group (:func:`group_size`)."""
+        return group_size(self.group_ids)
 
     def group_mean(self, values: Tensor) -> Tensor:
-        """``[B]`` -> ``[B]``: the mean of ``values`` over each response's group."""
-        sums, counts, inv = self._group_sums(values)
-        return (sums / counts)[inv]
+        """``[B]`` -> ``[B]``: the mean of ``values`` over each response's group (:func:`group_mean`)."""
+        return group_mean(values, self.group_ids)
 
     def group_std(self, values: Tensor) -> Tensor:
-        """``[B]`` -> ``[B]``: the unbiased standard deviation of ``values`` over each response's group (as
-        GRPO's outcome advantage uses it; 0 for a group of one, exactly 0 for a group of equal values)."""
-        values = values.to(torch.promote_types(values.dtype, torch.float32))
-        centred = values - self.group_mean(values)
-        sq, counts, inv = self._group_sums(centred * centred)
-        std = (sq / (counts - 1).clamp(min=1)).sqrt()[inv]
-        return torch.where(self.group_max(values) == self.group_min(values), 0.0, std)
+        """``[B]`` -> ``[B]``: the unbiased std of ``values`` over each response's group (:func:`group_std`)."""
+        return group_std(values, self.group_ids)
 
     def group_max(self, values: Tensor) -> Tensor:
-        """``[B]`` -> ``[B]``: the largest of ``values`` over each response's group."""
-        return self._group_reduce(values, "amax")
+        """``[B]`` -> ``[B]``: the largest of ``values`` in each response's group."""
+        return _group_reduce(values, self.group_ids, "amax")
 
     def group_min(self, values: Tensor) -> Tensor:
-        """``[B]`` -> ``[B]``: the smallest of ``values`` over each response's group."""
-        return self._group_reduce(values, "amin")
-
-    def _group_reduce(self, values: Tensor, how: str) -> Tensor:
-        _, inv = torch.unique(self.group_ids, return_inverse=True)
-        out = torch.zeros(int(inv.max()) + 1, dtype=values.dtype, device=values.device)
-        return out.scatter_reduce(0, inv, values, how, include_self=False)[inv]
+        """``[B]`` -> ``[B]``: the smallest of ``values`` in each response's group."""
+        return _group_reduce(values, self.group_ids, "amin")
 
     def select(self, idx: Tensor) -> AdvantageInputs:
         """The responses at rows ``idx`` (1-D long)."""
@@ -157,6 +140,49 @@ class AdvantageInputs:
             None if self.correct is None else self.correct[idx], self.step,
             {k: v[idx] for k, v in self.extra.items()},
         )
+
+
+# ------------------------------------------------------------------ group helpers for plugins
+# ``values`` and ``group_ids`` are ``[B]``; a group's responses may be anywhere in the batch.
+
+
+def _group_sums(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(sums [n], counts [n], inverse [B]) of ``values`` over the groups."""
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    n = int(inv.max()) + 1
+    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, values)
+    counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, torch.ones_like(values))
+    return sums, counts, inv
+
+
+def _group_reduce(values: Tensor, group_ids: Tensor, how: str) -> Tensor:
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    out = torch.zeros(int(inv.max()) + 1, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, inv, values, how, include_self=False)[inv]
+
+
+def group_size(group_ids: Tensor) -> Tensor:
+    """``[B]`` long: the number of responses in each response's group."""
+    _, counts, inv = _group_sums(torch.ones(group_ids.shape[0], device=group_ids.device), group_ids)
+    return counts.long()[inv]
+
+
+def group_mean(values: Tensor, group_ids: Tensor) -> Tensor:
+    """``[B]``: the mean of ``values`` over each response's group."""
+    sums, counts, inv = _group_sums(values, group_ids)
+    return (sums / counts)[inv]
+
+
+def group_std(values: Tensor, group_ids: Tensor) -> Tensor:
+    """``[B]``: the unbiased standard deviation of ``values`` over each response's group, as GRPO's outcome
+    advantage uses it: 0 for a group of one, and exactly 0 for a group whose values are all equal (found
+    by max == min, not by a rounded mean)."""
+    values = values.to(torch.promote_types(values.dtype, torch.float32))
+    centred = values - group_mean(values, group_ids)
+    sq, counts, inv = _group_sums(centred * centred, group_ids)
+    std = (sq / (counts - 1).clamp(min=1)).sqrt()[inv]
+    equal = _group_reduce(values, group_ids, "amax") == _group_reduce(values, group_ids, "amin")
+    return torch.where(equal, 0.0, std)
 
 
 @dataclass
