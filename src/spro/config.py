@@ -214,9 +214,9 @@ class DataConfig:
     rewards: list[RewardSpec] | None = _f(
         None,
         help="Reward functions with weights ([{name: math, weight: 1.0}, ...]; a bare name stands for weight 1: "
-        "[math, format]); the reward of a response is the weighted sum of the values that are "
-        "not None (None = 'not applicable'); a response no function could score gets 0 (counted in the "
-        "reward/none_frac metric). A function that raises is retried response by response; responses it still "
+        "[math, format]); the reward of a response is the weighted sum of their values, and None when any of "
+        "them gave None (cannot be judged; spro.rewards.combine_values): such a response trains with reward 0, "
+        "with a warning, counted in the reward/none_frac metric. A function that raises is retried response by response; responses it still "
         "fails on count as None (reward/errors, with a warning). null = the reward of what is trained on, "
         "printed at the start of the run: a task's own verifier (arithmetic -> arithmetic), for a dataset the "
         "one its schema implies (gsm8k, math -> math; eurus -> eurus; a reasoning_gym:NAME source -> "
