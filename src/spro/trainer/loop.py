@@ -40,7 +40,7 @@ from spro.algorithms.registry import (AdvantageInputs, ProcessSignal, TrainerCon
                                       resolve_algorithm)
 from spro.config import ConfigError, TrainConfig, save_yaml, to_dict
 from spro.data.loader import load_task, prompt_order, training_data
-from spro.models.logprobs import logps_no_grad, sequence_logps
+from spro.models.logprobs import logprob_fn, logps_no_grad, sequence_logps
 from spro.models.passes import eval_mode, has_dropout
 from spro.models.policy import load_policy, load_reference
 from spro.rewards.scoring import RewardFunctionError, Scorer
@@ -129,6 +129,8 @@ class Trainer:
         self.share_group = self.G if (m.share_prompt_prefix and not m.gradient_checkpointing) else None
         self.model.to(self.acc.device).train()
         self.on_policy = self.on_policy and not has_dropout(self.model)  # (a dropout pass is not pi_old)
+        # log-probs of any model with the trainer's convention (for algorithms: TrainerContext.logprobs)
+        self._logp_fn = logprob_fn(temperature=cfg.rollout.temperature, group_size=self.share_group)
 
     def _setup_data(self, reward_funcs: dict[str, Callable] | None) -> None:
         """Prompts, rewards and the diagnostics (which read the task's step checker)."""
@@ -180,15 +182,6 @@ class Trainer:
             self.run_lock.release()
 
     # ------------------------------------------------------------------------------ the stages
-
-    def _logp_fn(self, model: Any, batch: RolloutBatch, *, grad: bool = False) -> torch.Tensor:
-        """Log-probs of ``batch``'s responses under ``model`` with the trainer's convention (for algorithms);
-        without ``grad``, a no-grad pass in eval mode."""
-        kw = dict(temperature=self.cfg.rollout.temperature, group_size=self.share_group)
-        if grad:
-            return sequence_logps(model, batch, **kw)[0]
-        with eval_mode(model):
-            return logps_no_grad(model, batch, with_entropy=False, **kw)[0]
 
     def rollout(self) -> tuple[list[int], RolloutBatch]:
         """The next ``prompts_per_step`` prompts of the data stream (this process's share: dataset rows)
