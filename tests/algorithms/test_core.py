@@ -741,3 +741,16 @@ def test_group_helpers_exported_for_plugins():
     assert group_size(g).tolist() == [2, 2, 3, 3, 3]
     close(group_mean(r, g), torch.tensor([0.5, 0.5, 0.1, 0.1, 0.1]))
     assert group_std(r, g)[2:].tolist() == [0.0] * 3 and group_std(r, g)[0].item() == pytest.approx(2 ** -0.5)
+
+
+@pytest.mark.parametrize("L", [10, 40, 100])
+def test_min_form_scale_is_about_one_over_length(L):
+    """At realistic settings (|p| << T) min-form's weights are near uniform: its process term is about
+    1 / length of SPRO's cumulative one (docs/algorithms.md, "Scale")."""
+    torch.manual_seed(0)
+    B = 8
+    lp, ref = torch.randn(B, L) * 0.5, torch.randn(B, L) * 0.5
+    args = (torch.zeros(B), lp, ref, torch.ones(B, L), torch.zeros(B, dtype=torch.long))
+    total = spro_advantage(*args, beta=0.01, process_only=True).abs().mean()
+    mf = spro_advantage(*args, beta=0.01, process_only=True, credit="min_form").abs().mean()
+    assert 0.8 / L < float(mf / total) < 1.2 / L
