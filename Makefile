@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,trl,lora,gym,gguf]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,trl,lora,gym,gguf,stats]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -286,12 +286,13 @@ def validate(cfg: TrainConfig) -> None:
         mb % a.grad_accum_steps == 0,
         f"the mini-batch ({mb} responses) must be divisible by algorithm.grad_accum_steps ({a.grad_accum_steps})",
     )
-    if cfg.model.lora.rank > 0:
-        from spro.algorithms import registry
+    from spro.algorithms import registry
 
-        need(registry.get_algorithm(a.name).name != "prime",
-             "model.lora.rank > 0 is not supported with algorithm.name=prime: PRIME's implicit PRM is a full "
-             "trainable copy of the reference model, so LoRA would save no memory; set model.lora.rank=0")
+    try:
+        algorithm = registry.get_algorithm(a.name)
+    except ValueError as exc:
+        raise ConfigError(f"algorithm.name: {exc}") from None
+    algorithm.check_config(cfg)  # the algorithm's own checks
     if cfg.model.precision == "bf16":
         need(cfg.model.dtype == "float32", f"model.precision=bf16 keeps float32 master weights; model.dtype must be "
              f"float32, got {cfg.model.dtype}")

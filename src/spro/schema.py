@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spro.algorithms.losses import AGG_MODES as LOSS_AGGS, KL_ESTIMATORS
+from spro.algorithms.probes import ProbeOptions
 from spro.options import option
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -208,8 +209,8 @@ class DataConfig:
         None,
         help="Reward functions with weights ([{name: math, weight: 1.0}, ...]; a bare name stands for weight 1: "
         "[math, format]); the reward of a response is the weighted sum of the values that are "
-        "not None (None = 'not applicable'); a response no function could score gets 0 (counted in the "
-        "reward/none_frac metric). A function that raises is retried response by response; responses it still "
+        "not None (None = 'not applicable', TRL's rule; spro.rewards.combine_values); a response no function "
+        "could score trains with reward 0, with a warning (counted in the reward/none_frac metric). A function that raises is retried response by response; responses it still "
         "fails on count as None (reward/errors, with a warning). null = the reward of what is trained on, "
         "printed at the start of the run: a task's own verifier (arithmetic -> arithmetic), for a dataset the "
         "one its schema implies (gsm8k, math -> math; eurus -> eurus; a reasoning_gym:NAME source -> "
@@ -406,6 +407,11 @@ class LoggingConfig:
         "on tasks with a step checker (does SPRO's self-guided reward, its MSA, PRIME's PRM or the advantage "
         "locate the first wrong step of wrong responses?) and drift/* (share of the advantage from groups "
         "without outcome variance; correlation of the process term with the log-ratio to the reference).",
+    )
+    probe: ProbeOptions = _f(
+        help="The process probe (spro.algorithms.probes): SPRO's self-guided reward measured on runs whose algorithm "
+        "has none of its own, for process/*, diag/self_reward, diag/msa and drift/* (a spro run logs its own).",
+        factory=ProbeOptions,
     )
 
 

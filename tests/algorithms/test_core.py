@@ -687,3 +687,70 @@ def test_plain_python_inputs_are_accepted():
     close(out.double(), ref_outcome([1.0, 0.0, 1.0, 1.0], [0, 0, 5, 5]), rtol=1e-6, atol=1e-6)
     close(rloo_advantage([True, False, True], [3, 3, 3]).double(), ref_rloo([1.0, 0.0, 1.0], [3, 3, 3]),
           rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# all-equal groups with rewards that are not 0/1 (issue 24): found by max == min, exactly 0 outcome
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0.1, 0.7, 0.3, 1 / 3, 2.2, -0.9, 1e-3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_equal_groups_of_any_reward_value_and_size(value, dtype):
+    """Groups whose responses all score `value` (a float whose group mean does not round back to it in
+    float32 for many sizes) get exactly 0 outcome advantage from GRPO, Dr. GRPO and RLOO (also with
+    eps = 0), and no process term from SPRO's zero_variance_groups=drop; mixed groups beside them keep
+    theirs."""
+    gen = torch.Generator().manual_seed(0)
+    for G in range(2, 41):
+        r = torch.cat([torch.full((G,), value, dtype=dtype), torch.tensor([value, value + 1.0], dtype=dtype)])
+        g = torch.cat([torch.zeros(G, dtype=torch.long), torch.ones(2, dtype=torch.long)])
+        for eps in (0.0, 1e-6):
+            for scale in ("group", "none"):
+                out = outcome_advantage(r, g, scale=scale, eps=eps)
+                assert bool((out[:G] == 0).all()), (G, eps, scale, out[:G])
+                assert out[G] < 0 < out[G + 1]
+        loo = rloo_advantage(r, g)
+        assert bool((loo[:G] == 0).all()) and loo[G] < 0 < loo[G + 1], (G, loo)
+        T = 5
+        lp = torch.randn(G + 2, T, generator=gen, dtype=dtype)
+        ref = torch.randn(G + 2, T, generator=gen, dtype=dtype)
+        mask = torch.ones(G + 2, T)
+        drop = spro_advantage(r, lp, ref, mask, g, beta=0.5, eps=0.0, zero_variance_groups="drop")
+        assert bool((drop[:G] == 0).all()), (G, drop[:G])  # neither a process term nor an outcome term
+        keep = spro_advantage(r, lp, ref, mask, g, beta=0.5, eps=0.0)
+        assert bool((keep[:G] != 0).any())  # with keep, the MSA still trains there
+        close(drop[G:], keep[G:], rtol=0, atol=0)
+
+
+def test_group_helpers_of_advantage_inputs():
+    r = torch.tensor([0.7, 0.7, 0.7, 0.0, 1.0, 3.0])
+    x = AdvantageInputs(r, torch.ones(6, 2, dtype=torch.bool), torch.tensor([5, 5, 5, 2, 2, 2]), torch.zeros(6, 2))
+    assert x.group_size().tolist() == [3] * 6
+    assert x.group_std(r)[:3].tolist() == [0.0] * 3  # all equal: exactly 0
+    assert x.group_std(r)[3].item() == pytest.approx(float(torch.tensor([0.0, 1.0, 3.0]).std()))
+    assert x.group_max(r).tolist() == pytest.approx([0.7, 0.7, 0.7, 3.0, 3.0, 3.0])
+    assert x.group_min(r).tolist() == pytest.approx([0.7, 0.7, 0.7, 0.0, 0.0, 0.0])
+
+
+def test_group_helpers_exported_for_plugins():
+    from spro.algorithms import group_mean, group_size, group_std
+
+    r = torch.tensor([1.0, 0.0, 0.1, 0.1, 0.1])
+    g = torch.tensor([3, 3, 1, 1, 1])
+    assert group_size(g).tolist() == [2, 2, 3, 3, 3]
+    close(group_mean(r, g), torch.tensor([0.5, 0.5, 0.1, 0.1, 0.1]))
+    assert group_std(r, g)[2:].tolist() == [0.0] * 3 and group_std(r, g)[0].item() == pytest.approx(2 ** -0.5)
+
+
+@pytest.mark.parametrize("L", [10, 40, 100])
+def test_min_form_scale_is_about_one_over_length(L):
+    """At realistic settings (|p| << T) min-form's weights are near uniform: its process term is about
+    1 / length of SPRO's cumulative one (docs/algorithms.md, "Scale")."""
+    torch.manual_seed(0)
+    B = 8
+    lp, ref = torch.randn(B, L) * 0.5, torch.randn(B, L) * 0.5
+    args = (torch.zeros(B), lp, ref, torch.ones(B, L), torch.zeros(B, dtype=torch.long))
+    total = spro_advantage(*args, beta=0.01, process_only=True).abs().mean()
+    mf = spro_advantage(*args, beta=0.01, process_only=True, credit="min_form").abs().mean()
+    assert 0.8 / L < float(mf / total) < 1.2 / L

@@ -1,4 +1,4 @@
-"""The algorithm plugin API: registration, options, selection by name or import path."""
+"""The algorithm plugin API: registration, options, selection by name or import path, the 0.1 shims."""
 
 from __future__ import annotations
 
@@ -146,3 +146,26 @@ def test_import_path_from_the_working_directory(tmp_path, monkeypatch, scratch_r
         assert cfg.algorithm.options is not None and get_algorithm("my_algo_from_cwd").name == "my_algo_from_cwd"
     finally:
         sys.modules.pop("my_algo_mod", None)
+
+
+def test_a_plugin_that_forgets_needs_reference_gets_an_error_naming_the_flag():
+    import pytest
+    import torch
+
+    from spro.algorithms import AdvantageInputs, MissingReferenceError, register_algorithm
+    from spro.algorithms.registry import _REGISTRY, compute_advantages, get_algorithm
+
+    @register_algorithm("_reads_ref")
+    def reads_ref(x):
+        return (x.logp - x.ref_logp) * x.mask
+
+    try:
+        x = AdvantageInputs(torch.tensor([1.0, 0.0]), torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 0]),
+                            torch.zeros(2, 3), ref_logp=None)
+        with pytest.raises(MissingReferenceError, match=r"needs_reference=True.*model.use_reference"):
+            compute_advantages(get_algorithm("_reads_ref")(), x)
+        # with the reference, the same plugin runs
+        x.ref_logp = torch.zeros(2, 3)
+        assert compute_advantages(get_algorithm("_reads_ref")(), x).shape == (2, 3)
+    finally:
+        _REGISTRY.pop("_reads_ref", None)

@@ -367,3 +367,34 @@ def test_ablation_and_markdown(tmp_path):
     md = markdown_table(rows)
     assert md.splitlines()[0].startswith("| variant | seeds | final acc")
     assert "pooled\\|baseline" in md and len(md.splitlines()) == 4
+
+
+def test_t_quantile_table_fallback_without_scipy(monkeypatch):
+    """Without scipy the quantiles come from a table: exact at tabulated df, within 1e-3 between them;
+    other p stop with an error that says to install scipy."""
+    import builtins
+    import sys
+
+    scipy_t = None
+    try:
+        from scipy.stats import t as scipy_t
+    except ImportError:
+        pass
+    real_import = builtins.__import__
+
+    def no_scipy(name, *args, **kwargs):
+        if name.startswith("scipy"):
+            raise ImportError("no scipy here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    monkeypatch.delitem(sys.modules, "scipy.stats", raising=False)
+    assert t_quantile(0.975, 2) == pytest.approx(4.302653, abs=1e-6)
+    assert t_quantile(0.025, 3) == pytest.approx(-3.182446, abs=1e-6)
+    for df in (1, 2, 5, 29, 30, 35, 45, 80, 200, 10_000):
+        for p in (0.95, 0.975, 0.995):
+            got = t_quantile(p, df)
+            if scipy_t is not None:
+                assert got == pytest.approx(float(scipy_t.ppf(p, df)), abs=1e-3), (p, df)
+    with pytest.raises(ValueError, match="install scipy"):
+        t_quantile(0.9, 3)

@@ -316,3 +316,16 @@ def test_spro_trainer_two_processes(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "RANK 0 OK checks=4" in proc.stdout and "RANK 1 OK checks=4" in proc.stdout, proc.stdout[-4000:]
+
+
+def test_spro_config_fields_are_generated_from_spro_options():
+    import dataclasses
+
+    from spro.algorithms.spro import SPROOptions
+    from spro.integrations.trl import SPROConfig
+
+    spro = {f.name: f for f in dataclasses.fields(SPROOptions) if f.name != "ref_refresh_every"}
+    trl = {f.name.removeprefix("spro_"): f for f in dataclasses.fields(SPROConfig) if f.name.startswith("spro_")}
+    assert trl.keys() == spro.keys()
+    for name, f in spro.items():
+        assert trl[name].default == f.default and trl[name].metadata["help"] == f.metadata["help"], name

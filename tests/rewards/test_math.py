@@ -306,12 +306,14 @@ def test_call_reward_validates_type_count_and_names_function_and_row():
     assert call_reward(lambda p, c, **k: [True, None], ["a", "b"], ["x", "y"]) == [1.0, None]
 
 
-def test_combine_rewards_weighted_sum_and_none_propagation():
+def test_combine_rewards_weighted_sum_and_none_left_out():
     fn = combine_rewards([("math", 1.0), ("format", 0.5)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = fn(["p"] * 4, ["\\boxed{4}", "4", "\\boxed{5}", "\\boxed{4}"], answer=["4", "4", "4", None])
-    assert out == [1.5, 1.0, 0.5, None]
+    # TRL's rule (spro.rewards.combine_values): a None (no gold answer: math cannot judge) is left out of the sum
+    assert out == [1.5, 1.0, 0.5, 0.5]
+    assert combine_rewards([("math", 1.0)])(["p"], ["4"], answer=[None]) == [None]  # no function could judge it
     with pytest.raises(ValueError, match="at least one"):
         combine_rewards([])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spro.rewards.scoring import RewardFn, Scorer
+from spro.rewards.scoring import WeightedReward, Scorer
 
 
 def test_each_reward_function_gets_mean_and_std_of_its_own_values():
@@ -17,7 +17,7 @@ def test_each_reward_function_gets_mean_and_std_of_its_own_values():
     def never(prompts, completions, **kw):
         return [None] * len(completions)
 
-    scorer = Scorer([RewardFn("half", half, 1.0), RewardFn("picky", picky, 0.5), RewardFn("never", never)])
+    scorer = Scorer([WeightedReward("half", half, 1.0), WeightedReward("picky", picky, 0.5), WeightedReward("never", never)])
     stats = scorer(["p"] * 3, ["a", "b", "b"], {}).stats
     assert stats["reward/half/mean"] == pytest.approx(7 / 6)
     assert stats["reward/half/std"] == pytest.approx((1 / 3) ** 0.5)  # sample std of 0.5, 1.5, 1.5

@@ -69,9 +69,7 @@ def test_a_signal_that_dips_at_the_first_error_scores_perfectly(char_tokenizer):
                         correct=torch.zeros(B, dtype=torch.bool), group_ids=batch.group_ids, extra={})
     full = SimpleNamespace(x=x, batch=batch)
     acc = SimpleNamespace(reduce=lambda t, op: t, device="cpu")
-    from spro.algorithms.spro import SPROOptions
-
-    m = diag(acc, full, full, torch.arange(B), signal, SPROOptions())
+    m = diag(acc, full, full, torch.arange(B), signal, None)  # no process probe (no reference)
     assert m["diag/advantage/first_error_top1"] == 1.0 and m["diag/advantage/first_error_auroc"] == 1.0
     assert m["diag/first_error_top1_chance"] is None  # no self-guided reward without a reference
     assert "diag/self_reward/first_error_top1" not in m

@@ -383,25 +383,35 @@ def test_cli_trains_on_the_data_source_with_its_reward_and_a_held_out_set(model_
 
 
 def test_spro_reference_refreshed_from_the_policy(model_dir, tmp_path):
-    """algorithm.spro.ref_refresh_every=1: from step 2 the process reward's reference is the policy as it
-    was when the step began (and is saved with checkpoints); the trainer's own reference stays frozen."""
-    over = small_overrides(model_dir, tmp_path / "run", "spro", total_steps=2,
+    """algorithm.spro.ref_refresh_every=1: a step's process reward is computed against the copy as it is,
+    then the copy takes the policy that sampled the step (so step 2 still measures against the start and
+    its process term is not 0, step 3 against the policy of step 2); the copy is saved with checkpoints,
+    the trainer's own reference stays frozen, and the process probes measure against the copy."""
+    over = small_overrides(model_dir, tmp_path / "run", "spro", total_steps=3,
                            **{"algorithm.spro.ref_refresh_every": 1})
     t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
-    seen = []
-    real = t.algorithm.prepare
+    seen, probes = [], []
+    real, real_probe = t.algorithm.prepare, t.process_probe
 
     def spy(batch, x):
         before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
         x = real(batch, x)
-        same = all(torch.equal(before[n], p) for n, p in t.algorithm.process_ref.named_parameters())
-        seen.append((x.step, same, torch.equal(x.extra["process_ref_logp"], x.ref_logp)))
+        now = all(torch.equal(before[n], p) for n, p in t.algorithm.process_ref.named_parameters())
+        seen.append((x.step, now, torch.equal(x.extra["process_ref_logp"], x.ref_logp)))
         return x
 
-    t.algorithm.prepare = spy
+    def spy_probe(full, trained):
+        probe = real_probe(full, trained)
+        probes.append((probe, full.x))
+        return probe
+
+    t.algorithm.prepare, t.process_probe = spy, spy_probe
     out = t.train()
-    # step 1: the copy is the starting policy (= the reference); step 2: refreshed to the updated policy
-    assert seen == [(1, True, True), (2, True, False)]
+    assert seen == [(1, True, True), (2, True, True), (3, True, False)]
+    for probe, x in probes:  # the probe is SPRO's own signal, against the copy that trains
+        assert torch.equal(probe.logratio, x.logp - x.extra["process_ref_logp"])
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert metrics[1]["process/msa_abs_mean"] > 0  # the refresh comes after step 2's process reward
     start = load_file(str(model_dir / "model.safetensors"))
     assert all(torch.equal(start[k].float(), p.detach().float()) for k, p in t.ref.state_dict().items() if k in start)
-    assert (out / "checkpoints" / "step-000002" / "algorithm" / "process_ref.safetensors").is_file()
+    assert (out / "checkpoints" / "step-000003" / "algorithm" / "process_ref.safetensors").is_file()

@@ -15,8 +15,9 @@ from helpers import (
 )
 from spro.trainer import checkpoint as ck
 from spro.config import ConfigError, load_config
-from spro.algorithms.prm import PRMStage
-from spro.trainer import METRIC_KEYS, PRIME_METRIC_KEYS, Trainer, train
+from spro.algorithms.prm import ImplicitPRM
+from spro.algorithms.prime import PRIME
+from spro.trainer import METRIC_KEYS, Trainer, train
 
 
 def parity_reward(prompts, completions, **kw):
@@ -56,13 +57,13 @@ def _prm_weights(ckpt):
 def test_prime_trains_policy_and_prm_and_logs_its_cost(model_dir, tmp_path):
     cfg = _cfg(model_dir, tmp_path / "run", **{"algorithm.prime.filter": False})
     t = Trainer(cfg, reward_funcs=REWARDS)
-    assert isinstance(t.algorithm.prm, PRMStage) and t.algorithm.prm.model is not t.model and t.algorithm.prm.model is not t.ref
-    assert t.algorithm.prm.prm.beta == 0.05 and t.algorithm.prm.prm.optimizer.param_groups[0]["lr"] == 1e-3
+    assert isinstance(t.algorithm.prm, ImplicitPRM) and t.algorithm.prm.model is not t.model and t.algorithm.prm.model is not t.ref
+    assert t.algorithm.prm.beta == 0.05 and t.algorithm.prm.optimizer.param_groups[0]["lr"] == 1e-3
     out = t.train()
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
-        for k in METRIC_KEYS + PRIME_METRIC_KEYS + ("prm/loss", "prm/accuracy", "prm/grad_norm", "prm/lr"):
+        for k in METRIC_KEYS + PRIME.metric_keys + ("prm/loss", "prm/accuracy", "prm/grad_norm", "prm/lr"):
             assert m[k] is not None and math.isfinite(m[k]), (k, m[k])
         assert m["time/prm"] > 0 and m["prm/grad_norm"] > 0 and m["prime/filtered_frac"] == 0.0
         assert m["prime/skipped"] == 0.0 and m["prm/lr"] == pytest.approx(1e-3)
@@ -88,7 +89,7 @@ def test_prime_order_before_and_after(model_dir, tmp_path, monkeypatch):
                                                                    "algorithm.prime.prm_update": order,
                                                                    "algorithm.prime.prm_lr": "null"})
         t = Trainer(cfg, reward_funcs=REWARDS)
-        assert t.algorithm.prm.prm.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)  # null: 2 x optim.lr
+        assert t.algorithm.prm.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)  # null: 2 x optim.lr
         real = t.algorithm.advantages
 
         def spy(x, order=order, t=t):
@@ -108,7 +109,7 @@ def test_prime_order_before_and_after(model_dir, tmp_path, monkeypatch):
 
 def test_filter_drops_groups_outside_the_band(model_dir, tmp_path, monkeypatch):
     sizes = {"prm": [], "ppo": []}
-    real_update, real_ppo = PRMStage.update, Trainer.ppo_update
+    real_update, real_ppo = ImplicitPRM.update, Trainer.ppo_update
 
     def prm_update(self, batch, labels, ref_logp=None):
         sizes["prm"].append((len(batch), labels.tolist(), tuple(ref_logp.shape)))
@@ -118,7 +119,7 @@ def test_filter_drops_groups_outside_the_band(model_dir, tmp_path, monkeypatch):
         sizes["ppo"].append((len(s.batch), tuple(adv.shape), s.fused is not None and s.fused[0].shape[0]))
         return real_ppo(self, s, adv, step)
 
-    monkeypatch.setattr(PRMStage, "update", prm_update)
+    monkeypatch.setattr(ImplicitPRM, "update", prm_update)
     monkeypatch.setattr(Trainer, "ppo_update", ppo_update)
     out = train(_cfg(model_dir, tmp_path / "run", reward="banded", **{"algorithm.prime.refill": 1}),
                 reward_funcs=REWARDS)

@@ -23,7 +23,7 @@ out in ``docs/algorithms.md``; the algorithm objects that the trainer selects by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -33,6 +33,9 @@ __all__ = [
     "cumulative_process_reward",
     "masked_step_advantage",
     "spro_advantage",
+    "spro_terms",
+    "SPROTerms",
+    "with_outcome",
     "prime_advantage",
 ]
 
@@ -183,9 +186,11 @@ def _safe_denom(std: Tensor, eps: float, count: Tensor) -> Tensor:
 
 
 def _outcome(r: Tensor, g: _Groups, scale: str, eps: float) -> Tensor:
-    """[B] GRPO outcome advantage: (r - group mean) / (group std + eps), or r - mean (scale='none')."""
+    """[B] GRPO outcome advantage: (r - group mean) / (group std + eps), or r - mean (scale='none').
+    A group whose rewards are all equal gets exactly 0 (its float mean need not round back to r)."""
     n = _group_sum(torch.ones_like(r), g)
     centered = r - (_group_sum(r, g) / n)[g.inv]
+    centered = torch.where(_zero_variance_groups(r, g), 0.0, centered)
     if scale == "none":
         return centered
     var = _group_sum(centered * centered, g) / (n - 1).clamp(min=1)
@@ -193,10 +198,11 @@ def _outcome(r: Tensor, g: _Groups, scale: str, eps: float) -> Tensor:
 
 
 def _rloo(r: Tensor, g: _Groups) -> Tensor:
-    """[B] r minus the mean of the other responses of the group (0 for a group of one)."""
+    """[B] r minus the mean of the other responses of the group (0 for a group of one, and exactly 0
+    for a group whose rewards are all equal)."""
     n = _group_sum(torch.ones_like(r), g)[g.inv]
     others = (_group_sum(r, g)[g.inv] - r) / (n - 1).clamp(min=1)
-    return torch.where(n > 1, r - others, 0.0)
+    return torch.where((n > 1) & ~_zero_variance_groups(r, g), r - others, 0.0)
 
 
 def _row_means(v: Tensor, mf: Tensor) -> tuple[Tensor, Tensor]:
@@ -214,11 +220,11 @@ def _min_form(p: Tensor, mf: Tensor, temperature: float) -> Tensor:
 
 
 def _zero_variance_groups(r: Tensor, g: _Groups) -> Tensor:
-    """[B] bool: the response's group has one outcome for all its responses (no outcome signal)."""
-    n = _group_sum(torch.ones_like(r), g)
-    mean = _group_sum(r, g) / n
-    spread = _group_sum((r - mean[g.inv]).abs(), g)
-    return (spread == 0)[g.inv]
+    """[B] bool: the response's group has one outcome for all its responses (no outcome signal): its
+    largest reward equals its smallest (exact for any reward values, unlike a float mean)."""
+    hi = torch.full((g.n,), float("-inf"), dtype=r.dtype, device=r.device).scatter_reduce(0, g.inv, r, "amax")
+    lo = torch.full((g.n,), float("inf"), dtype=r.dtype, device=r.device).scatter_reduce(0, g.inv, r, "amin")
+    return (hi == lo)[g.inv]
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,6 +332,71 @@ def masked_step_advantage(cpr: Tensor, mask: Tensor, group_ids: Tensor, *, scale
     return _msa(cpr * mf, mf, g, scale_std, eps)
 
 
+class SPROTerms(NamedTuple):
+    """The parts of SPRO's advantage (:func:`spro_terms`)."""
+
+    reward: Tensor  # [B, T] the self-guided process reward p = beta * (logp - ref_logp), 0 at padding
+    process: Tensor  # [B, T] the process term (the Masked Step Advantage by default), 0 at padding
+    outcome: Tensor  # [B] the outcome advantage A_out
+
+
+def spro_terms(
+    rewards: Tensor,
+    logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    group_ids: Tensor,
+    *,
+    beta: float,
+    outcome_scale: Literal["group", "none"] = "group",
+    msa_scale_std: bool = False,
+    eps: float = 1e-6,
+    process_reward: Literal["cumulative", "per_token"] = "cumulative",
+    baseline: Literal["masked_step", "pooled", "pooled_loo"] = "masked_step",
+    credit: Literal["sum", "min_form"] = "sum",
+    min_form_temperature: float = 0.1,
+    zero_variance_groups: Literal["keep", "drop"] = "keep",
+    process_squash: float | None = None,
+) -> SPROTerms:
+    """SPRO's advantage in its parts: ``SPROTerms(reward [B, T], process [B, T], outcome [B])``;
+    :func:`spro_advantage` is ``(outcome[:, None] + process) * mask``. The keywords are
+    :func:`spro_advantage`'s."""
+    beta = _check_scalar(beta, "beta", nonneg=True)
+    eps = _check_scalar(eps, "eps", nonneg=True)
+    _check_choice(outcome_scale, "outcome_scale", ("group", "none"))
+    _check_choice(process_reward, "process_reward", ("cumulative", "per_token"))
+    _check_choice(baseline, "baseline", ("masked_step", "pooled", "pooled_loo"))
+    if baseline == "pooled_loo" and msa_scale_std:
+        raise ValueError("msa_scale_std=True is not supported with baseline='pooled_loo'")
+    _check_choice(credit, "credit", ("sum", "min_form"))
+    _check_choice(zero_variance_groups, "zero_variance_groups", ("keep", "drop"))
+    min_form_temperature = _check_scalar(min_form_temperature, "min_form_temperature", positive=True)
+    if process_squash is not None:
+        process_squash = _check_scalar(process_squash, "process_squash", positive=True)
+    m = _check_mask(mask)
+    r = _check_rewards(rewards, m.shape[0], m.device)
+    logp, ref_logp = _check_tokens(logp, "logp", m), _check_tokens(ref_logp, "ref_logp", m)
+    g = _check_groups(group_ids, m.shape[0], m.device)
+    mf = m.to(_float_dtype(r, logp, ref_logp))
+
+    p = _process_reward(logp, ref_logp, mf, beta)
+    v = _min_form(p, mf, min_form_temperature) if credit == "min_form" else p
+    if process_reward == "cumulative":
+        v = _cumsum(v, mf)  # (a new tensor: p is kept)
+    if baseline == "masked_step":
+        term = _msa(v, mf, g, msa_scale_std, eps)
+    elif baseline == "pooled":
+        term = _pooled(v, mf, g, msa_scale_std, eps)
+    else:
+        term = _pooled_loo(v, mf, g)
+    if process_squash is not None:
+        term = torch.tanh(term / process_squash).mul_(process_squash)
+    r = r.to(mf.dtype)
+    if zero_variance_groups == "drop":
+        term = term.mul_((~_zero_variance_groups(r, g)).to(mf.dtype).unsqueeze(1))
+    return SPROTerms(p, term, _outcome(r, g, outcome_scale, eps))
+
+
 def spro_advantage(
     rewards: Tensor,
     logp: Tensor,
@@ -360,42 +431,16 @@ def spro_advantage(
     ``process_squash=c`` bounds the process term to ``c * tanh(term / c)`` (|term| < c, where the
     outcome term has group std 1).
     """
-    beta = _check_scalar(beta, "beta", nonneg=True)
-    eps = _check_scalar(eps, "eps", nonneg=True)
-    _check_choice(outcome_scale, "outcome_scale", ("group", "none"))
-    _check_choice(process_reward, "process_reward", ("cumulative", "per_token"))
-    _check_choice(baseline, "baseline", ("masked_step", "pooled", "pooled_loo"))
-    if baseline == "pooled_loo" and msa_scale_std:
-        raise ValueError("msa_scale_std=True is not supported with baseline='pooled_loo'")
-    _check_choice(credit, "credit", ("sum", "min_form"))
-    _check_choice(zero_variance_groups, "zero_variance_groups", ("keep", "drop"))
-    min_form_temperature = _check_scalar(min_form_temperature, "min_form_temperature", positive=True)
-    if process_squash is not None:
-        process_squash = _check_scalar(process_squash, "process_squash", positive=True)
-    m = _check_mask(mask)
-    r = _check_rewards(rewards, m.shape[0], m.device)
-    logp, ref_logp = _check_tokens(logp, "logp", m), _check_tokens(ref_logp, "ref_logp", m)
-    g = _check_groups(group_ids, m.shape[0], m.device)
-    mf = m.to(_float_dtype(r, logp, ref_logp))
+    t = spro_terms(rewards, logp, ref_logp, mask, group_ids, beta=beta, outcome_scale=outcome_scale,
+                   msa_scale_std=msa_scale_std, eps=eps, process_reward=process_reward, baseline=baseline,
+                   credit=credit, min_form_temperature=min_form_temperature,
+                   zero_variance_groups=zero_variance_groups, process_squash=process_squash)
+    return with_outcome(t.process, t.outcome, mask) if not process_only else t.process
 
-    v = _process_reward(logp, ref_logp, mf, beta)
-    if credit == "min_form":
-        v = _min_form(v, mf, min_form_temperature)
-    if process_reward == "cumulative":
-        v = _cumsum(v, mf)
-    if baseline == "masked_step":
-        adv = _msa(v, mf, g, msa_scale_std, eps)
-    elif baseline == "pooled":
-        adv = _pooled(v, mf, g, msa_scale_std, eps)
-    else:
-        adv = _pooled_loo(v, mf, g)
-    if process_squash is not None:
-        adv = torch.tanh(adv / process_squash).mul_(process_squash)
-    if zero_variance_groups == "drop":
-        adv = adv.mul_((~_zero_variance_groups(r.to(mf.dtype), g)).to(mf.dtype).unsqueeze(1))
-    if not process_only:
-        adv = adv.add_(_outcome(r.to(mf.dtype), g, outcome_scale, eps).unsqueeze(1)).mul_(mf)
-    return adv
+
+def with_outcome(process: Tensor, outcome: Tensor, mask: Tensor) -> Tensor:
+    """``[B, T]`` ``(outcome[:, None] + process) * mask``: SPRO's advantage from :func:`spro_terms`' parts."""
+    return (process + outcome.unsqueeze(1)).mul_(_check_mask(mask).to(process.dtype))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """PRIME (Cui et al. 2025, arXiv 2502.01456) as an algorithm: an implicit PRM trained online.
 
-The PRM machinery (``ImplicitPRM``, ``PRMStage``, the accuracy filter) is in
+The PRM machinery (``ImplicitPRM``, the accuracy filter) is in
 ``spro.algorithms.prm``; this module wires it into the trainer's hooks, in PRIME's order (verl
 ``recipe/prime``): drop the prompts whose group accuracy is outside the filter band (``select``),
 update the PRM on the kept responses and compute its log-probs (``prepare``), then PRIME's
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from spro.algorithms.core import prime_advantage
-from spro.algorithms.prm import ImplicitPRM, PRMStage, filter_groups_by_accuracy
+from spro.algorithms.prm import ImplicitPRM, filter_groups_by_accuracy
 from spro.algorithms.registry import AdvantageInputs, Algorithm, TrainerContext, register_algorithm
 from spro.options import ConfigError, Options, option
 
@@ -109,6 +109,15 @@ class PRIME(Algorithm):
     online on the outcome labels, gives per-token rewards; leave-one-out advantages per reward source."""
 
     reference = "arXiv:2502.01456"
+    metric_keys = ("time/prm", "prime/filtered_frac", "prime/skipped")
+    diagnostic_names = ("prm",)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        if config.model.lora.rank > 0:
+            raise ConfigError("model.lora.rank > 0 is not supported with algorithm.name=prime: PRIME's implicit PRM "
+                              "is a full trainable copy of the reference model, so LoRA would save no memory; set "
+                              "model.lora.rank=0")
 
     @property
     def max_rounds(self) -> int:
@@ -123,18 +132,15 @@ class PRIME(Algorithm):
                               "drop a different number of prompts); set algorithm.prime.filter=false")
         self.prm = ctx.user_state.get("prm")
         if self.prm is None:
-            prm = ImplicitPRM(
-                ctx.reference, beta=o.prm_beta, lr=o.prm_lr or 2 * cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                adam_betas=(cfg.optim.adam_beta1, o.prm_adam_beta2), adam_eps=cfg.optim.adam_eps,
-                max_grad_norm=o.prm_max_grad_norm or None, temperature=cfg.rollout.temperature,
+            self.prm = ImplicitPRM(
+                ctx.reference, logprobs=ctx.logprobs, beta=o.prm_beta, lr=o.prm_lr or 2 * cfg.optim.lr,
+                weight_decay=cfg.optim.weight_decay, adam_betas=(cfg.optim.adam_beta1, o.prm_adam_beta2),
+                adam_eps=cfg.optim.adam_eps, max_grad_norm=o.prm_max_grad_norm or None,
+                micro_batch=o.prm_micro_batch or None,
+                grad_reducer=_grad_reducer(acc) if acc.num_processes > 1 else None,
             )
             if cfg.model.gradient_checkpointing:
-                prm.model.gradient_checkpointing_enable()
-            share = cfg.model.share_prompt_prefix and not cfg.model.gradient_checkpointing
-            self.prm = PRMStage(prm, temperature=cfg.rollout.temperature,
-                                group_size=cfg.rollout.num_generations if share else None,
-                                micro_batch=o.prm_micro_batch or None,
-                                grad_reducer=_grad_reducer(acc) if acc.num_processes > 1 else None)
+                self.prm.model.gradient_checkpointing_enable()
         params = inspect.signature(self.prm.update).parameters
         self._update_takes_ref = "ref_logp" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
         self._metrics: dict[str, float] = {}
@@ -169,6 +175,11 @@ class PRIME(Algorithm):
                                outcome_coef=o.outcome_coef, process_coef=o.process_coef,
                                process_baseline=o.process_baseline, process_norm=o.process_norm, credit=o.credit,
                                min_form_temperature=o.min_form_temperature)
+
+    def diagnostic_signals(self, x: AdvantageInputs) -> dict[str, torch.Tensor]:
+        if "prm_logp" not in x.extra or x.ref_logp is None:
+            return {}
+        return {"prm": (x.extra["prm_logp"] - x.ref_logp) * x.mask}
 
     def metrics(self, x: AdvantageInputs, advantages: torch.Tensor | None) -> dict[str, float]:
         m = {k: v for k, v in self._metrics.items() if k not in ("step", "seen", "kept")}

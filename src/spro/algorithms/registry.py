@@ -26,8 +26,15 @@ A step of the trainer, as seen from an algorithm (``spro.trainer.loop``)::
                                   the trainer samples more prompts until prompts_per_step are kept
     prepare(batch, x) -> x        state updates on the kept responses, may add tensors to x.extra
     advantages(x) -> [B, T]       the estimator
-    metrics(x, adv) -> dict       logged with the step's metrics
+    process_signal(x) -> ProcessSignal | None
+                                  its own self-guided process reward on x, measured by the
+                                  process probes (None: the probes use ``logging.probe.*``)
+    diagnostic_signals(x) -> {name: [B, T]}
+                                  more per-token signals for the first-error diagnostics (PRIME: prm)
+    metrics(x, adv) -> dict       logged with the step's metrics (keys declared in ``metric_keys``)
     save(folder) / load(folder)   its state in checkpoints (folder = checkpoint/algorithm/)
+
+Before a run, ``check_config(cfg)`` (a classmethod) rejects settings the algorithm cannot run with.
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ import torch
 __all__ = [
     "AdvantageInputs",
     "Algorithm",
+    "ProcessSignal",
+    "MissingReferenceError",
+    "group_mean",
+    "group_size",
+    "group_std",
+    "compute_advantages",
     "TrainerContext",
     "NoOptions",
     "register_algorithm",
@@ -99,13 +112,25 @@ class AdvantageInputs:
             if t is not None and t.shape != self.mask.shape:
                 raise ValueError(f"AdvantageInputs.{name} must be [B, T] = {tuple(self.mask.shape)}, got {tuple(t.shape)}")
 
+    def group_size(self) -> Tensor:
+        """``[B]`` long: the number of responses in each response's group (:func:`group_size`)."""
+        return group_size(self.group_ids)
+
     def group_mean(self, values: Tensor) -> Tensor:
-        """``[B]`` -> ``[B]``: the mean of ``values`` over each response's group."""
-        _, inv = torch.unique(self.group_ids, return_inverse=True)
-        n = int(inv.max()) + 1
-        sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, values)
-        counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, torch.ones_like(values))
-        return (sums / counts)[inv]
+        """``[B]`` -> ``[B]``: the mean of ``values`` over each response's group (:func:`group_mean`)."""
+        return group_mean(values, self.group_ids)
+
+    def group_std(self, values: Tensor) -> Tensor:
+        """``[B]`` -> ``[B]``: the unbiased std of ``values`` over each response's group (:func:`group_std`)."""
+        return group_std(values, self.group_ids)
+
+    def group_max(self, values: Tensor) -> Tensor:
+        """``[B]`` -> ``[B]``: the largest of ``values`` in each response's group."""
+        return _group_reduce(values, self.group_ids, "amax")
+
+    def group_min(self, values: Tensor) -> Tensor:
+        """``[B]`` -> ``[B]``: the smallest of ``values`` in each response's group."""
+        return _group_reduce(values, self.group_ids, "amin")
 
     def select(self, idx: Tensor) -> AdvantageInputs:
         """The responses at rows ``idx`` (1-D long)."""
@@ -115,6 +140,69 @@ class AdvantageInputs:
             None if self.correct is None else self.correct[idx], self.step,
             {k: v[idx] for k, v in self.extra.items()},
         )
+
+
+# ------------------------------------------------------------------ group helpers for plugins
+# ``values`` and ``group_ids`` are ``[B]``; a group's responses may be anywhere in the batch.
+
+
+def _group_sums(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(sums [n], counts [n], inverse [B]) of ``values`` over the groups."""
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    n = int(inv.max()) + 1
+    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, values)
+    counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inv, torch.ones_like(values))
+    return sums, counts, inv
+
+
+def _group_reduce(values: Tensor, group_ids: Tensor, how: str) -> Tensor:
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    out = torch.zeros(int(inv.max()) + 1, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, inv, values, how, include_self=False)[inv]
+
+
+def group_size(group_ids: Tensor) -> Tensor:
+    """``[B]`` long: the number of responses in each response's group."""
+    _, counts, inv = _group_sums(torch.ones(group_ids.shape[0], device=group_ids.device), group_ids)
+    return counts.long()[inv]
+
+
+def group_mean(values: Tensor, group_ids: Tensor) -> Tensor:
+    """``[B]``: the mean of ``values`` over each response's group."""
+    sums, counts, inv = _group_sums(values, group_ids)
+    return (sums / counts)[inv]
+
+
+def group_std(values: Tensor, group_ids: Tensor) -> Tensor:
+    """``[B]``: the unbiased standard deviation of ``values`` over each response's group, as GRPO's outcome
+    advantage uses it: 0 for a group of one, and exactly 0 for a group whose values are all equal (found
+    by max == min, not by a rounded mean)."""
+    values = values.to(torch.promote_types(values.dtype, torch.float32))
+    centred = values - group_mean(values, group_ids)
+    sq, counts, inv = _group_sums(centred * centred, group_ids)
+    std = (sq / (counts - 1).clamp(min=1)).sqrt()[inv]
+    equal = _group_reduce(values, group_ids, "amax") == _group_reduce(values, group_ids, "amin")
+    return torch.where(equal, 0.0, std)
+
+
+@dataclass
+class ProcessSignal:
+    """A self-guided process reward on a step's responses, as the process probes read it
+    (``process/*``, ``diag/self_reward``, ``diag/msa``, ``drift/*``). ``[B, T]`` each, 0 at padding.
+
+    Attributes:
+        reward: the per-token process reward ``p = beta * (log pi_old - log pi_ref)``.
+        term: the process term of the advantage built from it (SPRO: the Masked Step Advantage).
+        logratio: ``log pi_old - log pi_ref`` with the reference ``p`` uses (the one that trains).
+    """
+
+    reward: Tensor
+    term: Tensor
+    logratio: Tensor
+
+
+class MissingReferenceError(ValueError):
+    """An algorithm read ``x.ref_logp`` on a run without the reference model."""
 
 
 @dataclass
@@ -159,6 +247,13 @@ class Algorithm:
     needs_reference: ClassVar[bool] = False
     loss_agg: ClassVar[str] = "seq-mean-token-mean"
     reference: ClassVar[str] = ""
+    metric_keys: ClassVar[tuple[str, ...]] = ()  # the keys its ``metrics`` adds on every step
+    diagnostic_names: ClassVar[tuple[str, ...]] = ()  # the names ``diagnostic_signals`` may return
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Raise ``spro.options.ConfigError`` (naming the keys) when ``config`` (a ``TrainConfig``) sets
+        something this algorithm cannot run with. Called by ``spro.config.validate``."""
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -188,8 +283,20 @@ class Algorithm:
         may return ``x`` with tensors added to ``x.extra``."""
         return x
 
+    def process_signal(self, x: AdvantageInputs) -> ProcessSignal | None:
+        """Its own self-guided process reward on ``x`` (the inputs of its last ``advantages`` call), which
+        the process probes then measure instead of computing one with ``logging.probe.*``; None: it has none."""
+        return None
+
+    def diagnostic_signals(self, x: AdvantageInputs) -> dict[str, Tensor]:
+        """``{name: [B, T]}``: per-token signals of its own on the kept responses, scored by the first-error
+        diagnostics as ``diag/<name>/*`` (PRIME: ``prm``, its implicit reward log pi_phi - log pi_ref); the
+        names are declared in ``diagnostic_names``."""
+        return {}
+
     def metrics(self, x: AdvantageInputs, advantages: Tensor | None) -> dict[str, float]:
-        """Extra metrics of this step (``advantages`` is None when no response was kept)."""
+        """Extra metrics of this step (``advantages`` is None when no response was kept); their keys are
+        listed in ``metric_keys`` (more, e.g. a sub-model's ``prm/*``, may be added)."""
         return {}
 
     def save(self, folder: os.PathLike) -> None:
@@ -217,6 +324,23 @@ class _FunctionAlgorithm(Algorithm):
             raise ValueError(f"algorithm {self.name!r} returned {shape}; expected advantages of shape "
                              f"[B, T] = {tuple(x.mask.shape)}")
         return torch.where(x.mask, out, 0.0)
+
+
+def compute_advantages(algorithm: Algorithm, x: AdvantageInputs) -> Tensor:
+    """``algorithm.advantages(x)``; an algorithm that reads ``x.ref_logp`` on a run without the reference
+    model (``model.use_reference=false``) gets a :class:`MissingReferenceError` that names the flag instead
+    of the ``TypeError`` of arithmetic on None."""
+    try:
+        return algorithm.advantages(x)
+    except TypeError as exc:
+        if x.ref_logp is None and "NoneType" in str(exc):
+            raise MissingReferenceError(
+                f"algorithm {algorithm.name!r} failed on x.ref_logp = None ({exc}): it reads the reference model's "
+                f"log-probs but is registered without needs_reference=True, and the run has no reference model "
+                f"(model.use_reference=false). Register it with @register_algorithm({algorithm.name!r}, "
+                f"needs_reference=True) (or set needs_reference = True on the class), or set "
+                f"model.use_reference=true") from exc
+        raise
 
 
 _REGISTRY: dict[str, type[Algorithm]] = {}

@@ -3,7 +3,7 @@
 ``SPROOptions`` is the one definition of SPRO's options: the trainer reads it from the config
 section ``algorithm.spro.*``, the TRL integration as ``spro_*`` fields of ``SPROConfig``, the verl
 integration as ``algorithm.spro_*`` keys. ``process_stats`` / ``process_metrics`` give the
-``process/*`` metrics all three log.
+``process/*`` metrics the integrations log (the trainer's process probes: ``spro.algorithms.probes``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from pathlib import Path
 
 import torch
 
-from spro.algorithms.core import spro_advantage
-from spro.algorithms.registry import AdvantageInputs, Algorithm, TrainerContext, register_algorithm
+from spro.algorithms.core import spro_terms, with_outcome
+from spro.algorithms.probes import process_metrics, process_sums
+from spro.algorithms.registry import AdvantageInputs, Algorithm, ProcessSignal, TrainerContext, register_algorithm
 from spro.options import ConfigError, Options, option
 
 Tensor = torch.Tensor
+
+__all__ = ["SPROOptions", "SPRO", "process_stats", "process_metrics"]
 
 
 @dataclass
@@ -93,16 +96,30 @@ class SPROOptions(Options):
         d.pop("ref_refresh_every")
         return d
 
+    def terms_kwargs(self) -> dict:
+        """Keyword options of :func:`spro.algorithms.core.spro_terms` (all but ``ref_refresh_every`` and
+        ``process_only``)."""
+        d = self.core_kwargs()
+        d.pop("process_only")
+        return d
+
 
 @register_algorithm("spro", options=SPROOptions, needs_reference=True)
 class SPRO(Algorithm):
     """SPRO (Fei et al. 2025, arXiv 2507.01551): GRPO's outcome advantage + the Masked Step Advantage of
-    the cumulative self-guided process reward beta * (log pi_old - log pi_ref)."""
+    the cumulative self-guided process reward beta * (log pi_old - log pi_ref).
+
+    With ``ref_refresh_every=N`` the process reward's pi_ref is a copy of the policy (``process_ref``):
+    at a step s with ``(s - 1) % N == 0`` (s > 1) the step's process reward is computed against the copy
+    as it is, and then the copy takes the weights of the policy that sampled that step; steps s+1 .. s+N
+    measure against it. The ``kl`` metric stays the KL to the starting policy; the process probes
+    (``process/*``, ``diag/msa``, ``drift/*``) measure against the copy that trains.
+    """
 
     reference = "arXiv:2507.01551"
 
     def setup(self, ctx: TrainerContext) -> None:
-        self.process_ref = None
+        self.process_ref, self._signal = None, None
         if self.options.ref_refresh_every:
             import copy
 
@@ -114,15 +131,20 @@ class SPRO(Algorithm):
 
     def prepare(self, batch, x: AdvantageInputs) -> AdvantageInputs:
         if self.process_ref is not None:
-            if x.step > 1 and (x.step - 1) % self.options.ref_refresh_every == 0:
-                self.process_ref.load_state_dict(self.policy.state_dict())
             with torch.no_grad():
                 x.extra["process_ref_logp"] = self.logprobs(self.process_ref, batch)
+            if x.step > 1 and (x.step - 1) % self.options.ref_refresh_every == 0:  # after this step's reward
+                self.process_ref.load_state_dict(self.policy.state_dict())
         return x
 
     def advantages(self, x: AdvantageInputs) -> Tensor:
         ref = x.extra.get("process_ref_logp", x.ref_logp)
-        return spro_advantage(x.rewards, x.logp, ref, x.mask, x.group_ids, **self.options.core_kwargs())
+        t = spro_terms(x.rewards, x.logp, ref, x.mask, x.group_ids, **self.options.terms_kwargs())
+        self._signal = (x, ProcessSignal(t.reward, t.process, x.logp - ref))
+        return t.process if self.options.process_only else with_outcome(t.process, t.outcome, x.mask)
+
+    def process_signal(self, x: AdvantageInputs) -> ProcessSignal | None:
+        return self._signal[1] if self._signal is not None and self._signal[0] is x else None
 
     def save(self, folder) -> None:
         if self.process_ref is not None:
@@ -139,36 +161,12 @@ class SPRO(Algorithm):
 
 def process_stats(logp: Tensor, ref_logp: Tensor, mask: Tensor, group_ids: Tensor, options: SPROOptions,
                   advantages: Tensor | None = None) -> dict[str, Tensor]:
-    """The sums behind the ``process/*`` metrics of a batch, in a form that adds up across processes.
+    """:func:`spro.algorithms.probes.process_sums` of SPRO's process reward and term under ``options`` (for
+    the TRL and verl integrations, which hold log-probs rather than an :class:`AdvantageInputs`).
 
-    Inputs ``[B, T]`` (``group_ids [B]``). Returns ``cpr_final`` ``[n]`` (the cumulative process
-    reward beta * sum_t (logp - ref_logp) of each non-empty response: concatenate across processes)
-    and ``sums`` ``[4]`` (sum over valid tokens of |process term| (SPRO's process term under
-    ``options``, the MSA by default), of |p[i,t]|, of |advantages| (0 when not given), and the number
-    of valid tokens: add across processes).
+    Inputs ``[B, T]`` (``group_ids [B]``). Returns ``cpr_final`` ``[n]`` and ``sums`` ``[4]``.
     """
-    m = mask.bool()
-    opts = options.core_kwargs()
     with torch.no_grad():
-        p = options.beta * (logp - ref_logp)
-        last = (m.sum(dim=1) - 1).clamp(min=0).unsqueeze(1)
-        cpr_final = torch.where(m, p, 0.0).cumsum(dim=1).gather(1, last).squeeze(1)[m.any(dim=1)].float()
-        zeros = torch.zeros(m.shape[0], dtype=logp.dtype, device=logp.device)
-        process = spro_advantage(zeros, logp, ref_logp, m, group_ids, **{**opts, "process_only": True})
-        adv_sum = advantages.abs()[m].sum().float() if advantages is not None else torch.zeros((), device=m.device)
-        sums = torch.stack([process.abs()[m].sum().float(), p.abs()[m].sum().float(), adv_sum, m.sum().float()])
-    return {"cpr_final": cpr_final, "sums": sums}
-
-
-def process_metrics(cpr_final: Tensor, sums: Tensor) -> dict[str, float | None]:
-    """``process/cpr_final_mean`` / ``_std`` (cumulative process reward at each response's last token),
-    ``process/msa_abs_mean`` (mean |process term| over valid tokens), ``process/reward_abs_mean`` (mean
-    |beta * (logp - ref_logp)|) and ``process/advantage_abs_mean``, from :func:`process_stats`."""
-    means = sums[:3] / sums[3].clamp(min=1)
-    return {
-        "process/cpr_final_mean": float(cpr_final.mean()) if cpr_final.numel() else None,
-        "process/cpr_final_std": float(cpr_final.std()) if cpr_final.numel() > 1 else None,
-        "process/msa_abs_mean": float(means[0]),
-        "process/reward_abs_mean": float(means[1]),
-        "process/advantage_abs_mean": float(means[2]),
-    }
+        zeros = torch.zeros(mask.shape[0], dtype=logp.dtype, device=logp.device)
+        t = spro_terms(zeros, logp, ref_logp, mask, group_ids, **options.terms_kwargs())
+    return process_sums(ProcessSignal(t.reward, t.process, logp - ref_logp), mask, advantages)

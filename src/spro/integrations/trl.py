@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,37 +91,10 @@ _FORWARD_KEYS = (
 )
 
 
-def _spro_field(name: str) -> Any:
-    """The field ``spro_<name>`` of SPROConfig: default and help of ``SPROOptions.<name>``."""
-    f = SPROOptions.__dataclass_fields__[name]
-    return field(default=f.default, metadata={"help": f.metadata["help"]})
-
-
 @dataclass
-class SPROConfig(GRPOConfig):
-    """``GRPOConfig`` plus SPRO's options: ``spro_<name>`` for each option of
-    :class:`spro.algorithms.spro.SPROOptions` (same defaults, help and checks as spro's trainer), but for
-    ``ref_refresh_every`` (the reference is TRL's).
+class _SPROConfigBase(GRPOConfig):
+    """``GRPOConfig`` with SPRO's defaults and checks; :data:`SPROConfig` adds the ``spro_*`` fields."""
 
-    Two GRPO defaults differ: ``loss_type="grpo"`` (per-sequence token mean, then mean over
-    sequences: the aggregation of the SPRO paper) and ``disable_dropout=True`` (the process reward
-    compares two forwards of the same tokens, which dropout would make noisy). TRL's
-    ``scale_rewards`` does not apply: the outcome part of the advantage is scaled by
-    ``spro_outcome_scale``. ``multi_objective_aggregation`` must be ``"sum_then_normalize"``:
-    the outcome reward SPRO normalises is the weighted sum of the reward functions.
-    """
-
-    spro_beta: float = _spro_field("beta")
-    spro_outcome_scale: str = _spro_field("outcome_scale")
-    spro_msa_scale_std: bool = _spro_field("msa_scale_std")
-    spro_eps: float = _spro_field("eps")
-    spro_process_reward: str = _spro_field("process_reward")
-    spro_baseline: str = _spro_field("baseline")
-    spro_process_only: bool = _spro_field("process_only")
-    spro_credit: str = _spro_field("credit")
-    spro_min_form_temperature: float = _spro_field("min_form_temperature")
-    spro_zero_variance_groups: str = _spro_field("zero_variance_groups")
-    spro_process_squash: float | None = _spro_field("process_squash")
     loss_type: str = field(
         default="grpo",
         metadata={
@@ -154,6 +128,32 @@ class SPROConfig(GRPOConfig):
         except ConfigError as e:
             raise ValueError(f"spro_{e}") from None
         return options.core_kwargs()
+
+
+# Options of SPROOptions that TRL does not take (the reference is TRL's).
+_NOT_IN_TRL = ("ref_refresh_every",)
+
+
+def _spro_fields() -> list[tuple[str, Any, Any]]:
+    """``spro_<name>`` for each option of SPROOptions: its type, default and help, generated (no hand copy)."""
+    hints = typing.get_type_hints(SPROOptions)
+    return [(f"spro_{f.name}", hints[f.name], field(default=f.default, metadata={"help": f.metadata["help"]}))
+            for f in dataclasses.fields(SPROOptions) if f.name not in _NOT_IN_TRL]
+
+
+SPROConfig = dataclasses.make_dataclass("SPROConfig", _spro_fields(), bases=(_SPROConfigBase,))
+SPROConfig.__module__ = __name__
+SPROConfig.__doc__ = """``GRPOConfig`` plus SPRO's options: ``spro_<name>`` for each option of
+    :class:`spro.algorithms.spro.SPROOptions` (generated from it: same types, defaults, help and checks as
+    spro's trainer), but for ``ref_refresh_every`` (the reference is TRL's).
+
+    Two GRPO defaults differ: ``loss_type="grpo"`` (per-sequence token mean, then mean over
+    sequences: the aggregation of the SPRO paper) and ``disable_dropout=True`` (the process reward
+    compares two forwards of the same tokens, which dropout would make noisy). TRL's
+    ``scale_rewards`` does not apply: the outcome part of the advantage is scaled by
+    ``spro_outcome_scale``. ``multi_objective_aggregation`` must be ``"sum_then_normalize"``:
+    the outcome reward SPRO normalises is the weighted sum of the reward functions.
+    """
 
 
 class SPROTrainer(GRPOTrainer):

@@ -16,7 +16,7 @@ import torch
 from spro.rollout.batch import RolloutBatch
 from spro.rollout.hf import _cache_kw
 
-__all__ = ["sequence_logps", "logps_no_grad", "entropy_from_logits"]
+__all__ = ["sequence_logps", "logps_no_grad", "logprob_fn", "entropy_from_logits"]
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -137,3 +137,19 @@ def logps_no_grad(model: Any, batch: RolloutBatch, *, temperature: float, with_e
             lps.append(lp)
             ents.append(ent)
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+
+def logprob_fn(*, temperature: float = 1.0, group_size: int | None = None):
+    """The trainer's log-prob function ``fn(model, batch, *, grad=False) -> [B, T]`` (what algorithms get as
+    ``TrainerContext.logprobs``, and PRIME's implicit PRM uses): :func:`sequence_logps` at ``temperature``
+    (with prompt-prefix sharing over groups of ``group_size``); without ``grad`` a no-grad pass in eval mode
+    (no dropout)."""
+    from spro.models.passes import eval_mode
+
+    def fn(model: Any, batch: RolloutBatch, *, grad: bool = False) -> torch.Tensor:
+        if grad:
+            return sequence_logps(model, batch, temperature=temperature, group_size=group_size)[0]
+        with eval_mode(model):
+            return logps_no_grad(model, batch, temperature=temperature, with_entropy=False, group_size=group_size)[0]
+
+    return fn

@@ -12,8 +12,12 @@ ignore columns it does not use (take ``**kwargs``).
 unreadable test specification, ...). It is never turned into a number here: it is passed on,
 and the trainer/evaluator counts such rows (and leaves them out of the mean). A completion that
 *can* be judged but fails (wrong answer, crashing program, grader time-out) gets ``0.0``.
-:func:`combine_rewards` propagates ``None``: if any component is ``None`` for a row, the
+:func:`combine_values` (used by :func:`combine_rewards` and by the trainer's
+``spro.rewards.scoring.Scorer``) propagates ``None``: if any component is ``None`` for a row, the
 combined reward of that row is ``None``.
+
+``RewardFn`` is the type of such a function (a callable); ``spro.rewards.scoring.WeightedReward``
+pairs one with its name and weight.
 
 Functions are looked up by registered name (``"math"``, ``"code"``, ``"format"``, ``"eurus"``,
 ``"arithmetic"``, ...; see :func:`list_rewards`) or by import path ``"package.module:function"``.
@@ -36,6 +40,7 @@ __all__ = [
     "get_reward",
     "list_rewards",
     "combine_rewards",
+    "combine_values",
     "call_reward",
     "pop_reward_stats",
     "count_event",
@@ -193,14 +198,34 @@ def call_reward(fn: RewardFn, prompts: Sequence[Any], completions: Sequence[str]
     return res
 
 
+def combine_values(values: Sequence[Sequence[float | None]], weights: Sequence[float]) -> list[float | None]:
+    """The one rule for combining reward values (``combine_rewards`` and the trainer's ``Scorer``), TRL's
+    (``GRPOTrainer`` sums the weighted values with ``nansum``): ``None`` means "not applicable to this row"
+    (a math reward on a code row), so row ``i`` gets ``sum_k weights[k] * values[k][i]`` over the functions
+    that gave a value, and ``None`` when none did. A ``None`` is never turned into 0: a row no function
+    could judge stays ``None`` (the Scorer counts it in ``reward/none_frac`` and warns)."""
+    if len(values) != len(weights):
+        raise ValueError(f"combine_values: {len(values)} value lists but {len(weights)} weights")
+    n = len(values[0]) if values else 0
+    total: list[float | None] = [None] * n
+    for vals, w in zip(values, weights):
+        if len(vals) != n:
+            raise ValueError(f"combine_values: value lists of different lengths ({n} and {len(vals)})")
+        for i, v in enumerate(vals):
+            if v is not None:
+                total[i] = (total[i] or 0.0) + w * v
+    return total
+
+
 def combine_rewards(
     specs_with_weights: Mapping[str | RewardFn, float] | Sequence[tuple[str | RewardFn, float]],
 ) -> RewardFn:
     """One reward function that returns the weighted sum of several.
 
     ``specs_with_weights`` is a mapping or a list of ``(spec, weight)`` pairs; each spec goes
-    through :func:`get_reward`. Every component is checked with :func:`call_reward`. If any
-    component gives ``None`` for a row, the combined reward for that row is ``None``.
+    through :func:`get_reward`. Every component is checked with :func:`call_reward`. Values combine
+    by :func:`combine_values`: ``None`` components are left out of the sum, and a row is ``None`` only
+    when every component gave ``None``.
     """
     items = list(specs_with_weights.items()) if isinstance(specs_with_weights, Mapping) else list(specs_with_weights)
     if not items:
@@ -214,15 +239,8 @@ def combine_rewards(
         fns.append((get_reward(spec), float(w)))
 
     def combined(prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float | None]:
-        total: list[float | None] = [0.0] * len(completions)
-        for fn, w in fns:
-            vals = call_reward(fn, prompts, completions, **columns)
-            for i, v in enumerate(vals):
-                if total[i] is None or v is None:
-                    total[i] = None
-                else:
-                    total[i] = total[i] + w * v  # type: ignore[operator]
-        return total
+        return combine_values([call_reward(fn, prompts, completions, **columns) for fn, _ in fns],
+                              [w for _, w in fns])
 
     combined.__name__ = combined.__qualname__ = "combined(" + ", ".join(
         f"{w:g}*{_fn_name(f)}" for f, w in fns) + ")"

@@ -2,9 +2,10 @@
 
 The trainer (training batches and periodic evaluation) and ``spro.experiments.evaluation`` both
 score through a :class:`Scorer`: the reward of a response is the weighted sum of the values of
-its reward functions that are not None (None = "not applicable"; a response no function could
-score gets 0 and is counted), and it is correct when the value of the accuracy reward is
-``>= correct_threshold``.
+its reward functions that gave a value, by the one rule of ``spro.rewards.combine_values`` (TRL's:
+None means "not applicable"); None when no function gave a value. Such a response is unscored (``Scores.scored`` False, counted in
+``reward/none_frac``, a :class:`RewardWarning`); the batch tensor holds 0 for it. It is
+correct when the value of the accuracy reward is ``>= correct_threshold``.
 
 Failures are visible. A function that raises on the batch is called again response by response;
 the responses it still raises on get None. A function of your own (anything not defined in
@@ -25,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["RewardFn", "RewardFunctionError", "RewardWarning", "Scores", "Scorer", "resolve_reward"]
+__all__ = ["WeightedReward", "RewardFunctionError", "RewardWarning", "Scores", "Scorer", "resolve_reward"]
 
 
 class RewardFunctionError(ValueError):
@@ -52,8 +53,9 @@ class _Health:
 
 
 @dataclass
-class RewardFn:
-    """A reward function ``fn(prompts, completions, **columns) -> list[float | None]`` with its weight."""
+class WeightedReward:
+    """A reward function ``fn(prompts, completions, **columns) -> list[float | None]`` (a
+    ``spro.rewards.RewardFn``) with its name and weight."""
 
     name: str
     fn: Callable[..., Any]
@@ -95,7 +97,7 @@ class Scorer:
         correct_threshold: a response is correct when that value is ``>=`` this.
     """
 
-    def __init__(self, rewards: Sequence[RewardFn], *, accuracy_reward: str | None = None,
+    def __init__(self, rewards: Sequence[WeightedReward], *, accuracy_reward: str | None = None,
                  correct_threshold: float = 1.0, timeout: float = 0.0) -> None:
         if not rewards:
             raise ValueError("Scorer: give at least one reward function")
@@ -110,13 +112,14 @@ class Scorer:
             raise ValueError(f"accuracy reward {acc_name!r} is not one of the reward functions ({', '.join(names)})")
         self.acc_index = names.index(acc_name)
         self.correct_threshold = correct_threshold
+        self._warned_unscored = False
 
     @classmethod
     def of(cls, reward: Scorer | Callable[..., Any]) -> Scorer:
         """``reward`` itself if it is a Scorer, else a Scorer of that one function (correct: value >= 1)."""
         if isinstance(reward, Scorer):
             return reward
-        return cls([RewardFn(getattr(reward, "__name__", "reward"), reward)])
+        return cls([WeightedReward(getattr(reward, "__name__", "reward"), reward)])
 
     @classmethod
     def from_config(cls, data_cfg: Any, overrides: dict[str, Callable] | None = None,
@@ -130,7 +133,7 @@ class Scorer:
             if data_cfg.rewards is None:
                 raise ConfigError("data.rewards is null: spro.data.loader.reward_specs gives the default reward")
             rewards = [(s.name, s.weight) for s in data_cfg.rewards]
-        fns = [RewardFn(name, resolve_reward(name, overrides), weight) for name, weight in rewards]
+        fns = [WeightedReward(name, resolve_reward(name, overrides), weight) for name, weight in rewards]
         try:
             return cls(fns, accuracy_reward=data_cfg.accuracy_reward, correct_threshold=data_cfg.correct_threshold,
                        timeout=data_cfg.reward_timeout)
@@ -142,30 +145,36 @@ class Scorer:
         total = torch.zeros(B, dtype=torch.float64)
         correct = torch.zeros(B, dtype=torch.bool)
         scored = torch.zeros(B, dtype=torch.bool)
-        errors = nones = timeouts = 0
+        from spro.rewards import combine_values, pop_reward_stats
+
+        errors = timeouts = 0
         per_function: dict[str, float | None] = {}
-        for k, rf in enumerate(self.rewards):
+        columns_of_values = []
+        for rf in self.rewards:
             values, n_err, n_timeout, message = self._call(rf, prompts, completions, columns)
             self._report(rf, B, n_err, n_timeout, message)
             errors, timeouts = errors + n_err, timeouts + n_timeout
             per_function.update(_mean_std(rf.name, values))
-            for i, v in enumerate(values):
-                if v is None:
-                    nones += 1
-                    continue
-                total[i] += rf.weight * v
-                scored[i] = True
-                if k == self.acc_index:
-                    correct[i] = v >= self.correct_threshold
-        from spro.rewards import pop_reward_stats
-
+            columns_of_values.append(values)
+        for i, v in enumerate(columns_of_values[self.acc_index]):
+            correct[i] = v is not None and v >= self.correct_threshold
+        for i, v in enumerate(combine_values(columns_of_values, [rf.weight for rf in self.rewards])):
+            if v is not None:
+                total[i], scored[i] = v, True
+        nones = sum(v is None for vals in columns_of_values for v in vals)
+        unscored = B - int(scored.sum())
+        if unscored and not self._warned_unscored:  # once per run (reward/none_frac counts every step)
+            self._warned_unscored = True
+            warnings.warn(f"{unscored} of {B} responses could not be scored (a reward function gave None for them: "
+                          f"cannot be judged); they train with reward 0 (Scores.scored is False for them; metric reward/none_frac)",
+                          RewardWarning, stacklevel=2)
         stats = {"reward/errors": float(errors), "reward/timeouts": float(timeouts),
                  "reward/none_frac": nones / max(B * len(self.rewards), 1)}
         stats.update({f"reward/{k}": float(v) for k, v in pop_reward_stats().items()})
         stats.update(per_function)
         return Scores(total.float(), correct, scored, stats)
 
-    def _call(self, rf: RewardFn, prompts: list, completions: list[str], columns: dict
+    def _call(self, rf: WeightedReward, prompts: list, completions: list[str], columns: dict
               ) -> tuple[list[float | None], int, int, str | None]:
         """Values of one reward (checked by ``spro.rewards.call_reward``), the numbers of responses it raised on and
         timed out on, and the first error message.
@@ -205,7 +214,7 @@ class Scorer:
             raise RewardFunctionError(f"data.rewards '{rf.name}' raised on every response: {first_error}")
         return values, errors, timeouts, first_error
 
-    def _limited(self, rf: RewardFn, prompts: list, completions: list[str], columns: dict) -> list[float | None]:
+    def _limited(self, rf: WeightedReward, prompts: list, completions: list[str], columns: dict) -> list[float | None]:
         """``call_reward``, in a worker thread with the time limit for a function of your own."""
         from spro.rewards import call_reward
 
@@ -228,7 +237,7 @@ class Scorer:
             raise box["error"]
         return box["values"]
 
-    def _report(self, rf: RewardFn, rows: int, errors: int, timeouts: int, message: str | None) -> None:
+    def _report(self, rf: WeightedReward, rows: int, errors: int, timeouts: int, message: str | None) -> None:
         """Count a call's failures and warn at the first one and whenever the failing share doubles."""
         h = self.health[rf.name]
         h.rows, h.errors, h.timeouts = h.rows + rows, h.errors + errors, h.timeouts + timeouts

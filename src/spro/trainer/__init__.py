@@ -3,12 +3,11 @@
 from spro.trainer.loop import (
     EVAL_KEYS,
     METRIC_KEYS,
-    PRIME_METRIC_KEYS,
     RewardFunctionError,
     Trainer,
     TrainingDivergedError,
     train,
 )
 
-__all__ = ["EVAL_KEYS", "METRIC_KEYS", "PRIME_METRIC_KEYS", "RewardFunctionError", "Trainer", "TrainingDivergedError",
+__all__ = ["EVAL_KEYS", "METRIC_KEYS", "RewardFunctionError", "Trainer", "TrainingDivergedError",
            "train"]

@@ -9,14 +9,16 @@ step k is known is scored: a step's score is the sum of the signal over the step
 * ``diag/<signal>/first_error_auroc``: how often step k scores below an earlier (correct) step of
   the same response, over all such pairs (ties count half; chance is 0.5).
 
-Signals: ``self_reward`` = SPRO's self-guided reward beta * (log pi_old - log pi_ref) (of the policy
-that sampled the batch, for every algorithm), ``msa`` = SPRO's process term on it (the Masked Step
-Advantage by default), ``prm`` = PRIME's implicit reward log pi_phi - log pi_ref (PRIME runs), and
-``advantage`` = the advantage the update used.
+Signals: ``self_reward`` = the step's process probe, SPRO's self-guided reward beta * (log pi_old -
+log pi_ref) (of the policy that sampled the batch, for every algorithm; ``spro.algorithms.probes``),
+``msa`` = the probe's process term (the Masked Step Advantage by default), the algorithm's own
+signals (``Algorithm.diagnostic_signals``; PRIME: ``prm`` = its implicit reward log pi_phi - log
+pi_ref), and ``advantage`` = the advantage the update used.
 
 **Drift** (where the outcome is sparse): ``drift/zero_var_adv_share`` is the share of sum |advantage|
 that falls on responses of groups whose outcomes are all equal; ``drift/msa_logratio_corr`` the
-correlation, over valid tokens, between the process term and the log-ratio to the reference, and
+correlation, over valid tokens, between the probe's process term and its log-ratio to the reference
+(the reference that trains), and
 ``drift/msa_logratio_corr_zero_var`` the same within those groups (positive: the process term
 rewards what the policy already prefers over the reference, a feedback loop).
 """
@@ -27,8 +29,8 @@ from typing import Any
 
 import torch
 
-from spro.algorithms.core import _check_groups, _zero_variance_groups, spro_advantage
-from spro.algorithms.spro import SPROOptions
+from spro.algorithms.core import _check_groups, _zero_variance_groups
+from spro.algorithms.registry import ProcessSignal
 
 __all__ = ["ProcessDiagnostics", "first_error_sums", "first_error_table", "token_steps"]
 
@@ -105,9 +107,10 @@ class ProcessDiagnostics:
     (None: no ``diag/*`` metrics, only ``drift/*``).
     """
 
-    SIGNALS = ("self_reward", "msa", "prm", "advantage")
 
-    def __init__(self, task: Any, tokenizer: Any) -> None:
+    def __init__(self, task: Any, tokenizer: Any, own_signals: tuple[str, ...] = ()) -> None:
+        """``own_signals``: the names of the algorithm's signals (``Algorithm.diagnostic_names``)."""
+        self.signals = ("self_reward", "msa", *own_signals, "advantage")
         ok = task is not None and hasattr(task, "first_wrong_step") and hasattr(task, "step_spans")
         self.task, self.tok = (task, tokenizer) if ok else (None, tokenizer)
         self._lengths: dict[int, int] = {}
@@ -128,30 +131,31 @@ class ProcessDiagnostics:
         return steps, torch.tensor(first, dtype=torch.long), torch.tensor([len(s) for s in spans], dtype=torch.long)
 
     def __call__(self, acc: Any, full: Any, kept: Any, kept_rows: Tensor | None, adv: Tensor | None,
-                 spro_options: SPROOptions) -> dict[str, float | None]:
-        """``full`` / ``kept``: the step's sampled and trained ``_Step`` (``kept`` None: none trained),
-        ``kept_rows``: the rows of ``full`` that ``kept`` holds."""
+                 probe: ProcessSignal | None, own: dict[str, Tensor] | None = None) -> dict[str, float | None]:
+        """``full`` / ``kept``: the step's sampled and trained ``Step`` (``kept`` None: none trained),
+        ``kept_rows``: the rows of ``full`` that ``kept`` holds; ``probe``: the step's process probe on
+        ``full`` (None: no reference model); ``own``: the algorithm's signals on ``kept``'s rows."""
         x = full.x
         out: dict[str, float | None] = {}
         signals: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (signal [b, T], rows of the full batch)
         all_rows = torch.arange(x.mask.shape[0])
-        if x.ref_logp is not None:
-            signals["self_reward"] = (spro_options.beta * (x.logp - x.ref_logp) * x.mask, all_rows)
-            zeros = torch.zeros_like(x.rewards)
-            process = spro_advantage(zeros, x.logp, x.ref_logp, x.mask, x.group_ids,
-                                     **{**spro_options.core_kwargs(), "process_only": True})
-            signals["msa"] = (process, all_rows)
-            out.update(self._drift(process, x))
+        if probe is not None:
+            signals["self_reward"] = (probe.reward, all_rows)
+            signals["msa"] = (probe.term, all_rows)
+            out.update(self._drift(probe, x))
         if kept is not None and adv is not None:
             rows = kept_rows.cpu()
+            for name, sig in (own or {}).items():
+                if name not in self.signals:
+                    raise ValueError(f"diagnostic signal {name!r} is not among the algorithm's diagnostic_names "
+                                     f"{self.signals[2:-1]}")
+                signals[name] = (sig, rows)
             signals["advantage"] = (adv, rows)
             out["drift/zero_var_adv_share"] = _zero_var_share(adv, kept.x)
-            if "prm_logp" in kept.x.extra and kept.x.ref_logp is not None:
-                signals["prm"] = ((kept.x.extra["prm_logp"] - kept.x.ref_logp) * kept.x.mask, rows)
         if self.task is not None:
             steps, first, n_steps = self._steps(full.batch, x.correct.cpu())
             chance = None
-            for name in self.SIGNALS:
+            for name in self.signals:  # the same names on every process (each reduce is collective)
                 sums = torch.zeros(5, dtype=torch.float64)
                 if name in signals:
                     sig, rows = signals[name]
@@ -167,9 +171,9 @@ class ProcessDiagnostics:
         return out
 
     @staticmethod
-    def _drift(process: Tensor, x: Any) -> dict[str, float | None]:
+    def _drift(probe: ProcessSignal, x: Any) -> dict[str, float | None]:
         m = x.mask
-        ratio = x.logp - x.ref_logp
+        process, ratio = probe.term, probe.logratio
         zero_var = _zero_variance_groups(x.rewards.double(), _check_groups(x.group_ids, m.shape[0], m.device))
         return {
             "drift/msa_logratio_corr": _corr(process[m], ratio[m]),

@@ -14,8 +14,12 @@ One training step (:meth:`Trainer.train_step`):
 4. advantages the algorithm's hooks (``select`` the responses that train, ``prepare`` its own
               state) and its estimator (``spro.algorithms``);
 5. update     PPO epochs over mini-batches with gradient accumulation (``spro.algorithms.losses``);
-6. log        ``spro.trainer.metrics`` plus the algorithm's own metrics, periodic greedy
-              evaluation and atomic checkpoints (``spro.trainer.checkpoint``).
+6. log        ``spro.trainer.metrics`` plus the algorithm's own metrics, the process probe
+              (``spro.algorithms.probes``: ``process/*``, ``diag/*``, ``drift/*``, computed once),
+              periodic greedy evaluation and atomic checkpoints (``spro.trainer.checkpoint``).
+
+The trainer knows no algorithm by name: what differs between algorithms is behind the hooks of
+``spro.algorithms.registry.Algorithm``.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ import numpy as np
 import torch
 
 from spro.algorithms.losses import agg_normaliser, policy_loss
-from spro.algorithms.registry import AdvantageInputs, TrainerContext, resolve_algorithm
+from spro.algorithms.probes import probe_signal
+from spro.algorithms.registry import (AdvantageInputs, ProcessSignal, TrainerContext, compute_advantages,
+                                      resolve_algorithm)
 from spro.config import ConfigError, TrainConfig, save_yaml, to_dict
 from spro.data.loader import load_task, prompt_order, training_data
-from spro.models.logprobs import logps_no_grad, sequence_logps
+from spro.models.logprobs import logprob_fn, logps_no_grad, sequence_logps
 from spro.models.passes import eval_mode, has_dropout
 from spro.models.policy import load_policy, load_reference
 from spro.rewards.scoring import RewardFunctionError, Scorer
@@ -42,13 +48,12 @@ from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer.diagnostics import ProcessDiagnostics
 from spro.trainer.logger import RunLogger, clean_float
-from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, PRIME_METRIC_KEYS, step_metrics
+from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, step_metrics
 from spro.trainer.rundir import check_run_folder, config_for_resume, on_main, open_run_folder
-from spro.trainer.steps import Step, batch_sizes, combine, first_groups, groups_kept
+from spro.trainer.steps import Round, Step, batch_sizes, combine, first_groups, groups_kept
 from spro.trainer.warmstart import resolve_model
 
-__all__ = ["Trainer", "train", "TrainingDivergedError", "RewardFunctionError", "METRIC_KEYS", "PRIME_METRIC_KEYS",
-           "EVAL_KEYS"]
+__all__ = ["Trainer", "train", "TrainingDivergedError", "RewardFunctionError", "METRIC_KEYS", "EVAL_KEYS"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -67,7 +72,6 @@ class Trainer:
                  reward_funcs: dict[str, Callable] | None = None, accelerator: Any = None,
                  **algorithm_state: Any) -> None:
         from accelerate import Accelerator
-        from transformers import get_scheduler, set_seed
 
         self.resume_ckpt = ckpt_lib.find_checkpoint(resume) if resume else None
         if self.resume_ckpt is not None:  # (its config, written into the checkpoint's run folder)
@@ -75,67 +79,18 @@ class Trainer:
         if config is None:
             raise ConfigError("train() needs a TrainConfig (or resume= a checkpoint)")
         self.cfg = cfg = config
-        a, r, m = cfg.algorithm, cfg.rollout, cfg.model
         self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
         self.rank, self.world, self.is_main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
         self.out, self.run_lock = Path(cfg.output_dir), None
         run = dict(resume=self.resume_ckpt is not None, overwrite=overwrite)
         on_main(self.acc, lambda: check_run_folder(self.out, **run))  # at once, before the models load
-        self.G = r.num_generations
-        self.local_prompts, self.local_batch, self.mini, self.micro = batch_sizes(cfg, self.world)
-        self.algorithm = resolve_algorithm(a.name, a.options)
-        # one optimizer step per batch (of one round): the training forward pass doubles as the pi_old pass
-        # (models without dropout: set below)
-        self.on_policy = (a.ppo_epochs == 1 and self.mini == self.local_batch and a.grad_accum_steps == 1
-                          and self.algorithm.max_rounds == 1)
-        self.loss_agg = a.loss_agg or self.algorithm.loss_agg
 
-        # models (the reference is the starting policy, also when resuming; with LoRA, the policy with its
-        # adapters disabled); precision, gradient checkpointing and adapters: spro.models.policy
-        resumed = self.resume_ckpt is not None
-        policy_src = str(self.resume_ckpt) if resumed else resolve_model(m.name_or_path)
-        device_type = self.acc.device.type
-        self.model, self.tok = load_policy(m, policy_src, device_type=device_type, resumed=resumed)
-        self.ref = None
-        if self.algorithm.needs_reference or m.use_reference or a.kl_coef > 0:
-            self.ref = load_reference(m, self.model, device_type=device_type, resumed=resumed,
-                                      resolve=resolve_model).to(self.acc.device)
-        # prompt-prefix sharing needs a KV cache in the training forward (not with checkpointing)
-        self.share_group = self.G if (m.share_prompt_prefix and not m.gradient_checkpointing) else None
-        self.model.to(self.acc.device).train()
-        self.on_policy = self.on_policy and not has_dropout(self.model)  # (a dropout pass is not pi_old)
-
-        # data and rewards
-        data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None))
-        self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
-        self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
-        self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
-        self.diagnostics = ProcessDiagnostics(load_task(cfg.data), self.tok) if cfg.logging.diagnostics else None
-        if self.is_main:
-            print(f"spro: {data.summary}", file=sys.stderr, flush=True)
-
-        # optimizer, schedule, generation
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=o.lr,
-                                           betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps,
-                                           weight_decay=o.weight_decay)
-        self.scheduler = get_scheduler(o.scheduler, self.optimizer, num_warmup_steps=o.warmup_steps,
-                                       num_training_steps=cfg.total_steps * a.ppo_epochs * (self.local_batch // self.mini))
-        self.ddp_model = self.acc.prepare(self.model)
-        self.backend = make_backend(r.backend, self.model, self.tok, r, share_prompt_prefix=m.share_prompt_prefix)
+        self._setup_algorithm()
+        self._setup_models()
+        self._setup_data(reward_funcs)
+        self._setup_optimizer()
         self.algorithm.setup(TrainerContext(cfg, self.model, self.ref, self._logp_fn, self.acc, algorithm_state))
-
-        self.step, self.elapsed, self.last_ckpt, self.cursor = 0, 0.0, None, 0  # cursor: prompts consumed
-        if self.resume_ckpt is not None:
-            ckpt_lib.load_training_state(self.resume_ckpt, self.optimizer, self.scheduler)
-            state = ckpt_lib.read_trainer_state(self.resume_ckpt)
-            self.step, self.elapsed, self.last_ckpt = int(state["step"]), float(state["time"]), self.resume_ckpt
-            self.cursor = int(state.get("data_position", self.step * r.prompts_per_step))
-            if self.algorithm.has_state:
-                self.algorithm.load(ckpt_lib.algorithm_state_dir(self.resume_ckpt))
-            ckpt_lib.load_rng_state(self.resume_ckpt, self.rank, self.world)
-        else:
-            set_seed(cfg.seed * 1000 + self.rank)
+        self._restore_or_seed()
         self.run_lock = on_main(self.acc, lambda: open_run_folder(self.out, **run))  # held until close()
         try:
             self.logger = RunLogger(cfg, self.out, enabled=self.is_main,
@@ -146,21 +101,87 @@ class Trainer:
             self.close()
             raise
 
+    def _setup_algorithm(self) -> None:
+        """The algorithm, the batch sizes and whether the training forward pass doubles as pi_old's."""
+        a = self.cfg.algorithm
+        self.G = self.cfg.rollout.num_generations
+        self.local_prompts, self.local_batch, self.mini, self.micro = batch_sizes(self.cfg, self.world)
+        self.algorithm = resolve_algorithm(a.name, a.options)
+        # one optimizer step per batch (of one round): the training forward pass doubles as the pi_old pass
+        # (models without dropout: see _setup_models)
+        self.on_policy = (a.ppo_epochs == 1 and self.mini == self.local_batch and a.grad_accum_steps == 1
+                          and self.algorithm.max_rounds == 1)
+        self.loss_agg = a.loss_agg or self.algorithm.loss_agg
+
+    def _setup_models(self) -> None:
+        """The policy and the frozen reference (the starting policy, also when resuming; with LoRA, the policy
+        with its adapters disabled); precision, gradient checkpointing and adapters: spro.models.policy."""
+        cfg, m = self.cfg, self.cfg.model
+        resumed = self.resume_ckpt is not None
+        policy_src = str(self.resume_ckpt) if resumed else resolve_model(m.name_or_path)
+        device_type = self.acc.device.type
+        self.model, self.tok = load_policy(m, policy_src, device_type=device_type, resumed=resumed)
+        self.ref = None
+        if self.algorithm.needs_reference or m.use_reference or cfg.algorithm.kl_coef > 0:
+            self.ref = load_reference(m, self.model, device_type=device_type, resumed=resumed,
+                                      resolve=resolve_model).to(self.acc.device)
+        # prompt-prefix sharing needs a KV cache in the training forward (not with checkpointing)
+        self.share_group = self.G if (m.share_prompt_prefix and not m.gradient_checkpointing) else None
+        self.model.to(self.acc.device).train()
+        self.on_policy = self.on_policy and not has_dropout(self.model)  # (a dropout pass is not pi_old)
+        # log-probs of any model with the trainer's convention (for algorithms: TrainerContext.logprobs)
+        self._logp_fn = logprob_fn(temperature=cfg.rollout.temperature, group_size=self.share_group)
+
+    def _setup_data(self, reward_funcs: dict[str, Callable] | None) -> None:
+        """Prompts, rewards and the diagnostics (which read the task's step checker)."""
+        cfg = self.cfg
+        data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None))
+        self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
+        self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
+        self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
+        self.diagnostics = (ProcessDiagnostics(load_task(cfg.data), self.tok, self.algorithm.diagnostic_names)
+                            if cfg.logging.diagnostics else None)
+        if self.is_main:
+            print(f"spro: {data.summary}", file=sys.stderr, flush=True)
+
+    def _setup_optimizer(self) -> None:
+        """Optimizer, schedule, the data-parallel wrapper and the generation backend."""
+        from transformers import get_scheduler
+
+        cfg, o, r = self.cfg, self.cfg.optim, self.cfg.rollout
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=o.lr,
+                                           betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps,
+                                           weight_decay=o.weight_decay)
+        updates = cfg.total_steps * cfg.algorithm.ppo_epochs * (self.local_batch // self.mini)
+        self.scheduler = get_scheduler(o.scheduler, self.optimizer, num_warmup_steps=o.warmup_steps,
+                                       num_training_steps=updates)
+        self.ddp_model = self.acc.prepare(self.model)
+        self.backend = make_backend(r.backend, self.model, self.tok, r,
+                                    share_prompt_prefix=cfg.model.share_prompt_prefix)
+
+    def _restore_or_seed(self) -> None:
+        """Step, clock, data position, optimizer, algorithm and RNG state from the checkpoint resumed, or the
+        seed of a new run."""
+        from transformers import set_seed
+
+        self.step, self.elapsed, self.last_ckpt, self.cursor = 0, 0.0, None, 0  # cursor: prompts consumed
+        if self.resume_ckpt is None:
+            set_seed(self.cfg.seed * 1000 + self.rank)
+            return
+        ckpt_lib.load_training_state(self.resume_ckpt, self.optimizer, self.scheduler)
+        state = ckpt_lib.read_trainer_state(self.resume_ckpt)
+        self.step, self.elapsed, self.last_ckpt = int(state["step"]), float(state["time"]), self.resume_ckpt
+        self.cursor = int(state.get("data_position", self.step * self.cfg.rollout.prompts_per_step))
+        if self.algorithm.has_state:
+            self.algorithm.load(ckpt_lib.algorithm_state_dir(self.resume_ckpt))
+        ckpt_lib.load_rng_state(self.resume_ckpt, self.rank, self.world)
+
     def close(self) -> None:
         """Let another trainer use the run folder (``train`` calls it at the end)."""
         if self.run_lock is not None:
             self.run_lock.release()
 
     # ------------------------------------------------------------------------------ the stages
-
-    def _logp_fn(self, model: Any, batch: RolloutBatch, *, grad: bool = False) -> torch.Tensor:
-        """Log-probs of ``batch``'s responses under ``model`` with the trainer's convention (for algorithms);
-        without ``grad``, a no-grad pass in eval mode."""
-        kw = dict(temperature=self.cfg.rollout.temperature, group_size=self.share_group)
-        if grad:
-            return sequence_logps(model, batch, **kw)[0]
-        with eval_mode(model):
-            return logps_no_grad(model, batch, with_entropy=False, **kw)[0]
 
     def rollout(self) -> tuple[list[int], RolloutBatch]:
         """The next ``prompts_per_step`` prompts of the data stream (this process's share: dataset rows)
@@ -206,8 +227,8 @@ class Trainer:
             raise self._diverged("the reference model's log-probs")
         return old_logp, entropy, ref_logp, fused
 
-    def sample(self, step: int, times: dict[str, float]) -> tuple[Step, Any, torch.Tensor, torch.Tensor | None]:
-        """One round of stages 1-3 and the algorithm's ``select``: ``(Step, Scores, entropy, keep)``."""
+    def sample(self, step: int, times: dict[str, float]) -> Round:
+        """One round of stages 1-3 and the algorithm's ``select``."""
         t0 = time.perf_counter()
         rows, batch = self.rollout()
         times["time/rollout"] += time.perf_counter() - t0
@@ -218,7 +239,7 @@ class Trainer:
         mask = batch.completion_mask
         x = AdvantageInputs(scores.rewards.to(mask.device), mask, batch.group_ids, old_logp, ref_logp,
                             scores.correct.to(mask.device), step)
-        return Step(batch, x, fused), scores, entropy, self.algorithm.select(x)
+        return Round(Step(batch, x, fused), scores, entropy, self.algorithm.select(x))
 
     def train_step(self) -> dict[str, Any]:
         step, t_step = self.step + 1, time.perf_counter()
@@ -228,7 +249,8 @@ class Trainer:
         rounds = [self.sample(step, times)]
         while groups_kept(rounds) < self.local_prompts and len(rounds) < self.algorithm.max_rounds:
             rounds.append(self.sample(step, times))
-        full, scores, entropy, keep = combine(rounds, self.tok.pad_token_id)
+        sampled = combine(rounds, self.tok.pad_token_id)
+        full, keep = sampled.step, sampled.keep
 
         # 4. advantages: the algorithm's hooks on the responses it keeps, then its estimator
         s, rows = full, torch.arange(len(full.batch))
@@ -239,23 +261,25 @@ class Trainer:
         times["time/update"] = 0.0
         if s is not None:  # (no response kept: no update this step)
             s.x = self.algorithm.prepare(s.batch, s.x)
-            adv = self.algorithm.advantages(s.x).to(s.x.logp.dtype)
+            adv = compute_advantages(self.algorithm, s.x).to(s.x.logp.dtype)
             t0 = time.perf_counter()  # 5. update
             update = self.ppo_update(s, adv, step)
             times["time/update"] = time.perf_counter() - t0
 
-        # 6. metrics (reduced over processes)
+        # 6. metrics (reduced over processes); the process probe once, for process/*, diag/* and drift/*
         times["time/step"] = time.perf_counter() - t_step
         self.elapsed += times["time/step"]
         x, batch = full.x, full.batch
+        probe = self.process_probe(full, s)
         metrics = step_metrics(self.acc, batch=batch, rewards=x.rewards, correct=x.correct, old_logp=x.logp,
-                               ref_logp=x.ref_logp, entropy=entropy, advantages=adv if s is full else None,
-                               update=update, kl_estimator=self.cfg.algorithm.kl_estimator,
-                               spro_options=self.cfg.algorithm.spro, group_size=self.G)
-        metrics = {"step": step, "time": self.elapsed, **metrics, **times, **scores.stats,
+                               ref_logp=x.ref_logp, entropy=sampled.entropy, advantages=adv if s is full else None,
+                               update=update, kl_estimator=self.cfg.algorithm.kl_estimator, process=probe,
+                               group_size=self.G)
+        metrics = {"step": step, "time": self.elapsed, **metrics, **times, **sampled.scores.stats,
                    **self.algorithm.metrics(x if s is None else s.x, adv)}
         if self.diagnostics is not None:
-            metrics.update(self.diagnostics(self.acc, full, s, rows, adv, self.cfg.algorithm.spro))
+            own = self.algorithm.diagnostic_signals(s.x) if s is not None and adv is not None else {}
+            metrics.update(self.diagnostics(self.acc, full, s, rows, adv, probe, own))
         metrics["perf/tokens_per_sec"] = metrics.pop("tokens") / times["time/step"]
         if self.algorithm.max_rounds > 1:
             metrics["rollout/rounds"] = float(len(rounds))
@@ -263,6 +287,16 @@ class Trainer:
         self.logger.log_completions(step, batch.prompts[:n], batch.completions[:n], x.rewards.tolist()[:n])
         self.step = step
         return metrics
+
+    def process_probe(self, full: Step, trained: Step | None) -> ProcessSignal | None:
+        """The step's process probe on all sampled responses (``spro.algorithms.probes``): the algorithm's own
+        self-guided process reward when it has one and trained on them all, else the probe's settings
+        (``logging.probe.*``) against the frozen reference; None without a reference model."""
+        if trained is full:
+            own = self.algorithm.process_signal(full.x)
+            if own is not None:
+                return own
+        return probe_signal(full.x, self.cfg.logging.probe) if full.x.ref_logp is not None else None
 
     def ppo_update(self, s: Step, adv: torch.Tensor, step: int) -> dict[str, float]:
         """PPO epochs over mini-batches with gradient accumulation; one optimizer step per mini-batch.

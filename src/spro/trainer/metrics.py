@@ -1,7 +1,8 @@
 """The per-step metrics every run logs (``metrics.jsonl``), reduced over processes.
 
-Algorithms add their own (``Algorithm.metrics``; PRIME: ``prm/*``, ``prime/*``, ``time/prm``), and
-the reward functions their counters (``reward/errors``, ...).
+Algorithms add their own (``Algorithm.metrics``, keys in ``Algorithm.metric_keys``), and the reward
+functions their counters (``reward/errors``, ...). ``process/*`` come from the step's process probe
+(``spro.algorithms.probes``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 
 from spro.algorithms.losses import kl_penalty
-from spro.algorithms.spro import SPROOptions, process_metrics, process_stats
+from spro.algorithms.probes import ProcessSignal, process_metrics, process_sums
 from spro.rollout import RolloutBatch
 
 METRIC_KEYS = (
@@ -22,8 +23,6 @@ METRIC_KEYS = (
     "process/msa_abs_mean", "process/reward_abs_mean", "process/advantage_abs_mean", "perf/tokens_per_sec",
     "time/rollout", "time/logprob", "time/update", "time/step", "memory/peak_mb", "loss", "lr", "grad_norm",
 )
-# extra keys of PRIME steps (algorithm.name=prime)
-PRIME_METRIC_KEYS = ("time/prm", "prime/filtered_frac", "prime/skipped")
 EVAL_KEYS = ("step", "time", "eval/accuracy", "eval/length_mean", "eval/n")
 
 
@@ -39,15 +38,15 @@ def step_metrics(
     advantages: torch.Tensor | None,
     update: dict[str, Any],
     kl_estimator: str,
-    spro_options: SPROOptions,
+    process: ProcessSignal | None,
     group_size: int,
 ) -> dict[str, Any]:
     """The metrics of one step over the whole batch (all processes; each process passes its own rows).
 
-    ``process/*``: SPRO's self-guided process reward at ``spro_options`` (``algorithm.spro.*``) on
-    the policy that sampled the batch, for every algorithm, so that runs can be compared on it
-    (``spro.algorithms.spro.process_metrics``); null without a reference model. ``advantages`` (of
-    the responses that trained) feed ``process/advantage_abs_mean``. ``update``: ``loss``,
+    ``process/*``: the step's process probe ``process`` (SPRO's self-guided process reward on the
+    policy that sampled the batch, for every algorithm, so that runs can be compared on it;
+    ``spro.algorithms.probes``); null without one (no reference model). ``advantages`` (of all
+    responses, when all trained) feed ``process/advantage_abs_mean``. ``update``: ``loss``,
     ``clip/*``, ``lr``, ``grad_norm`` of the policy update (``loss`` None when no update ran).
     """
     mask = batch.completion_mask
@@ -65,13 +64,14 @@ def step_metrics(
     per_resp = acc.gather(per_resp)
     tok_sums = acc.reduce(tok_sums, "sum")
     upd_t = acc.reduce(upd_t, "mean")
-    process = {k: None for k in METRIC_KEYS if k.startswith("process/")}
-    if ref_logp is not None:
-        stats = process_stats(old_logp, ref_logp, mask, batch.group_ids, spro_options,
-                              advantages if advantages is not None and advantages.shape == mask.shape else None)
-        process = process_metrics(acc.gather(stats["cpr_final"]), acc.reduce(stats["sums"], "sum"))
-        if advantages is None or advantages.shape != mask.shape:
-            process["process/advantage_abs_mean"] = None
+    if process is not None:
+        full = advantages is not None and advantages.shape == mask.shape
+        stats = process_sums(process, mask, advantages if full else None)
+        probe = process_metrics(acc.gather(stats["cpr_final"]), acc.reduce(stats["sums"], "sum"))
+        if not full:
+            probe["process/advantage_abs_mean"] = None
+    else:
+        probe = {k: None for k in METRIC_KEYS if k.startswith("process/")}
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     peak = float(acc.gather(torch.tensor([peak], device=dev)).max())  # the largest process
@@ -91,7 +91,7 @@ def step_metrics(
         "clip/low_frac": None if skipped else float(upd_t[1]),
         "clip/high_frac": None if skipped else float(upd_t[2]),
         "kl": float(tok_sums[2]) / max(n_tok, 1.0) if ref_logp is not None else None,
-        **process,
+        **probe,
         "memory/peak_mb": peak,
         "loss": None if skipped else float(upd_t[0]),
         "lr": update["lr"],

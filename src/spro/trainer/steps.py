@@ -16,7 +16,7 @@ from spro.algorithms.registry import AdvantageInputs
 from spro.options import ConfigError
 from spro.rollout import RolloutBatch
 
-__all__ = ["Step", "batch_sizes", "groups_kept", "combine", "first_groups"]
+__all__ = ["Step", "Round", "batch_sizes", "groups_kept", "combine", "first_groups"]
 
 
 @dataclass
@@ -33,17 +33,31 @@ class Step:
 
 
 
-def groups_kept(rounds: list) -> int:
+@dataclass
+class Round:
+    """One round of sampling: its responses, their scores, the sampling policy's entropy ``[B, T]`` and
+    which responses the algorithm keeps (``keep [B]`` bool, None: all)."""
+
+    step: Step
+    scores: Any  # spro.rewards.scoring.Scores
+    entropy: torch.Tensor
+    keep: torch.Tensor | None
+
+    def groups_kept(self) -> int:
+        ids = self.step.x.group_ids
+        return int(torch.unique(ids if self.keep is None else ids[self.keep]).numel())
+
+
+def groups_kept(rounds: list[Round]) -> int:
     """Number of groups the algorithm kept over the sampled rounds."""
-    return sum(int(torch.unique(s.x.group_ids if keep is None else s.x.group_ids[keep]).numel())
-               for s, _, _, keep in rounds)
+    return sum(r.groups_kept() for r in rounds)
 
 
-def combine(rounds: list, pad_id: int) -> tuple[Step, Any, torch.Tensor, torch.Tensor | None]:
-    """The rounds of a step as one: (Step, Scores, entropy, keep)."""
+def combine(rounds: list[Round], pad_id: int) -> Round:
+    """The rounds of a step as one."""
     if len(rounds) == 1:
         return rounds[0]
-    steps, scores, ents, keeps = zip(*rounds)
+    steps = [r.step for r in rounds]
     batch = RolloutBatch.cat([s.batch for s in steps], pad_id)
     T = batch.completion_ids.shape[1]
 
@@ -54,12 +68,13 @@ def combine(rounds: list, pad_id: int) -> tuple[Step, Any, torch.Tensor, torch.T
     x = AdvantageInputs(torch.cat([x.rewards for x in xs]), batch.completion_mask, batch.group_ids,
                         cat([x.logp for x in xs]), None if xs[0].ref_logp is None else cat([x.ref_logp for x in xs]),
                         torch.cat([x.correct for x in xs]), xs[0].step)
+    scores = [r.scores for r in rounds]
     stats = {k: sum(sc.stats.get(k, 0.0) for sc in scores) for k in scores[0].stats}
     stats["reward/none_frac"] = stats.get("reward/none_frac", 0.0) / len(scores)
     merged = type(scores[0])(x.rewards, x.correct, torch.cat([sc.scored for sc in scores]), stats)
-    keep = torch.cat([k if k is not None else torch.ones(len(s.batch), dtype=torch.bool, device=s.x.mask.device)
-                      for s, k in zip(steps, keeps)])
-    return Step(batch, x, None), merged, cat(ents), keep
+    keep = torch.cat([r.keep if r.keep is not None else torch.ones(len(r.step.batch), dtype=torch.bool,
+                                                                    device=r.step.x.mask.device) for r in rounds])
+    return Round(Step(batch, x, None), merged, cat([r.entropy for r in rounds]), keep)
 
 
 def first_groups(keep: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.Tensor:
