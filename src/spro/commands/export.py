@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="A run folder (latest checkpoint), a checkpoint with LoRA adapters, a model folder, a "
                         ".gguf file or warmstart:NAME.")
     parser.add_argument("--output", "-o", required=True, help="Folder to write (model + tokenizer, safetensors).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="If --output holds a run, a checkpoint or other files (not a model folder, which is replaced), "
+                        "move them aside to OUTPUT.old-N first (nothing is deleted); without it such a folder is refused.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="Dtype of the written weights (default float32).")
 
@@ -31,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from spro.commands.eval import _resolve_model
     from spro.models.loading import load_model, save_model_and_tokenizer
+    from spro.trainer.rundir import check_output_folder
 
     try:
+        check_output_folder(args.output, overwrite=args.overwrite)
         source = _resolve_model(args.model)
         model, tok = load_model(str(source), dtype=args.dtype)  # LoRA adapters merged ("merge" is the default)
         path = save_model_and_tokenizer(model, tok, args.output)

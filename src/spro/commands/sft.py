@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from spro.trainer.sft import PRESETS
 
     parser.add_argument("--output", "-o", required=True, help="Folder to save the fine-tuned model + tokenizer (HF format).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="If --output holds a run, a checkpoint or other files (not a model folder, which is replaced), "
+                        "move them aside to OUTPUT.old-N first (nothing is deleted); without it such a folder is refused.")
     parser.add_argument("--preset", choices=sorted(PRESETS) + ["finetune"], default=None,
                         help="Start from this preset's settings; flags below override it. Default: finetune (lr 1e-5, "
                         "batch 8, 100 steps, 256 new tokens) with --data and --model, weak (a tiny model's settings) "
@@ -75,10 +78,12 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.console import Console
 
+    from spro.trainer.rundir import check_output_folder
     from spro.trainer.sft import FINETUNE, get_preset, sft
 
     console = Console(stderr=True)
     try:
+        check_output_folder(args.output, overwrite=args.overwrite)  # at once, before training
         if args.data and args.task:
             raise ValueError("give --data or --task, not both")
         preset = args.preset or ("finetune" if args.data and args.model else "weak")

@@ -61,9 +61,9 @@ def resolve_config(args: argparse.Namespace):
     from spro.config import config_from_dict, load_config, _set_dotted, parse_override
 
     if args.resume and not args.config and not args.preset:
-        from spro.trainer.checkpoint import find_checkpoint, read_run_config
+        from spro.trainer.rundir import resume_config_data
 
-        data = read_run_config(find_checkpoint(args.resume))
+        data = resume_config_data(args.resume)
         for text in args.overrides:
             key, value = parse_override(text)
             _set_dotted(data, key, value)
@@ -86,11 +86,19 @@ def run(args: argparse.Namespace) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     from spro.trainer import TrainingDivergedError, train
+    from spro.trainer.checkpoint import DiskFullError
+    from spro.trainer.signals import TrainingStopped
 
     try:
         out = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ValueError, TrainingDivergedError) as e:  # ConfigError, CheckpointError, RewardFunctionError, ...
+    except (ValueError, TrainingDivergedError, DiskFullError) as e:  # ConfigError, CheckpointError, RewardFunctionError, ...
         print(f"spro train: error: {e}", file=sys.stderr)
         return 1
+    except TrainingStopped as e:  # SIGINT / SIGTERM: a checkpoint was saved
+        print(f"spro train: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the trainer handles signals (loading): nothing was trained
+        print("spro train: interrupted before training started; nothing to save", file=sys.stderr)
+        return 130
     print(f"run folder: {out}")
     return 0

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from spro.config import ConfigError, TrainConfig, flatten, to_dict
-from spro.trainer.rundir import read_records
+from spro.trainer.checkpoint import disk_full_error, is_disk_full
+from spro.trainer.rundir import check_records, read_records
 
 __all__ = ["RunLogger", "clean_float", "step_line"]
 
@@ -50,9 +51,18 @@ class RunLogger:
         for name in ("metrics.jsonl", "eval.jsonl", "completions.jsonl"):
             path = out / name
             if resume_step is not None and path.exists():
+                lines = read_records(path, after=resume_step)
+                if name == "metrics.jsonl":
+                    check_records(path, lines, resume_step)
                 tmp = path.with_name(f".{name}.tmp")
-                tmp.write_text("".join(line + "\n" for line in read_records(path, after=resume_step)))
-                os.replace(tmp, path)
+                try:
+                    tmp.write_text("".join(line + "\n" for line in lines))
+                    os.replace(tmp, path)
+                except BaseException as e:
+                    tmp.unlink(missing_ok=True)  # no stray file
+                    if isinstance(e, OSError) and is_disk_full(e, out, len("".join(lines)) + 2**20):
+                        raise disk_full_error(out, len("".join(lines)) + 2**20, e) from e
+                    raise
         self.metrics_f = open(out / "metrics.jsonl", "a")
         self.eval_f = open(out / "eval.jsonl", "a")
         self.comp_f = open(out / "completions.jsonl", "a") if cfg.logging.log_completions else None
@@ -77,8 +87,14 @@ class RunLogger:
             )
 
     def _write(self, f: Any, record: dict) -> None:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+        line = json.dumps(record) + "\n"
+        try:
+            f.write(line)
+            f.flush()
+        except OSError as e:
+            if is_disk_full(e, self.out, 2**20):
+                raise disk_full_error(self.out, len(line), e) from e
+            raise
         step = record["step"]
         for k, v in record.items():
             if k == "step" or v is None or not isinstance(v, (int, float)):
