@@ -7,18 +7,32 @@ score gets 0 and is counted), and it is correct when the value of the accuracy r
 ``>= correct_threshold``.
 
 Failures are visible. A function that raises on the batch is called again response by response;
-the responses it still raises on get None. A function of your own (anything not defined in
-spro, whose rewards carry their own limits) runs in a worker thread with a time limit per call
-(``timeout``, ``data.reward_timeout``); on time-out its responses get None (a call that never
-returns keeps its thread, a daemon, until it does). Both are counted (``reward/errors``,
-``reward/timeouts``) and reported with a :class:`RewardWarning` naming the function, the count
-and the first error message: at the first failure of each function, and again each time the
-share of a call's responses that fail is at least double the share last reported.
+the responses it still raises on get None. Any exception counts, ``SystemExit`` and other
+``BaseException`` included (named in the message); raising on every response is an error.
+
+Functions of your own (anything not defined in spro, whose rewards carry their own limits) run,
+with a time limit ``timeout`` (``data.reward_timeout``; 0 = none, in this process), in a worker
+process forked once (:class:`_Worker`, it inherits the functions: closures work) and reused call
+after call; a call that does not return in time is stopped by killing that process (a new one is
+forked for the next call), and its responses get None. The cost per call is bounded: at most
+``timeout`` for the batch, and ``timeout`` more for the response-by-response retry after the batch
+raised. (A function's side effects, e.g. a counter it keeps, happen in the worker, not in the
+caller.) Errors and time-outs are counted (``reward/errors``, ``reward/timeouts``) and reported with
+a :class:`RewardWarning` naming the function, the count and the first error message: at the first
+failure of each function, and again each time the share of a call's responses that fail is at least
+double the share last reported.
+
+A function that times out on every response of a call, or a call after which no response has a
+value from any function (every function returned None: a run would train on reward 0), is an error
+(:class:`RewardFunctionError`) once that has happened ``Scorer.grace`` (3) calls in a row.
 """
 
 from __future__ import annotations
 
-import threading
+import multiprocessing
+import os
+import signal
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -36,10 +50,6 @@ class RewardWarning(UserWarning):
     """A reward function raised on some responses or did not return in time."""
 
 
-class _Timeout(Exception):
-    pass
-
-
 @dataclass
 class _Health:
     """What went wrong with one reward function so far in this Scorer's life (a run)."""
@@ -49,6 +59,7 @@ class _Health:
     timeouts: int = 0
     first_error: str | None = None
     reported_rate: float = 0.0  # the failing share of a call at the last warning (0: none yet)
+    empty_calls: int = 0  # calls in a row in which it timed out on every response
 
 
 @dataclass
@@ -110,6 +121,10 @@ class Scorer:
             raise ValueError(f"accuracy reward {acc_name!r} is not one of the reward functions ({', '.join(names)})")
         self.acc_index = names.index(acc_name)
         self.correct_threshold = correct_threshold
+        self._worker: _Worker | None = None
+        self._unscored_calls = 0  # calls in a row after which no response had a value
+
+    grace = 3  # calls in a row that a function may time out on every response (or none be scored) before an error
 
     @classmethod
     def of(cls, reward: Scorer | Callable[..., Any]) -> Scorer:
@@ -147,6 +162,7 @@ class Scorer:
         for k, rf in enumerate(self.rewards):
             values, n_err, n_timeout, message = self._call(rf, prompts, completions, columns)
             self._report(rf, B, n_err, n_timeout, message)
+            self._strike(rf, B, n_timeout, message)
             errors, timeouts = errors + n_err, timeouts + n_timeout
             per_function.update(_mean_std(rf.name, values))
             for i, v in enumerate(values):
@@ -157,6 +173,13 @@ class Scorer:
                 scored[i] = True
                 if k == self.acc_index:
                     correct[i] = v >= self.correct_threshold
+        self._unscored_calls = self._unscored_calls + 1 if B and not scored.any() else 0
+        if self._unscored_calls >= self.grace:
+            raise RewardFunctionError(
+                f"data.rewards: no response got a value from any reward function ({', '.join(r.name for r in self.rewards)}) "
+                f"in {self._unscored_calls} calls in a row ({B} responses in the last; every function returned None, "
+                "raised or timed out): training would go on with reward 0. Check the functions (and the columns they "
+                "read, e.g. answer) on a few rows of your data")
         from spro.rewards import pop_reward_stats
 
         stats = {"reward/errors": float(errors), "reward/timeouts": float(timeouts),
@@ -175,58 +198,56 @@ class Scorer:
         not retried). Raising on every response, or returning a wrong type / count / NaN, raises
         :class:`RewardFunctionError` naming the function.
         """
-        from spro.rewards import RewardError
-
         B = len(completions)
-        try:
-            return self._limited(rf, prompts, completions, columns), 0, 0, None
-        except _Timeout as e:
-            return [None] * B, 0, B, str(e)
-        except RewardError as batch_exc:
-            first_error = str(batch_exc)
-            raised = batch_exc.__cause__ is not None and not isinstance(batch_exc.__cause__, RewardError)
-            if not raised:
-                raise RewardFunctionError(f"data.rewards '{rf.name}': {batch_exc}") from None
+        worker = self._worker_for(rf)
+        if worker is not None:
+            return worker.call(self.rewards.index(rf), rf, prompts, completions, columns, self.timeout)
+        kind, out = _attempt(rf.fn, prompts, completions, columns)
+        if kind == "ok":
+            return out, 0, 0, None
+        if kind == "invalid":
+            raise RewardFunctionError(f"data.rewards '{rf.name}': {out}")
+        first_error = out
         values: list[float | None] = []
-        errors = timeouts = 0
+        errors = 0
         for i in range(B):
-            try:
-                values.append(self._limited(rf, prompts[i : i + 1], completions[i : i + 1],
-                                            {c: col[i : i + 1] for c, col in columns.items()})[0])
-            except _Timeout:
-                values.append(None)
-                timeouts += 1
-            except RewardError as e:
-                if e.__cause__ is None or isinstance(e.__cause__, RewardError):
-                    raise RewardFunctionError(f"data.rewards '{rf.name}': {e}") from None
-                values.append(None)
-                errors += 1
+            kind, v = _attempt(rf.fn, prompts[i : i + 1], completions[i : i + 1],
+                               {c: col[i : i + 1] for c, col in columns.items()})
+            if kind == "invalid":
+                raise RewardFunctionError(f"data.rewards '{rf.name}': {v}")
+            values.append(v[0] if kind == "ok" else None)
+            errors += kind == "raised"
         if errors == B:
             raise RewardFunctionError(f"data.rewards '{rf.name}' raised on every response: {first_error}")
-        return values, errors, timeouts, first_error
+        return values, errors, 0, first_error
 
-    def _limited(self, rf: RewardFn, prompts: list, completions: list[str], columns: dict) -> list[float | None]:
-        """``call_reward``, in a worker thread with the time limit for a function of your own."""
-        from spro.rewards import call_reward
+    def _worker_for(self, rf: RewardFn) -> _Worker | None:
+        """The worker process of the functions of your own (None: this one runs here: spro's, or no time limit)."""
+        if not self.timeout or getattr(rf.fn, "__module__", "").startswith("spro.") or not _Worker.available():
+            return None
+        if self._worker is None:
+            self._worker = _Worker([r.fn for r in self.rewards])
+        return self._worker
 
-        if not self.timeout or getattr(rf.fn, "__module__", "").startswith("spro."):
-            return call_reward(rf.fn, prompts, completions, **columns)
-        box: dict[str, Any] = {}
+    def close(self) -> None:
+        """End the worker process (also done when the Scorer is garbage-collected or the process exits)."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
 
-        def run() -> None:
-            try:
-                box["values"] = call_reward(rf.fn, prompts, completions, **columns)
-            except BaseException as e:  # handed to the calling thread
-                box["error"] = e
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
-        worker = threading.Thread(target=run, name=f"spro-reward-{rf.name}", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
-            raise _Timeout(f"reward function '{rf.name}' did not return within {self.timeout:g} s (data.reward_timeout)")
-        if "error" in box:
-            raise box["error"]
-        return box["values"]
+    def _strike(self, rf: RewardFn, rows: int, timeouts: int, message: str | None) -> None:
+        """Count the calls in a row in which ``rf`` timed out on every response; an error at ``grace`` of them."""
+        h = self.health[rf.name]
+        h.empty_calls = h.empty_calls + 1 if rows and timeouts == rows else 0
+        if h.empty_calls >= self.grace:
+            raise RewardFunctionError(f"data.rewards '{rf.name}' timed out on every response in {h.empty_calls} calls "
+                                      f"in a row: {message}. Make it faster, or raise data.reward_timeout")
 
     def _report(self, rf: RewardFn, rows: int, errors: int, timeouts: int, message: str | None) -> None:
         """Count a call's failures and warn at the first one and whenever the failing share doubles."""
@@ -243,6 +264,156 @@ class Scorer:
             f"({errors} raised, {timeouts} timed out); {again}{h.errors} raised and {h.timeouts} timed out of {h.rows} "
             f"responses so far. These responses count as None (metrics reward/errors, reward/timeouts). First error: "
             f"{h.first_error}", RewardWarning, stacklevel=3)
+
+
+def _attempt(fn: Callable[..., Any], prompts: list, completions: list[str], columns: dict
+             ) -> tuple[str, Any]:
+    """``call_reward`` as ``("ok", values)``, ``("raised", message)`` (the function raised anything, SystemExit
+    included) or ``("invalid", message)`` (it returned a wrong type, count or NaN). A KeyboardInterrupt is passed on
+    in the main thread (Ctrl-C) and counted as raised elsewhere (in a worker)."""
+    from spro.rewards import RewardError, call_reward, _fn_name
+
+    try:
+        return "ok", call_reward(fn, prompts, completions, **columns)
+    except RewardError as e:
+        raised = e.__cause__ is not None and not isinstance(e.__cause__, RewardError)
+        return ("raised" if raised else "invalid"), str(e)
+    except KeyboardInterrupt:
+        if os.getpid() == _MAIN_PID:
+            raise
+        return "raised", f"reward function {_fn_name(fn)} raised KeyboardInterrupt"
+    except BaseException as e:  # SystemExit, GeneratorExit, ...: user code may not end the run
+        return "raised", f"reward function {_fn_name(fn)} raised {type(e).__name__}: {e}"
+
+
+_MAIN_PID = os.getpid()
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: the kernel kills this process when its parent ends (PR_SET_PDEATHSIG); elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(fns: list[Callable[..., Any]], conn: Any) -> None:
+    """The worker's loop: ``(index, mode, prompts, completions, columns)`` jobs in, results out (see _Worker)."""
+    global _MAIN_PID
+    _MAIN_PID = -1  # (a KeyboardInterrupt here comes from the function: counted, not passed on)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    _set_parent_death_signal()
+    while True:
+        try:
+            index, mode, prompts, completions, columns = conn.recv()
+        except (EOFError, OSError):
+            return
+        fn = fns[index]
+        if mode == "batch":
+            conn.send(_attempt(fn, prompts, completions, columns))
+            continue
+        for i in range(len(completions)):
+            conn.send(_attempt(fn, prompts[i : i + 1], completions[i : i + 1],
+                               {c: col[i : i + 1] for c, col in columns.items()}))
+
+
+class _Worker:
+    """A forked process that calls the reward functions of one Scorer, stopped (killed) when a call overruns.
+
+    Forked lazily at the first call, it inherits the functions (no pickling: closures and lambdas work) and
+    serves call after call; after a kill the next call forks a new one. Each call: the batch, and when it
+    raised, its responses one by one, each part within ``timeout`` seconds.
+    """
+
+    def __init__(self, fns: list[Callable[..., Any]]) -> None:
+        self.fns = fns
+        self.proc: Any = None
+        self.conn: Any = None
+
+    @staticmethod
+    def available() -> bool:
+        return "fork" in multiprocessing.get_all_start_methods()
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        with warnings.catch_warnings():  # (forking a process with threads: the worker runs only the functions)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.proc = ctx.Process(target=_worker_main, args=(self.fns, child), name="spro-reward-worker", daemon=True)
+            self.proc.start()
+        child.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join()
+            self.conn.close()
+        self.proc = self.conn = None
+
+    def _recv(self, deadline: float, name: str) -> Any:
+        """The next result; ``("raised", why)`` when the worker ended (the function called exit, crashed, ...); None
+        when ``deadline`` passed (the worker is killed)."""
+        if self.conn.poll(max(deadline - time.monotonic(), 0.0)):
+            try:
+                return self.conn.recv()
+            except (EOFError, OSError):
+                self.proc.join()
+                code = self.proc.exitcode
+                self.stop()
+                return "died", f"reward function {name} ended its worker process (exit code {code})"
+        self.stop()
+        return None
+
+    def _send(self, job: tuple) -> None:
+        if self.proc is None or not self.proc.is_alive():
+            self.stop()
+            self._start()
+        self.conn.send(job)
+
+    def call(self, index: int, rf: RewardFn, prompts: list, completions: list[str], columns: dict, timeout: float
+             ) -> tuple[list[float | None], int, int, str | None]:
+        """As ``Scorer._call``, in the worker."""
+        B = len(completions)
+        late = (f"reward function '{rf.name}' did not return within {timeout:g} s (data.reward_timeout); its worker "
+                "process was stopped")
+        self._send((index, "batch", list(prompts), list(completions), columns))
+        got = self._recv(time.monotonic() + timeout, rf.name)
+        if got is None:
+            return [None] * B, 0, B, late
+        kind, out = got
+        if kind == "ok":
+            return out, 0, 0, None
+        if kind == "invalid":
+            raise RewardFunctionError(f"data.rewards '{rf.name}': {out}")
+        first_error = out
+        values: list[float | None] = []
+        errors = 0
+        deadline = time.monotonic() + timeout
+        while len(values) < B:  # the responses one by one (a new worker for the rest if one ends)
+            self._send((index, "rows", list(prompts[len(values):]), list(completions[len(values):]),
+                        {c: col[len(values):] for c, col in columns.items()}))
+            for _ in range(len(values), B):
+                got = self._recv(deadline, rf.name)
+                if got is None:
+                    break
+                kind, v = got
+                if kind == "invalid":
+                    self.stop()  # (the rest of its answers would be read as the next call's)
+                    raise RewardFunctionError(f"data.rewards '{rf.name}': {v}")
+                values.append(v[0] if kind == "ok" else None)
+                errors += kind != "ok"
+                if kind == "died":
+                    break
+            if got is None:
+                break
+        timeouts = B - len(values)
+        values += [None] * timeouts
+        if errors == B:
+            raise RewardFunctionError(f"data.rewards '{rf.name}' raised on every response: {first_error}")
+        return values, errors, timeouts, first_error if not timeouts or errors else late
 
 
 def _mean_std(name: str, values: list[float | None]) -> dict[str, float | None]:

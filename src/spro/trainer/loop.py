@@ -150,6 +150,8 @@ class Trainer:
         """Let another trainer use the run folder (``train`` calls it at the end)."""
         if self.run_lock is not None:
             self.run_lock.release()
+        if getattr(self, "scorer", None) is not None:
+            self.scorer.close()  # (its worker process, if any; a later call starts a new one)
 
     # ------------------------------------------------------------------------------ the stages
 
