@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"spro train: error: {e}", file=sys.stderr)
         return 1
     except TrainingStopped as e:  # SIGINT / SIGTERM: a checkpoint was saved
-        print(f"spro train: {e}", file=sys.stderr)
+        from spro.trainer.signals import say
+
+        say(f"spro train: {e}")
         return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C before the trainer handles signals (loading): nothing was trained
         print("spro train: interrupted before training started; nothing to save", file=sys.stderr)

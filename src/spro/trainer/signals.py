@@ -7,6 +7,9 @@ saying how to resume (``spro train`` prints it and exits with 128 + the signal's
 signal ends the process at once (exit 128 + its number): the checkpoints already saved are intact
 (``spro.trainer.checkpoint`` writes them atomically) and the kernel drops the lock.
 
+``SPRO_STOP_QUIET=1`` in the environment (``spro compare`` sets it for trainers that share its
+terminal, which says it all in one line) silences these messages.
+
 With several processes (``accelerate launch``) the processes agree on the step to stop after (one
 reduction per step), so none waits for the others in a collective that never comes.
 """
@@ -26,6 +29,12 @@ __all__ = ["StopRequest", "TrainingStopped", "requested", "stop_on_signals", "st
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def say(line: str) -> None:
+    """Print ``line`` to stderr, unless ``SPRO_STOP_QUIET=1``."""
+    if os.environ.get("SPRO_STOP_QUIET") != "1":
+        print(line, file=sys.stderr, flush=True)
+
+
 class TrainingStopped(RuntimeError):
     """The run stopped on a signal after saving a checkpoint; ``exit_code`` is 128 + the signal's number."""
 
@@ -43,12 +52,11 @@ class StopRequest:
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            print(f"spro: {signal.Signals(signum).name} again: stopping at once (the checkpoints saved so far are "
-                  "intact)", file=sys.stderr, flush=True)
+            say(f"spro: {signal.Signals(signum).name} again: stopping at once (the checkpoints saved so far are intact)")
             os._exit(128 + signum)
         self.signum = signum
-        print(f"spro: {signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping (send "
-              "it again to stop at once)", file=sys.stderr, flush=True)
+        say(f"spro: {signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping (send it "
+            "again to stop at once)")
 
     def requested(self, acc: Any = None) -> int | None:
         """The signal that asked to stop, agreed over the processes of ``acc`` (an ``accelerate.Accelerator``)."""
