@@ -44,6 +44,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"spro export: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as exc:  # a full disk: one line (the partial folder is removed)
+        from spro.trainer.checkpoint import disk_full_line
+
+        line = disk_full_line(exc, args.output)
+        if line is None:
+            raise
+        print(f"spro export: error: {line}", file=sys.stderr)
+        return 1
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {path} ({type(model).__name__}, {n:,} parameters, from {source})")
     return 0

@@ -106,6 +106,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    except (OSError, RuntimeError) as exc:  # a full disk: one line (the partial folder is removed)
+        from spro.trainer.checkpoint import disk_full_line
+
+        line = disk_full_line(exc, args.output)
+        if line is None:
+            raise
+        console.print(f"[red]error:[/red] {line}")
+        return 1
     last = result.validation[-1] if result.validation else {}
     console.print(
         f"saved {result.path}  (preset {preset}, {result.num_parameters:,} params, {result.seconds:.1f}s, "

@@ -72,6 +72,15 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handling (while importing, say): no traceback
+        print("spro train: interrupted; the checkpoints saved so far are kept (resume with --resume OUTPUT_DIR)",
+              file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     from spro.trainer.checkpoint import CheckpointError
     from spro.config import ConfigError, dump_yaml
 
@@ -86,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     from spro.trainer import TrainingDivergedError, train
-    from spro.trainer.checkpoint import DiskFullError
+    from spro.trainer.checkpoint import DiskFullError, disk_full_line
     from spro.trainer.signals import TrainingStopped
 
     try:
@@ -99,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
 
         say(f"spro train: {e}")
         return e.exit_code
-    except KeyboardInterrupt:  # Ctrl-C before the trainer handles signals (loading): nothing was trained
-        print("spro train: interrupted before training started; nothing to save", file=sys.stderr)
-        return 130
+    except (OSError, RuntimeError) as e:  # a full disk elsewhere (config.yaml, TensorBoard): one line too
+        line = disk_full_line(e, cfg.output_dir)
+        if line is None:
+            raise
+        print(f"spro train: error: {line}", file=sys.stderr)
+        return 1
     print(f"run folder: {out}")
     return 0

@@ -35,7 +35,7 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -199,27 +199,32 @@ class Scorer:
         :class:`RewardFunctionError` naming the function.
         """
         B = len(completions)
-        worker = self._worker_for(rf)
-        if worker is not None:
-            return worker.call(self.rewards.index(rf), rf, prompts, completions, columns, self.timeout)
-        kind, out = _attempt(rf.fn, prompts, completions, columns)
-        if kind == "ok":
-            return out, 0, 0, None
+        runner = self._worker_for(rf) or _InProcess(rf.fn)
+        index = self.rewards.index(rf)
+        late = (f"reward function '{rf.name}' did not return within {self.timeout:g} s (data.reward_timeout); its "
+                "worker process was stopped")
+        got = runner.batch(index, prompts, completions, columns, self.timeout)
+        if got is None:
+            return [None] * B, 0, B, late
+        kind, out = got
         if kind == "invalid":
             raise RewardFunctionError(f"data.rewards '{rf.name}': {out}")
+        if kind == "ok":
+            return out, 0, 0, None
         first_error = out
         values: list[float | None] = []
         errors = 0
-        for i in range(B):
-            kind, v = _attempt(rf.fn, prompts[i : i + 1], completions[i : i + 1],
-                               {c: col[i : i + 1] for c, col in columns.items()})
+        for kind, v in runner.rows(index, prompts, completions, columns, self.timeout):
             if kind == "invalid":
+                runner.stop()  # (the rest of its answers would be read as the next call's)
                 raise RewardFunctionError(f"data.rewards '{rf.name}': {v}")
             values.append(v[0] if kind == "ok" else None)
-            errors += kind == "raised"
+            errors += kind != "ok"
+        timeouts = B - len(values)
+        values += [None] * timeouts
         if errors == B:
             raise RewardFunctionError(f"data.rewards '{rf.name}' raised on every response: {first_error}")
-        return values, errors, 0, first_error
+        return values, errors, timeouts, first_error if errors or not timeouts else late
 
     def _worker_for(self, rf: RewardFn) -> _Worker | None:
         """The worker process of the functions of your own (None: this one runs here: spro's, or no time limit)."""
@@ -271,7 +276,7 @@ def _attempt(fn: Callable[..., Any], prompts: list, completions: list[str], colu
     """``call_reward`` as ``("ok", values)``, ``("raised", message)`` (the function raised anything, SystemExit
     included) or ``("invalid", message)`` (it returned a wrong type, count or NaN). A KeyboardInterrupt is passed on
     in the main thread (Ctrl-C) and counted as raised elsewhere (in a worker)."""
-    from spro.rewards import RewardError, call_reward, _fn_name
+    from spro.rewards import RewardError, call_reward
 
     try:
         return "ok", call_reward(fn, prompts, completions, **columns)
@@ -353,7 +358,7 @@ class _Worker:
             self.conn.close()
         self.proc = self.conn = None
 
-    def _recv(self, deadline: float, name: str) -> Any:
+    def _recv(self, deadline: float, index: int) -> Any:
         """The next result; ``("raised", why)`` when the worker ended (the function called exit, crashed, ...); None
         when ``deadline`` passed (the worker is killed)."""
         if self.conn.poll(max(deadline - time.monotonic(), 0.0)):
@@ -363,7 +368,8 @@ class _Worker:
                 self.proc.join()
                 code = self.proc.exitcode
                 self.stop()
-                return "died", f"reward function {name} ended its worker process (exit code {code})"
+                return "died", (f"reward function {_fn_name(self.fns[index])} ended its worker process (exit code "
+                                 f"{code})")
         self.stop()
         return None
 
@@ -373,47 +379,50 @@ class _Worker:
             self._start()
         self.conn.send(job)
 
-    def call(self, index: int, rf: RewardFn, prompts: list, completions: list[str], columns: dict, timeout: float
-             ) -> tuple[list[float | None], int, int, str | None]:
-        """As ``Scorer._call``, in the worker."""
-        B = len(completions)
-        late = (f"reward function '{rf.name}' did not return within {timeout:g} s (data.reward_timeout); its worker "
-                "process was stopped")
+    def batch(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Any:
+        """``_attempt`` of function ``index`` on the batch in the worker; None when it did not return in time."""
         self._send((index, "batch", list(prompts), list(completions), columns))
-        got = self._recv(time.monotonic() + timeout, rf.name)
-        if got is None:
-            return [None] * B, 0, B, late
-        kind, out = got
-        if kind == "ok":
-            return out, 0, 0, None
-        if kind == "invalid":
-            raise RewardFunctionError(f"data.rewards '{rf.name}': {out}")
-        first_error = out
-        values: list[float | None] = []
-        errors = 0
-        deadline = time.monotonic() + timeout
-        while len(values) < B:  # the responses one by one (a new worker for the rest if one ends)
-            self._send((index, "rows", list(prompts[len(values):]), list(completions[len(values):]),
-                        {c: col[len(values):] for c, col in columns.items()}))
-            for _ in range(len(values), B):
-                got = self._recv(deadline, rf.name)
+        return self._recv(time.monotonic() + timeout, index)
+
+    def rows(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Iterator:
+        """``_attempt`` of function ``index`` on each response in turn, all within ``timeout``; stops early at the
+        time-out (the worker is killed). A worker that ends is replaced for the responses after."""
+        deadline, done = time.monotonic() + timeout, 0
+        while done < len(completions):
+            self._send((index, "rows", list(prompts[done:]), list(completions[done:]),
+                        {c: col[done:] for c, col in columns.items()}))
+            for _ in range(done, len(completions)):
+                got = self._recv(deadline, index)
                 if got is None:
+                    return
+                done += 1
+                yield got
+                if got[0] == "died":
                     break
-                kind, v = got
-                if kind == "invalid":
-                    self.stop()  # (the rest of its answers would be read as the next call's)
-                    raise RewardFunctionError(f"data.rewards '{rf.name}': {v}")
-                values.append(v[0] if kind == "ok" else None)
-                errors += kind != "ok"
-                if kind == "died":
-                    break
-            if got is None:
-                break
-        timeouts = B - len(values)
-        values += [None] * timeouts
-        if errors == B:
-            raise RewardFunctionError(f"data.rewards '{rf.name}' raised on every response: {first_error}")
-        return values, errors, timeouts, first_error if not timeouts or errors else late
+
+
+class _InProcess:
+    """Calls one function in this process, without a time limit (spro's own rewards, or ``timeout=0``)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def batch(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Any:
+        return _attempt(self.fn, prompts, completions, columns)
+
+    def rows(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Iterator:
+        for i in range(len(completions)):
+            yield _attempt(self.fn, prompts[i : i + 1], completions[i : i + 1],
+                           {c: col[i : i + 1] for c, col in columns.items()})
+
+    def stop(self) -> None:
+        pass
+
+
+def _fn_name(fn: Callable[..., Any]) -> str:
+    from spro.rewards import _fn_name as name
+
+    return name(fn)
 
 
 def _mean_std(name: str, values: list[float | None]) -> dict[str, float | None]:

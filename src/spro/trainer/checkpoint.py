@@ -91,6 +91,17 @@ def disk_full_error(folder: Path, needed: int | None, exc: BaseException) -> Dis
                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''})")
 
 
+def disk_full_line(exc: BaseException, folder: str | os.PathLike) -> str | None:
+    """The one-line message for ``exc`` when it comes from a full disk while writing ``folder`` (else None): the
+    commands print it instead of a traceback."""
+    if isinstance(exc, DiskFullError):
+        return str(exc)
+    folder = Path(folder)
+    if isinstance(exc, (OSError, RuntimeError)) and is_disk_full(exc, folder):
+        return str(disk_full_error(folder, None, exc))
+    return None
+
+
 def is_disk_full(exc: BaseException, folder: Path, needed: int = 0) -> bool:
     """Whether ``exc`` (raised while writing into ``folder``) comes from a full disk: ENOSPC / EDQUOT, or another
     write error (torch's ``unexpected pos``) with less than ``needed`` bytes (at least 1 MB) free."""

@@ -156,7 +156,10 @@ class RunLogger:
             return
         for f in (self.metrics_f, self.eval_f, self.comp_f, self.log_f):
             if f is not None:
-                f.close()
+                try:
+                    f.close()
+                except OSError:  # (a full disk: its last write failed already, and was reported)
+                    pass
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
