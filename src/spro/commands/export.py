@@ -5,7 +5,10 @@
 
 ``--model`` takes what ``spro eval --model`` takes: a run folder (its latest checkpoint), a
 checkpoint or model folder, a ``.gguf`` file, ``warmstart:NAME``. The result loads with
-``AutoModelForCausalLM.from_pretrained(DIR)`` and works as ``model.name_or_path``.
+``AutoModelForCausalLM.from_pretrained(DIR)`` and works as ``model.name_or_path``. An earlier
+model folder at ``--output`` is replaced; a run, a checkpoint, a folder a trainer uses or any
+other folder is refused (``--overwrite`` moves it aside to ``DIR.old-N``;
+``spro.trainer.rundir.check_output_folder``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,12 @@ number of processes (each process generates whole groups).
 
 A run folder (output_dir) is used by one trainer at a time (a lock file). A new run into a folder
 that holds a run (checkpoints or logged metrics) stops with an error: resume it with --resume, pick
-another output_dir, or pass --overwrite to move that run aside to OUTPUT_DIR.old-N first.
+another output_dir, or pass --overwrite to move that run aside to OUTPUT_DIR.old-N first. A folder
+with records but no checkpoint yet (stopped before its first save) resumes from step 0.
+
+Ctrl-C (SIGINT) or SIGTERM: the step under way finishes, a checkpoint is saved, the folder is
+released and one line gives the --resume command (exit status 130 / 143); a second one stops at
+once (the checkpoints saved so far are intact).
 
 Override values use YAML syntax (true, 1e-5, null, [a, b], {k: v}). Every key, with its
 default and help text:
