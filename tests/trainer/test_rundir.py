@@ -159,3 +159,27 @@ def test_the_library_writer_refuses_a_run_folder(model_dir, tmp_path):
     with pytest.raises(RunFolderError, match="holds a run"):
         save_model_and_tokenizer(model, tok, run)
     assert (run / "metrics.jsonl").read_text()
+
+
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """A reward worker forked by a trainer shares its open files: it must not keep the folder locked after the
+    trainer dies."""
+    import multiprocessing
+
+    ready = multiprocessing.get_context("fork").Event()
+    done = multiprocessing.get_context("fork").Event()
+
+    def child():
+        ready.set()
+        done.wait()
+        os._exit(0)
+
+    lock = RunLock(tmp_path / "run")
+    p = multiprocessing.get_context("fork").Process(target=child)
+    p.start()
+    ready.wait()
+    lock.release()  # (the trainer's end; a kill drops its share the same way)
+    RunLock(tmp_path / "run").release()  # free, although the child is still alive
+    done.set()
+    p.join()
+    assert p.exitcode == 0  # (the child ran to its end)

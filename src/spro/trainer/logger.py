@@ -36,7 +36,7 @@ class RunLogger:
     Records are appended; nothing is deleted on a fresh start (the trainer never starts one over a run:
     ``spro.trainer.rundir``). On resume from the checkpoint of ``resume_step``, the records the interrupted
     run wrote after it are dropped (they are written again), as is a torn last line; the file is replaced
-    atomically.
+    atomically. ``resume_step=-1``: a run folder without a checkpoint, whose records are all written again.
     """
 
     def __init__(self, cfg: TrainConfig, out: Path, *, enabled: bool, resume_step: int | None) -> None:
@@ -69,8 +69,8 @@ class RunLogger:
         if resume_step is None:
             (out / "train.log").unlink(missing_ok=True)
         self.log_f = open(out / "train.log", "a")
-        if resume_step is not None:
-            self.log_f.write(f"resumed after step {resume_step}\n")
+        if resume_step is not None:  # (-1: a run folder without a checkpoint, started again from step 0)
+            self.log_f.write(f"resumed after step {resume_step}\n" if resume_step >= 0 else "started again from step 0\n")
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -139,7 +139,7 @@ class Trainer:
         self.run_lock = on_main(self.acc, lambda: open_run_folder(self.out, **run))  # held until close()
         try:
             self.logger = RunLogger(cfg, self.out, enabled=self.is_main,
-                                    resume_step=self.step if resume else None)
+                                    resume_step=self.step if self.resume_ckpt else -1 if resume else None)
             if self.is_main:
                 save_yaml(cfg, self.out / "config.yaml")
         except BaseException:

@@ -153,8 +153,30 @@ def resume_folder(ckpt: Path, output_dir: str) -> Path:
     return folder
 
 
+_HELD: set[Any] = set()  # the open lock files of this process's RunLocks
+
+
+def _drop_locks_in_child() -> None:
+    """In a forked child (a reward worker, say): let go of the parent's locks. A flock belongs to the open file, which
+    a fork shares: a child that outlived a killed trainer would keep its folder locked. Pointing the child's copy of
+    the descriptor at /dev/null drops that share (the parent's lock stays)."""
+    for f in list(_HELD):
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, f.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 class RunLock:
-    """An exclusive lock on ``<folder>/.lock`` held until :meth:`release` (or the process ends)."""
+    """An exclusive lock on ``<folder>/.lock`` held until :meth:`release` (or the process ends); not passed on to
+    forked children."""
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -174,8 +196,10 @@ class RunLock:
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")
         self.file.flush()
+        _HELD.add(self.file)
 
     def release(self) -> None:
+        _HELD.discard(self.file)
         if not self.file.closed:
             self.file.close()  # closing the file drops the lock
 
