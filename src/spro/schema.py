@@ -219,8 +219,9 @@ class DataConfig:
     reward_timeout: float = _f(
         300.0,
         help="Seconds one call of a reward function of your own (not one of spro's, which have their own limits) "
-        "may take; it runs in a worker thread, and on time-out its responses count as None (reward/timeouts, with "
-        "a warning). 0 = no limit.",
+        "may take; it runs in a worker process, killed on time-out, and its responses count as None "
+        "(reward/timeouts, with a warning; timing out on every response 3 calls in a row is an error). 0 = no "
+        "limit (it runs in the trainer's process).",
         check=NON_NEGATIVE,
     )
     accuracy_reward: str | None = _f(

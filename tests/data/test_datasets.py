@@ -30,8 +30,8 @@ def test_eurus_schema_chat_prompts_ground_truth_and_source():
     assert json.loads(ds[2]["answer"])["outputs"] == ["3\n", "6\n", "0\n"]
     rep = get_load_report(ds)
     assert rep.schema == "eurus" and rep.rows_read == 5 and rep.rows_kept == 4
-    assert rep.bad_rows == [(4, "empty or missing answer")]
-    assert any("row 4" in w for w in warns)
+    assert rep.bad_rows == [(5, "empty or missing answer")]  # file line numbers, 1-based
+    assert any("line 5" in w for w in warns)
 
 
 def test_gsm8k_schema_final_answer_after_hashes():
@@ -41,7 +41,7 @@ def test_gsm8k_schema_final_answer_after_hashes():
     assert ds[0]["solution"].endswith("72 clips altogether in April and May.")
     assert set(ds["data_source"]) == {"gsm8k"}
     rep = get_load_report(ds)
-    assert [i for i, _ in rep.bad_rows] == [3, 4]
+    assert [i for i, _ in rep.bad_rows] == [4, 5]
     assert "####" in rep.bad_rows[0][1] and "prompt" in rep.bad_rows[1][1]
 
 
@@ -50,7 +50,7 @@ def test_math_schema_boxed_answer_with_nested_braces():
     assert get_load_report(ds).schema == "math"
     assert ds["answer"] == ["4", "\\frac{3}{4}", "\\{0, 1\\}"]
     assert ds[0]["level"] == "Level 1"
-    assert get_load_report(ds).bad_rows == [(3, "no \\boxed{} answer in the solution")]
+    assert get_load_report(ds).bad_rows == [(4, "no \\boxed{} answer in the solution")]
 
 
 def test_csv_and_prompt_template():
@@ -92,7 +92,7 @@ def test_column_map_with_nested_field_and_code_tests():
     assert ds[1]["answer"] == "4" and ds[1]["source"] == "numina_cn_k12"
 
 
-def test_non_utf8_and_bad_json_lines_are_reported_by_index(tmp_path):
+def test_non_utf8_and_bad_json_lines_are_reported_by_line_number(tmp_path):
     p = tmp_path / "mixed.jsonl"
     p.write_bytes(
         b'{"prompt": "ok 1", "answer": "1"}\n'
@@ -103,13 +103,13 @@ def test_non_utf8_and_bad_json_lines_are_reported_by_index(tmp_path):
     ds, warns = _load(p)
     assert ds["answer"] == ["1", "3"]
     rep = get_load_report(ds)
-    assert [i for i, _ in rep.bad_rows] == [1, 2]
+    assert [i for i, _ in rep.bad_rows] == [2, 3]
     assert "UTF-8" in rep.bad_rows[0][1] and "JSON" in rep.bad_rows[1][1]
-    assert any("row 1" in w and "UTF-8" in w for w in warns)
+    assert any("line 2" in w and "UTF-8" in w for w in warns)
     # keep: the row stays with answer None; error: the first bad row raises.
     ds, _ = _load(p, on_bad_row="keep")
     assert ds["answer"] == ["1", None, None, "3"]
-    with pytest.raises(ValueError, match=r"mixed.jsonl: row 1: not valid UTF-8"):
+    with pytest.raises(ValueError, match=r"mixed.jsonl: line 2: not valid UTF-8"):
         load_prompt_dataset(p, on_bad_row="error")
 
 
@@ -118,7 +118,7 @@ def test_non_utf8_csv_row(tmp_path):
     p.write_bytes(b"prompt,answer\nfine,1\nna\xefve,2\n")
     ds, _ = _load(p)
     assert ds["answer"] == ["1"]
-    assert get_load_report(ds).bad_rows[0][0] == 1
+    assert get_load_report(ds).bad_rows[0][0] == 3  # the header is line 1
 
 
 def test_clear_errors_for_missing_file_and_columns(tmp_path):
@@ -145,3 +145,34 @@ def test_loaded_rows_feed_the_rewards():
                    "```python\ndef square(n):\n    return n * n\n```"]
     r = get_reward("eurus")(ds["prompt"], completions, answer=ds["answer"], data_source=ds["data_source"])
     assert r == [1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_a_utf8_bom_at_the_start_keeps_the_first_row(tmp_path, suffix):
+    """Files saved on Windows start with a byte-order mark; the first row is read, not reported as bad."""
+    p = tmp_path / f"bom{suffix}"
+    if suffix == ".csv":
+        text = "prompt,answer\nfirst,1\nsecond,2\n"
+    elif suffix == ".json":
+        text = json.dumps([{"prompt": "first", "answer": "1"}, {"prompt": "second", "answer": "2"}])
+    else:
+        text = '{"prompt": "first", "answer": "1"}\n{"prompt": "second", "answer": "2"}\n'
+    p.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    ds, warns = _load(p)
+    assert ds["answer"] == ["1", "2"] and ds["prompt"] == ["first", "second"]
+    assert get_load_report(ds).bad_rows == [] and not warns
+
+
+def test_bad_rows_are_named_by_file_line_counting_blank_lines_and_multiline_csv_records(tmp_path):
+    p = tmp_path / "gaps.jsonl"
+    p.write_text('{"prompt": "a", "answer": "1"}\n\n\n{"prompt": "b"}\n')
+    with pytest.raises(ValueError, match=r"gaps.jsonl: line 4: "):
+        load_prompt_dataset(p, on_bad_row="error")
+    c = tmp_path / "multi.csv"
+    c.write_text('prompt,answer\n"two\nlines",1\nno answer,\n')
+    with pytest.raises(ValueError, match=r"multi.csv: line 4: "):
+        load_prompt_dataset(c, on_bad_row="error")
+    j = tmp_path / "array.json"
+    j.write_text(json.dumps([{"prompt": "a", "answer": "1"}, {"prompt": "b"}]))
+    with pytest.raises(ValueError, match=r"array.json: row 2: "):
+        load_prompt_dataset(j, on_bad_row="error")

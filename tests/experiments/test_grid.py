@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +139,77 @@ def test_report_only_reports_finished_runs_and_names_the_others(tmp_path, capsys
     # nothing finished: a clear error, not a traceback
     assert main(["compare", "--report-only", "--algos", "spro", "--out", str(out), *over]) == 2
     assert "no finished run under" in capsys.readouterr().err
+
+
+SLEEPER = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    out = Path(sys.argv[1])
+    def term(signum, frame):
+        (out / f"term-{os.getpid()}").write_text("saved")  # what a trainer does: save, then exit 143
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, term)
+    (out / f"pid-{os.getpid()}").write_text(str(os.getppid()))
+    while True:
+        time.sleep(0.05)
+""")
+
+PARENT = textwrap.dedent("""
+    import sys, time
+    from spro.experiments.grid import spawn_trainer
+    spawn_trainer([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+    while True:
+        time.sleep(0.05)
+""")
+
+
+def _wait_for(predicate, proc=None):
+    while not predicate():
+        assert proc is None or proc.poll() is None, "the process ended first"
+        time.sleep(0.05)
+
+
+def test_the_trainers_of_a_killed_compare_die_with_it(tmp_path):
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, SLEEPER, str(tmp_path)], env=env)
+    _wait_for(lambda: list(tmp_path.glob("pid-*")), parent)
+    (pid_file,) = tmp_path.glob("pid-*")
+    child = psutil.Process(int(pid_file.name.split("-")[1]))
+    assert child.ppid() == parent.pid and os.getsid(child.pid) == child.pid  # a session of its own
+    parent.kill()  # SIGKILL: no handler of the parent runs
+    parent.wait()
+    child.wait()  # the kernel sent it SIGTERM: it saved and ended
+    assert (tmp_path / f"term-{child.pid}").read_text() == "saved"
+
+
+def test_ctrl_c_stops_every_trainer_with_one_line(tmp_path, monkeypatch):
+    from spro.experiments import grid
+
+    started = []
+    real_spawn = grid.spawn_trainer
+
+    def spawn(cmd, **kw):
+        run_dir = Path(cmd[cmd.index("--config") + 1]).parent
+        proc = real_spawn([sys.executable, "-c", SLEEPER, str(run_dir)], **kw)
+        started.append((proc, run_dir))
+        return proc
+
+    def ctrl_c(seconds):  # the grid waits on its trainers: Ctrl-C there, once they run
+        for proc, run_dir in started:
+            _wait_for(lambda: list(run_dir.glob("pid-*")), proc)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grid, "spawn_trainer", spawn)
+    monkeypatch.setattr(grid, "time", types.SimpleNamespace(sleep=ctrl_c, time=time.time))
+    lines = []
+    with pytest.raises(grid.GridInterrupted):
+        grid.run_grid([Variant("a", []), Variant("b", [])], [0], root=tmp_path, preset="tiny-arithmetic", jobs=2,
+                      log=lines.append)
+    monkeypatch.undo()
+    stops = [line for line in lines if "stopping" in line]
+    assert stops == ["interrupted: stopping 2 training run(s), each after saving a checkpoint; run the same command "
+                     "again to resume (Ctrl-C again: stop them at once)"]
+    for proc, run_dir in started:
+        assert proc.returncode == 143 and (run_dir / f"term-{proc.pid}").read_text() == "saved"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 
 import pytest
 
-from spro.rewards.scoring import WeightedReward, RewardWarning, Scorer
+from spro.rewards.scoring import RewardFunctionError, RewardWarning, Scorer, WeightedReward
 
 PROMPTS = ["p"] * 8
 
@@ -58,8 +59,110 @@ def test_a_reward_that_never_returns_hits_the_time_limit():
     finally:
         release.set()  # let the abandoned worker thread end
     assert s.stats["reward/timeouts"] == 8 and s.stats["reward/none_frac"] == 0.5
-    # one rule for combining (spro.rewards.combine_values, TRL's): a None component is left out of the sum
     assert s.rewards.tolist() == [0.5] * 8 and s.scored.all()
+
+
+def test_only_functions_of_your_own_run_in_a_worker_process():
+    import os
+
+    def own(prompts, completions, **kw):
+        return [float(os.getpid())] * len(completions)
+
+    def builtin(prompts, completions, **kw):
+        return [float(os.getpid())] * len(completions)
+
+    builtin.__module__ = "spro.rewards.example"  # spro's rewards carry their own limits
+    scorer = Scorer([WeightedReward("own", own), WeightedReward("builtin", builtin)], timeout=5)
+    s = scorer(["p"], ["c"], {})
+    assert s.stats["reward/own/mean"] != os.getpid() and s.stats["reward/builtin/mean"] == os.getpid()
+    worker = scorer._worker.proc.pid
+    scorer(["p"], ["c"], {})
+    assert scorer._worker.proc.pid == worker  # one worker, reused call after call (not one per call or row)
+    scorer.close()
+    s = Scorer([WeightedReward("own", own)], timeout=0)(["p"], ["c"], {})  # 0: no limit, in this process
+    assert s.stats["reward/own/mean"] == os.getpid()
+
+
+def test_a_busy_looping_reward_is_killed_each_call_and_an_error_after_the_grace():
+    def spin(prompts, completions, **kw):
+        while True:  # holds the GIL: a thread could never be stopped
+            pass
+
+    def fine(prompts, completions, **kw):
+        return [0.5] * len(completions)
+
+    scorer = Scorer([WeightedReward("fine", fine), WeightedReward("spin", spin)], timeout=0.2)
+    for _ in range(Scorer.grace - 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RewardWarning)  # (warned at the first call only: the same share)
+            s = scorer(PROMPTS, [str(i) for i in range(8)], {})
+        assert s.stats["reward/timeouts"] == 8 and s.rewards.tolist() == [0.5] * 8
+        assert scorer._worker.proc is None  # the worker was killed, nothing keeps spinning
+    with pytest.raises(RewardFunctionError, match=r"'spin' timed out on every response in 3 calls in a row.*did not "
+                                                  r"return within 0.2 s.*raise data.reward_timeout"):
+        scorer(PROMPTS, [str(i) for i in range(8)], {})
+
+
+def test_a_reward_that_returns_none_everywhere_is_an_error_after_the_grace():
+    def nothing(prompts, completions, **kw):
+        return [None] * len(completions)
+
+    for timeout in (0, 5):
+        scorer = Scorer([WeightedReward("nothing", nothing)], timeout=timeout)
+        for _ in range(Scorer.grace - 1):
+            assert scorer(PROMPTS, ["c"] * 8, {}).stats["reward/none_frac"] == 1.0
+        with pytest.raises(RewardFunctionError, match=r"no response got a value from any reward function \(nothing\) "
+                                                      r"in 3 calls in a row.*reward 0"):
+            scorer(PROMPTS, ["c"] * 8, {})
+        scorer.close()
+    # a call with some value resets the count; None from one function is fine while another scores
+    calls = {"n": 0}
+
+    def sometimes(prompts, completions, **kw):
+        calls["n"] += 1
+        return [None] * len(completions) if calls["n"] % 2 else [1.0] * len(completions)
+
+    scorer = Scorer([WeightedReward("sometimes", sometimes), WeightedReward("nothing", nothing)], timeout=0)
+    for _ in range(2 * Scorer.grace):
+        scorer(PROMPTS, ["c"] * 8, {})
+    scorer = Scorer([WeightedReward("one", lambda p, c, **kw: [1.0] * len(c)), WeightedReward("nothing", nothing)], timeout=0)
+    for _ in range(2 * Scorer.grace):
+        assert scorer(PROMPTS, ["c"] * 8, {}).rewards.tolist() == [1.0] * 8
+
+
+@pytest.mark.parametrize("timeout", [0, 5])
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_base_exceptions_from_a_reward_are_caught_and_named(timeout, exc):
+    if isinstance(exc, KeyboardInterrupt) and not timeout:
+        pytest.skip("in this process a KeyboardInterrupt is Ctrl-C: passed on")
+
+    def always(prompts, completions, **kw):
+        raise exc
+
+    def some(prompts, completions, **kw):
+        if len(completions) > 1 or completions[0] == "3":
+            raise exc
+        return [1.0]
+
+    name = type(exc).__name__
+    with pytest.raises(RewardFunctionError, match=rf"'always' raised on every response: .*raised {name}"):
+        Scorer([WeightedReward("always", always)], timeout=timeout)(PROMPTS, [str(i) for i in range(8)], {})
+    with pytest.warns(RewardWarning, match=rf"1 raised.*raised {name}"):
+        s = Scorer([WeightedReward("some", some)], timeout=timeout)(PROMPTS, [str(i) for i in range(8)], {})
+    assert s.stats["reward/errors"] == 1 and s.scored.sum() == 7
+
+
+def test_a_reward_that_ends_its_worker_is_named_and_the_next_call_gets_a_new_one():
+    def exits(prompts, completions, **kw):
+        if completions[0] == "0":
+            os._exit(7)
+        return [1.0] * len(completions)
+
+    scorer = Scorer([WeightedReward("exits", exits)], timeout=5)
+    with pytest.warns(RewardWarning, match=r"1 raised.*ended its worker process \(exit code 7\)"):
+        s = scorer(PROMPTS, [str(i) for i in range(8)], {})
+    assert s.stats["reward/errors"] == 1 and s.rewards.tolist() == [0.0] + [1.0] * 7
+    assert scorer(PROMPTS, ["5"] * 8, {}).rewards.tolist() == [1.0] * 8
 
 
 def test_the_scorer_and_combine_rewards_share_one_none_rule():
@@ -82,21 +185,3 @@ def test_the_scorer_and_combine_rewards_share_one_none_rule():
     with pytest.warns(RewardWarning, match=r"1 of 2 responses could not be scored"):
         s = Scorer([WeightedReward("never", never), WeightedReward("picky", picky)])(PROMPTS[:2], ["a", "b"], {})
     assert s.rewards.tolist() == [0.0, 1.0] and s.scored.tolist() == [False, True]
-
-
-def test_only_functions_of_your_own_run_in_a_worker_thread():
-    threads = {}
-
-    def own(prompts, completions, **kw):
-        threads["own"] = threading.current_thread()
-        return [1.0] * len(completions)
-
-    def builtin(prompts, completions, **kw):
-        threads["builtin"] = threading.current_thread()
-        return [1.0] * len(completions)
-
-    builtin.__module__ = "spro.rewards.example"  # spro's rewards carry their own limits
-    Scorer([WeightedReward("own", own), WeightedReward("builtin", builtin)], timeout=5)(["p"], ["c"], {})
-    assert threads["own"] is not threading.main_thread() and threads["builtin"] is threading.main_thread()
-    Scorer([WeightedReward("own", own)], timeout=0)(["p"], ["c"], {})  # 0: no limit, no thread
-    assert threads["own"] is threading.main_thread()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -170,3 +171,156 @@ def test_pruning_never_deletes_the_checkpoint_just_saved(two_checkpoints, model_
     ck.save_checkpoint(root, 3, model=t.model, tokenizer=t.tok, optimizer=t.optimizer, scheduler=t.scheduler,
                        run_config={}, trainer_state={"time": 0.0}, rng_states=[ck.rng_state()], keep_last=1)
     assert [p.name for p in ck.list_checkpoints(root)] == ["step-000003", "step-000009"]  # step 1 pruned
+
+
+# ------------------------------------------------------------------------------ missing files, fault injection
+
+
+@pytest.mark.parametrize("name", ck.REQUIRED)
+def test_a_missing_file_is_named_and_resume_falls_back(two_checkpoints, tmp_path, name):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    gone = run / "checkpoints" / "step-000002" / name
+    gone.unlink()
+    with pytest.raises(ck.CheckpointError, match=re.escape(str(gone)) + ": missing from the checkpoint"):
+        ck.verify_checkpoint(gone.parent)
+    with pytest.warns(UserWarning, match=f"skipping a corrupt checkpoint: {re.escape(str(gone))}: missing.*step-000001"):
+        assert ck.find_checkpoint(run).name == "step-000001"
+
+
+def test_a_file_missing_from_checksums_and_disk_and_garbled_weights_without_checksums_are_caught(two_checkpoints,
+                                                                                                 tmp_path):
+    """The audit's case: checksums.json deleted and a weight byte flipped: not taken unverified any more."""
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    (run / "checkpoints" / "step-000002" / "checksums.json").unlink()
+    _damage(run / "checkpoints" / "step-000002" / "model.safetensors", "garbled")
+    with pytest.warns(UserWarning, match=r"checksums.json: missing from the checkpoint \(the checkpoint cannot be "
+                                         r"verified\); taking .*step-000001"):
+        assert ck.find_checkpoint(run).name == "step-000001"
+
+
+def test_the_skipped_checkpoint_warning_is_given_once(two_checkpoints, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    (run / "checkpoints" / "step-000002" / "trainer_state.json").unlink()  # named too, not silently passed over
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range(3):  # (the train command and the trainer both look the checkpoint up)
+            assert ck.find_checkpoint(run).name == "step-000001"
+    assert len([x for x in w if "skipping" in str(x.message) and "trainer_state.json" in str(x.message)]) == 1
+
+
+def test_metrics_shorter_than_the_checkpoint_are_named_on_resume(two_checkpoints, model_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")  # step 2's record lost
+    with pytest.warns(UserWarning, match=r"metrics.jsonl: has no record of step\(s\) 2 \(1 of the checkpoint's 2 "
+                                         r"steps; deleted or emptied\?\)"):
+        train(_cfg(model_dir, run, total_steps=3, save_every=1), resume=run, reward_funcs=REWARDS)
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 3]
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_space_and_leaves_no_stray_files(model_dir, tmp_path,
+                                                                                            monkeypatch):
+    import errno
+    import os
+
+    from spro.trainer import logger as logger_mod
+
+    t = Trainer(_cfg(model_dir, tmp_path / "run", total_steps=1, save_every=1), reward_funcs=REWARDS)
+    t.train()
+    root = tmp_path / "run" / "checkpoints"
+
+    def torch_full(obj, f, *a, **kw):  # what torch says when the disk fills during a save
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 4736 vs 4624")
+
+    monkeypatch.setattr(ck.torch, "save", torch_full)
+    monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 2**19, 2**19))
+    with pytest.raises(ck.DiskFullError) as e:
+        t.save()
+    message = str(e.value)
+    assert "\n" not in message and f"no space left on the device of {root}" in message
+    assert "0.5 MB free" in message and "it needs about" in message and "unexpected pos" in message
+    assert sorted(p.name for p in root.iterdir()) == ["step-000001"]  # no temporary folder left
+    monkeypatch.undo()
+
+    def no_space(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(logger_mod.os, "replace", no_space)
+    with pytest.raises(ck.DiskFullError, match=f"no space left on the device of {re.escape(str(tmp_path / 'run'))}"):
+        train(_cfg(model_dir, tmp_path / "run", total_steps=2, save_every=1), resume=tmp_path / "run",
+              reward_funcs=REWARDS)
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]  # no .metrics.jsonl.tmp
+    assert os.path.getsize(tmp_path / "run" / "metrics.jsonl") > 0
+
+
+def _killed_run(cfg, stage):
+    """Train ``cfg`` in a forked child with ``SPRO_FAULT_AT=stage``: it must die by SIGKILL there."""
+    import multiprocessing
+    import os
+    import signal
+
+    def child():
+        os.environ["SPRO_FAULT_AT"] = stage
+        train(cfg, reward_funcs=REWARDS)
+        os._exit(0)
+
+    p = multiprocessing.get_context("fork").Process(target=child)
+    p.start()
+    p.join()
+    assert p.exitcode == -signal.SIGKILL, f"{stage}: not killed (exit code {p.exitcode})"
+
+
+@pytest.fixture(scope="module")
+def full_run(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fault") / "full"
+    return train(_cfg(model_dir, out, keep_last=1), reward_funcs=REWARDS)
+
+
+@pytest.mark.parametrize("stage", ck.FAULT_STAGES)
+def test_sigkill_at_every_stage_of_a_save_resumes_bit_identical(full_run, model_dir, tmp_path, stage):
+    """SIGKILL at each named point of the step-4 save (the step-2 one is done): nothing corrupt, and the resumed run
+    gives the very metrics and weights of a run never killed."""
+    run = tmp_path / "run"
+    cfg = _cfg(model_dir, run, keep_last=1)
+    _killed_run(cfg, f"{stage}@4")
+    survivor = ck.find_checkpoint(run)  # the newest checkpoint verifies (no warning: none is corrupt)
+    after_rename = ck.FAULT_STAGES.index(stage) >= ck.FAULT_STAGES.index("rename")
+    assert survivor.name == ("step-000004" if after_rename else "step-000002")
+    if not after_rename:
+        train(_cfg(model_dir, run, keep_last=1), resume=run, reward_funcs=REWARDS)
+    a, b = read_jsonl(full_run / "metrics.jsonl"), read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    for ma, mb in zip(a, b):
+        for k in COMPARED:
+            assert ma[k] == mb[k], (stage, ma["step"], k)
+    wa = load_file(str(full_run / "checkpoints" / "step-000004" / "model.safetensors"))
+    wb = load_file(str(run / "checkpoints" / "step-000004" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ck.list_checkpoints(run / "checkpoints")[-1].name == "step-000004"
+    if not after_rename:  # the resumed run's save removed what the killed one left
+        assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000004"]
+
+
+def test_sigkill_while_saving_prime_state_resumes_bit_identical(model_dir, tmp_path):
+    """PRIME saves its PRM into the checkpoint (the "algorithm" stage): a kill right after it loses nothing."""
+    def cfg(out):
+        return load_config(overrides=small_overrides(model_dir, out, "prime", total_steps=4, save_every=2,
+                                                     **{"algorithm.prime.prm_lr": 1e-3}))
+
+    full = train(cfg(tmp_path / "full"), reward_funcs=REWARDS)
+    _killed_run(cfg(tmp_path / "run"), "algorithm@4")
+    assert ck.find_checkpoint(tmp_path / "run").name == "step-000002"
+    train(cfg(tmp_path / "run"), resume=tmp_path / "run", reward_funcs=REWARDS)
+    a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    assert all(ma[k] == mb[k] for ma, mb in zip(a, b) for k in ma if k.startswith(("reward/", "loss", "prm/", "kl")))
+    for name in ("model.safetensors", "algorithm"):
+        pa, pb = full / "checkpoints" / "step-000004" / name, tmp_path / "run" / "checkpoints" / "step-000004" / name
+        for fa in ([pa] if pa.is_file() else sorted(pa.rglob("*.safetensors"))):
+            fb = pb / fa.relative_to(pa) if pa.is_dir() else pb
+            wa, wb = load_file(str(fa)), load_file(str(fb))
+            assert all(torch.equal(wa[k], wb[k]) for k in wa), fa

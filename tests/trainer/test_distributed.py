@@ -12,6 +12,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -145,3 +146,46 @@ def test_accelerate_launch_spro_train_cli(tmp_path):
     (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["step"] == 1 and m["length/max"] <= 8
     assert (out / "checkpoints" / "step-000001" / "model.safetensors").is_file()
+
+
+STOP_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, json
+    sys.path.insert(0, {tests!r})
+    from helpers import REWARDS, small_overrides
+    from spro.config import load_config
+    from spro.trainer import Trainer, train
+    from spro.trainer.signals import TrainingStopped
+
+    model_dir, out = sys.argv[1], sys.argv[2]
+    cfg = load_config(overrides=small_overrides(model_dir, out, "spro", device="cpu", total_steps=4,
+                                                **{{"rollout.prompts_per_step": 4}}))
+    real = Trainer.score
+
+    def score(self, rows, completions):  # SIGTERM to process 1 only, during step 2
+        if self.rank == 1 and self.step + 1 == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, rows, completions)
+
+    Trainer.score = score
+    try:
+        train(cfg, reward_funcs=REWARDS)
+    except TrainingStopped as e:
+        with open(os.path.join(out, f"stopped-{{os.environ['RANK']}}.txt"), "w") as f:
+            f.write(str(e))
+    """
+)
+
+
+@pytest.mark.slow  # (a second two-process launch)
+def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path):
+    """The processes agree on the step to stop after (no one waits alone in a collective); one checkpoint is saved."""
+    model_dir = save_small_model(tmp_path / "model")
+    out = tmp_path / "run"
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_SCRIPT.format(tests=str(Path(__file__).parents[1])))
+    launch_two_processes(script, model_dir, out)
+    said = [(out / f"stopped-{r}.txt").read_text() for r in (0, 1)]
+    assert all("stopped by SIGTERM after step 2 of 4" in s for s in said), said
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]

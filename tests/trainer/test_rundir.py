@@ -110,3 +110,76 @@ def test_a_torn_last_line_does_not_block_resume(model_dir, tmp_path, monkeypatch
     (run / "metrics.jsonl").write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
     with pytest.raises(RunFolderError, match=r"metrics.jsonl, line 2: not a record"):
         train(_cfg(model_dir, run, total_steps=4, save_every=1), resume=run, reward_funcs=REWARDS)
+
+
+# ------------------------------------------------------------------------------ commands that write a model folder
+
+
+def test_export_and_sft_never_delete_a_run(model_dir, tmp_path, capsys):
+    """`spro export --output RUN` and `spro sft --output RUN` refuse a run folder (or move it aside with --overwrite),
+    refuse a folder a trainer uses, and replace an earlier model folder as before."""
+    from spro.cli import main
+
+    run = tmp_path / "run"
+    train(_cfg(model_dir, run), reward_funcs=REWARDS)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for argv in (["export", "--model", str(model_dir), "--output", str(run)],
+                 ["sft", "--output", str(run), "--steps", "1", "--no-progress"]):
+        assert main(argv) == 2
+        err = " ".join(capsys.readouterr().err.split())  # (rich wraps long lines)
+        assert f"{run}: the folder holds a run, which writing the model would delete" in err and "--overwrite" in err
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    # a checkpoint, a folder of runs: refused too
+    for folder in (run / "checkpoints" / "step-000001", tmp_path):
+        assert main(["export", "--model", str(model_dir), "--output", str(folder)]) == 2
+        assert "writing the model would delete" in capsys.readouterr().err
+    # --overwrite: the run is moved aside whole, the model written in its place
+    with pytest.warns(UserWarning, match=r"what was in .*run is now in .*run\.old-1"):
+        assert main(["export", "--model", str(model_dir), "--output", str(run), "--overwrite"]) == 0
+    moved = sorted(p.relative_to(tmp_path / "run.old-1") for p in (tmp_path / "run.old-1").rglob("*"))
+    assert moved == [p for p in before if p.name != ".lock"]  # (the lock file stays)
+    assert (run / "config.json").is_file() and not (run / "metrics.jsonl").exists()
+    # an earlier model folder is replaced without a word
+    assert main(["export", "--model", str(model_dir), "--output", str(run)]) == 0
+    # a folder a trainer is using: refused, --overwrite or not
+    busy = tmp_path / "busy"
+    lock = RunLock(busy)
+    try:
+        assert main(["export", "--model", str(model_dir), "--output", str(busy), "--overwrite"]) == 2
+        assert f"a training process uses that folder (pid {os.getpid()})" in capsys.readouterr().err
+    finally:
+        lock.release()
+
+
+def test_the_library_writer_refuses_a_run_folder(model_dir, tmp_path):
+    from spro.models.loading import load_model_and_tokenizer, save_model_and_tokenizer
+
+    run = train(_cfg(model_dir, tmp_path / "run"), reward_funcs=REWARDS)
+    model, tok = load_model_and_tokenizer(model_dir)
+    with pytest.raises(RunFolderError, match="holds a run"):
+        save_model_and_tokenizer(model, tok, run)
+    assert (run / "metrics.jsonl").read_text()
+
+
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """A reward worker forked by a trainer shares its open files: it must not keep the folder locked after the
+    trainer dies."""
+    import multiprocessing
+
+    ready = multiprocessing.get_context("fork").Event()
+    done = multiprocessing.get_context("fork").Event()
+
+    def child():
+        ready.set()
+        done.wait()
+        os._exit(0)
+
+    lock = RunLock(tmp_path / "run")
+    p = multiprocessing.get_context("fork").Process(target=child)
+    p.start()
+    ready.wait()
+    lock.release()  # (the trainer's end; a kill drops its share the same way)
+    RunLock(tmp_path / "run").release()  # free, although the child is still alive
+    done.set()
+    p.join()
+    assert p.exitcode == 0  # (the child ran to its end)

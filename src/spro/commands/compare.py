@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from spro.trainer.checkpoint import CheckpointError
     from spro.config import ConfigError
-    from spro.experiments.grid import parse_variant, run_grid
+    from spro.experiments.grid import GridInterrupted, parse_variant, run_grid
 
     try:
         variants = [parse_variant(a) for a in args.algos.split(",") if a.strip()] if args.algos else []
@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
             runs = run_grid(variants, seeds, root=args.out, config=args.config, preset=preset, overrides=overrides,
                             jobs=args.jobs or default_jobs(), log=lambda m: print(m, flush=True))
+    except GridInterrupted:  # Ctrl-C: its one line is printed, the trainers saved checkpoints
+        return 130
     except (ValueError, ConfigError, CheckpointError, RuntimeError) as e:
         print(f"spro compare: error: {e}", file=sys.stderr)
         return 2

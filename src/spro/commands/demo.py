@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from spro.trainer.checkpoint import find_checkpoint
     from spro.config import ConfigError
-    from spro.experiments.grid import parse_variant, run_grid, build_config
+    from spro.experiments.grid import GridInterrupted, build_config, parse_variant, run_grid
     from spro.experiments.report import write_report
     from spro.data.loader import load_task
     from spro.trainer.warmstart import default_cache_dir, cache_key, warm_start
@@ -98,8 +98,11 @@ def run(args: argparse.Namespace) -> int:
     ws = warm_start("weak")
     print(f"warm start: {ws}", flush=True)
 
-    runs = run_grid(variants, [args.seed], root=out, preset="demo", overrides=args.overrides,
-                    log=lambda m: print(m, flush=True))
+    try:
+        runs = run_grid(variants, [args.seed], root=out, preset="demo", overrides=args.overrides,
+                        log=lambda m: print(m, flush=True))
+    except GridInterrupted:  # Ctrl-C: its one line is printed, the trainers saved checkpoints
+        return 130
 
     task = load_task(cfg.data)
     test_ds = task.split("test", n=args.test_n)

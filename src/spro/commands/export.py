@@ -5,7 +5,10 @@
 
 ``--model`` takes what ``spro eval --model`` takes: a run folder (its latest checkpoint), a
 checkpoint or model folder, a ``.gguf`` file, ``warmstart:NAME``. The result loads with
-``AutoModelForCausalLM.from_pretrained(DIR)`` and works as ``model.name_or_path``.
+``AutoModelForCausalLM.from_pretrained(DIR)`` and works as ``model.name_or_path``. An earlier
+model folder at ``--output`` is replaced; a run, a checkpoint, a folder a trainer uses or any
+other folder is refused (``--overwrite`` moves it aside to ``DIR.old-N``;
+``spro.trainer.rundir.check_output_folder``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="A run folder (latest checkpoint), a checkpoint with LoRA adapters, a model folder, a "
                         ".gguf file or warmstart:NAME.")
     parser.add_argument("--output", "-o", required=True, help="Folder to write (model + tokenizer, safetensors).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="If --output holds a run, a checkpoint or other files (not a model folder, which is replaced), "
+                        "move them aside to OUTPUT.old-N first (nothing is deleted); without it such a folder is refused.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="Dtype of the written weights (default float32).")
 
@@ -31,14 +37,24 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from spro.commands.eval import _resolve_model
     from spro.models.loading import load_model, save_model_and_tokenizer
+    from spro.trainer.rundir import check_output_folder
 
     try:
+        check_output_folder(args.output, overwrite=args.overwrite)
         source = _resolve_model(args.model)
         model, tok = load_model(str(source), dtype=args.dtype)  # LoRA adapters merged ("merge" is the default)
         path = save_model_and_tokenizer(model, tok, args.output)
     except ValueError as exc:
         print(f"spro export: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as exc:  # a full disk: one line (the partial folder is removed)
+        from spro.trainer.checkpoint import disk_full_line
+
+        line = disk_full_line(exc, args.output)
+        if line is None:
+            raise
+        print(f"spro export: error: {line}", file=sys.stderr)
+        return 1
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {path} ({type(model).__name__}, {n:,} parameters, from {source})")
     return 0

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "  spro sft -o models/w steps=200 task_kwargs.num_operands=[3,5]\n\nEvery key, with its "
                      "default (without a preset) and help text:\n\n" + "\n".join(describe(SFTConfig, SFTConfig())))
     parser.add_argument("--output", "-o", required=True, help="Folder to save the fine-tuned model + tokenizer (HF format).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="If --output holds a run, a checkpoint or other files (not a model folder, which is replaced), "
+                        "move them aside to OUTPUT.old-N first (nothing is deleted); without it such a folder is refused.")
     parser.add_argument("--preset", choices=sorted(PRESETS) + ["finetune"], default=None,
                         help="Start from this preset's settings; flags and key=value override it. Default: finetune "
                         "(lr 1e-5, batch 8, 100 steps, 256 new tokens) with data and model, weak (a tiny model's "
@@ -73,15 +76,25 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.console import Console
 
+    from spro.trainer.rundir import check_output_folder
     from spro.trainer.sft import sft
 
     console = Console(stderr=True)
     try:
+        check_output_folder(args.output, overwrite=args.overwrite)  # at once, before training
         preset, cfg = resolve_config(args)
         result = sft(cfg, args.output, progress=not args.no_progress)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    except (OSError, RuntimeError) as exc:  # a full disk: one line (the partial folder is removed)
+        from spro.trainer.checkpoint import disk_full_line
+
+        line = disk_full_line(exc, args.output)
+        if line is None:
+            raise
+        console.print(f"[red]error:[/red] {line}")
+        return 1
     last = result.validation[-1] if result.validation else {}
     console.print(
         f"saved {result.path}  (preset {preset}, {result.num_parameters:,} params, {result.seconds:.1f}s, "

@@ -24,7 +24,12 @@ number of processes (each process generates whole groups).
 
 A run folder (output_dir) is used by one trainer at a time (a lock file). A new run into a folder
 that holds a run (checkpoints or logged metrics) stops with an error: resume it with --resume, pick
-another output_dir, or pass --overwrite to move that run aside to OUTPUT_DIR.old-N first.
+another output_dir, or pass --overwrite to move that run aside to OUTPUT_DIR.old-N first. A folder
+with records but no checkpoint yet (stopped before its first save) resumes from step 0.
+
+Ctrl-C (SIGINT) or SIGTERM: the step under way finishes, a checkpoint is saved, the folder is
+released and one line gives the --resume command (exit status 130 / 143); a second one stops at
+once (the checkpoints saved so far are intact).
 
 Override values use YAML syntax (true, 1e-5, null, [a, b], {k: v}); ${key} in a value is the value
 of another key (OmegaConf interpolation, e.g. output_dir=runs/${algorithm.name}). An algorithm of
@@ -82,13 +87,22 @@ def resolve_config(args: argparse.Namespace):
     from spro.config import load_config
 
     if args.resume and not args.config and not args.preset:
-        from spro.trainer.checkpoint import find_checkpoint, read_run_config
+        from spro.trainer.rundir import resume_config_data
 
-        return load_config(overrides=args.overrides, base=read_run_config(find_checkpoint(args.resume)))
+        return load_config(overrides=args.overrides, base=resume_config_data(args.resume))
     return load_config(args.config, args.overrides, preset=args.preset)
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handling (while importing, say): no traceback
+        print("spro train: interrupted; the checkpoints saved so far are kept (resume with --resume OUTPUT_DIR)",
+              file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     from spro.trainer.checkpoint import CheckpointError
     from spro.config import ConfigError, dump_yaml
 
@@ -103,11 +117,24 @@ def run(args: argparse.Namespace) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     from spro.trainer import TrainingDivergedError, train
+    from spro.trainer.checkpoint import DiskFullError, disk_full_line
+    from spro.trainer.signals import TrainingStopped
 
     try:
         out = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ValueError, TrainingDivergedError) as e:  # ConfigError, CheckpointError, RewardFunctionError, ...
+    except (ValueError, TrainingDivergedError, DiskFullError) as e:  # ConfigError, CheckpointError, RewardFunctionError, ...
         print(f"spro train: error: {e}", file=sys.stderr)
+        return 1
+    except TrainingStopped as e:  # SIGINT / SIGTERM: a checkpoint was saved
+        from spro.trainer.signals import say
+
+        say(f"spro train: {e}")
+        return e.exit_code
+    except (OSError, RuntimeError) as e:  # a full disk elsewhere (config.yaml, TensorBoard): one line too
+        line = disk_full_line(e, cfg.output_dir)
+        if line is None:
+            raise
+        print(f"spro train: error: {line}", file=sys.stderr)
         return 1
     print(f"run folder: {out}")
     return 0

@@ -33,9 +33,12 @@ column; dotted names reach into nested dicts); with a ``column_map`` and ``schem
 Bad rows (missing or empty prompt/answer, an answer that cannot be parsed, text that is not
 valid UTF-8, an unreadable JSON line) are, by default, **dropped** (``on_bad_row="drop"``); with
 ``"keep"`` they stay with ``answer = None`` (reward functions score such rows ``None``); with
-``"error"`` the first one raises ``ValueError``. Either way each is reported by its row index in
-the source (a warning per row, up to 20, then a summary) and the counts are recorded in the
-dataset: :func:`get_load_report` reads them back from ``dataset.info.description``.
+``"error"`` the first one raises ``ValueError``. Either way each is reported by where it is in the
+source, 1-based: its line in a ``.jsonl`` / ``.csv`` file (``line 3``; a ``.json`` file of JSON
+lines too), else its row (``row 3``: the 3rd item of a JSON array, a parquet file or a saved
+dataset); a warning per row, up to 20, then a summary; and the counts are recorded in the dataset:
+:func:`get_load_report` reads them back from ``dataset.info.description``. A UTF-8 byte-order mark
+at the start of a file (as Windows editors save) is skipped.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ _MAX_WARNINGS = 20
 
 @dataclasses.dataclass
 class LoadReport:
-    """What :func:`load_prompt_dataset` did. ``bad_rows`` holds ``(source row index, reason)``."""
+    """What :func:`load_prompt_dataset` did. ``bad_rows`` holds ``(line or row number, 1-based, reason)``."""
 
     source: str
     schema: str
@@ -96,36 +99,47 @@ class _BadRow(Exception):
 # ------------------------------------------------------------------------------------------
 # Reading raw rows
 # ------------------------------------------------------------------------------------------
+_BOM = b"\xef\xbb\xbf"
+
+
+class _Line(int):
+    """A position that is a line number of a text file (reported as ``line N``; other positions as ``row N``)."""
+
+
+def _where(pos: int) -> str:
+    return f"line {pos}" if isinstance(pos, _Line) else f"row {pos}"
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Yield (index, row or None, problem) per non-blank line; decode errors are per line."""
+    """Yield (line number, row or None, problem) per non-blank line; decode errors are per line; a UTF-8 BOM at
+    the start is skipped."""
     with open(path, "rb") as f:
-        idx = 0
-        for raw in f:
+        for n, raw in enumerate(f, 1):
+            lineno = _Line(n)
+            if n == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
             if not raw.strip():
                 continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield idx, None, f"not valid UTF-8 ({e.reason} at byte {e.start})"
-                idx += 1
+                yield lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start})"
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                yield idx, None, f"invalid JSON ({e.msg})"
-                idx += 1
+                yield lineno, None, f"invalid JSON ({e.msg})"
                 continue
             if not isinstance(row, dict):
-                yield idx, None, f"a JSON {type(row).__name__}, not an object"
+                yield lineno, None, f"a JSON {type(row).__name__}, not an object"
             else:
-                yield idx, row, None
-            idx += 1
+                yield lineno, row, None
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = None
     if text is not None:
@@ -135,7 +149,7 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: invalid JSON: {e}") from None
-            for i, row in enumerate(data):
+            for i, row in enumerate(data, 1):
                 yield (i, row, None) if isinstance(row, dict) else (i, None, "not a JSON object")
             return
         if stripped.startswith("{"):
@@ -147,20 +161,24 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
                 rows = next((v for k, v in data.items() if k in ("data", "rows", "train") and isinstance(v, list)), None)
                 if rows is None:
                     rows = [data]
-                for i, row in enumerate(rows):
+                for i, row in enumerate(rows, 1):
                     yield (i, row, None) if isinstance(row, dict) else (i, None, "not a JSON object")
                 return
     yield from _read_jsonl(path)
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        for i, row in enumerate(csv.DictReader(f)):
+    """Yield (line number where the record starts, row or None, problem) per record (a BOM is skipped)."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            # the line the record ends on, less the line breaks inside its quoted values
+            lineno = _Line(reader.line_num - sum(v.count("\n") for v in row.values() if isinstance(v, str)))
             bad = [k for k, v in row.items() if isinstance(v, str) and re.search("[\udc80-\udcff]", v)]
             if bad:
-                yield i, None, f"not valid UTF-8 in column(s) {', '.join(map(str, bad))}"
+                yield lineno, None, f"not valid UTF-8 in column(s) {', '.join(map(str, bad))}"
             else:
-                yield i, {k: v for k, v in row.items() if k is not None}, None
+                yield lineno, {k: v for k, v in row.items() if k is not None}, None
 
 
 def _read_hf(ds: Any, split: str | None, where: str) -> tuple[Iterator[tuple[int, dict | None, str | None]], str | None]:
@@ -173,7 +191,7 @@ def _read_hf(ds: Any, split: str | None, where: str) -> tuple[Iterator[tuple[int
         ds, read = ds[split], split
     else:
         read = None
-    return ((i, row, None) for i, row in enumerate(ds)), read
+    return ((i, row, None) for i, row in enumerate(ds, 1)), read
 
 
 def _raw_rows(source: str | os.PathLike, split: str | None
@@ -443,10 +461,10 @@ def load_prompt_dataset(
                 problem = str(e)
         assert problem is not None
         if on_bad_row == "error":
-            raise ValueError(f"{where}: row {idx}: {problem}")
-        bad.append((idx, problem))
+            raise ValueError(f"{where}: {_where(idx)}: {problem}")
+        bad.append((int(idx), problem))
         if len(bad) <= _MAX_WARNINGS:
-            warnings.warn(f"{where}: row {idx}: {problem}; "
+            warnings.warn(f"{where}: {_where(idx)}: {problem}; "
                           + ("dropped" if on_bad_row == "drop" else "kept with answer None"), stacklevel=2)
         if on_bad_row == "keep":
             kept: dict[str, Any] = {"prompt": "", "answer": None}

@@ -221,7 +221,7 @@ def check_prompt_lengths(ds: Any, prompts: list[str], tokenizer: Any, context: i
     if long_prompts == "error":
         i = bad[0]
         raise ConfigError(
-            f"data ({split} split), row {i}: the prompt has {lens[i]} tokens, and with rollout.max_new_tokens="
+            f"data ({split} split), row {i + 1}: the prompt has {lens[i]} tokens, and with rollout.max_new_tokens="
             f"{max_new_tokens} that exceeds the model's context of {context} tokens ({len(bad)} such prompt(s)); "
             f"shorten them, lower max_new_tokens or set data.long_prompts=drop"
         )

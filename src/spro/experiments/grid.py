@@ -7,6 +7,12 @@ Every (variant, seed) run gets the same base config (file / preset / overrides) 
 skipped; one with an earlier checkpoint is resumed from it; otherwise it starts afresh (what an
 attempt that died before its first checkpoint logged is moved aside to ``seed<k>.old-N``). So an
 interrupted comparison continues where it stopped when the same command is run again.
+
+The trainers are child processes in sessions of their own that die with the parent: on Linux the
+kernel sends each SIGTERM when the grid's process ends however it ends (``PR_SET_PDEATHSIG``), and a
+trainer stops on SIGTERM after saving a checkpoint (``spro.trainer.signals``). Ctrl-C reaches the grid
+only: it prints one line, sends SIGTERM to every trainer and waits for their checkpoints (a second
+Ctrl-C kills them at once), then raises :class:`GridInterrupted`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +29,56 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+class GridInterrupted(RuntimeError):
+    """Ctrl-C stopped the grid; its trainers saved checkpoints (the line saying so was logged already)."""
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when its parent ends (Linux ``PR_SET_PDEATHSIG``)."""
+
+    def setup() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent ended before the request took effect
+            os._exit(143)
+
+    return setup
+
+
+def spawn_trainer(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen(cmd)`` for a trainer: a session of its own (Ctrl-C at the terminal reaches only the
+    parent, which stops the trainers itself) and SIGTERM when the parent ends. A trainer writing to the parent's
+    terminal (no ``stderr`` given) prints no stop messages of its own (``SPRO_STOP_QUIET=1``): the parent's line
+    says it all."""
+    env = dict(kwargs.pop("env", None) or os.environ)
+    if kwargs.get("stderr") is None:
+        env["SPRO_STOP_QUIET"] = "1"
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent(os.getpid()), **kwargs)
+
+
+def stop_trainers(procs: Sequence[subprocess.Popen], log: Callable[[str], None], what: str) -> None:
+    """SIGTERM to each running trainer (each saves a checkpoint and stops), one line through ``log``, and wait for
+    them; a second Ctrl-C while waiting kills them at once."""
+    alive = [p for p in procs if p.poll() is None]
+    for p in alive:
+        p.send_signal(signal.SIGTERM)
+    log(f"{what}: stopping {len(alive)} training run(s), each after saving a checkpoint; run the same command again "
+        "to resume (Ctrl-C again: stop them at once)")
+    try:
+        for p in alive:
+            p.wait()
+    except KeyboardInterrupt:
+        for p in alive:
+            if p.poll() is None:
+                p.kill()
+        for p in alive:
+            p.wait()
 
 
 @dataclass
@@ -90,8 +147,13 @@ def _train_command(cfg, run_dir: Path, *, resume: bool) -> list[str]:
 
 
 def train_in_subprocess(cfg, run_dir: Path, *, resume: bool) -> None:
-    """Run ``spro train`` on ``cfg`` in a fresh Python process and wait for it."""
-    rc = subprocess.call(_train_command(cfg, run_dir, resume=resume))
+    """Run ``spro train`` on ``cfg`` in a fresh Python process and wait for it (Ctrl-C: it saves and stops)."""
+    proc = spawn_trainer(_train_command(cfg, run_dir, resume=resume))
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        stop_trainers([proc], print, "interrupted")
+        raise GridInterrupted(f"interrupted; {run_dir} saved a checkpoint") from None
     if rc != 0:
         raise RuntimeError(f"training run {run_dir} failed (exit status {rc}); its last checkpoint is kept, "
                            "run the same command again to resume")
@@ -182,26 +244,33 @@ def run_grid(
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     running: list[tuple[str, Path, subprocess.Popen, float, Any]] = []
     failures = []
-    while todo or running:
-        while todo and len(running) < jobs:
-            head, run_dir, cfg, status, step = todo.pop(0)
-            log(f"{head}: " + (f"resuming from step {step}" if status == "partial" else f"training {cfg.total_steps} steps")
-                + f" -> {run_dir}")
-            cmd = _train_command(cfg, run_dir, resume=status == "partial")
-            out = open(run_dir / "output.log", "a") if jobs > 1 else None
-            running.append((head, run_dir, subprocess.Popen(cmd, env=env, stdout=out, stderr=out), time.time(), out))
-        time.sleep(0.2)
-        for item in [r for r in running if r[2].poll() is not None]:
-            running.remove(item)
-            head, run_dir, proc, t0, out = item
-            if out is not None:
-                out.close()
-            if proc.returncode == 0:
-                log(f"{head}: finished in {time.time() - t0:.0f} s")
-            else:
-                where = f"; see {run_dir / 'output.log'}" if out is not None else ""
-                log(f"{head}: FAILED (exit status {proc.returncode}){where}")
-                failures.append(f"{run_dir} (exit status {proc.returncode}){where}")
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                head, run_dir, cfg, status, step = todo.pop(0)
+                log(f"{head}: " + (f"resuming from step {step}" if status == "partial" else
+                                   f"training {cfg.total_steps} steps") + f" -> {run_dir}")
+                cmd = _train_command(cfg, run_dir, resume=status == "partial")
+                out = open(run_dir / "output.log", "a") if jobs > 1 else None
+                running.append((head, run_dir, spawn_trainer(cmd, env=env, stdout=out, stderr=out), time.time(), out))
+            time.sleep(0.2)
+            for item in [r for r in running if r[2].poll() is not None]:
+                running.remove(item)
+                head, run_dir, proc, t0, out = item
+                if out is not None:
+                    out.close()
+                if proc.returncode == 0:
+                    log(f"{head}: finished in {time.time() - t0:.0f} s")
+                else:
+                    where = f"; see {run_dir / 'output.log'}" if out is not None else ""
+                    log(f"{head}: FAILED (exit status {proc.returncode}){where}")
+                    failures.append(f"{run_dir} (exit status {proc.returncode}){where}")
+    except KeyboardInterrupt:
+        stop_trainers([r[2] for r in running], log, "interrupted")
+        for r in running:
+            if r[4] is not None:
+                r[4].close()
+        raise GridInterrupted(f"interrupted with {len(running)} run(s) under way and {len(todo)} not started") from None
     root.mkdir(parents=True, exist_ok=True)
     (root / "runs.json").write_text(json.dumps({k: [str(p) for p in v] for k, v in runs.items()}, indent=1))
     if failures:

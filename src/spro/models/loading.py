@@ -94,10 +94,14 @@ def save_model_and_tokenizer(
 ) -> Path:
     """Save both to ``path`` atomically: write into a temporary sibling folder, then rename.
 
-    ``extra_files`` maps file names to text written alongside. An existing ``path`` is replaced
-    (moved aside, then deleted after the rename).
+    ``extra_files`` maps file names to text written alongside. An existing model folder at ``path`` is
+    replaced (moved aside, then deleted after the rename); a folder holding a run, a checkpoint or other
+    files is refused (``spro.trainer.rundir.check_output_folder``).
     """
+    from spro.trainer.rundir import check_output_folder
+
     path = Path(path)
+    check_output_folder(path, flag="output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

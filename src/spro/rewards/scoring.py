@@ -8,21 +8,35 @@ None means "not applicable"); None when no function gave a value. Such a respons
 correct when the value of the accuracy reward is ``>= correct_threshold``.
 
 Failures are visible. A function that raises on the batch is called again response by response;
-the responses it still raises on get None. A function of your own (anything not defined in
-spro, whose rewards carry their own limits) runs in a worker thread with a time limit per call
-(``timeout``, ``data.reward_timeout``); on time-out its responses get None (a call that never
-returns keeps its thread, a daemon, until it does). Both are counted (``reward/errors``,
-``reward/timeouts``) and reported with a :class:`RewardWarning` naming the function, the count
-and the first error message: at the first failure of each function, and again each time the
-share of a call's responses that fail is at least double the share last reported.
+the responses it still raises on get None. Any exception counts, ``SystemExit`` and other
+``BaseException`` included (named in the message); raising on every response is an error.
+
+Functions of your own (anything not defined in spro, whose rewards carry their own limits) run,
+with a time limit ``timeout`` (``data.reward_timeout``; 0 = none, in this process), in a worker
+process forked once (:class:`_Worker`, it inherits the functions: closures work) and reused call
+after call; a call that does not return in time is stopped by killing that process (a new one is
+forked for the next call), and its responses get None. The cost per call is bounded: at most
+``timeout`` for the batch, and ``timeout`` more for the response-by-response retry after the batch
+raised. (A function's side effects, e.g. a counter it keeps, happen in the worker, not in the
+caller.) Errors and time-outs are counted (``reward/errors``, ``reward/timeouts``) and reported with
+a :class:`RewardWarning` naming the function, the count and the first error message: at the first
+failure of each function, and again each time the share of a call's responses that fail is at least
+double the share last reported.
+
+A function that times out on every response of a call, or a call after which no response has a
+value from any function (every function returned None: a run would train on reward 0), is an error
+(:class:`RewardFunctionError`) once that has happened ``Scorer.grace`` (3) calls in a row.
 """
 
 from __future__ import annotations
 
-import threading
+import multiprocessing
+import os
+import signal
+import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -37,10 +51,6 @@ class RewardWarning(UserWarning):
     """A reward function raised on some responses or did not return in time."""
 
 
-class _Timeout(Exception):
-    pass
-
-
 @dataclass
 class _Health:
     """What went wrong with one reward function so far in this Scorer's life (a run)."""
@@ -50,6 +60,7 @@ class _Health:
     timeouts: int = 0
     first_error: str | None = None
     reported_rate: float = 0.0  # the failing share of a call at the last warning (0: none yet)
+    empty_calls: int = 0  # calls in a row in which it timed out on every response
 
 
 @dataclass
@@ -113,6 +124,10 @@ class Scorer:
         self.acc_index = names.index(acc_name)
         self.correct_threshold = correct_threshold
         self._warned_unscored = False
+        self._worker: _Worker | None = None
+        self._unscored_calls = 0  # calls in a row after which no response had a value
+
+    grace = 3  # calls in a row that a function may time out on every response (or none be scored) before an error
 
     @classmethod
     def of(cls, reward: Scorer | Callable[..., Any]) -> Scorer:
@@ -153,6 +168,7 @@ class Scorer:
         for rf in self.rewards:
             values, n_err, n_timeout, message = self._call(rf, prompts, completions, columns)
             self._report(rf, B, n_err, n_timeout, message)
+            self._strike(rf, B, n_timeout, message)
             errors, timeouts = errors + n_err, timeouts + n_timeout
             per_function.update(_mean_std(rf.name, values))
             columns_of_values.append(values)
@@ -162,11 +178,18 @@ class Scorer:
             if v is not None:
                 total[i], scored[i] = v, True
         nones = sum(v is None for vals in columns_of_values for v in vals)
+        self._unscored_calls = self._unscored_calls + 1 if B and not scored.any() else 0
+        if self._unscored_calls >= self.grace:
+            raise RewardFunctionError(
+                f"data.rewards: no response got a value from any reward function ({', '.join(r.name for r in self.rewards)}) "
+                f"in {self._unscored_calls} calls in a row ({B} responses in the last; every function returned None, "
+                "raised or timed out): training would go on with reward 0. Check the functions (and the columns they "
+                "read, e.g. answer) on a few rows of your data")
         unscored = B - int(scored.sum())
         if unscored and not self._warned_unscored:  # once per run (reward/none_frac counts every step)
             self._warned_unscored = True
-            warnings.warn(f"{unscored} of {B} responses could not be scored (a reward function gave None for them: "
-                          f"cannot be judged); they train with reward 0 (Scores.scored is False for them; metric reward/none_frac)",
+            warnings.warn(f"{unscored} of {B} responses could not be scored (no reward function gave a value for them); "
+                          "they train with reward 0 (Scores.scored is False for them; metric reward/none_frac)",
                           RewardWarning, stacklevel=2)
         stats = {"reward/errors": float(errors), "reward/timeouts": float(timeouts),
                  "reward/none_frac": nones / max(B * len(self.rewards), 1)}
@@ -184,58 +207,61 @@ class Scorer:
         not retried). Raising on every response, or returning a wrong type / count / NaN, raises
         :class:`RewardFunctionError` naming the function.
         """
-        from spro.rewards import RewardError
-
         B = len(completions)
-        try:
-            return self._limited(rf, prompts, completions, columns), 0, 0, None
-        except _Timeout as e:
-            return [None] * B, 0, B, str(e)
-        except RewardError as batch_exc:
-            first_error = str(batch_exc)
-            raised = batch_exc.__cause__ is not None and not isinstance(batch_exc.__cause__, RewardError)
-            if not raised:
-                raise RewardFunctionError(f"data.rewards '{rf.name}': {batch_exc}") from None
+        runner = self._worker_for(rf) or _InProcess(rf.fn)
+        index = self.rewards.index(rf)
+        late = (f"reward function '{rf.name}' did not return within {self.timeout:g} s (data.reward_timeout); its "
+                "worker process was stopped")
+        got = runner.batch(index, prompts, completions, columns, self.timeout)
+        if got is None:
+            return [None] * B, 0, B, late
+        kind, out = got
+        if kind == "invalid":
+            raise RewardFunctionError(f"data.rewards '{rf.name}': {out}")
+        if kind == "ok":
+            return out, 0, 0, None
+        first_error = out
         values: list[float | None] = []
-        errors = timeouts = 0
-        for i in range(B):
-            try:
-                values.append(self._limited(rf, prompts[i : i + 1], completions[i : i + 1],
-                                            {c: col[i : i + 1] for c, col in columns.items()})[0])
-            except _Timeout:
-                values.append(None)
-                timeouts += 1
-            except RewardError as e:
-                if e.__cause__ is None or isinstance(e.__cause__, RewardError):
-                    raise RewardFunctionError(f"data.rewards '{rf.name}': {e}") from None
-                values.append(None)
-                errors += 1
+        errors = 0
+        for kind, v in runner.rows(index, prompts, completions, columns, self.timeout):
+            if kind == "invalid":
+                runner.stop()  # (the rest of its answers would be read as the next call's)
+                raise RewardFunctionError(f"data.rewards '{rf.name}': {v}")
+            values.append(v[0] if kind == "ok" else None)
+            errors += kind != "ok"
+        timeouts = B - len(values)
+        values += [None] * timeouts
         if errors == B:
             raise RewardFunctionError(f"data.rewards '{rf.name}' raised on every response: {first_error}")
-        return values, errors, timeouts, first_error
+        return values, errors, timeouts, first_error if errors or not timeouts else late
 
-    def _limited(self, rf: WeightedReward, prompts: list, completions: list[str], columns: dict) -> list[float | None]:
-        """``call_reward``, in a worker thread with the time limit for a function of your own."""
-        from spro.rewards import call_reward
+    def _worker_for(self, rf: WeightedReward) -> _Worker | None:
+        """The worker process of the functions of your own (None: this one runs here: spro's, or no time limit)."""
+        if not self.timeout or getattr(rf.fn, "__module__", "").startswith("spro.") or not _Worker.available():
+            return None
+        if self._worker is None:
+            self._worker = _Worker([r.fn for r in self.rewards])
+        return self._worker
 
-        if not self.timeout or getattr(rf.fn, "__module__", "").startswith("spro."):
-            return call_reward(rf.fn, prompts, completions, **columns)
-        box: dict[str, Any] = {}
+    def close(self) -> None:
+        """End the worker process (also done when the Scorer is garbage-collected or the process exits)."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
 
-        def run() -> None:
-            try:
-                box["values"] = call_reward(rf.fn, prompts, completions, **columns)
-            except BaseException as e:  # handed to the calling thread
-                box["error"] = e
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
-        worker = threading.Thread(target=run, name=f"spro-reward-{rf.name}", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
-            raise _Timeout(f"reward function '{rf.name}' did not return within {self.timeout:g} s (data.reward_timeout)")
-        if "error" in box:
-            raise box["error"]
-        return box["values"]
+    def _strike(self, rf: WeightedReward, rows: int, timeouts: int, message: str | None) -> None:
+        """Count the calls in a row in which ``rf`` timed out on every response; an error at ``grace`` of them."""
+        h = self.health[rf.name]
+        h.empty_calls = h.empty_calls + 1 if rows and timeouts == rows else 0
+        if h.empty_calls >= self.grace:
+            raise RewardFunctionError(f"data.rewards '{rf.name}' timed out on every response in {h.empty_calls} calls "
+                                      f"in a row: {message}. Make it faster, or raise data.reward_timeout")
 
     def _report(self, rf: WeightedReward, rows: int, errors: int, timeouts: int, message: str | None) -> None:
         """Count a call's failures and warn at the first one and whenever the failing share doubles."""
@@ -252,6 +278,160 @@ class Scorer:
             f"({errors} raised, {timeouts} timed out); {again}{h.errors} raised and {h.timeouts} timed out of {h.rows} "
             f"responses so far. These responses count as None (metrics reward/errors, reward/timeouts). First error: "
             f"{h.first_error}", RewardWarning, stacklevel=3)
+
+
+def _attempt(fn: Callable[..., Any], prompts: list, completions: list[str], columns: dict
+             ) -> tuple[str, Any]:
+    """``call_reward`` as ``("ok", values)``, ``("raised", message)`` (the function raised anything, SystemExit
+    included) or ``("invalid", message)`` (it returned a wrong type, count or NaN). A KeyboardInterrupt is passed on
+    in the main thread (Ctrl-C) and counted as raised elsewhere (in a worker)."""
+    from spro.rewards import RewardError, call_reward
+
+    try:
+        return "ok", call_reward(fn, prompts, completions, **columns)
+    except RewardError as e:
+        raised = e.__cause__ is not None and not isinstance(e.__cause__, RewardError)
+        return ("raised" if raised else "invalid"), str(e)
+    except KeyboardInterrupt:
+        if os.getpid() == _MAIN_PID:
+            raise
+        return "raised", f"reward function {_fn_name(fn)} raised KeyboardInterrupt"
+    except BaseException as e:  # SystemExit, GeneratorExit, ...: user code may not end the run
+        return "raised", f"reward function {_fn_name(fn)} raised {type(e).__name__}: {e}"
+
+
+_MAIN_PID = os.getpid()
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: the kernel kills this process when its parent ends (PR_SET_PDEATHSIG); elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(fns: list[Callable[..., Any]], conn: Any) -> None:
+    """The worker's loop: ``(index, mode, prompts, completions, columns)`` jobs in, results out (see _Worker)."""
+    global _MAIN_PID
+    _MAIN_PID = -1  # (a KeyboardInterrupt here comes from the function: counted, not passed on)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    _set_parent_death_signal()
+    while True:
+        try:
+            index, mode, prompts, completions, columns = conn.recv()
+        except (EOFError, OSError):
+            return
+        fn = fns[index]
+        if mode == "batch":
+            conn.send(_attempt(fn, prompts, completions, columns))
+            continue
+        for i in range(len(completions)):
+            conn.send(_attempt(fn, prompts[i : i + 1], completions[i : i + 1],
+                               {c: col[i : i + 1] for c, col in columns.items()}))
+
+
+class _Worker:
+    """A forked process that calls the reward functions of one Scorer, stopped (killed) when a call overruns.
+
+    Forked lazily at the first call, it inherits the functions (no pickling: closures and lambdas work) and
+    serves call after call; after a kill the next call forks a new one. Each call: the batch, and when it
+    raised, its responses one by one, each part within ``timeout`` seconds.
+    """
+
+    def __init__(self, fns: list[Callable[..., Any]]) -> None:
+        self.fns = fns
+        self.proc: Any = None
+        self.conn: Any = None
+
+    @staticmethod
+    def available() -> bool:
+        return "fork" in multiprocessing.get_all_start_methods()
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        with warnings.catch_warnings():  # (forking a process with threads: the worker runs only the functions)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.proc = ctx.Process(target=_worker_main, args=(self.fns, child), name="spro-reward-worker", daemon=True)
+            self.proc.start()
+        child.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join()
+            self.conn.close()
+        self.proc = self.conn = None
+
+    def _recv(self, deadline: float, index: int) -> Any:
+        """The next result; ``("raised", why)`` when the worker ended (the function called exit, crashed, ...); None
+        when ``deadline`` passed (the worker is killed)."""
+        if self.conn.poll(max(deadline - time.monotonic(), 0.0)):
+            try:
+                return self.conn.recv()
+            except (EOFError, OSError):
+                self.proc.join()
+                code = self.proc.exitcode
+                self.stop()
+                return "died", (f"reward function {_fn_name(self.fns[index])} ended its worker process (exit code "
+                                 f"{code})")
+        self.stop()
+        return None
+
+    def _send(self, job: tuple) -> None:
+        if self.proc is None or not self.proc.is_alive():
+            self.stop()
+            self._start()
+        self.conn.send(job)
+
+    def batch(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Any:
+        """``_attempt`` of function ``index`` on the batch in the worker; None when it did not return in time."""
+        self._send((index, "batch", list(prompts), list(completions), columns))
+        return self._recv(time.monotonic() + timeout, index)
+
+    def rows(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Iterator:
+        """``_attempt`` of function ``index`` on each response in turn, all within ``timeout``; stops early at the
+        time-out (the worker is killed). A worker that ends is replaced for the responses after."""
+        deadline, done = time.monotonic() + timeout, 0
+        while done < len(completions):
+            self._send((index, "rows", list(prompts[done:]), list(completions[done:]),
+                        {c: col[done:] for c, col in columns.items()}))
+            for _ in range(done, len(completions)):
+                got = self._recv(deadline, index)
+                if got is None:
+                    return
+                done += 1
+                yield got
+                if got[0] == "died":
+                    break
+
+
+class _InProcess:
+    """Calls one function in this process, without a time limit (spro's own rewards, or ``timeout=0``)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def batch(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Any:
+        return _attempt(self.fn, prompts, completions, columns)
+
+    def rows(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Iterator:
+        for i in range(len(completions)):
+            yield _attempt(self.fn, prompts[i : i + 1], completions[i : i + 1],
+                           {c: col[i : i + 1] for c, col in columns.items()})
+
+    def stop(self) -> None:
+        pass
+
+
+def _fn_name(fn: Callable[..., Any]) -> str:
+    from spro.rewards import _fn_name as name
+
+    return name(fn)
 
 
 def _mean_std(name: str, values: list[float | None]) -> dict[str, float | None]:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from spro.config import ConfigError, TrainConfig, flatten, to_dict
-from spro.trainer.rundir import read_records
+from spro.trainer.checkpoint import disk_full_error, is_disk_full
+from spro.trainer.rundir import check_records, read_records
 
 __all__ = ["RunLogger", "clean_float", "step_line"]
 
@@ -35,7 +36,7 @@ class RunLogger:
     Records are appended; nothing is deleted on a fresh start (the trainer never starts one over a run:
     ``spro.trainer.rundir``). On resume from the checkpoint of ``resume_step``, the records the interrupted
     run wrote after it are dropped (they are written again), as is a torn last line; the file is replaced
-    atomically.
+    atomically. ``resume_step=-1``: a run folder without a checkpoint, whose records are all written again.
     """
 
     def __init__(self, cfg: TrainConfig, out: Path, *, enabled: bool, resume_step: int | None) -> None:
@@ -50,17 +51,26 @@ class RunLogger:
         for name in ("metrics.jsonl", "eval.jsonl", "completions.jsonl"):
             path = out / name
             if resume_step is not None and path.exists():
+                lines = read_records(path, after=resume_step)
+                if name == "metrics.jsonl":
+                    check_records(path, lines, resume_step)
                 tmp = path.with_name(f".{name}.tmp")
-                tmp.write_text("".join(line + "\n" for line in read_records(path, after=resume_step)))
-                os.replace(tmp, path)
+                try:
+                    tmp.write_text("".join(line + "\n" for line in lines))
+                    os.replace(tmp, path)
+                except BaseException as e:
+                    tmp.unlink(missing_ok=True)  # no stray file
+                    if isinstance(e, OSError) and is_disk_full(e, out, len("".join(lines)) + 2**20):
+                        raise disk_full_error(out, len("".join(lines)) + 2**20, e) from e
+                    raise
         self.metrics_f = open(out / "metrics.jsonl", "a")
         self.eval_f = open(out / "eval.jsonl", "a")
         self.comp_f = open(out / "completions.jsonl", "a") if cfg.logging.log_completions else None
         if resume_step is None:
             (out / "train.log").unlink(missing_ok=True)
         self.log_f = open(out / "train.log", "a")
-        if resume_step is not None:
-            self.log_f.write(f"resumed after step {resume_step}\n")
+        if resume_step is not None:  # (-1: a run folder without a checkpoint, started again from step 0)
+            self.log_f.write(f"resumed after step {resume_step}\n" if resume_step >= 0 else "started again from step 0\n")
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -77,8 +87,14 @@ class RunLogger:
             )
 
     def _write(self, f: Any, record: dict) -> None:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+        line = json.dumps(record) + "\n"
+        try:
+            f.write(line)
+            f.flush()
+        except OSError as e:
+            if is_disk_full(e, self.out, 2**20):
+                raise disk_full_error(self.out, len(line), e) from e
+            raise
         step = record["step"]
         for k, v in record.items():
             if k == "step" or v is None or not isinstance(v, (int, float)):
@@ -140,7 +156,10 @@ class RunLogger:
             return
         for f in (self.metrics_f, self.eval_f, self.comp_f, self.log_f):
             if f is not None:
-                f.close()
+                try:
+                    f.close()
+                except OSError:  # (a full disk: its last write failed already, and was reported)
+                    pass
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:

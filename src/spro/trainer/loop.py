@@ -46,10 +46,11 @@ from spro.models.policy import load_policy, load_reference
 from spro.rewards.scoring import RewardFunctionError, Scorer
 from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
+from spro.trainer import signals
 from spro.trainer.diagnostics import ProcessDiagnostics
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, step_metrics
-from spro.trainer.rundir import check_run_folder, config_for_resume, on_main, open_run_folder
+from spro.trainer.rundir import check_run_folder, on_main, open_run_folder, resume_point
 from spro.trainer.steps import Round, Step, batch_sizes, combine, first_groups, groups_kept
 from spro.trainer.warmstart import resolve_model
 
@@ -73,16 +74,15 @@ class Trainer:
                  **algorithm_state: Any) -> None:
         from accelerate import Accelerator
 
-        self.resume_ckpt = ckpt_lib.find_checkpoint(resume) if resume else None
-        if self.resume_ckpt is not None:  # (its config, written into the checkpoint's run folder)
-            config = config_for_resume(self.resume_ckpt, config, resume)
+        # (its config, written into the checkpoint's run folder; no checkpoint yet: from step 0 in that folder)
+        self.resume_ckpt, config = resume_point(resume, config)
         if config is None:
             raise ConfigError("train() needs a TrainConfig (or resume= a checkpoint)")
         self.cfg = cfg = config
         self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
         self.rank, self.world, self.is_main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
         self.out, self.run_lock = Path(cfg.output_dir), None
-        run = dict(resume=self.resume_ckpt is not None, overwrite=overwrite)
+        run = dict(resume=bool(resume), overwrite=overwrite)
         on_main(self.acc, lambda: check_run_folder(self.out, **run))  # at once, before the models load
 
         self._setup_algorithm()
@@ -94,7 +94,7 @@ class Trainer:
         self.run_lock = on_main(self.acc, lambda: open_run_folder(self.out, **run))  # held until close()
         try:
             self.logger = RunLogger(cfg, self.out, enabled=self.is_main,
-                                    resume_step=self.step if self.resume_ckpt else None)
+                                    resume_step=self.step if self.resume_ckpt else -1 if resume else None)
             if self.is_main:
                 save_yaml(cfg, self.out / "config.yaml")
         except BaseException:
@@ -180,6 +180,8 @@ class Trainer:
         """Let another trainer use the run folder (``train`` calls it at the end)."""
         if self.run_lock is not None:
             self.run_lock.release()
+        if getattr(self, "scorer", None) is not None:
+            self.scorer.close()  # (its worker process, if any; a later call starts a new one)
 
     # ------------------------------------------------------------------------------ the stages
 
@@ -426,6 +428,8 @@ class Trainer:
                 self.logger.log_eval(ev)
                 self.logger.print_eval(ev, echo=bar is None)
             while self.step < cfg.total_steps:
+                if (signum := signals.requested(self.acc)) is not None:  # SIGINT / SIGTERM: save, then stop
+                    raise signals.stop_run(self, signum)
                 metrics = self.train_step()
                 self.logger.log_metrics({k: (clean_float(v) if isinstance(v, float) else v) for k, v in metrics.items()})
                 self.logger.print_step(metrics, echo=bar is None)
@@ -462,5 +466,9 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     (``spro.trainer.rundir``). ``reward_funcs``: ``{name: fn}`` used instead of looking the names of
     ``config.data.rewards`` up in ``spro.rewards``. Other keyword arguments go to the algorithm's
     ``setup`` hook (PRIME: ``prm=``, a process reward model of your own).
+
+    SIGINT / SIGTERM stop the run after the step under way, with a checkpoint, raising
+    ``spro.trainer.signals.TrainingStopped`` (a second signal ends the process at once).
     """
-    return Trainer(config, resume=resume, overwrite=overwrite, reward_funcs=reward_funcs, **algorithm_state).train()
+    with signals.stop_on_signals():
+        return Trainer(config, resume=resume, overwrite=overwrite, reward_funcs=reward_funcs, **algorithm_state).train()
