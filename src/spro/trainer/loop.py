@@ -38,6 +38,7 @@ from spro.models.logprobs import logps_no_grad, sequence_logps
 from spro.models.passes import eval_mode, has_dropout
 from spro.models.policy import load_policy, load_reference
 from spro.rewards.scoring import RewardFunctionError, Scorer
+from spro.rewards.trl_style import check_configured_rewards, check_scorer_columns, reward_columns, trainer_state
 from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer.diagnostics import ProcessDiagnostics
@@ -84,6 +85,7 @@ class Trainer:
         self.G = r.num_generations
         self.local_prompts, self.local_batch, self.mini, self.micro = batch_sizes(cfg, self.world)
         self.algorithm = resolve_algorithm(a.name, a.options)
+        check_configured_rewards(cfg.data, reward_funcs)  # (before the models load)
         # one optimizer step per batch (of one round): the training forward pass doubles as the pi_old pass
         # (models without dropout: set below)
         self.on_policy = (a.ppo_epochs == 1 and self.mini == self.local_batch and a.grad_accum_steps == 1
@@ -110,6 +112,7 @@ class Trainer:
         self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
         self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
+        check_scorer_columns(self.scorer, self.columns)
         self.diagnostics = ProcessDiagnostics(load_task(cfg), self.tok) if cfg.logging.diagnostics else None
         if self.is_main:
             print(f"spro: {data.summary}", file=sys.stderr, flush=True)
@@ -174,12 +177,16 @@ class Trainer:
         self.cursor += P
         return rows, self.backend.generate([self.train_prompts[i] for i in rows], self.G)
 
-    def score(self, rows: list[int], completions: list[str]):
-        """``Scores`` of the G responses of each dataset row in ``rows``."""
+    def score(self, rows: list[int], completions: list[str], batch: RolloutBatch | None = None):
+        """``Scores`` of the G responses of each dataset row in ``rows`` (``batch``: their rollout, for the
+        reward functions' ``completion_ids``)."""
         sub = self.train_ds.select(rows)
         prompts = [p for p in sub["prompt"] for _ in range(self.G)]
         columns = {c: [v for v in sub[c] for _ in range(self.G)] for c in self.columns}
-        return self.scorer(prompts, completions, columns)
+        ids = None if batch is None else [r[m.bool()].tolist() for r, m in zip(batch.completion_ids.cpu(),
+                                                                               batch.completion_mask.cpu())]
+        state = trainer_state(self.step + 1, self.cfg.total_steps, epoch=self.cursor / len(self.train_ds))
+        return self.scorer(prompts, completions, {**columns, **reward_columns(ids, state, len(completions))})
 
     def logprobs(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple | None]:
         """``(log pi_old, entropy, log pi_ref or None, fused)`` of the batch's responses, each ``[B, T]``."""
@@ -211,7 +218,7 @@ class Trainer:
         t0 = time.perf_counter()
         rows, batch = self.rollout()
         times["time/rollout"] += time.perf_counter() - t0
-        scores = self.score(rows, batch.completions)
+        scores = self.score(rows, batch.completions, batch)
         t0 = time.perf_counter()
         old_logp, entropy, ref_logp, fused = self.logprobs(batch)
         times["time/logprob"] += time.perf_counter() - t0
@@ -348,6 +355,9 @@ class Trainer:
                                                  batch_size=self.cfg.rollout.eval_batch_size)
         comps = [t[0] for t in texts]
         cols = {c: list(sub[c]) for c in sub.column_names if c != "prompt"}
+        # completion_ids of the greedy texts, tokenized again (generate_completions returns text)
+        ids = self.tok(comps, add_special_tokens=False)["input_ids"] if comps else []
+        cols.update(reward_columns(ids, trainer_state(self.step, self.cfg.total_steps), len(comps)))
         correct = self.scorer(prompts, comps, cols).correct if comps else torch.zeros(0)
         sums = torch.tensor([float(correct.sum()), float(len(comps)), float(sum(l[0] for l in lengths))],
                             device=self.acc.device)
