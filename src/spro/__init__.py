@@ -20,6 +20,8 @@ import warnings
 
 __version__ = "0.2.0"
 
+from spro.api import train  # noqa: E402  (the Python API: spro.train(model=..., reward_funcs=..., train_dataset=...))
+
 # old module name -> new module name (0.1 -> 0.2 layout)
 MOVED_MODULES = {
     "spro.advantages": "spro.algorithms.compat",

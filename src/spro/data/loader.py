@@ -141,13 +141,15 @@ class TrainingData:
     summary: str
 
 
-def training_data(cfg: Any, tokenizer: Any, context: int | None) -> TrainingData:
-    """:func:`load_datasets`, prompts checked against the model's ``context`` (:func:`check_prompt_lengths`) and
-    :func:`reward_specs`."""
+def training_data(cfg: Any, tokenizer: Any, context: int | None, datasets: tuple[Any, Any] | None = None
+                  ) -> TrainingData:
+    """:func:`load_datasets` (or ``datasets``, ``(train, eval or None)`` given as ``datasets.Dataset`` objects by
+    the Python API, used as they are), prompts checked against the model's ``context``
+    (:func:`check_prompt_lengths`) and :func:`reward_specs`."""
     from spro.data.prompts import render_prompt
 
     d, max_new = cfg.data, cfg.rollout.max_new_tokens
-    train, evals = load_datasets(cfg)
+    train, evals = load_datasets(cfg) if datasets is None else given_datasets(*datasets)
     train, prompts = check_prompt_lengths(train, [render_prompt(tokenizer, p) for p in train["prompt"]], tokenizer,
                                           context, max_new, d.long_prompts, "train")
     if evals is not None:
@@ -156,7 +158,25 @@ def training_data(cfg: Any, tokenizer: Any, context: int | None) -> TrainingData
     if len(train) == 0:
         raise ConfigError("the training set is empty")
     specs, note = reward_specs(d, train)
-    return TrainingData(train, prompts, evals, specs, f"data {describe_datasets(d, train, evals)}; {note}")
+    what = describe_datasets(d, train, evals) if datasets is None else (
+        f"train_dataset ({len(train)} prompts; " + (f"eval_dataset: {len(evals)})" if evals is not None
+                                                    else "no evaluation)"))
+    return TrainingData(train, prompts, evals, specs, f"data {what}; {note}")
+
+
+def given_datasets(train: Any, evals: Any) -> tuple[Any, Any]:
+    """``(train, eval)`` given to the Python API, checked: each has a ``prompt`` column and rows."""
+    for name, ds in (("train_dataset", train), ("eval_dataset", evals)):
+        if ds is None:
+            continue
+        cols = getattr(ds, "column_names", None)
+        if cols is None:
+            raise ConfigError(f"{name}: expected a datasets.Dataset, got {type(ds).__name__}")
+        if "prompt" not in cols:
+            raise ConfigError(f"{name}: no 'prompt' column (its columns: {', '.join(cols) or 'none'}); as in TRL, each "
+                              "row's prompt (a string or a list of chat messages) is in a column named 'prompt' "
+                              "(ds.rename_column(YOUR_COLUMN, 'prompt'))")
+    return train, evals
 
 
 def _hold_out(ds: Any, fraction: float, seed: int, source: str) -> tuple[Any, Any]:

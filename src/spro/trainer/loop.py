@@ -60,12 +60,15 @@ class Trainer:
     """Holds models, data, optimizer and loggers; :meth:`train` runs the loop.
 
     ``reward_funcs``: ``{name: fn}`` used instead of looking the names of ``data.rewards`` up in
-    ``spro.rewards``; ``algorithm_state``: objects for the algorithm's ``setup`` hook (PRIME:
-    ``prm=``, a process reward model of your own).
+    ``spro.rewards``; ``datasets``: ``(train, eval or None)`` ``datasets.Dataset`` objects used instead of
+    ``data`` (the Python API, ``spro.api``); ``callbacks``: functions called with each step's metrics
+    (and that step's ``eval/*`` when it evaluates); ``algorithm_state``: objects for the algorithm's
+    ``setup`` hook (PRIME: ``prm=``, a process reward model of your own).
     """
 
     def __init__(self, config: TrainConfig | None, *, resume: str | Path | None = None, overwrite: bool = False,
                  reward_funcs: dict[str, Callable] | None = None, accelerator: Any = None,
+                 datasets: tuple[Any, Any] | None = None, callbacks: list[Callable] | None = None,
                  **algorithm_state: Any) -> None:
         from accelerate import Accelerator
         from transformers import get_scheduler, set_seed
@@ -108,12 +111,14 @@ class Trainer:
         self.on_policy = self.on_policy and not has_dropout(self.model)  # (a dropout pass is not pi_old)
 
         # data and rewards
-        data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None))
+        data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None), datasets)
         self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
         self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
         check_scorer_columns(self.scorer, self.columns)
-        self.diagnostics = ProcessDiagnostics(load_task(cfg), self.tok) if cfg.logging.diagnostics else None
+        self.diagnostics = (ProcessDiagnostics(load_task(cfg) if datasets is None else None, self.tok)
+                            if cfg.logging.diagnostics else None)
+        self.callbacks = list(callbacks or [])
         if self.is_main:
             print(f"spro: {data.summary}", file=sys.stderr, flush=True)
 
@@ -410,13 +415,15 @@ class Trainer:
                     loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
                     bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['accuracy']:.2f}",
                                     loss=loss, len=f"{metrics['length/mean']:.1f}")
-                last = self.step == cfg.total_steps
+                last, ev = self.step == cfg.total_steps, {}
                 if do_eval and (last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0)):
                     ev = self.evaluate()
                     self.logger.log_eval(ev)
                     self.logger.print_eval(ev, echo=bar is None)
                     if bar is not None:
                         bar.write(f"step {self.step}: eval accuracy {ev['eval/accuracy']:.3f} (n={ev['eval/n']})")
+                for callback in self.callbacks:
+                    callback({**metrics, **{k: v for k, v in ev.items() if k.startswith("eval/")}})
                 if last or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
                     self.save()
         finally:
