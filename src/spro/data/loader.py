@@ -139,6 +139,7 @@ class TrainingData:
     evals: Any
     rewards: list[tuple[str, float]]
     summary: str
+    eval_prompts: list[str] | None = None  # the rendered evaluation prompts (data.chat_template applied)
 
 
 def training_data(cfg: Any, tokenizer: Any, context: int | None, datasets: tuple[Any, Any] | None = None
@@ -146,22 +147,31 @@ def training_data(cfg: Any, tokenizer: Any, context: int | None, datasets: tuple
     """:func:`load_datasets` (or ``datasets``, ``(train, eval or None)`` given as ``datasets.Dataset`` objects by
     the Python API, used as they are), prompts checked against the model's ``context``
     (:func:`check_prompt_lengths`) and :func:`reward_specs`."""
-    from spro.data.prompts import render_prompt
+    from spro.data.prompts import render_prompt, resolve_chat_template
 
     d, max_new = cfg.data, cfg.rollout.max_new_tokens
+    chat, why = resolve_chat_template(getattr(d, "chat_template", "off"), tokenizer, cfg.model.name_or_path,
+                                      cfg.model.gguf_file)
     train, evals = load_datasets(cfg) if datasets is None else given_datasets(*datasets)
-    train, prompts = check_prompt_lengths(train, [render_prompt(tokenizer, p) for p in train["prompt"]], tokenizer,
+    train, prompts = check_prompt_lengths(train, [render_prompt(tokenizer, p, chat_template=chat)
+                                                  for p in train["prompt"]], tokenizer,
                                           context, max_new, d.long_prompts, "train")
+    eval_prompts = None
     if evals is not None:
-        evals, _ = check_prompt_lengths(evals, [render_prompt(tokenizer, p) for p in evals["prompt"]], tokenizer,
-                                        context, max_new, d.long_prompts, "evaluation")
+        evals, eval_prompts = check_prompt_lengths(evals, [render_prompt(tokenizer, p, chat_template=chat)
+                                                           for p in evals["prompt"]], tokenizer,
+                                                   context, max_new, d.long_prompts, "evaluation")
     if len(train) == 0:
         raise ConfigError("the training set is empty")
     specs, note = reward_specs(d, train)
     what = describe_datasets(d, train, evals) if datasets is None else (
         f"train_dataset ({len(train)} prompts; " + (f"eval_dataset: {len(evals)})" if evals is not None
                                                     else "no evaluation)"))
-    return TrainingData(train, prompts, evals, specs, f"data {what}; {note}")
+    strings = isinstance(train[0]["prompt"], str)
+    shown = prompts[0] if len(prompts[0]) <= 400 else prompts[0][:400] + "..."
+    first = (f"\nspro: string prompts {'through the chat template' if chat else 'used as they are'} ({why}); "
+             if strings else "\nspro: chat prompts through the tokenizer's chat template; ") + f"first prompt: {shown!r}"
+    return TrainingData(train, prompts, evals, specs, f"data {what}; {note}{first}", eval_prompts)
 
 
 def given_datasets(train: Any, evals: Any) -> tuple[Any, Any]:

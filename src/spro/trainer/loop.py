@@ -113,6 +113,7 @@ class Trainer:
         # data and rewards
         data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None), datasets)
         self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
+        self.eval_prompts = data.eval_prompts  # rendered (data.chat_template)
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
         self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
         check_scorer_columns(self.scorer, self.columns)
@@ -353,9 +354,10 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Greedy accuracy on the held-out split (sharded over processes), by the Scorer's rule."""
-        sub = self.eval_ds.select(list(range(self.rank, len(self.eval_ds), self.world)))
+        shard = list(range(self.rank, len(self.eval_ds), self.world))
+        sub = self.eval_ds.select(shard)
         prompts = list(sub["prompt"])
-        texts, lengths, _ = generate_completions(self.model, self.tok, prompts,
+        texts, lengths, _ = generate_completions(self.model, self.tok, [self.eval_prompts[i] for i in shard],
                                                  max_new_tokens=self.cfg.rollout.max_new_tokens, do_sample=False,
                                                  batch_size=self.cfg.rollout.eval_batch_size)
         comps = [t[0] for t in texts]
