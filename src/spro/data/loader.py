@@ -213,8 +213,12 @@ def describe_datasets(d: Any, train: Any, evals: Any) -> str:
         held = f"{len(evals) if evals is not None else 0} held out by data.eval_fraction={d.eval_fraction}"
     elif d.eval_source is not None:
         held = f"{len(evals) if evals is not None else 0} from {d.eval_source}"
-    else:
-        held = f"{d.eval_split}: {len(evals)}" if evals is not None else "no evaluation"
+    elif evals is None:
+        held = "no evaluation"
+    elif d.eval_split is not None:
+        held = f"{d.eval_split}: {len(evals)}"
+    else:  # (reasoning_gym sources generate their evaluation questions apart from the training ones)
+        held = f"{len(evals)} evaluation prompts, apart from the training ones"
     return f"{d.source} ({len(train)} prompts; {held})"
 
 

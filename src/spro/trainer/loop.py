@@ -24,6 +24,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +43,7 @@ from spro.rewards.trl_style import check_configured_rewards, check_scorer_column
 from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer.diagnostics import ProcessDiagnostics
+from spro.trainer.hints import ZeroVarianceWatch, finished_run_message
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, PRIME_METRIC_KEYS, step_metrics
 from spro.trainer.rundir import check_run_folder, config_for_resume, on_main, open_run_folder
@@ -403,6 +405,9 @@ class Trainer:
 
             bar = tqdm(total=cfg.total_steps, initial=self.step, desc=f"{cfg.algorithm.name}", dynamic_ncols=True)
         do_eval = self.eval_ds is not None and cfg.eval_every >= 0
+        flat = ZeroVarianceWatch() if self.is_main else None
+        if self.resume_ckpt is not None and self.step >= cfg.total_steps and self.is_main:
+            warnings.warn(finished_run_message(self.out, self.step, cfg.total_steps), UserWarning, stacklevel=2)
         try:
             if do_eval and cfg.eval_at_start and self.step == 0:
                 ev = self.evaluate()
@@ -412,6 +417,8 @@ class Trainer:
                 metrics = self.train_step()
                 self.logger.log_metrics({k: (clean_float(v) if isinstance(v, float) else v) for k, v in metrics.items()})
                 self.logger.print_step(metrics, echo=bar is None)
+                if flat is not None:
+                    flat(metrics)
                 if bar is not None:
                     bar.update(1)
                     loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
