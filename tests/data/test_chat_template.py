@@ -67,3 +67,23 @@ def test_the_trainer_renders_and_prints_the_first_prompt(model_dir, tmp_path, ca
             assert t.evaluate()["eval/n"] == 4  # generated from the rendered evaluation prompts
     finally:
         t.close()
+
+
+def test_spro_eval_follows_the_runs_setting_and_the_flag(model_dir, tmp_path, capsys):
+    import json
+
+    from helpers import REWARDS, small_overrides
+
+    from spro.cli import main
+    from spro.trainer import train
+
+    folder = tmp_path / "small-Instruct"
+    shutil.copytree(model_dir, folder)
+    run = train(load_config(overrides=small_overrides(folder, tmp_path / "run", total_steps=1)), reward_funcs=REWARDS)
+    args = ["eval", "--model", str(run), "--task", "arithmetic", "--n", "2", "--max-new-tokens", "4", "--no-progress"]
+    out = tmp_path / "e.json"
+    assert main(args + ["--out", str(out)]) == 0
+    assert json.loads(out.read_text())["chat_template"] is True  # the run's auto: its model names a chat model
+    assert "string prompts through the chat template (data.chat_template=auto" in capsys.readouterr().err
+    assert main(args + ["--out", str(out), "--chat-template", "off"]) == 0
+    assert json.loads(out.read_text())["chat_template"] is False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 HELP = "Evaluate a model: greedy pass@1, sampled mean@k, length."
 
@@ -36,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "path). Default: the one spro train would use (spro.data.default_reward): the task's "
                         "verifier; for --data the reward its schema implies (gsm8k, math: math; eurus: eurus; "
                         "reasoning_gym:NAME: reasoning_gym; plain: none, give --reward).")
+    parser.add_argument("--chat-template", default=None, choices=("auto", "on", "off"),
+                        help="String prompts through the tokenizer's chat template, by data.chat_template's rule "
+                        "(auto: the tokenizer has one and the model's name says Instruct, chat or it). Default: the "
+                        "setting of the run a checkpoint comes from, else auto.")
     parser.add_argument("--n", type=int, default=None, help="Evaluate only the first N prompts.")
     parser.add_argument("--k", type=int, default=0, help="Samples per prompt for mean@k / pass@k (0: greedy only).")
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature for --k (default 1.0).")
@@ -62,6 +67,23 @@ def _resolve_model(spec: str):
             raise ValueError(f"--model {spec}: neither a model folder (no config.json or adapter_config.json) nor a "
                              f"run folder with checkpoints") from None
     return path
+
+
+def _chat_template(args: argparse.Namespace, model_dir: Any, tokenizer: Any) -> tuple[bool, str]:
+    """``--chat-template``, else the ``data.chat_template`` of the run a checkpoint comes from (``off`` for runs
+    from before that key), else ``auto``; ``auto`` looks at the run's ``model.name_or_path`` / ``gguf_file``."""
+    from spro.data.prompts import resolve_chat_template
+    from spro.trainer.checkpoint import CheckpointError, read_run_config
+
+    mode, names = args.chat_template, [args.model, str(model_dir)]
+    try:
+        run = read_run_config(model_dir)
+    except CheckpointError:
+        run = None
+    if run is not None:
+        mode = mode or run.get("data", {}).get("chat_template", "off")
+        names = [run.get("model", {}).get("name_or_path"), run.get("model", {}).get("gguf_file")]
+    return resolve_chat_template(mode or "auto", tokenizer, *names)
 
 
 def _reasoning_gym_split(args: argparse.Namespace):
@@ -124,10 +146,13 @@ def run(args: argparse.Namespace) -> int:
         reward_fn = get_reward(reward)
         model_dir = _resolve_model(args.model)
         model, tokenizer = load_model(str(model_dir))  # LoRA adapters merged into their base
+        chat, why = _chat_template(args, model_dir, tokenizer)
+        console.print(f"string prompts {'through the chat template' if chat else 'used as they are'} ({why})")
+        source["chat_template"] = chat
         result = evaluate(
             model, tokenizer, dataset, reward_fn, k=args.k, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=max_new, batch_size=args.batch_size, seed=args.seed, step_checker=step_checker,
-            progress=not args.no_progress,
+            progress=not args.no_progress, chat_template=chat,
         )
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
