@@ -90,3 +90,17 @@ def test_build_config_layers():
     assert (cfg.total_steps, cfg.algorithm.name, cfg.algorithm.kl_coef, cfg.rollout.temperature) == (7, "grpo", 0.1, 0.5)
     again = build_config(cfg, total_steps=9)
     assert again.total_steps == 9 and again.algorithm.kl_coef == 0.1
+
+
+def test_resume_through_the_api(model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    kw = dict(model=model, processing_class=tok, reward_funcs=[digits_reward], train_dataset=_rows(8),
+              output_dir=str(tmp_path / "run"), rollout={"prompts_per_step": 2, "num_generations": 2,
+                                                         "max_new_tokens": 4},
+              logging={"tensorboard": False, "progress_bar": False})
+    out = spro.train(total_steps=1, **kw)
+    assert spro.train(total_steps=2, resume=out, **kw) == out
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
