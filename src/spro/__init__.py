@@ -9,3 +9,5 @@ the algorithm registry), ``spro.models``, ``spro.rollout``, ``spro.rewards``, ``
 """
 
 __version__ = "0.2.0"  # the same as pyproject.toml's version (tests/test_config.py checks it)
+
+from spro.api import train  # noqa: E402  (the Python API: spro.train(model=..., reward_funcs=..., train_dataset=...))

@@ -176,6 +176,15 @@ class DataConfig:
     prompt_template: str | None = _f(
         None, help="Format string applied to each prompt, e.g. '{prompt}\\nAnswer:'."
     )
+    chat_template: str | bool = _f(  # (YAML reads on / off as true / false)
+        "auto",
+        help="String prompts through the tokenizer's chat template (as one user message, with the generation "
+        "prompt): 'on', 'off', or 'auto' = on when the tokenizer has a chat template and model.name_or_path (or "
+        "model.gguf_file) names an instruct/chat model (Instruct, chat or it as a word, e.g. SmolLM2-135M-Instruct, "
+        "gemma-2-2b-it), off otherwise. Chat-message prompts always use the template. The choice and the first "
+        "rendered prompt are printed at the start.",
+        check=(lambda v: v in ("auto", "on", "off", True, False), "auto, on or off"),
+    )
     split: str = _f(
         "train", help="Split used for training (of the task, or of data.source when it has splits; a single file "
         "has none and this is ignored)."

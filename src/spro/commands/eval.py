@@ -54,6 +54,10 @@ class EvalConfig:
                              check=(lambda v: v >= 1, ">= 1"))
     seed: int = option(0, help="Sampling seed.", check=(lambda v: v >= 0, ">= 0"))
     out: str | None = option(None, help="Write the results as JSON to this file.")
+    chat_template: str | None = option(
+        None, help="String prompts through the tokenizer's chat template, by data.chat_template's rule (auto: the "
+        "tokenizer has one and the model's name says Instruct, chat or it). null: the setting of the run a "
+        "checkpoint comes from, else auto.", choices=("auto", "on", "off", None))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +106,23 @@ def _resolve_model(spec: str):
             raise ValueError(f"model={spec}: neither a model folder (no config.json or adapter_config.json) nor a "
                              f"run folder with checkpoints") from None
     return path
+
+
+def _chat_template(cfg: EvalConfig, model_dir: Any, tokenizer: Any) -> tuple[bool, str]:
+    """``chat_template``, else the ``data.chat_template`` of the run a checkpoint comes from (``off`` for runs
+    from before that key), else ``auto``; ``auto`` looks at the run's ``model.name_or_path`` / ``gguf_file``."""
+    from spro.data.prompts import resolve_chat_template
+    from spro.trainer.checkpoint import CheckpointError, read_run_config
+
+    mode, names = cfg.chat_template, [cfg.model, str(model_dir)]
+    try:
+        run = read_run_config(model_dir)
+    except CheckpointError:
+        run = None
+    if run is not None:
+        mode = mode or run.get("data", {}).get("chat_template", "off")
+        names = [run.get("model", {}).get("name_or_path"), run.get("model", {}).get("gguf_file")]
+    return resolve_chat_template(mode or "auto", tokenizer, *names)
 
 
 def _reasoning_gym_split(cfg: EvalConfig):
@@ -161,10 +182,13 @@ def run(args: argparse.Namespace) -> int:
         reward_fn = get_reward(reward)
         model_dir = _resolve_model(cfg.model)
         model, tokenizer = load_model(str(model_dir))  # LoRA adapters merged into their base
+        chat, why = _chat_template(cfg, model_dir, tokenizer)
+        console.print(f"string prompts {'through the chat template' if chat else 'used as they are'} ({why})")
+        source["chat_template"] = chat
         result = evaluate(
             model, tokenizer, dataset, reward_fn, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
             max_new_tokens=max_new, batch_size=cfg.batch_size, seed=cfg.seed, step_checker=step_checker,
-            progress=not args.no_progress,
+            progress=not args.no_progress, chat_template=chat,
         )
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")

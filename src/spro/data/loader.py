@@ -139,24 +139,54 @@ class TrainingData:
     evals: Any
     rewards: list[tuple[str, float]]
     summary: str
+    eval_prompts: list[str] | None = None  # the rendered evaluation prompts (data.chat_template applied)
 
 
-def training_data(cfg: Any, tokenizer: Any, context: int | None) -> TrainingData:
-    """:func:`load_datasets`, prompts checked against the model's ``context`` (:func:`check_prompt_lengths`) and
-    :func:`reward_specs`."""
-    from spro.data.prompts import render_prompt
+def training_data(cfg: Any, tokenizer: Any, context: int | None, datasets: tuple[Any, Any] | None = None
+                  ) -> TrainingData:
+    """:func:`load_datasets` (or ``datasets``, ``(train, eval or None)`` given as ``datasets.Dataset`` objects by
+    the Python API, used as they are), prompts checked against the model's ``context``
+    (:func:`check_prompt_lengths`) and :func:`reward_specs`."""
+    from spro.data.prompts import render_prompt, resolve_chat_template
 
     d, max_new = cfg.data, cfg.rollout.max_new_tokens
-    train, evals = load_datasets(cfg)
-    train, prompts = check_prompt_lengths(train, [render_prompt(tokenizer, p) for p in train["prompt"]], tokenizer,
+    chat, why = resolve_chat_template(getattr(d, "chat_template", "off"), tokenizer, cfg.model.name_or_path,
+                                      cfg.model.gguf_file)
+    train, evals = load_datasets(cfg) if datasets is None else given_datasets(*datasets)
+    train, prompts = check_prompt_lengths(train, [render_prompt(tokenizer, p, chat_template=chat)
+                                                  for p in train["prompt"]], tokenizer,
                                           context, max_new, d.long_prompts, "train")
+    eval_prompts = None
     if evals is not None:
-        evals, _ = check_prompt_lengths(evals, [render_prompt(tokenizer, p) for p in evals["prompt"]], tokenizer,
-                                        context, max_new, d.long_prompts, "evaluation")
+        evals, eval_prompts = check_prompt_lengths(evals, [render_prompt(tokenizer, p, chat_template=chat)
+                                                           for p in evals["prompt"]], tokenizer,
+                                                   context, max_new, d.long_prompts, "evaluation")
     if len(train) == 0:
         raise ConfigError("the training set is empty")
     specs, note = reward_specs(d, train)
-    return TrainingData(train, prompts, evals, specs, f"data {describe_datasets(d, train, evals)}; {note}")
+    what = describe_datasets(d, train, evals) if datasets is None else (
+        f"train_dataset ({len(train)} prompts; " + (f"eval_dataset: {len(evals)})" if evals is not None
+                                                    else "no evaluation)"))
+    strings = isinstance(train[0]["prompt"], str)
+    shown = prompts[0] if len(prompts[0]) <= 400 else prompts[0][:400] + "..."
+    first = (f"\nspro: string prompts {'through the chat template' if chat else 'used as they are'} ({why}); "
+             if strings else "\nspro: chat prompts through the tokenizer's chat template; ") + f"first prompt: {shown!r}"
+    return TrainingData(train, prompts, evals, specs, f"data {what}; {note}{first}", eval_prompts)
+
+
+def given_datasets(train: Any, evals: Any) -> tuple[Any, Any]:
+    """``(train, eval)`` given to the Python API, checked: each has a ``prompt`` column and rows."""
+    for name, ds in (("train_dataset", train), ("eval_dataset", evals)):
+        if ds is None:
+            continue
+        cols = getattr(ds, "column_names", None)
+        if cols is None:
+            raise ConfigError(f"{name}: expected a datasets.Dataset, got {type(ds).__name__}")
+        if "prompt" not in cols:
+            raise ConfigError(f"{name}: no 'prompt' column (its columns: {', '.join(cols) or 'none'}); as in TRL, each "
+                              "row's prompt (a string or a list of chat messages) is in a column named 'prompt' "
+                              "(ds.rename_column(YOUR_COLUMN, 'prompt'))")
+    return train, evals
 
 
 def _hold_out(ds: Any, fraction: float, seed: int, source: str) -> tuple[Any, Any]:
@@ -183,8 +213,12 @@ def describe_datasets(d: Any, train: Any, evals: Any) -> str:
         held = f"{len(evals) if evals is not None else 0} held out by data.eval_fraction={d.eval_fraction}"
     elif d.eval_source is not None:
         held = f"{len(evals) if evals is not None else 0} from {d.eval_source}"
-    else:
-        held = f"{d.eval_split}: {len(evals)}" if evals is not None else "no evaluation"
+    elif evals is None:
+        held = "no evaluation"
+    elif d.eval_split is not None:
+        held = f"{d.eval_split}: {len(evals)}"
+    else:  # (reasoning_gym sources generate their evaluation questions apart from the training ones)
+        held = f"{len(evals)} evaluation prompts, apart from the training ones"
     return f"{d.source} ({len(train)} prompts; {held})"
 
 

@@ -1,19 +1,31 @@
 """Turning a dataset prompt into the text the model sees.
 
-A prompt is either a plain string (used verbatim, as for the built-in arithmetic task) or a
-list of chat messages ``[{"role": ..., "content": ...}, ...]`` rendered with the tokenizer's
-chat template and a generation prompt.
+A prompt is either a plain string or a list of chat messages ``[{"role": ..., "content": ...}, ...]``.
+Chat messages are always rendered with the tokenizer's chat template and a generation prompt. A string
+is used verbatim, or, with ``chat_template=True``, sent as one user message through the template
+(``data.chat_template``; :func:`resolve_chat_template` decides ``auto``).
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
+__all__ = ["render_prompt", "resolve_chat_template", "names_chat_model", "CHAT_MODES"]
 
-def render_prompt(tokenizer: Any, prompt: Any) -> str:
-    """Return the prompt text to tokenize: a string as is, chat messages through the template."""
+CHAT_MODES = ("auto", "on", "off")
+# how instruction-tuned releases are named: ...-Instruct, ...-chat, gemma-2-2b-it, ...
+_CHAT_NAME = re.compile(r"instruct|chat|(?:^|[-_.])it(?:$|[-_.])", re.IGNORECASE)
+
+
+def render_prompt(tokenizer: Any, prompt: Any, *, chat_template: bool = False) -> str:
+    """Return the prompt text to tokenize: chat messages through the template; a string as is, or with
+    ``chat_template`` as the one user message of a chat through the template."""
     if isinstance(prompt, str):
-        return prompt
+        if not chat_template:
+            return prompt
+        prompt = [{"role": "user", "content": prompt}]
     if isinstance(prompt, (list, tuple)) and all(
         isinstance(m, dict) and "role" in m and "content" in m for m in prompt
     ):
@@ -26,3 +38,42 @@ def render_prompt(tokenizer: Any, prompt: Any) -> str:
     raise ValueError(
         f"prompt must be a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}"
     )
+
+
+def names_chat_model(*names: str | None) -> str | None:
+    """The first of ``names`` (model paths / file names, their last part is looked at) that names an
+    instruction-tuned model (``instruct``, ``chat`` or ``it`` as a word: ``SmolLM2-135M-Instruct``,
+    ``Llama-2-7b-chat``, ``gemma-2-2b-it``), else None."""
+    for name in names:
+        if name and _CHAT_NAME.search(Path(str(name).rstrip("/")).name):
+            return Path(str(name).rstrip("/")).name
+    return None
+
+
+def resolve_chat_template(mode: Any, tokenizer: Any, *names: str | None) -> tuple[bool, str]:
+    """``(apply the chat template to string prompts, why)`` for ``data.chat_template`` = ``mode``.
+
+    ``on``: yes (an error when the tokenizer has no chat template); ``off``: no; ``auto``: yes when the
+    tokenizer has a chat template *and* the model's name (``names``: ``model.name_or_path``,
+    ``model.gguf_file``) says it is an instruct/chat model (:func:`names_chat_model`), no otherwise (a base
+    model's tokenizer often carries a template too, so the template alone does not decide). YAML's
+    ``true``/``false`` stand for on/off. Prompts given as chat messages always use the template.
+    """
+    from spro.options import ConfigError
+
+    mode = {True: "on", False: "off"}.get(mode, mode) if isinstance(mode, bool) else mode
+    if mode not in CHAT_MODES:
+        raise ConfigError(f"data.chat_template: expected auto, on or off, got {mode!r}")
+    has = getattr(tokenizer, "chat_template", None) is not None
+    if mode == "on":
+        if not has:
+            raise ConfigError("data.chat_template=on: the model's tokenizer has no chat template; set "
+                              "data.chat_template=off (or auto), or give model.tokenizer one with a template")
+        return True, "data.chat_template=on"
+    if mode == "off":
+        return False, "data.chat_template=off"
+    chat_name = names_chat_model(*names)
+    if has and chat_name:
+        return True, f"data.chat_template=auto: the tokenizer has a chat template and {chat_name!r} names a chat model"
+    why = "the tokenizer has no chat template" if not has else "the model's name does not say instruct, chat or it"
+    return False, f"data.chat_template=auto: {why}; data.chat_template=on applies it"

@@ -58,6 +58,7 @@ def evaluate(
     step_checker: Callable[[str, str], int | None] | None = None,
     keep_samples: int = 5,
     progress: bool = False,
+    chat_template: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``dataset`` (needs a ``prompt`` column; other columns go to the reward).
 
@@ -65,7 +66,9 @@ def evaluate(
     correctness) or one reward function (correct = value >= 1).
 
     Greedy decoding gives pass@1; with ``k >= 1`` also ``k`` samples per prompt at
-    ``temperature`` / ``top_p`` give mean@k and pass@k. Returns a JSON-able dict (see the module
+    ``temperature`` / ``top_p`` give mean@k and pass@k. ``chat_template``: string prompts through the
+    tokenizer's chat template (``data.chat_template``, resolved by ``spro.data.prompts.resolve_chat_template``).
+    The reward functions get TRL's ``completion_ids`` as the completions' text tokenized again. Returns a JSON-able dict (see the module
     docstring), with ``by_source`` when the dataset has a ``data_source`` column and
     ``step_checker`` stats when a checker is given: on wrong greedy answers, ``found_frac`` is
     how often the checker names a wrong step, ``positions`` counts the step index it names and
@@ -98,12 +101,15 @@ def evaluate(
 
         return tick if bar is not None else None
 
+    from spro.data.prompts import render_prompt
+
+    rendered = [render_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
     g_text, g_len, g_trunc = generate_completions(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False,
+        model, tokenizer, rendered, max_new_tokens=max_new_tokens, do_sample=False,
         batch_size=batch_size, progress=tick_factory(),
     )
     greedy = [t[0] for t in g_text]
-    greedy_scores, greedy_correct = _score(scorer, prompts, greedy, columns)
+    greedy_scores, greedy_correct = _score(scorer, prompts, greedy, {**columns, **_ids(tokenizer, greedy)})
     none_count = sum(s is None for s in greedy_scores)
     result: dict[str, Any] = {
         "n": n,
@@ -118,13 +124,14 @@ def evaluate(
     sample_correct: list[list[bool]] = []
     if k:
         s_text, s_len, _ = generate_completions(
-            model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+            model, tokenizer, rendered, max_new_tokens=max_new_tokens, do_sample=True,
             temperature=temperature, top_p=top_p, num_return_sequences=k,
             batch_size=max(1, batch_size // k), seed=seed, progress=tick_factory(),
         )
         flat_prompts = [p for p in prompts for _ in range(k)]
         flat_cols = {c: [v for v in vals for _ in range(k)] for c, vals in columns.items()}
-        flat_scores, flat_correct = _score(scorer, flat_prompts, [t for row in s_text for t in row], flat_cols)
+        flat_texts = [t for row in s_text for t in row]
+        flat_scores, flat_correct = _score(scorer, flat_prompts, flat_texts, {**flat_cols, **_ids(tokenizer, flat_texts)})
         none_count += sum(s is None for s in flat_scores)
         sample_scores = [flat_scores[i * k : (i + 1) * k] for i in range(n)]
         sample_correct = [flat_correct[i * k : (i + 1) * k] for i in range(n)]
@@ -196,6 +203,11 @@ def _pass_at(sample_scores: list[list[float | None]], sample_correct: list[list[
     rows = [[c for s, c in zip(sample_scores[i], sample_correct[i]) if s is not None] for i in idx]
     rows = [r for r in rows if r]
     return sum(any(r) for r in rows) / len(rows) if rows else None
+
+
+def _ids(tokenizer: Any, texts: list[str]) -> dict[str, list]:
+    """TRL's ``completion_ids`` for the reward functions: the texts tokenized again."""
+    return {"completion_ids": tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []}
 
 
 def _num_steps(prompt: Any) -> int | None:

@@ -1,12 +1,15 @@
 """Reward functions and their registry.
 
-A reward function follows TRL's convention::
+A reward function follows TRL's convention and is called as TRL's ``GRPOTrainer`` calls it, by keyword::
 
-    fn(prompts: list, completions: list[str], **columns) -> list[float | None]
+    fn(prompts=..., completions=..., completion_ids=..., trainer_state=..., **columns) -> list[float | None]
 
 ``columns`` are the dataset's other columns, one list per column, aligned with ``completions``
-(e.g. ``answer=[...]``, ``tests=[...]``, ``data_source=[...]``). A function must accept and
-ignore columns it does not use (take ``**kwargs``).
+(e.g. ``answer=[...]``, ``tests=[...]``, ``data_source=[...]``); for conversational prompts each
+completion is ``[{"role": "assistant", "content": TEXT}]``, else its text. A function takes
+``**kwargs`` or names what it reads; one whose parameters are not named so (``fn(p, c, **kw)``) is
+called positionally, ``fn(prompts, completions, **columns)`` with text completions. The rule and the
+signature check (run before any model loads): :mod:`spro.rewards.trl_style`.
 
 **None rule.** A reward of ``None`` means "this row cannot be scored" (no ground truth, an
 unreadable test specification, ...). It is never turned into a number here: it is passed on,
@@ -160,20 +163,29 @@ def _fn_name(fn: Any) -> str:
 
 
 def call_reward(fn: RewardFn, prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float | None]:
-    """Call ``fn`` and check what it returns: one ``float``/``int``/``bool``/``None`` per row.
+    """Call ``fn`` as TRL does (``spro.rewards.trl_style.invoke_reward``: by keyword, completions as chat
+    messages for conversational prompts; spro's positional ``fn(prompts, completions, **columns)`` for a
+    function whose parameters are not named so) and check what it returns: one
+    ``float``/``int``/``bool``/``None`` per row.
 
     Returns floats (``None`` kept). Raises :class:`RewardError` naming the function (and the row
     index for a bad value) if it raises, returns a non-sequence, the wrong count, a non-number or
     NaN.
     """
+    from spro.rewards.trl_style import RewardSignatureError, invoke_reward, is_conversational
+
     n = len(completions)
     name = _fn_name(fn)
     try:
-        out = fn(list(prompts), list(completions), **columns)
-    except RewardError:
+        out = invoke_reward(fn, prompts, completions, columns)
+    except (RewardError, RewardSignatureError):
         raise
     except Exception as e:
-        raise RewardError(f"reward function {name} raised {type(e).__name__}: {e}") from e
+        hint = ""
+        if prompts and is_conversational(prompts[0]) and isinstance(e, (TypeError, AttributeError)):
+            hint = (" (the prompts are chat messages, so each completion is [{'role': 'assistant', 'content': TEXT}], "
+                    "as in TRL; read completion[0]['content'], or spro.rewards.completion_text(completion))")
+        raise RewardError(f"reward function {name} raised {type(e).__name__}: {e}{hint}") from e
     if isinstance(out, (str, bytes)) or not isinstance(out, Iterable):
         raise RewardError(f"reward function {name} returned {type(out).__name__}, expected a list of {n} floats")
     out = list(out)

@@ -28,6 +28,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,10 +45,12 @@ from spro.models.logprobs import logprob_fn, logps_no_grad, sequence_logps
 from spro.models.passes import eval_mode, has_dropout
 from spro.models.policy import load_policy, load_reference
 from spro.rewards.scoring import RewardFunctionError, Scorer
+from spro.rewards.trl_style import check_configured_rewards, check_scorer_columns, reward_columns, trainer_state
 from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer import signals
 from spro.trainer.diagnostics import ProcessDiagnostics
+from spro.trainer.hints import ZeroVarianceWatch, finished_run_message
 from spro.trainer.logger import RunLogger, clean_float
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, step_metrics
 from spro.trainer.rundir import check_run_folder, on_main, open_run_folder, resume_point
@@ -65,12 +68,15 @@ class Trainer:
     """Holds models, data, optimizer and loggers; :meth:`train` runs the loop.
 
     ``reward_funcs``: ``{name: fn}`` used instead of looking the names of ``data.rewards`` up in
-    ``spro.rewards``; ``algorithm_state``: objects for the algorithm's ``setup`` hook (PRIME:
-    ``prm=``, a process reward model of your own).
+    ``spro.rewards``; ``datasets``: ``(train, eval or None)`` ``datasets.Dataset`` objects used instead of
+    ``data`` (the Python API, ``spro.api``); ``callbacks``: functions called with each step's metrics
+    (and that step's ``eval/*`` when it evaluates); ``algorithm_state``: objects for the algorithm's
+    ``setup`` hook (PRIME: ``prm=``, a process reward model of your own).
     """
 
     def __init__(self, config: TrainConfig | None, *, resume: str | Path | None = None, overwrite: bool = False,
                  reward_funcs: dict[str, Callable] | None = None, accelerator: Any = None,
+                 datasets: tuple[Any, Any] | None = None, callbacks: list[Callable] | None = None,
                  **algorithm_state: Any) -> None:
         from accelerate import Accelerator
 
@@ -86,8 +92,10 @@ class Trainer:
         on_main(self.acc, lambda: check_run_folder(self.out, **run))  # at once, before the models load
 
         self._setup_algorithm()
+        check_configured_rewards(cfg.data, reward_funcs)  # (before the models load)
         self._setup_models()
-        self._setup_data(reward_funcs)
+        self._setup_data(reward_funcs, datasets)
+        self.callbacks = list(callbacks or [])
         self._setup_optimizer()
         self.algorithm.setup(TrainerContext(cfg, self.model, self.ref, self._logp_fn, self.acc, algorithm_state))
         self._restore_or_seed()
@@ -132,14 +140,18 @@ class Trainer:
         # log-probs of any model with the trainer's convention (for algorithms: TrainerContext.logprobs)
         self._logp_fn = logprob_fn(temperature=cfg.rollout.temperature, group_size=self.share_group)
 
-    def _setup_data(self, reward_funcs: dict[str, Callable] | None) -> None:
-        """Prompts, rewards and the diagnostics (which read the task's step checker)."""
+    def _setup_data(self, reward_funcs: dict[str, Callable] | None, datasets: tuple[Any, Any] | None) -> None:
+        """Prompts (``datasets``: the (train, eval) Dataset objects of the Python API), rewards and the
+        diagnostics (which read the task's step checker)."""
         cfg = self.cfg
-        data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None))
+        data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None), datasets)
         self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
+        self.eval_prompts = data.eval_prompts  # rendered (data.chat_template)
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
         self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
-        self.diagnostics = (ProcessDiagnostics(load_task(cfg.data), self.tok, self.algorithm.diagnostic_names)
+        check_scorer_columns(self.scorer, self.columns)
+        task = load_task(cfg.data) if datasets is None else None
+        self.diagnostics = (ProcessDiagnostics(task, self.tok, self.algorithm.diagnostic_names)
                             if cfg.logging.diagnostics else None)
         if self.is_main:
             print(f"spro: {data.summary}", file=sys.stderr, flush=True)
@@ -197,12 +209,16 @@ class Trainer:
         self.cursor += P
         return rows, self.backend.generate([self.train_prompts[i] for i in rows], self.G)
 
-    def score(self, rows: list[int], completions: list[str]):
-        """``Scores`` of the G responses of each dataset row in ``rows``."""
+    def score(self, rows: list[int], completions: list[str], batch: RolloutBatch | None = None):
+        """``Scores`` of the G responses of each dataset row in ``rows`` (``batch``: their rollout, for the
+        reward functions' ``completion_ids``)."""
         sub = self.train_ds.select(rows)
         prompts = [p for p in sub["prompt"] for _ in range(self.G)]
         columns = {c: [v for v in sub[c] for _ in range(self.G)] for c in self.columns}
-        return self.scorer(prompts, completions, columns)
+        ids = None if batch is None else [r[m.bool()].tolist() for r, m in zip(batch.completion_ids.cpu(),
+                                                                               batch.completion_mask.cpu())]
+        state = trainer_state(self.step + 1, self.cfg.total_steps, epoch=self.cursor / len(self.train_ds))
+        return self.scorer(prompts, completions, {**columns, **reward_columns(ids, state, len(completions))})
 
     def logprobs(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple | None]:
         """``(log pi_old, entropy, log pi_ref or None, fused)`` of the batch's responses, each ``[B, T]``."""
@@ -234,7 +250,7 @@ class Trainer:
         t0 = time.perf_counter()
         rows, batch = self.rollout()
         times["time/rollout"] += time.perf_counter() - t0
-        scores = self.score(rows, batch.completions)
+        scores = self.score(rows, batch.completions, batch)
         t0 = time.perf_counter()
         old_logp, entropy, ref_logp, fused = self.logprobs(batch)
         times["time/logprob"] += time.perf_counter() - t0
@@ -377,13 +393,17 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Greedy accuracy on the held-out split (sharded over processes), by the Scorer's rule."""
-        sub = self.eval_ds.select(list(range(self.rank, len(self.eval_ds), self.world)))
+        shard = list(range(self.rank, len(self.eval_ds), self.world))
+        sub = self.eval_ds.select(shard)
         prompts = list(sub["prompt"])
-        texts, lengths, _ = generate_completions(self.model, self.tok, prompts,
+        texts, lengths, _ = generate_completions(self.model, self.tok, [self.eval_prompts[i] for i in shard],
                                                  max_new_tokens=self.cfg.rollout.max_new_tokens, do_sample=False,
                                                  batch_size=self.cfg.rollout.eval_batch_size)
         comps = [t[0] for t in texts]
         cols = {c: list(sub[c]) for c in sub.column_names if c != "prompt"}
+        # completion_ids of the greedy texts, tokenized again (generate_completions returns text)
+        ids = self.tok(comps, add_special_tokens=False)["input_ids"] if comps else []
+        cols.update(reward_columns(ids, trainer_state(self.step, self.cfg.total_steps), len(comps)))
         correct = self.scorer(prompts, comps, cols).correct if comps else torch.zeros(0)
         sums = torch.tensor([float(correct.sum()), float(len(comps)), float(sum(l[0] for l in lengths))],
                             device=self.acc.device)
@@ -422,6 +442,9 @@ class Trainer:
 
             bar = tqdm(total=cfg.total_steps, initial=self.step, desc=f"{cfg.algorithm.name}", dynamic_ncols=True)
         do_eval = self.eval_ds is not None and cfg.eval_every >= 0
+        flat = ZeroVarianceWatch() if self.is_main else None
+        if self.resume_ckpt is not None and self.step >= cfg.total_steps and self.is_main:
+            warnings.warn(finished_run_message(self.out, self.step, cfg.total_steps), UserWarning, stacklevel=2)
         try:
             if do_eval and cfg.eval_at_start and self.step == 0:
                 ev = self.evaluate()
@@ -433,18 +456,22 @@ class Trainer:
                 metrics = self.train_step()
                 self.logger.log_metrics({k: (clean_float(v) if isinstance(v, float) else v) for k, v in metrics.items()})
                 self.logger.print_step(metrics, echo=bar is None)
+                if flat is not None:
+                    flat(metrics)
                 if bar is not None:
                     bar.update(1)
                     loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
                     bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['accuracy']:.2f}",
                                     loss=loss, len=f"{metrics['length/mean']:.1f}")
-                last = self.step == cfg.total_steps
+                last, ev = self.step == cfg.total_steps, {}
                 if do_eval and (last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0)):
                     ev = self.evaluate()
                     self.logger.log_eval(ev)
                     self.logger.print_eval(ev, echo=bar is None)
                     if bar is not None:
                         bar.write(f"step {self.step}: eval accuracy {ev['eval/accuracy']:.3f} (n={ev['eval/n']})")
+                for callback in self.callbacks:
+                    callback({**metrics, **{k: v for k, v in ev.items() if k.startswith("eval/")}})
                 if last or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
                     self.save()
         finally:
