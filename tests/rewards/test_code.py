@@ -178,7 +178,6 @@ def test_assert_tests_are_judged_here(test, ok):
 
 
 @pytest.mark.parametrize("test,what", [
-    ("assert all(f(i) == 2 * i for i in range(3))", "GeneratorExp"),  # the program would compare
     ("assert eval('f(1) == 2')", "builtin eval"),
     ("assert f(1).__eq__(2)", "dunder"),
     ("import os\nassert f(1)", "import os"),
@@ -186,7 +185,7 @@ def test_assert_tests_are_judged_here(test, ok):
     ("def check(c):\n    assert c(1) == 2\n", "runs no assert"),
     ("assert sorted(g([1]), key=lambda t: t) == [1]", "Lambda"),
     ("for v in g([1, 2]):\n    assert v > 0", "loop over the program's output"),
-    ("y = sorted(g([2]))\nassert f(y) == 4", "computed from the program's output"),
+    ("y = sorted(g([2]))\nassert f(y) == 4", "passed back to the program"),
     ("while True:\n    assert f(1)", "While"),
     ("assert f(", "does not parse"),
     ("assert sum([1, 2]) == 3", "reads nothing from the program"),  # would pass for any program
@@ -203,7 +202,7 @@ def test_unsupported_tests_score_none_with_a_warning():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         out = fn(["p"] * 2, ["```python\ndef f(x): return 2 * x\n```"] * 2,
-                 tests=[["assert all(f(i) == 2 * i for i in range(3))"], ["assert f(1) == 2"]])
+                 tests=[["assert eval('f(1) == 2')"], ["assert f(1) == 2"]])
     assert out == [None, 1.0]
     assert pop_reward_stats()["code/unsupported_tests"] == 1
     assert any("row 0" in str(x.message) and "trusted judge" in str(x.message) for x in w)
@@ -211,7 +210,7 @@ def test_unsupported_tests_score_none_with_a_warning():
 
 def test_hostile_test_values_cannot_stall_the_judge():
     code = "def big(): return 10 ** 4000\ndef many(): return [0] * 100000\ndef s(): return 'ab'\n"
-    tests = ["assert 2 ** big() == 1", "assert many() * 10 ** 6 == []", "assert s().replace('', 'x' * 10 ** 6)",
+    tests = ["assert 2 ** big() == 1", "assert many() * 10 ** 6 == []", "assert s().replace('', 'x' * 10 ** 7)",
              "assert len(list(range(big()))) == 1"]
     passed, _ = judge_asserts(code, tests, limits=LIMITS)
     assert passed == [False] * 4
