@@ -6,9 +6,12 @@ else the last fenced block of any language, else the whole completion text.
 Test specifications (the ``tests`` column, else the ``answer`` column; a JSON string is decoded):
 
 * stdin/stdout pairs ``{"inputs": [str, ...], "outputs": [str, ...]}`` (the Eurus-2-RL-Data /
-  PRIME / APPS / TACO ``ground_truth`` format): one sandboxed run per pair, the input on stdin;
-  outputs compared line by line ignoring trailing white space, then token by token with numbers
-  equal within 1e-6 (absolute or relative);
+  PRIME / APPS / TACO ``ground_truth`` format): one sandboxed run per pair, the input on stdin,
+  in order; the row stops at its first failing or timed-out case (the cases after it count as
+  failed) and all its runs share one time budget (``row_seconds``). Outputs are compared line by
+  line ignoring trailing white space, then token by token: two integers must be equal exactly,
+  and only where a token is a decimal number are numbers equal within 1e-6 (absolute or
+  relative);
 * call-based ``{"fn_name": "f", "inputs": [[args...], ...], "outputs": [value, ...]}`` (APPS):
   one run calls ``f`` (a function, or a method of ``class Solution``) on each argument list and
   sends back each return value as plain data; here, a value ``v`` (in its JSON form: tuples as
@@ -17,28 +20,31 @@ Test specifications (the ``tests`` column, else the ``answer`` column; a JSON st
 * assert-style: a list of test cases ``["assert f(1) == 2", ...]`` (also under the keys
   ``"asserts"``, ``"test_list"`` or ``"tests"`` of a dict), or a single string of test code (one
   case; HumanEval's ``def check(candidate): ...`` followed by ``check(f)`` works). The program
-  runs once; each case is **judged here**: the sandbox computes only the values the assertions
-  read from the program (``f(1)``) and the comparison with the expected values, which never
-  enter the sandbox, happens in this process (see :class:`UnsupportedTest` for what a test may
-  use).
+  runs once; each case is **judged here** (:mod:`spro.rewards.asserts`): the sandbox computes
+  only the values the assertions read from the program (``f`` called on ``1``) and everything
+  else, the comparison with the expected values included, happens in this process (see
+  :class:`~spro.rewards.asserts.UnsupportedTest` for what a test may use).
 
 Who decides: the expected outputs and values stay in this process; the sandboxed program only
 ever sends back its output or plain-data values, so it cannot forge a pass (an object whose
-``__eq__`` is always true arrives as an unrepresentable value that equals nothing; a program
-that exits early delivers nothing).
+``__eq__`` is always true arrives as its base data, or as an unrepresentable value that equals
+nothing; a program that exits early delivers nothing).
 
 Reward per row: the fraction of test cases passed (``mode="fraction"``, default) or 1.0 only
 if all pass (``mode="all"``). A row whose tests are missing or unreadable scores ``None``
 (counted as ``code/bad_tests``), as does one whose assert-style tests use something the judge
-does not evaluate (``code/unsupported_tests``, with a warning saying what); a program that fails
-to run scores 0.0.
+does not evaluate (``code/unsupported_tests``, with a warning saying what) or whose verdict would
+need the program's own code (``code/needs_program_code``); a program that fails to run scores
+0.0. Runs that time out are counted (``code/timeouts``), and rows stopped by their time budget
+(``code/row_budget``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math as _math
 import re
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,7 +52,7 @@ from typing import Any, Literal, Sequence
 
 from spro.rewards import completion_text, count_event, register_reward, sandbox
 from spro.rewards.asserts import TRUSTED_BUILTINS, UnsupportedTest, judge_asserts, run_asserts
-from spro.rewards.sandbox import SandboxLimits
+from spro.rewards.sandbox import SandboxLimits, SandboxResult
 
 __all__ = [
     "extract_code",
@@ -55,6 +61,7 @@ __all__ = [
     "outputs_match",
     "run_tests",
     "judge_asserts",
+    "run_asserts",
     "UnsupportedTest",
     "TRUSTED_BUILTINS",
     "make_code_reward",
@@ -175,12 +182,26 @@ def _as_text(x: Any) -> str:
     return str(x)
 
 
-def _num(tok: str) -> float | None:
-    try:
-        v = float(tok)
-    except ValueError:
-        return None
-    return v if _math.isfinite(v) else None
+_INT = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _tokens_match(a: str, b: str, tol: float) -> bool:
+    """Two output tokens: equal text; or both integers, equal as integers (no tolerance, so
+    ``1000000000`` never passes for ``1000000007``); or numbers of which one at least is a
+    decimal, equal within ``tol`` (absolute or relative)."""
+    if a == b:
+        return True
+    if len(a) > 4000 or len(b) > 4000:  # int() of longer digit strings is refused anyway
+        return False
+    if _INT.fullmatch(a) and _INT.fullmatch(b):
+        return int(a) == int(b)
+    if not (_DECIMAL.fullmatch(a) and _DECIMAL.fullmatch(b)):
+        return False
+    x, y = float(a), float(b)
+    if x - x != 0 or y - y != 0:  # overflowed to inf
+        return False
+    return abs(x - y) <= tol or abs(x - y) <= tol * max(abs(x), abs(y))
 
 
 def outputs_match(got: str, expected: str, *, tol: float = 1e-6) -> bool:
@@ -192,13 +213,7 @@ def outputs_match(got: str, expected: str, *, tol: float = 1e-6) -> bool:
     gt, et = got.split(), str(expected).split()
     if len(gt) != len(et):
         return False
-    for a, b in zip(gt, et):
-        if a == b:
-            continue
-        x, y = _num(a), _num(b)
-        if x is None or y is None or not (abs(x - y) <= tol or abs(x - y) <= tol * max(abs(x), abs(y))):
-            return False
-    return True
+    return all(_tokens_match(a, b, tol) for a, b in zip(gt, et))
 
 
 def _json_norm(v: Any) -> Any:
@@ -219,27 +234,59 @@ def _call_matches(value: Any, expected: Any) -> bool:
     return v == exp or [v] == exp
 
 
+ROW_SECONDS = 6.0
+"""Default time budget of one row (all its sandboxed runs together), in seconds."""
+
+
+def _within(limits: SandboxLimits, seconds: float) -> SandboxLimits:
+    return dataclasses.replace(limits, wall_seconds=min(limits.wall_seconds, seconds),
+                               cpu_seconds=min(limits.cpu_seconds, seconds))
+
+
+def _count_timeout(result: SandboxResult) -> None:
+    if result.status == "timeout":
+        count_event("code/timeouts")
+
+
 def run_tests(
     code: str,
     tests: TestSpec,
     *,
     limits: SandboxLimits = SandboxLimits(),
     isolation: str = "auto",
-    workers: int = 1,
     max_cases: int | None = None,
-) -> list[bool]:
-    """Run ``code`` on every case of ``tests`` in the sandbox; per-case pass/fail, decided here.
+    row_seconds: float = ROW_SECONDS,
+) -> list[bool | None]:
+    """Run ``code`` on the cases of ``tests`` in the sandbox; per case pass (True), fail (False)
+    or None (assert-style: deciding it would need the program's own code), decided here.
 
-    Raises :class:`UnsupportedTest` (before running anything) for assert-style tests the trusted
-    judge cannot evaluate."""
+    stdio cases run in order and stop at the first failure or time-out; all runs of the row
+    share ``row_seconds`` (each also within ``limits``). Raises :class:`UnsupportedTest` (before
+    running anything) for assert-style tests the trusted judge cannot evaluate."""
     n = len(tests) if max_cases is None else min(len(tests), max_cases)
+    if row_seconds <= 0:
+        raise ValueError(f"row_seconds must be positive, got {row_seconds}")
     if tests.kind == "stdio":
-        jobs = [{"code": code, "stdin": tests.inputs[i]} for i in range(n)]
-        res = sandbox.run_many(jobs, workers=workers, limits=limits, isolation=isolation)  # type: ignore[arg-type]
-        return [r.status == "ok" and outputs_match(r.stdout, tests.outputs[i]) for i, r in enumerate(res)]
+        deadline = time.monotonic() + row_seconds
+        passed: list[bool | None] = [False] * n
+        for i in range(n):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                count_event("code/row_budget")
+                break
+            r = sandbox.run_python(code, stdin=tests.inputs[i], limits=_within(limits, left), isolation=isolation)  # type: ignore[arg-type]
+            _count_timeout(r)
+            passed[i] = r.status == "ok" and outputs_match(r.stdout, tests.outputs[i])
+            if not passed[i]:
+                break
+        return passed
+    lim = _within(limits, row_seconds)
     if tests.kind == "asserts":
-        return judge_asserts(code, tests.inputs[:n], limits=limits, isolation=isolation)[0]
-    calls, _ = sandbox.run_calls(code, tests.fn_name or "", tests.inputs[:n], limits=limits, isolation=isolation)  # type: ignore[arg-type]
+        verdicts, res = judge_asserts(code, tests.inputs[:n], limits=lim, isolation=isolation)
+        _count_timeout(res)
+        return verdicts
+    calls, res = sandbox.run_calls(code, tests.fn_name or "", tests.inputs[:n], limits=lim, isolation=isolation)  # type: ignore[arg-type]
+    _count_timeout(res)
     return [ok and _call_matches(val, exp) for (ok, val), exp in zip(calls, tests.outputs[:n])]
 
 
@@ -250,6 +297,7 @@ def make_code_reward(
     workers: int = 2,
     max_cases: int | None = None,
     isolation: str = "auto",
+    row_seconds: float = ROW_SECONDS,
 ):
     """A code reward function ``fn(prompts, completions, tests=None, answer=None, **kw)``.
 
@@ -260,6 +308,8 @@ def make_code_reward(
         max_cases: use at most this many test cases per row (None = all).
         isolation: sandbox isolation ("auto", "bwrap", "namespace", "none"); see
             :mod:`spro.rewards.sandbox` and ``spro doctor``.
+        row_seconds: time budget of one row, all its sandboxed runs together (stdio rows stop
+            at their first failing or timed-out case).
     """
     if mode not in ("fraction", "all"):
         raise ValueError(f"mode must be 'fraction' or 'all', got {mode!r}")
@@ -268,7 +318,7 @@ def make_code_reward(
         try:
             tests = parse_tests(spec)
             passed = run_tests(extract_code(completion), tests, limits=limits, isolation=isolation,
-                               max_cases=max_cases)
+                               max_cases=max_cases, row_seconds=row_seconds)
         except UnsupportedTest as e:
             count_event("code/unsupported_tests")
             warnings.warn(f"code reward: row {i}: tests the trusted judge cannot evaluate ({e}); reward None",
@@ -279,6 +329,11 @@ def make_code_reward(
             warnings.warn(f"code reward: row {i}: unreadable tests ({e}); reward None", stacklevel=3)
             return None
         if not passed:
+            return None
+        if any(p is None for p in passed):
+            count_event("code/needs_program_code")
+            warnings.warn(f"code reward: row {i}: a test's verdict would need the program's own code; reward None",
+                          stacklevel=3)
             return None
         if mode == "all":
             return 1.0 if all(passed) else 0.0

@@ -11,11 +11,12 @@ the sandbox. :func:`run_python` returns the program's exit status and its (cappe
 caller compares itself. :func:`run_values` evaluates expressions that *read the program* (calls of
 its functions, its names and attributes) and sends back only their **values**, serialised as plain
 data (:func:`encode_value`: ``None``, bools, ints, floats, strings, bytes, complex, lists, tuples,
-dicts, sets; anything else, including subclasses of those types, arrives as an
+dicts, sets, with subclasses of those, numpy values, fractions, decimals and iterators as their
+plain data (see :mod:`spro.rewards.sandbox_child`); anything else arrives as an
 :class:`Unrepresentable` that equals nothing). The trusted side decodes them strictly
 (:func:`decode_value`) and compares them itself, so no ``__eq__`` of the program ever runs on the
 trusted side and a program that exits early simply delivers no values. The expected values of a
-test are never sent into the sandbox (see :mod:`spro.rewards.code`): a program that forges the
+test are never sent into the sandbox (see :mod:`spro.rewards.asserts`): a program that forges the
 channel can only claim values, which is no more than returning them.
 
 **Isolation** (``isolation=``; ``"auto"`` picks the first that works here, and
@@ -876,11 +877,8 @@ def run_values(
     their values: ``("ok", value)``, ``("error", message)`` (it raised) or ``("missing", None)``
     (the program ended, crashed or timed out before it).
 
-    A request is ``{"call": name, "args": encode_value([...])}`` (call the program's function
-    ``name``, or the method of its ``class Solution``) or ``{"src": expression, "bind": {name:
-    binding}}`` where a binding is ``{"v": encode_value(x)}``, ``{"leaf": k}`` (the object request
-    ``k`` returned), ``{"global": name}`` (another of the program's names) or ``{"module": name}``.
-    Requests carry only what the program is given (arguments), never expected values.
+    Requests (described in :mod:`spro.rewards.sandbox_child`) name the program's functions and
+    objects and carry argument values only; never expected values or test code.
     """
     iso = _resolve_isolation(isolation)
     result, raw = _execute({"mode": "values", "code": code, "requests": list(requests)}, b"", limits, iso)
@@ -925,5 +923,5 @@ def run_many(
 
 def __getattr__(name: str):
     if name == "run_asserts":  # judged on the trusted side: it lives with the judge
-        raise AttributeError("spro.rewards.sandbox.run_asserts moved to spro.rewards.code.run_asserts")
+        raise AttributeError("spro.rewards.sandbox.run_asserts moved to spro.rewards.asserts.run_asserts")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
