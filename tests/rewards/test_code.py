@@ -60,7 +60,8 @@ def test_outputs_match(got, expected, same):
 def test_code_reward_on_real_looking_rows():
     fn = make_code_reward(limits=LIMITS, workers=2)
     good = "Read both numbers and add.\n```python\na, b = map(int, input().split())\nprint(a + b)\n```"
-    partial = "```python\na, b = map(int, input().split())\nprint(a + b if a < 5 else 0)\n```"  # passes 2/3
+    # passes the first case, fails the second; a stdio row stops there (the third is not run)
+    partial = "```python\na, b = map(int, input().split())\nprint(a + b if a < 5 else 0)\n```"
     crash = "```python\nraise SystemExit(input())\n```"
     asserts = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 5"]
     call = json.dumps({"fn_name": "square", "inputs": [[2], [5], [-3]], "outputs": [[4], [25], [9]]})
@@ -70,7 +71,7 @@ def test_code_reward_on_real_looking_rows():
                    "```python\ndef square(n):\n    return n * n if n > 0 else 0\n```"]
     tests = [ADD_STDIO, ADD_STDIO, ADD_STDIO, asserts, call, call]
     out = fn(["p"] * 6, completions, tests=tests)
-    assert out == pytest.approx([1.0, 2 / 3, 0.0, 2 / 3, 1.0, 2 / 3])
+    assert out == pytest.approx([1.0, 1 / 3, 0.0, 2 / 3, 1.0, 2 / 3])
     strict = make_code_reward(limits=LIMITS, mode="all", workers=2)
     assert strict(["p"] * 6, completions, tests=tests) == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
