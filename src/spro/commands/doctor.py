@@ -18,7 +18,8 @@ HELP = "Check the code sandbox: active isolation and an attack suite against it.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "namespace", "none", "all"],
                         help="Isolation mode to check (default: auto, the one code rewards use here; "
-                             "all: every mode available).")
+                             "all: every mode available). The attacks are spro's own programs; code "
+                             "rewards run model-written code in 'none' only with isolation='unsafe-none'.")
     parser.add_argument("--attack", action="append", default=[], metavar="NAME",
                         help="Run only this attack (repeatable). Attacks: "
                              + ", ".join(list(SANDBOX_ATTACKS) + list(MATH_ATTACKS)) + ".")
@@ -45,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
     auto = sandbox.isolation_report("auto")
     print(f"spro doctor: code sandbox check (uid {os.geteuid()}, {os.cpu_count()} CPUs)")
-    print(f"isolation used by code rewards here (auto): {auto['mode']}")
+    if auto["mode"] == "none":
+        print("isolation used by code rewards here (auto): none available -- code rewards refuse to run "
+              "model-written code unless given isolation='unsafe-none'")
+    else:
+        print(f"isolation used by code rewards here (auto): {auto['mode']}")
     for m in sandbox.ISOLATION_MODES:
         state = "available" if m == "none" or probe[m] else "unavailable: " + probe["reasons"].get(m, "")
         print(f"  {m:10s} {state}")
@@ -54,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         rep = sandbox.isolation_report(mode)
         print(f"\n[{mode}] network: {rep['network']}; files: {rep['filesystem']}")
         print(f"[{mode}] processes: {rep['fork_limit']}; cleanup: {rep['cleanup']}")
+        print(f"[{mode}] visible to the program: " + "; ".join(rep["visible"]))
         print(f"{'attack':22s} {'contained':11s} {'time':>6s}  detail")
         for name in names:
             if name not in SANDBOX_ATTACKS:

@@ -666,17 +666,20 @@ MATH_ATTACKS: dict[str, Callable[[], str]] = {
 
 
 def run_attack(name: str, mode: str) -> Outcome:
-    """Run one sandbox attack under isolation ``mode`` (not run where the mode does not claim it)."""
-    from spro.rewards.sandbox import isolation_report
+    """Run one sandbox attack under isolation ``mode`` ("bwrap", "namespace", "none" or "auto"; not
+    run where the mode does not claim to contain it)."""
+    from spro.rewards.sandbox import UNSAFE_NONE, isolation_report
 
     rep = isolation_report(mode)
+    mode = rep["mode"]
     if name in rep["not_contained"]:
         return Outcome(name, mode, None, "not contained by this mode: " + rep["not_contained"][name])
+    iso = UNSAFE_NONE if mode == "none" else mode  # our own attack programs, not a model's
     t = time.time()
     with tempfile.TemporaryDirectory(prefix="spro-doctor-") as tmp:
         os.chmod(tmp, 0o755)
         try:
-            detail = SANDBOX_ATTACKS[name](mode, tmp)
+            detail = SANDBOX_ATTACKS[name](iso, tmp)
             ok = True
         except _Escaped as e:
             ok, detail = False, str(e)

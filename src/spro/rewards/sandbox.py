@@ -94,6 +94,8 @@ __all__ = [
     "run_values",
     "run_calls",
     "run_many",
+    "active_isolation",
+    "UNSAFE_NONE",
     "isolation_report",
     "sandbox_processes",
     "sweep_stale",
@@ -252,14 +254,22 @@ def _bwrap_argv(limits: SandboxLimits, env: dict[str, str]) -> list[str]:
     return a + ["--"]
 
 
-@functools.lru_cache(maxsize=1)
-def _namespace_layout() -> tuple[str, list[str]]:
-    """(private working directory, directories to hide) for the namespace fallback."""
+def _python_dirs() -> list[str]:
+    """The interpreter's own folders (those of :func:`_python_paths` and the executable's)."""
     need = _python_paths() + [os.path.dirname(os.path.realpath(sys.executable))]
-    free = [d for d in _HIDE if os.path.isdir(d) and not os.path.islink(d)
-            and not any(_under(p, d) or _under(d, p) for p in need)]
+    return [p for p in need if not any(q != p and _under(p, q) for q in need)]
+
+
+@functools.lru_cache(maxsize=1)
+def _namespace_layout() -> tuple[str, list[str], list[str]]:
+    """(private working directory, directories to hide, the interpreter's folders under them,
+    bound back read-only) for the namespace fallback. Every directory of ``_HIDE`` is hidden,
+    also where the interpreter lives under one (a virtualenv under /tmp, pyenv or conda under a
+    home directory): only the interpreter's own folders are bound back."""
+    free = [d for d in _HIDE if os.path.isdir(d) and not os.path.islink(d)]
     work = next((d for d in ("/tmp", "/var/tmp", "/dev/shm", "/mnt") if d in free), "")
-    return work, [d for d in free if d != work]
+    binds = [p for p in _python_dirs() if any(_under(p, d) for d in free)]
+    return work, [d for d in free if d != work], binds
 
 
 def _namespace_argv() -> list[str]:
@@ -520,31 +530,58 @@ def _probe() -> dict[str, Any]:
 _WARNED: set[str] = set()
 
 
+UNSAFE_NONE = "unsafe-none"
+"""The ``isolation`` value that selects the ``"none"`` mode: model-written code then runs as the
+caller's user with rlimits only. Never chosen by ``"auto"``; ``"none"`` itself is refused."""
+
+
+def _warn_weak(mode: str, why: str) -> None:
+    if mode not in _WARNED:
+        _WARNED.add(mode)
+        warnings.warn(f"spro.rewards.sandbox: running model-written code with the weaker {mode!r} isolation "
+                      f"({why}); `spro doctor` lists what stays visible, see the README's Security section",
+                      RuntimeWarning, stacklevel=4)
+
+
 def _resolve_isolation(isolation: str) -> str:
-    if isolation not in ("auto",) + ISOLATION_MODES:
-        raise ValueError(f"isolation must be 'auto', 'bwrap', 'namespace' or 'none', got {isolation!r}")
     if isolation == "none":
+        raise ValueError(f"isolation='none' would run model-written code unsandboxed (as your user, with rlimits "
+                         f"only); to accept that, say so explicitly with isolation={UNSAFE_NONE!r}")
+    if isolation not in ("auto", "bwrap", "namespace", UNSAFE_NONE):
+        raise ValueError(f"isolation must be 'auto', 'bwrap', 'namespace' or {UNSAFE_NONE!r}, got {isolation!r}")
+    if isolation == UNSAFE_NONE:
+        _warn_weak("none", f"chosen with isolation={UNSAFE_NONE!r}")
         return "none"
     p = _probe()
     if isolation != "auto":
         if not p[isolation]:
             raise RuntimeError(f"{isolation} isolation requested but unavailable: {p['reasons'][isolation]}")
-        return isolation
-    mode = "bwrap" if p["bwrap"] else "namespace" if p["namespace"] else "none"
-    if mode != "bwrap" and mode not in _WARNED:
-        _WARNED.add(mode)
+        mode = isolation
+    elif p["bwrap"]:
+        mode = "bwrap"
+    elif p["namespace"]:
+        mode = "namespace"
+    else:
         why = "; ".join(f"{k}: {v}" for k, v in p["reasons"].items())
-        warnings.warn(f"spro.rewards.sandbox: running model-written code with the weaker {mode!r} isolation "
-                      f"({why}); see `spro doctor` and the README's Security section",
-                      RuntimeWarning, stacklevel=3)
+        raise RuntimeError(f"no sandbox for model-written code is available here ({why}); install bubblewrap, "
+                           f"or accept running it unsandboxed with isolation={UNSAFE_NONE!r}")
+    if mode != "bwrap":
+        _warn_weak(mode, "; ".join(f"{k}: {v}" for k, v in p["reasons"].items() if k == "bwrap")
+                   or "chosen explicitly")
     return mode
+
+
+def active_isolation(isolation: str = "auto") -> str:
+    """The mode that code rewards with this ``isolation`` setting run in here (``"bwrap"``,
+    ``"namespace"`` or ``"none"``); raises as they would where none is available. For run
+    records and start-of-training warnings (a non-bwrap mode warns once per process)."""
+    return _resolve_isolation(isolation)
 
 
 # Attacks (names as in `spro doctor`) that a mode does not contain, and why.
 _NOT_CONTAINED = {
     "namespace": {
-        "unix_socket": "sockets in host directories that stay visible (those holding the Python installation) "
-                       "are reachable; only the hidden directories are covered",
+        "unix_socket": "sockets in host directories that stay visible (all but the hidden ones) are reachable",
     },
     "none": {
         "read_parent_env": "the program runs as the caller's user and can read /proc/<pid>/environ of its processes",
@@ -563,12 +600,14 @@ def isolation_report(isolation: str = "auto") -> dict[str, Any]:
     """What the sandbox enforces on this machine for the given ``isolation`` setting.
 
     Keys: ``mode`` (``"bwrap"``, ``"namespace"`` or ``"none"``), ``network``, ``filesystem``,
+    ``visible`` (the host paths the program can read),
     ``pid_namespace``, ``read_only_fs``, ``private_tmp``, ``capabilities_dropped``, ``fork_limit``
     (how fork bombs are stopped, or that they are not), ``cleanup``, ``rlimits``, ``user`` (the
     caller's uid), ``reason`` (why stronger modes are unavailable) and ``not_contained`` (attack
     name -> why this mode does not stop it; the attacks are those of ``spro doctor``).
     """
-    mode = _resolve_isolation(isolation) if isolation != "auto" else _resolve_quiet()
+    mode = "none" if isolation in ("none", UNSAFE_NONE) else \
+        _resolve_isolation(isolation) if isolation != "auto" else _resolve_quiet()
     p = _probe()
     ns = mode != "none"
     uid = os.geteuid()
@@ -588,7 +627,8 @@ def isolation_report(isolation: str = "auto") -> dict[str, Any]:
     filesystem = {
         "bwrap": "read-only binds of /usr, /lib*, ld.so.cache and the Python installation; private /tmp",
         "namespace": "host file system read-only (still readable); private /tmp; "
-                     f"hidden: {', '.join(_namespace_layout()[1]) or 'nothing'}",
+                     f"hidden: {', '.join(_namespace_layout()[1]) or 'nothing'}"
+                     + (f"; bound back read-only: {', '.join(_namespace_layout()[2])}" if _namespace_layout()[2] else ""),
         "none": "host file system as the caller's user; a host temporary working directory",
     }[mode]
     return {
@@ -608,9 +648,23 @@ def isolation_report(isolation: str = "auto") -> dict[str, Any]:
                     "none": "process group + environment-marker scan; host directory removed"}[mode]
         + (" + pids cgroup" if uid == 0 and p["cgroup"] else ""),
         "rlimits": ["CPU", "AS", "FSIZE", "NPROC", "NOFILE", "CORE"],
+        "visible": _visible(mode),
         "reason": "; ".join(f"{k}: {v}" for k, v in p["reasons"].items() if k != mode),
         "not_contained": not_contained,
     }
+
+
+def _visible(mode: str) -> list[str]:
+    """Host paths the program can read in ``mode`` (read-only unless said otherwise)."""
+    if mode == "bwrap":
+        m = _bwrap_mounts()
+        return sorted({m[i + 1] for i, a in enumerate(m) if a == "--ro-bind"})
+    if mode == "namespace":
+        _, hide, binds = _namespace_layout()
+        return ["/ (the whole host file system) except " + ", ".join(hide + ["/tmp"])] + \
+            [f"{p} (the interpreter's, bound back)" for p in binds]
+    return ["/ (the whole host file system, writable where the caller's user may write)",
+            "/proc of every process of the caller's user"]
 
 
 def _resolve_quiet() -> str:
@@ -733,6 +787,8 @@ def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str)
     base: str | None = None
     cg: str | None = None
     proc: subprocess.Popen | None = None
+    if iso != "bwrap":
+        count_event(f"sandbox/runs_{iso}")  # the isolation of the run, in the metrics
     try:
         nproc = int(limits.max_processes) + _NPROC_OVERHEAD[iso]
         job = dict(job, limits={
@@ -746,9 +802,9 @@ def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str)
             base = tempfile.mkdtemp(prefix=f"{_CG_PREFIX}{os.getpid()}-")
             job.update(workdir=base, block_socket=True, parent_pid=os.getpid())
         elif iso == "namespace":
-            work, hide = _namespace_layout()
+            work, hide, binds = _namespace_layout()
             job.update(workdir=work, pid1=True,
-                       lockdown={"size": int(limits.disk_mb) << 20, "hide": hide})
+                       lockdown={"size": int(limits.disk_mb) << 20, "hide": hide, "binds": binds})
         else:
             job.update(workdir="/tmp")
         env = _base_env(marker, job["workdir"])

@@ -244,7 +244,8 @@ def decode_value(o, _depth=0):
 
 def _lockdown(lk, work):
     # Namespace fallback: in our own user+mount namespace, make everything read-only, put a private
-    # tmpfs on the working directory, hide directories holding sockets and user files, and (later)
+    # tmpfs on the working directory, hide directories holding sockets and user files under empty
+    # tmpfs, bind the interpreter's own folders that lie under them back read-only, and (later)
     # drop every capability so that nothing can be undone.
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
@@ -253,14 +254,37 @@ def _lockdown(lk, work):
         _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64),
                     ("prop", ctypes.c_uint64), ("userns", ctypes.c_uint64)]
 
-    attr = _MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY, AT_RECURSIVE below
-    if libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-        sys.stderr.write("sandbox: read-only remount failed\n"); os._exit(120)
+    def read_only(path):  # mount_setattr(MOUNT_ATTR_RDONLY, AT_RECURSIVE)
+        attr = _MountAttr(1, 0, 0, 0)
+        if libc.syscall(442, -100, path.encode(), 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+            sys.stderr.write("sandbox: read-only remount of %s failed\n" % path); os._exit(120)
+
+    binds = lk.get("binds", [])
+    # O_PATH handles on the interpreter's folders, taken before they are covered.
+    handles = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) for p in binds]
+    read_only("/")
+    covered = set()
     mounts = [(work, 2 | 4, "size=%d,mode=0700" % lk["size"])]  # MS_NOSUID|MS_NODEV
-    mounts += [(d, 1 | 2 | 4 | 8, "size=4k,mode=0555") for d in lk["hide"]]  # + MS_RDONLY|MS_NOEXEC
+    for d in lk["hide"]:
+        if any(p == d or p.startswith(d.rstrip("/") + "/") for p in binds):
+            covered.add(d)  # made read-only after the binds
+            mounts.append((d, 2 | 4 | 8, "size=64k,mode=0555"))  # MS_NOSUID|MS_NODEV|MS_NOEXEC
+        else:
+            mounts.append((d, 1 | 2 | 4 | 8, "size=4k,mode=0555"))  # + MS_RDONLY
     for path, flags, data in mounts:
         if libc.mount(b"tmpfs", path.encode(), b"tmpfs", flags, data.encode()) != 0:
             sys.stderr.write("sandbox: tmpfs on %s failed\n" % path); os._exit(120)
+    for p, fd in handles:
+        try:
+            os.makedirs(p, exist_ok=True)
+        except OSError:
+            sys.stderr.write("sandbox: cannot make %s\n" % p); os._exit(120)
+        if libc.mount(("/proc/self/fd/%d" % fd).encode(), p.encode(), None, 4096 | 16384, None) != 0:  # MS_BIND|MS_REC
+            sys.stderr.write("sandbox: bind of %s failed\n" % p); os._exit(120)
+        os.close(fd)
+        read_only(p)
+    for d in covered:
+        read_only(d)
     return libc
 
 
