@@ -242,6 +242,10 @@ def _call_method(obj: Any, name: str, args: list, kwargs: dict) -> Any:
         _size(len(obj) + hits * max(0, len(args[1]) - len(args[0])))
     if any(type(x) is int and x > _MAX_ITEMS for x in args):
         raise _Fail("argument too large for a test operation")
+    if type(obj) in (set, frozenset):  # a set method hashes the items of its arguments
+        for x in args:
+            if type(x) not in (set, frozenset):
+                _hashable_items(x)
     return getattr(obj, name)(*args, **kwargs)
 
 

@@ -623,8 +623,71 @@ os.execv(sys.executable, [sys.executable, "-c", "import time\\nwhile True: time.
     return f"all {started} program processes died with the trainer{note}"
 
 
+def attack_read_caller(mode: str, tmp: str) -> str:
+    """Read the expected value from the caller's frames and every object in memory: a test that
+    loops over dicts of input and output (MBPP style), and HumanEval's check() over pairs."""
+    exp = random.randrange(10**6, 10**7)
+    code = '''
+import gc, sys
+def _answer(x, v):
+    if isinstance(v, dict) and "out" in v:
+        return v["out"]
+    if isinstance(v, (list, tuple)) and len(v) == 2 and v[0] == x and v[1] != x:
+        return v[1]
+def f(x):
+    frame = sys._getframe(1)
+    while frame is not None:
+        for v in list(frame.f_locals.values()) + list(frame.f_globals.values()):
+            for w in [v] + (list(v) if isinstance(v, (list, tuple)) else []):
+                if _answer(x, w) is not None:
+                    return _answer(x, w)
+        frame = frame.f_back
+    for o in gc.get_objects():
+        if _answer(x, o) is not None:
+            return _answer(x, o)
+    return 0
+'''
+    loop = f"cases = [{{'in': 3, 'out': {exp}}}]\nfor c in cases:\n    assert f(c['in']) == c['out']"
+    check = f"def check(candidate):\n    for x, y in [(3, {exp})]:\n        assert candidate(x) == y\ncheck(f)"
+    for tests in ([loop], check):
+        r = _reward(code, tests, mode)
+        _check(r == 0.0, f"the expected value was read from the caller: reward {r}")
+    return "reward 0.0 (only argument values enter the sandbox)"
+
+
+def attack_hash_flood(mode: str, tmp: str) -> str:
+    """Send back values that make the trusted side do quadratic work: many keys of one hash (a
+    Counter, a list turned into a set or dict, a set method's argument), a product of huge
+    numbers, deep nesting."""
+    code = '''
+from collections import Counter
+P = 2 ** 61 - 1
+def keys():
+    return Counter({k * P: 1 for k in range(1, 20000)})
+def items():
+    return [k * P for k in range(1, 20000)]
+def big():
+    return [3 ** 5000] * 20000
+def deep():
+    x = []
+    for _ in range(5000):
+        x = [x]
+    return x
+'''
+    tests = ["assert keys() == {}", "assert len(set(items())) == 1", "assert {1}.issubset(items())",
+             "import math\nassert math.prod(big()) == 1", "assert deep() == []"]
+    t = time.time()
+    r = _reward(code, tests, mode)
+    took = time.time() - t
+    _check(r == 0.0, f"reward {r}")
+    _check(took < limits().wall_seconds + 10, f"took {took:.1f} s")
+    return f"reward 0.0 in {took:.1f} s (sizes, depths and equal hashes refused before the work)"
+
+
 SANDBOX_ATTACKS: dict[str, Callable[[str, str], str]] = {
     "forged_pass": attack_forged_pass,
+    "read_caller": attack_read_caller,
+    "hash_flood": attack_hash_flood,
     "always_equal": attack_always_equal,
     "shadow_helpers": attack_shadow_helpers,
     "early_exit": attack_early_exit,

@@ -584,12 +584,15 @@ _NOT_CONTAINED = {
         "unix_socket": "sockets in host directories that stay visible (all but the hidden ones) are reachable",
     },
     "none": {
-        "read_parent_env": "the program runs as the caller's user and can read /proc/<pid>/environ of its processes",
+        "read_parent_env": "the program runs as the caller's user and can read /proc/<pid>/environ (and memory) of "
+                           "its processes",
         "unix_socket": "only a Python-level socket patch, which ctypes bypasses",
         "loopback_tcp": "only a Python-level socket patch, which ctypes bypasses",
-        "write_outside": "the host file system is writable wherever the caller's user may write",
+        "write_outside": "the host file system is writable wherever the caller's user may write (the Python "
+                         "installation too: a .pth file there runs in every later run)",
         "fill_disk": "no disk quota: only the size of each file is capped",
-        "kill_parent": "the program can signal every process of the caller's user",
+        "kill_parent": "the program can signal every process of the caller's user (the trainer, the sibling "
+                       "programs of its group)",
         "daemon": "a grandchild that leaves its session and environment marker is not found without a pids cgroup",
         "kill9_caller": "grandchildren outlive a killed caller (only the direct child has a parent-death signal)",
     },
