@@ -194,10 +194,12 @@ def _under(path: str, root: str) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _python_paths() -> list[str]:
-    """Directories the interpreter needs (prefixes, standard library, site-packages), outermost
-    first, outside ``/usr`` (bound anyway)."""
+    """Directories the interpreter needs (prefixes, standard library, site-packages, and other
+    ``site-packages``/``dist-packages`` folders on ``sys.path``, which ``.pth`` files of the
+    installation may name), outermost first, outside ``/usr`` (bound anyway)."""
     cands = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
              os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    cands |= {p for p in sys.path if os.path.basename(p.rstrip("/")) in ("site-packages", "dist-packages")}
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         p = sysconfig.get_paths().get(key)
         if p:
