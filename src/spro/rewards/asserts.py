@@ -782,12 +782,5 @@ def judge_asserts(
     return judge.judge(values), result
 
 
-def run_asserts(
-    code: str,
-    tests: Sequence[str],
-    *,
-    limits: SandboxLimits = SandboxLimits(),
-    isolation: Isolation = "auto",
-) -> tuple[list[bool | None], SandboxResult]:
-    """Alias of :func:`judge_asserts`."""
-    return judge_asserts(code, tests, limits=limits, isolation=isolation)
+run_asserts = judge_asserts
+"""Alias of :func:`judge_asserts`."""

@@ -29,7 +29,14 @@ the time limit.
 
 Scoring rule: no ground truth (None/empty) -> ``None`` (counted as ``math/no_gold``); no answer
 found in the completion -> 0.0 (``math/no_answer``); grader time-out -> 0.0 (``math/timeout``,
-with a warning naming the row); otherwise 1.0 if equivalent else 0.0.
+with a warning naming the row); otherwise 1.0 if equivalent else 0.0. An answer is graded only
+as a whole: one that math-verify's LaTeX parser does not read entirely, or that holds several
+alternatives (``72 \\lor 73``, ``72|73``, ``72 \\text{ (or 73)}``), scores 0.0; golds that are not
+mathematics (names) are compared by spelling only.
+
+Why over 600 lines: extraction, grading and the two time-limit mechanisms (the in-process timer
+and the worker processes that stand in for it off the main thread) belong to one guarantee, a
+row costs at most its limit, and are kept together.
 """
 
 from __future__ import annotations

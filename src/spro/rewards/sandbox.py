@@ -59,6 +59,12 @@ files inside the bound directories; total memory of a run beyond ``max_processes
 setpriv) and that tool setting its parent-death signal (that run is then not tied to the caller:
 it ends at its CPU limit or by itself, and a sleeping program does not); in the fallback modes,
 what :func:`isolation_report` lists under ``not_contained``.
+
+Why over 600 lines: the three isolation modes, the per-run cgroups, the cleanup of hostile
+directories and the probe that chooses a mode share one run loop (:func:`_execute`) and one set
+of claims (:func:`isolation_report`); kept together, the whole boundary between the trainer and
+model-written code can be read in one file. The program that runs inside the sandbox is its own
+module, :mod:`spro.rewards.sandbox_child`.
 """
 
 from __future__ import annotations
