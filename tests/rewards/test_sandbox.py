@@ -294,3 +294,26 @@ def test_sweep_removes_what_a_dead_caller_left(tmp_path):
     finally:
         os.rmdir(live)
         sandbox._rmtree(stale)
+
+
+def test_standard_library_values_travel_as_their_plain_data():
+    code = ("import collections, decimal, enum, fractions, itertools\nimport numpy as np\n"
+            "class Color(enum.IntEnum):\n    RED = 1\n"
+            "P = collections.namedtuple('P', 'x y')\n"
+            "def values():\n"
+            "    return [collections.Counter('aab'), collections.OrderedDict(b=1), collections.defaultdict(int, a=2),\n"
+            "            P(1, 2), collections.deque([3]), fractions.Fraction(1, 3), decimal.Decimal('1.10'),\n"
+            "            np.int64(7), np.float32(0.5), np.array([[1, 2]]), (i for i in range(3)), map(str, [1]),\n"
+            "            {'k': 1}.items(), range(2), Color.RED, collections.UserDict(a=1), bytearray(b'x')]\n"
+            "def endless():\n    return itertools.count()\n")
+    values, res = run_values(code, [{"call": "values", "args": []}, {"call": "endless", "args": []}], limits=NORMAL)
+    assert res.ok, res.stderr
+    kind, got = values[0]
+    assert kind == "ok", got
+    import decimal
+    import fractions
+    assert got == [{"a": 2, "b": 1}, {"b": 1}, {"a": 2}, (1, 2), [3], fractions.Fraction(1, 3), decimal.Decimal("1.10"),
+                   7, 0.5, [[1, 2]], [0, 1, 2], ["1"], [("k", 1)], [0, 1], 1, {"a": 1}, b"x"]
+    assert type(got[0]) is dict and type(got[3]) is tuple and type(got[14]) is int
+    assert str(got[6]) == "1.10"  # exactly
+    assert values[1][0] == "ok" and isinstance(values[1][1], Unrepresentable)  # bounded: not materialised

@@ -31,7 +31,8 @@ generators and dict views are materialised here (at most ``MAX_ITEMS`` items) as
 else (an instance of a program's class, a function, ...) becomes an :class:`Unrepresentable` that
 equals nothing. Decoding is strict (exact JSON types, one known tag per object, bounded depth, no
 adversarial hash collisions) and creates only builtin plain data (and ``Fraction``/``Decimal``),
-so no code of the program runs where values are decoded.
+so no code of the program runs where values are decoded; its size is that of the results file,
+capped by ``SandboxLimits.output_bytes``.
 """
 
 import os
@@ -153,8 +154,11 @@ def _encode_other(v, t, d):
             if v.size > MAX_ITEMS:
                 raise _NotPlain("numpy array of more than %d items" % MAX_ITEMS)
             return encode_value(v.tolist(), d)
-    if coll is not None and isinstance(v, coll.deque):
-        return [encode_value(x, d) for x in _items(coll.deque.__iter__(v))]
+    if coll is not None:
+        if isinstance(v, coll.deque):
+            return [encode_value(x, d) for x in _items(coll.deque.__iter__(v))]
+        if isinstance(v, (coll.UserDict, coll.UserList, coll.UserString)):
+            return encode_value(v.data, d)
     if t in _VIEWS or t is range or hasattr(t, "__next__"):
         return [encode_value(x, d) for x in _items(v)]
     raise _NotPlain(t.__name__)
