@@ -227,3 +227,17 @@ def test_call_based_compares_plain_values():
     assert run_tests(code, parse_tests({"fn_name": "d", "inputs": [[1]], "outputs": [{"1": 1}]}), limits=LIMITS) == [True]
     assert run_tests(code, parse_tests({"fn_name": "s", "inputs": [[1]], "outputs": [[1]]}), limits=LIMITS) == [False]
     assert run_tests(code, parse_tests({"fn_name": "e", "inputs": [[1]], "outputs": [2]}), limits=LIMITS) == [False]
+
+
+def test_comprehensions_and_generators_are_judged_here_per_element():
+    code = "def f(x, y):\n    return x * 10 + y\ndef g(xs):\n    return [x + 1 for x in xs]\n"
+    tests = ["assert [f(x, y) for x in range(3) for y in range(2)] == [0, 1, 10, 11, 20, 21]",
+             "assert all(f(x, y) == 10 * x + y for x in [1, 2] for y in [3, 4])",
+             "for a in range(2):\n    assert [f(a, b) for b in range(2)] == [10 * a, 10 * a + 1]",
+             "assert all(v > 0 for v in g([1, 2]))",  # over the program's output: no program call inside
+             "assert {k: f(k, 0) for k in range(2)} == {0: 0, 1: 10}",
+             "assert [f(x, y) for x in range(3) for y in range(2)] == [0, 1, 10, 11, 20, 22]"]
+    passed, _ = judge_asserts(code, tests, limits=LIMITS)
+    assert passed == [True, True, True, True, True, False]
+    with pytest.raises(UnsupportedTest, match="passed back to the program"):
+        judge_asserts(code, ["assert all(f(v, 0) > 0 for v in g([1]))"], limits=LIMITS)

@@ -581,8 +581,9 @@ class _Case:
                                           "the program")
                 pending = True
                 return
+            base = self.loop  # the keys of the enclosing loops and generators
             for k, item in enumerate(_bounded(items, _MAX_LOOP * 10, node)):
-                self.loop = outer + (id(gen), k)
+                self.loop = base + (id(gen), k)
                 self.bind(gen.target, item, inner)
                 conds = [self.val(c, inner) for c in gen.ifs]
                 if _pending(*conds):
@@ -590,7 +591,7 @@ class _Case:
                     level(i + 1, inner)
                 elif all(conds):
                     level(i + 1, inner)
-            self.loop = outer
+            self.loop = base
 
         def level_soft(i: int, scope: dict) -> None:
             try:
