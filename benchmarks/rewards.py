@@ -7,8 +7,10 @@
   thread (SIGALRM time limit) vs a pool of ``--workers`` grading processes;
 * code: sandboxed programs per second through the code reward (``make_code_reward``, default
   isolation, ``--workers`` rows at a time), for assert-style rows (one program run per row, three
-  asserts) and stdin/stdout rows (one run per row). Each measurement runs in a fresh
-  interpreter. With ``--compare SRC`` (the ``src`` folder of another checkout, e.g. a
+  asserts) and stdin/stdout rows (one run per row); and the time of a batch of all-hanging
+  stdin/stdout rows (``--hang-n`` rows of 5 cases whose program never ends, limits of 1 s CPU and
+  2 s wall per run) against a batch of correct rows of the same shape. Each measurement runs in a
+  fresh interpreter. With ``--compare SRC`` (the ``src`` folder of another checkout, e.g. a
   ``git worktree`` of an older commit) the same measurements of that code are interleaved with
   this code's, ``--reps`` times, alternating which goes first, so that load from other jobs
   falls on both alike; medians and the ratio (this / other) are printed.
@@ -80,8 +82,17 @@ warnings.simplefilter("ignore")
 from spro.rewards.code import make_code_reward
 from spro.rewards.sandbox import SandboxLimits, isolation_report
 n, workers, kind = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-fn = make_code_reward(limits=SandboxLimits(cpu_seconds=5, wall_seconds=60), workers=workers)
-if kind == "asserts":
+if kind in ("hang", "stdio5"):
+    fn = make_code_reward(limits=SandboxLimits(cpu_seconds=1, wall_seconds=2), workers=workers)
+else:
+    fn = make_code_reward(limits=SandboxLimits(cpu_seconds=5, wall_seconds=60), workers=workers)
+if kind in ("hang", "stdio5"):
+    prog = "while True:\n    pass" if kind == "hang" else "a, b = map(int, input().split())\nprint(a + b)"
+    comps = ["```python\n%s\n```" % prog] * n
+    tests = [json.dumps({"inputs": ["%d 1\n" % (i + k) for k in range(5)],
+                         "outputs": ["%d\n" % (i + k + 1) for k in range(5)]}) for i in range(n)]
+    expect = 0.0 if kind == "hang" else 1.0
+elif kind == "asserts":
     comps = ["```python\ndef add(a, b):\n    return a + b\n```"] * n
     tests = [["assert add(%d, 1) == %d" % (i, i + 1), "assert add(-1, 1) == 0", "assert add(2, 2) == 5"]
              for i in range(n)]
@@ -95,7 +106,7 @@ t = time.perf_counter()
 out = fn(["p"] * n, comps, tests=tests)
 dt = time.perf_counter() - t
 assert all(abs(x - expect) < 1e-9 for x in out), out[:3]
-print(json.dumps({"programs_per_s": n / dt, "isolation": isolation_report("auto")["mode"]}))
+print(json.dumps({"programs_per_s": n / dt, "seconds": dt, "isolation": isolation_report("auto")["mode"]}))
 """
 
 
@@ -106,6 +117,18 @@ def _code_once(src: str, kind: str, n: int, workers: int) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"code benchmark failed for {src} ({kind}): {out.stderr[-1000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_hang(n: int, workers: int, compare: str | None) -> dict:
+    """Seconds for ``n`` all-hanging stdio rows (5 cases each) and for ``n`` correct ones."""
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    sides = {"this": here} if not compare else {"this": here, "other": os.path.abspath(compare)}
+    out: dict = {"rows": n, "src": sides, "seconds": {}}
+    for side, src in sides.items():
+        ok = _code_once(src, "stdio5", n, workers)["seconds"]
+        hang = _code_once(src, "hang", n, workers)["seconds"]
+        out["seconds"][side] = {"correct": ok, "hanging": hang, "hanging_over_correct": hang / ok}
+    return out
 
 
 def bench_code(n: int, workers: int, compare: str | None, reps: int) -> dict:
@@ -158,6 +181,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--math-n", type=int, default=300, help="math pairs (0: skip the math benchmark)")
     ap.add_argument("--code-n", type=int, default=40, help="programs per code measurement (0: skip)")
+    ap.add_argument("--hang-n", type=int, default=8, help="rows per hanging/correct batch (0: skip)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--compare", metavar="SRC", default=None,
                     help="the src folder of another checkout to measure the code reward against")
@@ -178,6 +202,8 @@ def main() -> None:
         result["math"] = bench_math(args.math_n, args.workers)
     if args.code_n:
         result["code"] = bench_code(args.code_n, args.workers, args.compare, args.reps)
+    if args.hang_n:
+        result["hang"] = bench_hang(args.hang_n, args.workers, args.compare)
     result["load_avg_1m_end"] = os.getloadavg()[0]
     print(f"machine: {result['cpus']} CPUs, 1-min load average {result['load_avg_1m_start']:.2f} at the start, "
           f"{result['load_avg_1m_end']:.2f} at the end, workers={args.workers}")
@@ -201,6 +227,12 @@ def main() -> None:
                   f"stdio {', '.join(f'{x:.1f}' for x in c['runs'][side]['stdio'])}")
         if "ratio" in c:
             print(f"  ratio this/other: assert-style {c['ratio']['asserts']:.2f}x, stdio {c['ratio']['stdio']:.2f}x")
+    if "hang" in result:
+        h = result["hang"]
+        print(f"all-hanging batch vs correct batch ({h['rows']} stdio rows of 5 cases, 1 s CPU / 2 s wall per run):")
+        for side, sec in h["seconds"].items():
+            print(f"  {side:5s} correct {sec['correct']:.1f} s, all hanging {sec['hanging']:.1f} s "
+                  f"({sec['hanging_over_correct']:.1f}x the correct batch)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

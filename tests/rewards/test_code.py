@@ -60,7 +60,8 @@ def test_outputs_match(got, expected, same):
 def test_code_reward_on_real_looking_rows():
     fn = make_code_reward(limits=LIMITS, workers=2)
     good = "Read both numbers and add.\n```python\na, b = map(int, input().split())\nprint(a + b)\n```"
-    partial = "```python\na, b = map(int, input().split())\nprint(a + b if a < 5 else 0)\n```"  # passes 2/3
+    # passes the first case, fails the second; a stdio row stops there (the third is not run)
+    partial = "```python\na, b = map(int, input().split())\nprint(a + b if a < 5 else 0)\n```"
     crash = "```python\nraise SystemExit(input())\n```"
     asserts = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 5"]
     call = json.dumps({"fn_name": "square", "inputs": [[2], [5], [-3]], "outputs": [[4], [25], [9]]})
@@ -70,7 +71,7 @@ def test_code_reward_on_real_looking_rows():
                    "```python\ndef square(n):\n    return n * n if n > 0 else 0\n```"]
     tests = [ADD_STDIO, ADD_STDIO, ADD_STDIO, asserts, call, call]
     out = fn(["p"] * 6, completions, tests=tests)
-    assert out == pytest.approx([1.0, 2 / 3, 0.0, 2 / 3, 1.0, 2 / 3])
+    assert out == pytest.approx([1.0, 1 / 3, 0.0, 2 / 3, 1.0, 2 / 3])
     strict = make_code_reward(limits=LIMITS, mode="all", workers=2)
     assert strict(["p"] * 6, completions, tests=tests) == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
@@ -178,7 +179,6 @@ def test_assert_tests_are_judged_here(test, ok):
 
 
 @pytest.mark.parametrize("test,what", [
-    ("assert all(f(i) == 2 * i for i in range(3))", "GeneratorExp"),  # the program would compare
     ("assert eval('f(1) == 2')", "builtin eval"),
     ("assert f(1).__eq__(2)", "dunder"),
     ("import os\nassert f(1)", "import os"),
@@ -186,7 +186,7 @@ def test_assert_tests_are_judged_here(test, ok):
     ("def check(c):\n    assert c(1) == 2\n", "runs no assert"),
     ("assert sorted(g([1]), key=lambda t: t) == [1]", "Lambda"),
     ("for v in g([1, 2]):\n    assert v > 0", "loop over the program's output"),
-    ("y = sorted(g([2]))\nassert f(y) == 4", "computed from the program's output"),
+    ("y = sorted(g([2]))\nassert f(y) == 4", "passed back to the program"),
     ("while True:\n    assert f(1)", "While"),
     ("assert f(", "does not parse"),
     ("assert sum([1, 2]) == 3", "reads nothing from the program"),  # would pass for any program
@@ -203,7 +203,7 @@ def test_unsupported_tests_score_none_with_a_warning():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         out = fn(["p"] * 2, ["```python\ndef f(x): return 2 * x\n```"] * 2,
-                 tests=[["assert all(f(i) == 2 * i for i in range(3))"], ["assert f(1) == 2"]])
+                 tests=[["assert eval('f(1) == 2')"], ["assert f(1) == 2"]])
     assert out == [None, 1.0]
     assert pop_reward_stats()["code/unsupported_tests"] == 1
     assert any("row 0" in str(x.message) and "trusted judge" in str(x.message) for x in w)
@@ -211,7 +211,7 @@ def test_unsupported_tests_score_none_with_a_warning():
 
 def test_hostile_test_values_cannot_stall_the_judge():
     code = "def big(): return 10 ** 4000\ndef many(): return [0] * 100000\ndef s(): return 'ab'\n"
-    tests = ["assert 2 ** big() == 1", "assert many() * 10 ** 6 == []", "assert s().replace('', 'x' * 10 ** 6)",
+    tests = ["assert 2 ** big() == 1", "assert many() * 10 ** 6 == []", "assert s().replace('', 'x' * 10 ** 7)",
              "assert len(list(range(big()))) == 1"]
     passed, _ = judge_asserts(code, tests, limits=LIMITS)
     assert passed == [False] * 4
@@ -227,3 +227,17 @@ def test_call_based_compares_plain_values():
     assert run_tests(code, parse_tests({"fn_name": "d", "inputs": [[1]], "outputs": [{"1": 1}]}), limits=LIMITS) == [True]
     assert run_tests(code, parse_tests({"fn_name": "s", "inputs": [[1]], "outputs": [[1]]}), limits=LIMITS) == [False]
     assert run_tests(code, parse_tests({"fn_name": "e", "inputs": [[1]], "outputs": [2]}), limits=LIMITS) == [False]
+
+
+def test_comprehensions_and_generators_are_judged_here_per_element():
+    code = "def f(x, y):\n    return x * 10 + y\ndef g(xs):\n    return [x + 1 for x in xs]\n"
+    tests = ["assert [f(x, y) for x in range(3) for y in range(2)] == [0, 1, 10, 11, 20, 21]",
+             "assert all(f(x, y) == 10 * x + y for x in [1, 2] for y in [3, 4])",
+             "for a in range(2):\n    assert [f(a, b) for b in range(2)] == [10 * a, 10 * a + 1]",
+             "assert all(v > 0 for v in g([1, 2]))",  # over the program's output: no program call inside
+             "assert {k: f(k, 0) for k in range(2)} == {0: 0, 1: 10}",
+             "assert [f(x, y) for x in range(3) for y in range(2)] == [0, 1, 10, 11, 20, 22]"]
+    passed, _ = judge_asserts(code, tests, limits=LIMITS)
+    assert passed == [True, True, True, True, True, False]
+    with pytest.raises(UnsupportedTest, match="passed back to the program"):
+        judge_asserts(code, ["assert all(f(v, 0) > 0 for v in g([1]))"], limits=LIMITS)

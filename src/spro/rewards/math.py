@@ -29,7 +29,14 @@ the time limit.
 
 Scoring rule: no ground truth (None/empty) -> ``None`` (counted as ``math/no_gold``); no answer
 found in the completion -> 0.0 (``math/no_answer``); grader time-out -> 0.0 (``math/timeout``,
-with a warning naming the row); otherwise 1.0 if equivalent else 0.0.
+with a warning naming the row); otherwise 1.0 if equivalent else 0.0. An answer is graded only
+as a whole: one that math-verify's LaTeX parser does not read entirely, or that holds several
+alternatives (``72 \\lor 73``, ``72|73``, ``72 \\text{ (or 73)}``), scores 0.0; golds that are not
+mathematics (names) are compared by spelling only.
+
+Why over 600 lines: extraction, grading and the two time-limit mechanisms (the in-process timer
+and the worker processes that stand in for it off the main thread) belong to one guarantee, a
+row costs at most its limit, and are kept together.
 """
 
 from __future__ import annotations
@@ -188,29 +195,57 @@ def normalize_gold(gold: Any) -> str | None:
 # ------------------------------------------------------------------------------------------
 # Grading
 # ------------------------------------------------------------------------------------------
+_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm)\s*\{([^{}]*)\}")
+
+
 def _plain(s: str) -> str:
+    """Spelling-only normalisation for answers math-verify cannot read: LaTeX spacing and sizing
+    commands, ``\\text{}`` wrappers, white space and case. Nothing that changes a value (no
+    leading ``.`` or brackets are stripped: ``.5`` never becomes ``5``)."""
     s = s.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("\\,", "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\text", "")
-    s = re.sub(r"\s+", "", s).strip("{}().").lower()
-    return s
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = _TEXT_RE.sub(lambda m: m.group(1), s)
+    return re.sub(r"\s+", "", s).strip("$").lower()
+
+
+# Several alternatives in one answer ("72 \\lor 73", "72|73", "72 \\text{ (or 73)}", "72 or 73"):
+# graded as wrong, whatever the gold (unless the gold itself is written so).
+_HEDGE_RE = re.compile(r"\\lor|\\vee|\bor\b|\d\s*\|\s*-?\d|\\(?:text|textbf|textit|mbox|mathrm)\s*\{[^{}]*\d",
+                       re.IGNORECASE)
+
+
+def _hedged(pred: str, gold: str) -> bool:
+    return bool(_HEDGE_RE.search(pred)) and not _HEDGE_RE.search(gold)
+
+
+def _is_math(parsed: tuple) -> bool:
+    return any(not isinstance(x, str) for x in parsed)
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse(s: str) -> tuple:
-    from math_verify import parse
+def _parse(s: str, strict: bool = False) -> tuple:
+    """math-verify's parse; ``strict``: LaTeX extraction only, so that an answer that does not
+    parse as a whole gives no value (math-verify's expression fallback would grade a fragment:
+    ``5 + \\undefined{3}`` as ``5``)."""
+    from math_verify import LatexExtractionConfig, parse
 
+    if strict:
+        return tuple(parse("$" + s + "$", parsing_timeout=None, extraction_config=[LatexExtractionConfig()]))
     return tuple(parse("$" + s + "$", parsing_timeout=None))
 
 
 def _grade_unlimited(pred: str, gold: str) -> bool:
-    """Equivalence of two answer strings with math-verify, no time limit."""
+    """Equivalence of two answer strings with math-verify, no time limit. The answer must parse
+    as a whole (no fragment is graded) and hold one alternative; where the gold is not
+    mathematics math-verify reads (a name), the answer must spell it (:func:`_plain`)."""
     from math_verify import verify
 
+    if _hedged(pred, gold):
+        return False
     g = _parse(gold)
-    p = _parse(pred)
-    if g and p and verify(list(g), list(p), timeout_seconds=None):
-        return True
-    # Text answers math-verify cannot read (e.g. names, "(B)"): compare normalised strings.
+    if _is_math(g):
+        p = _parse(pred, strict=True)
+        return _is_math(p) and bool(verify(list(g), list(p), timeout_seconds=None))
     return _plain(pred) == _plain(gold) and bool(_plain(gold))
 
 

@@ -11,11 +11,12 @@ the sandbox. :func:`run_python` returns the program's exit status and its (cappe
 caller compares itself. :func:`run_values` evaluates expressions that *read the program* (calls of
 its functions, its names and attributes) and sends back only their **values**, serialised as plain
 data (:func:`encode_value`: ``None``, bools, ints, floats, strings, bytes, complex, lists, tuples,
-dicts, sets; anything else, including subclasses of those types, arrives as an
+dicts, sets, with subclasses of those, numpy values, fractions, decimals and iterators as their
+plain data (see :mod:`spro.rewards.sandbox_child`); anything else arrives as an
 :class:`Unrepresentable` that equals nothing). The trusted side decodes them strictly
 (:func:`decode_value`) and compares them itself, so no ``__eq__`` of the program ever runs on the
 trusted side and a program that exits early simply delivers no values. The expected values of a
-test are never sent into the sandbox (see :mod:`spro.rewards.code`): a program that forges the
+test are never sent into the sandbox (see :mod:`spro.rewards.asserts`): a program that forges the
 channel can only claim values, which is no more than returning them.
 
 **Isolation** (``isolation=``; ``"auto"`` picks the first that works here, and
@@ -58,6 +59,12 @@ files inside the bound directories; total memory of a run beyond ``max_processes
 setpriv) and that tool setting its parent-death signal (that run is then not tied to the caller:
 it ends at its CPU limit or by itself, and a sleeping program does not); in the fallback modes,
 what :func:`isolation_report` lists under ``not_contained``.
+
+Why over 600 lines: the three isolation modes, the per-run cgroups, the cleanup of hostile
+directories and the probe that chooses a mode share one run loop (:func:`_execute`) and one set
+of claims (:func:`isolation_report`); kept together, the whole boundary between the trainer and
+model-written code can be read in one file. The program that runs inside the sandbox is its own
+module, :mod:`spro.rewards.sandbox_child`.
 """
 
 from __future__ import annotations
@@ -81,7 +88,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Literal, Sequence
 
-from spro.rewards import count_event
+from spro.rewards import count_event, sandbox_child
 
 __all__ = [
     "SandboxLimits",
@@ -93,6 +100,8 @@ __all__ = [
     "run_values",
     "run_calls",
     "run_many",
+    "active_isolation",
+    "UNSAFE_NONE",
     "isolation_report",
     "sandbox_processes",
     "sweep_stale",
@@ -150,139 +159,26 @@ class SandboxResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Value codec. The same source runs on both sides: the sandbox encodes the values it computes and
-# decodes the arguments it is given; the trusted side encodes arguments and decodes results.
-# Decoding is strict (exact JSON types, one known tag per object, bounded depth, no adversarial
-# hash collisions) and creates only builtin plain data, so no code of the program runs there.
+# Value codec and the child program: one real module, spro.rewards.sandbox_child, imported here
+# for the codec and run inside the sandbox as `python -I -c <its source> JOB_FD RESULTS_FD` (its
+# source is passed on the command line, so that nothing of spro's installation needs to be
+# visible inside the sandbox).
 # --------------------------------------------------------------------------------------------
-CODEC = r'''
-_MAX_DEPTH = 64
-_BIG_INT = 1 << 8000
+Unrepresentable = sandbox_child.Unrepresentable
+_NotPlain = sandbox_child._NotPlain
+_hashes_ok = sandbox_child._hashes_ok
 
 
-class Unrepresentable:
-    """A value with no plain-data form (an instance of a program's class, a subclass of a builtin
-    type, a function, ...). Equal to nothing; truth tests and hashing raise."""
-
-    __slots__ = ("what",)
-
-    def __init__(self, what):
-        self.what = what
-
-    def __repr__(self):
-        return "<unrepresentable %s>" % self.what
-
-    def __eq__(self, other):
-        raise TypeError("unrepresentable value (%s) compared" % self.what)
-
-    __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __eq__
-
-    def __bool__(self):
-        raise TypeError("unrepresentable value (%s) tested for truth" % self.what)
-
-    def __hash__(self):
-        raise TypeError("unrepresentable value (%s) hashed" % self.what)
-
-
-class _NotPlain(Exception):
-    pass
-
-
-def encode_value(v, _depth=0):
-    """Plain data -> JSON-able structure; raises _NotPlain for anything else."""
-    t = type(v)
-    if v is None or t is bool or t is str:
-        return v
-    if t is int:
-        return v if -_BIG_INT < v < _BIG_INT else {"x": hex(v)}
-    if t is float:
-        return v if v - v == 0 else {"f": repr(v)}
-    if _depth >= _MAX_DEPTH:
-        raise _NotPlain("nested deeper than %d" % _MAX_DEPTH)
-    d = _depth + 1
-    if t is list:
-        return [encode_value(x, d) for x in v]
-    if t is tuple:
-        return {"t": [encode_value(x, d) for x in v]}
-    if t is set or t is frozenset:
-        return {"s" if t is set else "z": [encode_value(x, d) for x in v]}
-    if t is dict:
-        return {"d": [[encode_value(k, d), encode_value(x, d)] for k, x in v.items()]}
-    if t is bytes:
-        return {"b": v.hex()}
-    if t is complex:
-        return {"c": [encode_value(v.real, d), encode_value(v.imag, d)]}
-    raise _NotPlain(t.__name__)
-
-
-def _hashes_ok(items):
-    # Many distinct items with one hash make set/dict construction quadratic: refuse them.
-    if len(items) > 64:
-        counts = {}
-        for x in items:
-            h = hash(x)
-            counts[h] = counts.get(h, 0) + 1
-            if counts[h] > 16:
-                raise ValueError("too many items with equal hashes")
-    return items
-
-
-def decode_value(o, _depth=0):
-    """Strict inverse of encode_value; raises ValueError/TypeError on anything malformed."""
-    t = type(o)
-    if o is None or t is bool or t is int or t is float or t is str:
-        return o
-    if _depth >= _MAX_DEPTH:
-        raise ValueError("nested deeper than %d" % _MAX_DEPTH)
-    d = _depth + 1
-    if t is list:
-        return [decode_value(x, d) for x in o]
-    if t is dict and len(o) == 1:
-        (k, x), = o.items()
-        tx = type(x)
-        if tx is list:
-            if k == "t":
-                return tuple(decode_value(e, d) for e in x)
-            if k == "s":
-                return set(_hashes_ok([decode_value(e, d) for e in x]))
-            if k == "z":
-                return frozenset(_hashes_ok([decode_value(e, d) for e in x]))
-            if k == "d":
-                pairs = []
-                for p in x:
-                    if type(p) is not list or len(p) != 2:
-                        raise ValueError("bad dict item")
-                    pairs.append((decode_value(p[0], d), decode_value(p[1], d)))
-                _hashes_ok([p[0] for p in pairs])
-                return dict(pairs)
-            if k == "c" and len(x) == 2:
-                re_, im = decode_value(x[0], d), decode_value(x[1], d)
-                if type(re_) is float and type(im) is float:
-                    return complex(re_, im)
-        elif tx is str:
-            if k == "b":
-                return bytes.fromhex(x)
-            if k == "f" and x in ("nan", "inf", "-inf"):
-                return float(x)
-            if k == "x":
-                return int(x, 16)
-            if k == "u":
-                return Unrepresentable(x[:100])
-    raise ValueError("not an encoded value")
-'''
-
-_codec: dict[str, Any] = {"__name__": __name__}
-exec(compile(CODEC, __file__ + ":CODEC", "exec"), _codec)  # noqa: S102 - our own source, see above
-Unrepresentable = _codec["Unrepresentable"]
-_NotPlain = _codec["_NotPlain"]
-_decode = _codec["decode_value"]
-_encode = _codec["encode_value"]
+@functools.lru_cache(maxsize=1)
+def _child_source() -> str:
+    with open(sandbox_child.__file__, encoding="utf-8") as f:
+        return f.read()
 
 
 def encode_value(v: Any) -> Any:
     """Encode plain data for :func:`run_values` arguments (ValueError if ``v`` is not plain)."""
     try:
-        return _encode(v)
+        return sandbox_child.encode_value(v)
     except _NotPlain as e:
         raise ValueError(f"not plain data: {e}") from None
 
@@ -290,221 +186,9 @@ def encode_value(v: Any) -> Any:
 def decode_value(o: Any) -> Any:
     """Decode what the sandbox sent; ValueError/TypeError if malformed (never runs program code)."""
     try:
-        return _decode(o)
+        return sandbox_child.decode_value(o)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-
-
-# --------------------------------------------------------------------------------------------
-# The child side: `python -I -c RUNNER JOB_FD RESULTS_FD`. The job (mode, program, what to
-# evaluate, limits) arrives on an inherited unlinked file; results leave on another. In "script"
-# mode the program runs as __main__ with the test input on stdin. In "values" mode it runs, then
-# each request is evaluated on its globals and one line `[index, encoded value]` (or
-# `[index, {"e": "Error: message"}]`) is written per request.
-# --------------------------------------------------------------------------------------------
-RUNNER = CODEC + r'''
-
-def _lockdown(lk, work):
-    # Namespace fallback: in our own user+mount namespace, make everything read-only, put a private
-    # tmpfs on the working directory, hide directories holding sockets and user files, and (later)
-    # drop every capability so that nothing can be undone.
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    class _MountAttr(ctypes.Structure):
-        _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64),
-                    ("prop", ctypes.c_uint64), ("userns", ctypes.c_uint64)]
-
-    attr = _MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY, AT_RECURSIVE below
-    if libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-        sys.stderr.write("sandbox: read-only remount failed\n"); os._exit(120)
-    mounts = [(work, 2 | 4, "size=%d,mode=0700" % lk["size"])]  # MS_NOSUID|MS_NODEV
-    mounts += [(d, 1 | 2 | 4 | 8, "size=4k,mode=0555") for d in lk["hide"]]  # + MS_RDONLY|MS_NOEXEC
-    for path, flags, data in mounts:
-        if libc.mount(b"tmpfs", path.encode(), b"tmpfs", flags, data.encode()) != 0:
-            sys.stderr.write("sandbox: tmpfs on %s failed\n" % path); os._exit(120)
-    return libc
-
-
-def _drop_capabilities(libc):
-    import ctypes
-    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    for c in range(64):
-        libc.prctl(24, c, 0, 0, 0)  # PR_CAPBSET_DROP
-
-    class _H(ctypes.Structure):
-        _fields_ = [("v", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class _D(ctypes.Structure):
-        _fields_ = [("e", ctypes.c_uint32), ("p", ctypes.c_uint32), ("i", ctypes.c_uint32)]
-
-    if libc.capset(ctypes.byref(_H(0x20080522, 0)), (_D * 2)()) != 0:
-        sys.stderr.write("sandbox: capset failed\n"); os._exit(120)
-
-
-def _block_sockets():
-    import socket as _s
-
-    def _blocked(*a, **k):
-        raise OSError(101, "network is disabled in the spro sandbox")
-
-    _s.socket = _s.create_connection = _s.socketpair = _blocked
-    try:
-        import _socket
-        _socket.socket = _blocked
-    except Exception:
-        pass
-
-
-def _set_limits(L):
-    import resource
-
-    def _set(res, v, hard=None):
-        try:
-            resource.setrlimit(res, (v, v if hard is None else hard))
-        except (ValueError, OSError):
-            pass
-    _set(resource.RLIMIT_CORE, 0)
-    _set(resource.RLIMIT_FSIZE, L["fsize"])
-    _set(resource.RLIMIT_NOFILE, L["nofile"])
-    _set(resource.RLIMIT_AS, L["as"])
-    _set(resource.RLIMIT_NPROC, L["nproc"])
-    _set(resource.RLIMIT_CPU, L["cpu"], L["cpu"] + 1)
-
-
-_JSON_ESCAPES = {i: "\\u%04x" % i for i in range(32)}
-_JSON_ESCAPES.update({34: '\\"', 92: "\\\\"})
-
-
-def _json(o):
-    # JSON text of an encoded value (None/bool/int/finite float/str/list/dict of str keys) without
-    # importing json, whose import (it pulls in re) costs a good part of a sandbox start.
-    t = type(o)
-    if o is None:
-        return "null"
-    if t is bool:
-        return "true" if o else "false"
-    if t is int or t is float:
-        return repr(o)
-    if t is str:
-        return '"' + o.translate(_JSON_ESCAPES) + '"'
-    if t is list:
-        return "[" + ",".join([_json(x) for x in o]) + "]"
-    return "{" + ",".join([_json(k) + ":" + _json(v) for k, v in o.items()]) + "}"
-
-
-def _serve_values(g, requests, res_fd):
-    out = open(res_fd, "w", encoding="utf-8", errors="surrogatepass", closefd=False)
-    values = {}
-    fns = {}
-    for i, req in enumerate(requests):
-        try:
-            if "call" in req:
-                name = req["call"]
-                if name not in fns:
-                    fn = g.get(name)
-                    if fn is None and "Solution" in g:
-                        fn = getattr(g["Solution"](), name)
-                    if fn is None:
-                        raise NameError("name %r is not defined" % name)
-                    fns[name] = fn
-                v = fns[name](*decode_value(req["args"]))
-            else:
-                ns = g
-                if req.get("bind"):
-                    ns = dict(g)
-                    for k, b in req["bind"].items():
-                        if "v" in b:
-                            ns[k] = decode_value(b["v"])
-                        elif "leaf" in b:
-                            if b["leaf"] not in values:
-                                raise NameError("name %r has no value (its call failed)" % k)
-                            ns[k] = values[b["leaf"]]
-                        elif "global" in b:
-                            if b["global"] not in g:
-                                raise NameError("name %r is not defined" % b["global"])
-                            ns[k] = g[b["global"]]
-                        elif "module" in b:
-                            ns[k] = __import__(b["module"])
-                v = eval(compile(req["src"], "<test %d>" % i, "eval"), ns)
-            values[i] = v
-            try:
-                enc = encode_value(v)
-            except _NotPlain as e:
-                enc = {"u": str(e)}
-            except RecursionError:
-                enc = {"u": "nested too deeply"}
-            line = _json([i, enc])
-        except BaseException as e:
-            try:
-                msg = "%s: %s" % (type(e).__name__, e)
-            except BaseException:
-                msg = "error"
-            print("request %d failed: %s" % (i, msg[:300]), file=sys.stderr)
-            line = _json([i, {"e": str(msg)[:300]}])
-        try:
-            out.write(line + "\n")
-            out.flush()
-        except BaseException:
-            break
-
-
-def _runner():
-    import marshal  # built in: no import cost (json would pull in re); the job comes from the parent
-    job_fd, res_fd = int(sys.argv[1]), int(sys.argv[2])
-    with open(job_fd, "rb") as f:
-        job = marshal.loads(f.read())
-    if job.get("pid1"):
-        # Process 1 of a new pid namespace: run the program in a child with ordinary signal
-        # semantics and pass on its exit status; when we exit the kernel kills whatever is left.
-        pid = os.fork()
-        if pid:
-            while True:
-                try:
-                    _, st = os.waitpid(pid, 0)
-                    break
-                except InterruptedError:
-                    continue
-            os._exit(128 + os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st))
-    lk = job.get("lockdown")
-    libc = _lockdown(lk, job["workdir"]) if lk else None
-    os.chdir(job["workdir"])
-    _set_limits(job["limits"])
-    if libc is not None:
-        _drop_capabilities(libc)
-    if job.get("parent_pid"):
-        import ctypes
-        ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL
-        if os.getppid() != job["parent_pid"]:
-            os._exit(125)
-    if job.get("block_socket"):
-        _block_sockets()
-    code, mode = job["code"], job["mode"]
-    requests = job.get("requests", [])
-    del job
-    g = {"__name__": "__main__", "__builtins__": __builtins__}
-    if mode == "script":
-        sys.argv = ["main.py"]
-        exec(compile(code, "main.py", "exec"), g)
-        sys.exit(0)
-    try:
-        exec(compile(code, "main.py", "exec"), g)
-    except SystemExit:
-        pass
-    except BaseException:
-        import traceback
-        traceback.print_exc()
-    _serve_values(g, requests, res_fd)
-    try:
-        sys.stdout.flush()
-    except BaseException:
-        pass
-    os._exit(0)
-
-
-import os, sys
-_runner()
-'''
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,10 +200,12 @@ def _under(path: str, root: str) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _python_paths() -> list[str]:
-    """Directories the interpreter needs (prefixes, standard library, site-packages), outermost
-    first, outside ``/usr`` (bound anyway)."""
+    """Directories the interpreter needs (prefixes, standard library, site-packages, and other
+    ``site-packages``/``dist-packages`` folders on ``sys.path``, which ``.pth`` files of the
+    installation may name), outermost first, outside ``/usr`` (bound anyway)."""
     cands = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
              os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    cands |= {p for p in sys.path if os.path.basename(p.rstrip("/")) in ("site-packages", "dist-packages")}
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         p = sysconfig.get_paths().get(key)
         if p:
@@ -576,14 +262,22 @@ def _bwrap_argv(limits: SandboxLimits, env: dict[str, str]) -> list[str]:
     return a + ["--"]
 
 
-@functools.lru_cache(maxsize=1)
-def _namespace_layout() -> tuple[str, list[str]]:
-    """(private working directory, directories to hide) for the namespace fallback."""
+def _python_dirs() -> list[str]:
+    """The interpreter's own folders (those of :func:`_python_paths` and the executable's)."""
     need = _python_paths() + [os.path.dirname(os.path.realpath(sys.executable))]
-    free = [d for d in _HIDE if os.path.isdir(d) and not os.path.islink(d)
-            and not any(_under(p, d) or _under(d, p) for p in need)]
+    return [p for p in need if not any(q != p and _under(p, q) for q in need)]
+
+
+@functools.lru_cache(maxsize=1)
+def _namespace_layout() -> tuple[str, list[str], list[str]]:
+    """(private working directory, directories to hide, the interpreter's folders under them,
+    bound back read-only) for the namespace fallback. Every directory of ``_HIDE`` is hidden,
+    also where the interpreter lives under one (a virtualenv under /tmp, pyenv or conda under a
+    home directory): only the interpreter's own folders are bound back."""
+    free = [d for d in _HIDE if os.path.isdir(d) and not os.path.islink(d)]
     work = next((d for d in ("/tmp", "/var/tmp", "/dev/shm", "/mnt") if d in free), "")
-    return work, [d for d in free if d != work]
+    binds = [p for p in _python_dirs() if any(_under(p, d) for d in free)]
+    return work, [d for d in free if d != work], binds
 
 
 def _namespace_argv() -> list[str]:
@@ -844,39 +538,69 @@ def _probe() -> dict[str, Any]:
 _WARNED: set[str] = set()
 
 
+UNSAFE_NONE = "unsafe-none"
+"""The ``isolation`` value that selects the ``"none"`` mode: model-written code then runs as the
+caller's user with rlimits only. Never chosen by ``"auto"``; ``"none"`` itself is refused."""
+
+
+def _warn_weak(mode: str, why: str) -> None:
+    if mode not in _WARNED:
+        _WARNED.add(mode)
+        warnings.warn(f"spro.rewards.sandbox: running model-written code with the weaker {mode!r} isolation "
+                      f"({why}); `spro doctor` lists what stays visible, see the README's Security section",
+                      RuntimeWarning, stacklevel=4)
+
+
 def _resolve_isolation(isolation: str) -> str:
-    if isolation not in ("auto",) + ISOLATION_MODES:
-        raise ValueError(f"isolation must be 'auto', 'bwrap', 'namespace' or 'none', got {isolation!r}")
     if isolation == "none":
+        raise ValueError(f"isolation='none' would run model-written code unsandboxed (as your user, with rlimits "
+                         f"only); to accept that, say so explicitly with isolation={UNSAFE_NONE!r}")
+    if isolation not in ("auto", "bwrap", "namespace", UNSAFE_NONE):
+        raise ValueError(f"isolation must be 'auto', 'bwrap', 'namespace' or {UNSAFE_NONE!r}, got {isolation!r}")
+    if isolation == UNSAFE_NONE:
+        _warn_weak("none", f"chosen with isolation={UNSAFE_NONE!r}")
         return "none"
     p = _probe()
     if isolation != "auto":
         if not p[isolation]:
             raise RuntimeError(f"{isolation} isolation requested but unavailable: {p['reasons'][isolation]}")
-        return isolation
-    mode = "bwrap" if p["bwrap"] else "namespace" if p["namespace"] else "none"
-    if mode != "bwrap" and mode not in _WARNED:
-        _WARNED.add(mode)
+        mode = isolation
+    elif p["bwrap"]:
+        mode = "bwrap"
+    elif p["namespace"]:
+        mode = "namespace"
+    else:
         why = "; ".join(f"{k}: {v}" for k, v in p["reasons"].items())
-        warnings.warn(f"spro.rewards.sandbox: running model-written code with the weaker {mode!r} isolation "
-                      f"({why}); see `spro doctor` and the README's Security section",
-                      RuntimeWarning, stacklevel=3)
+        raise RuntimeError(f"no sandbox for model-written code is available here ({why}); install bubblewrap, "
+                           f"or accept running it unsandboxed with isolation={UNSAFE_NONE!r}")
+    if mode != "bwrap":
+        _warn_weak(mode, "; ".join(f"{k}: {v}" for k, v in p["reasons"].items() if k == "bwrap")
+                   or "chosen explicitly")
     return mode
+
+
+def active_isolation(isolation: str = "auto") -> str:
+    """The mode that code rewards with this ``isolation`` setting run in here (``"bwrap"``,
+    ``"namespace"`` or ``"none"``); raises as they would where none is available. For run
+    records and start-of-training warnings (a non-bwrap mode warns once per process)."""
+    return _resolve_isolation(isolation)
 
 
 # Attacks (names as in `spro doctor`) that a mode does not contain, and why.
 _NOT_CONTAINED = {
     "namespace": {
-        "unix_socket": "sockets in host directories that stay visible (those holding the Python installation) "
-                       "are reachable; only the hidden directories are covered",
+        "unix_socket": "sockets in host directories that stay visible (all but the hidden ones) are reachable",
     },
     "none": {
-        "read_parent_env": "the program runs as the caller's user and can read /proc/<pid>/environ of its processes",
+        "read_parent_env": "the program runs as the caller's user and can read /proc/<pid>/environ (and memory) of "
+                           "its processes",
         "unix_socket": "only a Python-level socket patch, which ctypes bypasses",
         "loopback_tcp": "only a Python-level socket patch, which ctypes bypasses",
-        "write_outside": "the host file system is writable wherever the caller's user may write",
+        "write_outside": "the host file system is writable wherever the caller's user may write (the Python "
+                         "installation too: a .pth file there runs in every later run)",
         "fill_disk": "no disk quota: only the size of each file is capped",
-        "kill_parent": "the program can signal every process of the caller's user",
+        "kill_parent": "the program can signal every process of the caller's user (the trainer, the sibling "
+                       "programs of its group)",
         "daemon": "a grandchild that leaves its session and environment marker is not found without a pids cgroup",
         "kill9_caller": "grandchildren outlive a killed caller (only the direct child has a parent-death signal)",
     },
@@ -887,12 +611,14 @@ def isolation_report(isolation: str = "auto") -> dict[str, Any]:
     """What the sandbox enforces on this machine for the given ``isolation`` setting.
 
     Keys: ``mode`` (``"bwrap"``, ``"namespace"`` or ``"none"``), ``network``, ``filesystem``,
+    ``visible`` (the host paths the program can read),
     ``pid_namespace``, ``read_only_fs``, ``private_tmp``, ``capabilities_dropped``, ``fork_limit``
     (how fork bombs are stopped, or that they are not), ``cleanup``, ``rlimits``, ``user`` (the
     caller's uid), ``reason`` (why stronger modes are unavailable) and ``not_contained`` (attack
     name -> why this mode does not stop it; the attacks are those of ``spro doctor``).
     """
-    mode = _resolve_isolation(isolation) if isolation != "auto" else _resolve_quiet()
+    mode = "none" if isolation in ("none", UNSAFE_NONE) else \
+        _resolve_isolation(isolation) if isolation != "auto" else _resolve_quiet()
     p = _probe()
     ns = mode != "none"
     uid = os.geteuid()
@@ -912,7 +638,8 @@ def isolation_report(isolation: str = "auto") -> dict[str, Any]:
     filesystem = {
         "bwrap": "read-only binds of /usr, /lib*, ld.so.cache and the Python installation; private /tmp",
         "namespace": "host file system read-only (still readable); private /tmp; "
-                     f"hidden: {', '.join(_namespace_layout()[1]) or 'nothing'}",
+                     f"hidden: {', '.join(_namespace_layout()[1]) or 'nothing'}"
+                     + (f"; bound back read-only: {', '.join(_namespace_layout()[2])}" if _namespace_layout()[2] else ""),
         "none": "host file system as the caller's user; a host temporary working directory",
     }[mode]
     return {
@@ -932,9 +659,23 @@ def isolation_report(isolation: str = "auto") -> dict[str, Any]:
                     "none": "process group + environment-marker scan; host directory removed"}[mode]
         + (" + pids cgroup" if uid == 0 and p["cgroup"] else ""),
         "rlimits": ["CPU", "AS", "FSIZE", "NPROC", "NOFILE", "CORE"],
+        "visible": _visible(mode),
         "reason": "; ".join(f"{k}: {v}" for k, v in p["reasons"].items() if k != mode),
         "not_contained": not_contained,
     }
+
+
+def _visible(mode: str) -> list[str]:
+    """Host paths the program can read in ``mode`` (read-only unless said otherwise)."""
+    if mode == "bwrap":
+        m = _bwrap_mounts()
+        return sorted({m[i + 1] for i, a in enumerate(m) if a == "--ro-bind"})
+    if mode == "namespace":
+        _, hide, binds = _namespace_layout()
+        return ["/ (the whole host file system) except " + ", ".join(hide + ["/tmp"])] + \
+            [f"{p} (the interpreter's, bound back)" for p in binds]
+    return ["/ (the whole host file system, writable where the caller's user may write)",
+            "/proc of every process of the caller's user"]
 
 
 def _resolve_quiet() -> str:
@@ -1057,6 +798,8 @@ def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str)
     base: str | None = None
     cg: str | None = None
     proc: subprocess.Popen | None = None
+    if iso != "bwrap":
+        count_event(f"sandbox/runs_{iso}")  # the isolation of the run, in the metrics
     try:
         nproc = int(limits.max_processes) + _NPROC_OVERHEAD[iso]
         job = dict(job, limits={
@@ -1070,9 +813,9 @@ def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str)
             base = tempfile.mkdtemp(prefix=f"{_CG_PREFIX}{os.getpid()}-")
             job.update(workdir=base, block_socket=True, parent_pid=os.getpid())
         elif iso == "namespace":
-            work, hide = _namespace_layout()
+            work, hide, binds = _namespace_layout()
             job.update(workdir=work, pid1=True,
-                       lockdown={"size": int(limits.disk_mb) << 20, "hide": hide})
+                       lockdown={"size": int(limits.disk_mb) << 20, "hide": hide, "binds": binds})
         else:
             job.update(workdir="/tmp")
         env = _base_env(marker, job["workdir"])
@@ -1083,7 +826,7 @@ def _execute(job: dict[str, Any], stdin: bytes, limits: SandboxLimits, iso: str)
         jobf.seek(0)
         inf.write(stdin)
         inf.seek(0)
-        cmd = [sys.executable, "-I", "-c", RUNNER, str(jobf.fileno()), str(resf.fileno())]
+        cmd = [sys.executable, "-I", "-c", _child_source(), str(jobf.fileno()), str(resf.fileno())]
         popen_env = env
         if iso == "bwrap":
             cmd = _bwrap_argv(limits, env) + cmd
@@ -1201,11 +944,8 @@ def run_values(
     their values: ``("ok", value)``, ``("error", message)`` (it raised) or ``("missing", None)``
     (the program ended, crashed or timed out before it).
 
-    A request is ``{"call": name, "args": encode_value([...])}`` (call the program's function
-    ``name``, or the method of its ``class Solution``) or ``{"src": expression, "bind": {name:
-    binding}}`` where a binding is ``{"v": encode_value(x)}``, ``{"leaf": k}`` (the object request
-    ``k`` returned), ``{"global": name}`` (another of the program's names) or ``{"module": name}``.
-    Requests carry only what the program is given (arguments), never expected values.
+    Requests (described in :mod:`spro.rewards.sandbox_child`) name the program's functions and
+    objects and carry argument values only; never expected values or test code.
     """
     iso = _resolve_isolation(isolation)
     result, raw = _execute({"mode": "values", "code": code, "requests": list(requests)}, b"", limits, iso)
@@ -1250,5 +990,5 @@ def run_many(
 
 def __getattr__(name: str):
     if name == "run_asserts":  # judged on the trusted side: it lives with the judge
-        raise AttributeError("spro.rewards.sandbox.run_asserts moved to spro.rewards.code.run_asserts")
+        raise AttributeError("spro.rewards.sandbox.run_asserts moved to spro.rewards.asserts.run_asserts")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
