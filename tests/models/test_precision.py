@@ -72,3 +72,56 @@ def test_gguf_errors_name_the_file(model_dir, tmp_path):
     bad.write_bytes(b"not a gguf file")
     with pytest.raises(ModelLoadError, match=r"bad.gguf: transformers could not load this GGUF file"):
         load_model(str(bad))
+
+
+# ---------------------------------------------------------------- model.precision=auto and bf16 parity (issue 23)
+
+
+def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch, model_dir):
+    from spro.models import precision as prec
+
+    assert load_config().model.precision == "fp32"  # the default, and so the tiny presets, never change
+    monkeypatch.setattr(prec, "_cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
+    assert prec.resolve_precision("auto", "cpu") == "bf16"
+    assert prec.resolve_precision("auto", "cpu", "bfloat16") == "fp32"  # bf16 autocast needs fp32 master weights
+    assert prec.resolve_precision("fp32", "cpu") == "fp32" and prec.resolve_precision("bf16", "cpu") == "bf16"
+    model, _ = load_model(str(model_dir))
+    assert autocast_dtype(apply_precision(model, "auto", "cpu")) == torch.bfloat16
+    monkeypatch.setattr(prec, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})  # bf16 only by emulation
+    assert prec.resolve_precision("auto", "cpu") == "fp32"
+    model, _ = load_model(str(model_dir))
+    assert autocast_dtype(apply_precision(model, "auto", "cpu")) is None
+    assert load_config(overrides=["model.precision=auto"]).model.precision == "auto"
+
+
+def test_bf16_process_reward_is_exactly_zero_at_step_1(model_dir, tmp_path):
+    over = small_overrides(model_dir, tmp_path / "run", total_steps=1, **{"model.precision": "bf16"})
+    t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+    _, batch = t.rollout()
+    old = t._logp_fn(t.model, batch)
+    ref = t._logp_fn(t.ref, batch)
+    assert torch.equal(old, ref)  # pi_old == pi_ref: the process reward beta * (log pi_old - log pi_ref) is 0
+    t.train()
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["process/reward_abs_mean"] == 0.0
+
+
+def test_bf16_parity_with_fp32(model_dir, tmp_path):
+    """After a few fp32 updates (pi_old != pi_ref), the bf16 log-probs of the same tokens stay close to the
+    fp32 ones, and the bf16 error of the process term log pi_old - log pi_ref is well below the term itself."""
+    over = small_overrides(model_dir, tmp_path / "run", total_steps=3, **{"rollout.max_new_tokens": 16})
+    t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+    t.train()
+    _, batch = t.rollout()
+    m = batch.completion_mask.bool()
+    lp = {}
+    for name in ("fp32", "bf16"):
+        pol, ref = copy.deepcopy(t.model), copy.deepcopy(t.ref)
+        apply_precision(pol, name, "cpu")
+        apply_precision(ref, name, "cpu")
+        lp[name] = (t._logp_fn(pol, batch)[m], t._logp_fn(ref, batch)[m])
+    diff = (lp["bf16"][0] - lp["fp32"][0]).abs()
+    assert float(diff.max()) < 0.05 and float(diff.mean()) < 0.01
+    signal = lp["fp32"][0] - lp["fp32"][1]
+    noise = (lp["bf16"][0] - lp["bf16"][1]) - signal
+    assert float(signal.abs().mean()) > 0
+    assert float(noise.abs().mean()) < 0.1 * float(signal.abs().mean())

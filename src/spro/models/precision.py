@@ -8,6 +8,15 @@ fp32 weights; ``spro.models.logprobs`` takes the log-softmax of those fp32 logit
 of the PPO ratio, the KL term and SPRO's process reward ``beta * (log pi_old - log pi_ref)`` are
 fp32 numbers.
 
+``model.precision=auto`` (:func:`resolve_precision`) is bf16 where the hardware runs bf16 matmuls
+natively: a CUDA GPU with bf16 (compute capability 8.0 or newer), or a CPU with AMX-BF16 or
+AVX512-BF16 (Sapphire Rapids and newer Xeons, Zen 4); fp32 everywhere else, and fp32 when
+``model.dtype`` is not float32. It is the setting for real models (SmolLM2-135M on such a CPU: a
+forward pass ~3x faster than fp32). The default stays ``fp32``: the tiny presets and every
+committed fixed-seed result keep their numbers on every machine, and a config that names
+``fp32`` or ``bf16`` gives the same numbers wherever it runs on the same kind of machine; ``auto``
+gives the same numbers on one machine (it is resolved from the hardware, not from timing).
+
 This differs from ``model.dtype=bfloat16``, which casts the weights themselves (no fp32 copy: less
 memory, but updates smaller than bf16's resolution are lost).
 
@@ -19,19 +28,71 @@ torch also implements it on CPU (used by the tests), where bf16 is usually slowe
 
 from __future__ import annotations
 
+import contextlib
 import types
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-__all__ = ["PRECISIONS", "apply_precision", "autocast_dtype"]
+__all__ = ["PRECISIONS", "apply_precision", "autocast_dtype", "autocast_scope", "bf16_native", "resolve_precision"]
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_native(device_type: str) -> bool:
+    """Whether ``device_type`` ("cpu", "cuda", ...) runs bf16 matrix multiplications in hardware: a CUDA
+    device with native bf16, a CPU with AMX-BF16 or AVX512-BF16 (x86) or the BF16 extension (Arm, "bf16"
+    in /proc/cpuinfo). torch runs bf16 on other CPUs too, by emulation, usually slower than fp32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16", "bf16"})
+    return False
+
+
+def resolve_precision(precision: str, device_type: str, dtype: str = "float32") -> str:
+    """``"fp32"`` or ``"bf16"``: ``precision`` itself, or for ``"auto"`` bf16 when the weights are float32
+    and :func:`bf16_native` holds for ``device_type``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"model.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "bf16" if dtype == "float32" and bf16_native(device_type) else "fp32"
 
 
 def autocast_dtype(model: Any) -> torch.dtype | None:
     """The autocast dtype :func:`apply_precision` gave ``model`` (None: plain precision)."""
     return getattr(model, "_spro_autocast", (None, None))[1]
+
+
+@contextlib.contextmanager
+def autocast_scope(model: Any) -> Iterator[None]:
+    """One autocast region around many forward passes of ``model`` (``generate``'s decode steps): autocast
+    caches the bf16 copies of the fp32 weights until its outermost region ends, so each weight is cast once
+    per region instead of once per forward pass (each pass's own region is nested in this one). Same
+    numbers (a cast is a cast); 2.6x faster bf16 generation of SmolLM2-135M on CPU (16 x 16 tokens).
+    Nothing for a model without :func:`apply_precision`'s autocast. Weights must not change inside.
+    """
+    inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    state = getattr(inner, "_spro_autocast", None)
+    if state is None:
+        yield
+        return
+    with torch.autocast(state[0], dtype=state[1]):
+        yield
 
 
 def _autocast_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -49,10 +110,15 @@ def apply_precision(model: Any, precision: str, device_type: str) -> Any:
     """Make ``model`` (a transformers causal LM, in place) run its forward passes in ``precision``.
 
     ``"fp32"``: nothing changes. ``"bf16"``: bf16 autocast on ``device_type`` ("cuda", "cpu") with
-    the output layer in fp32; the weights must be fp32 (they are the master weights). Returns ``model``.
+    the output layer in fp32; the weights must be fp32 (they are the master weights). ``"auto"``:
+    :func:`resolve_precision` picks one of them. Returns ``model``.
     """
-    if precision not in PRECISIONS:
+    if precision == "auto":
+        dtypes = {p.dtype for p in model.parameters()}
+        precision = resolve_precision("auto", device_type, "float32" if dtypes <= {torch.float32} else "other")
+    elif precision not in PRECISIONS:
         raise ValueError(f"model.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    model._spro_precision = precision
     if precision == "fp32":
         return model
     if device_type not in ("cuda", "cpu", "xpu", "mps"):
