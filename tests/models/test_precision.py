@@ -125,3 +125,21 @@ def test_bf16_parity_with_fp32(model_dir, tmp_path):
     noise = (lp["bf16"][0] - lp["bf16"][1]) - signal
     assert float(signal.abs().mean()) > 0
     assert float(noise.abs().mean()) < 0.1 * float(signal.abs().mean())
+
+
+def test_bf16_forward_keeps_the_signature_generate_reads(model_dir):
+    """generate passes logits_to_keep=1 in the pre-fill only to a forward whose signature has it."""
+    import inspect
+
+    from spro.rollout.hf import _cache_kw
+
+    model, _ = load_model(str(model_dir))
+    apply_precision(model, "bf16", "cpu")
+    assert "logits_to_keep" in inspect.signature(model.forward).parameters and _cache_kw(model) == "cache"
+    shapes = []
+    model.get_output_embeddings().register_forward_hook(lambda mod, i, o: shapes.append(tuple(o.shape[:2])))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=3,
+                       pad_token_id=0, eos_token_id=None)
+    assert shapes == [(1, 1)] * 3  # the pre-fill's output layer at the last prompt position only

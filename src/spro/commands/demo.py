@@ -91,13 +91,14 @@ def run(args: argparse.Namespace) -> int:
     jobs = min(len(variants), cores)
     est = (0 if cached else EST_WARM_START_S) + math.ceil(len(variants) / jobs) * cfg.total_steps * EST_STEP_S
     est += (len(variants) + 1) * args.test_n * EST_EVAL_PER_PROBLEM_S
+    minutes = math.ceil(est / 60)
     print(
         f"spro demo: {', '.join(v.label for v in variants)} for {cfg.total_steps} steps each "
         f"({cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} samples per step), "
         f"then greedy evaluation on {args.test_n} held-out test problems.\n"
         f"The training runs go side by side, {jobs} at once with one torch thread each (their logs: "
         f"{out}/<algo>/seed{args.seed}/output.log).\n"
-        f"Estimated time on {cores} idle CPU core{'s' if cores > 1 else ''}: about {math.ceil(est / 60)} minutes"
+        f"Estimated time on {cores} idle CPU core{'s' if cores > 1 else ''}: about {minutes} minute{'s' if minutes > 1 else ''}"
         f"{'' if cached else ' (includes building the warm start once, under a minute)'}.",
         flush=True,
     )

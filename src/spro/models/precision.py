@@ -29,6 +29,7 @@ torch also implements it on CPU (used by the tests), where bf16 is usually slowe
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from typing import Any, Iterator
 
@@ -95,15 +96,27 @@ def autocast_scope(model: Any) -> Iterator[None]:
         yield
 
 
-def _autocast_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-    device_type, dtype = self._spro_autocast
-    with torch.autocast(device_type, dtype=dtype):
-        return type(self).forward(self, *args, **kwargs)
+def _autocast_forward(cls: type) -> Any:
+    """``cls.forward`` under the instance's autocast, with ``cls.forward``'s signature (``functools.wraps``):
+    ``generate`` reads the signature to decide what to pass (``logits_to_keep=1`` in the pre-fill; without it
+    the pre-fill computed the output layer at every prompt position) and spro reads the cache argument's name."""
+
+    @functools.wraps(cls.forward)
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        device_type, dtype = self._spro_autocast
+        with torch.autocast(device_type, dtype=dtype):
+            return cls.forward(self, *args, **kwargs)
+
+    return forward
 
 
-def _fp32_head_forward(self: Any, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    with torch.autocast(self._spro_autocast[0], enabled=False):
-        return type(self).forward(self, hidden.float(), *args, **kwargs)
+def _fp32_head_forward(cls: type) -> Any:
+    @functools.wraps(cls.forward)
+    def forward(self: Any, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self._spro_autocast[0], enabled=False):
+            return cls.forward(self, hidden.float(), *args, **kwargs)
+
+    return forward
 
 
 def apply_precision(model: Any, precision: str, device_type: str) -> Any:
@@ -129,9 +142,9 @@ def apply_precision(model: Any, precision: str, device_type: str) -> Any:
                          "weights; set model.dtype=float32")
     state = (device_type, torch.bfloat16)
     model._spro_autocast = state
-    model.forward = types.MethodType(_autocast_forward, model)
+    model.forward = types.MethodType(_autocast_forward(type(model)), model)
     head = model.get_output_embeddings()
     if head is not None:
         head._spro_autocast = state
-        head.forward = types.MethodType(_fp32_head_forward, head)
+        head.forward = types.MethodType(_fp32_head_forward(type(head)), head)
     return model
