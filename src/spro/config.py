@@ -98,9 +98,11 @@ class ModelConfig:
         "weights and optimizer state; the output layer and the log-softmax stay float32, so the log-probs of "
         "the PPO ratio, the KL term and the process reward are float32 (spro.models.precision). Fast on GPUs and "
         "on CPUs with AMX-BF16 / AVX512-BF16 (~3x fp32 for a real model); slower than fp32 on other CPUs. "
-        "'fp32': plain model.dtype. 'auto': bf16 where the hardware runs it natively (such a CPU, a bf16 GPU) "
-        "and model.dtype is float32, fp32 elsewhere: the setting for real models; the default stays fp32 so "
-        "that the tiny presets' numbers do not depend on the machine.",
+        "'fp32': plain model.dtype. 'auto': bf16 where the hardware runs it natively (such a CPU, a bf16 GPU), "
+        "model.dtype is float32 and the run does not train on a log-ratio to the reference (SPRO, PRIME, "
+        "kl_coef > 0: there bf16's rounding noise is larger than the early process reward), fp32 elsewhere: the "
+        "setting for real models; the default stays fp32 so that the tiny presets' numbers do not depend on "
+        "the machine.",
         choices=("fp32", "bf16", "auto"),
     )
     gguf_file: str | None = _f(

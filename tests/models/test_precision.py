@@ -84,6 +84,7 @@ def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch, model_dir):
     monkeypatch.setattr(prec, "_cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
     assert prec.resolve_precision("auto", "cpu") == "bf16"
     assert prec.resolve_precision("auto", "cpu", "bfloat16") == "fp32"  # bf16 autocast needs fp32 master weights
+    assert prec.resolve_precision("auto", "cpu", logratio=True) == "fp32"  # SPRO / PRIME / KL: parity does not hold
     assert prec.resolve_precision("fp32", "cpu") == "fp32" and prec.resolve_precision("bf16", "cpu") == "bf16"
     model, _ = load_model(str(model_dir))
     assert autocast_dtype(apply_precision(model, "auto", "cpu")) == torch.bfloat16
@@ -143,3 +144,14 @@ def test_bf16_forward_keeps_the_signature_generate_reads(model_dir):
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=3,
                        pad_token_id=0, eos_token_id=None)
     assert shapes == [(1, 1)] * 3  # the pre-fill's output layer at the last prompt position only
+
+
+def test_auto_in_the_trainer(monkeypatch, model_dir, tmp_path):
+    """auto: bf16 for GRPO without a KL term, fp32 for SPRO (its process reward is a log-ratio to pi_ref)."""
+    from spro.models import precision as prec
+
+    monkeypatch.setattr(prec, "_cpu_flags", lambda: {"amx_bf16"})
+    for algo, want in (("grpo", torch.bfloat16), ("spro", None)):
+        over = small_overrides(model_dir, tmp_path / algo, algorithm=algo, **{"model.precision": "auto"})
+        t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+        assert autocast_dtype(t.model) == want and autocast_dtype(t.ref) == want

@@ -10,9 +10,11 @@ fp32 numbers.
 
 ``model.precision=auto`` (:func:`resolve_precision`) is bf16 where the hardware runs bf16 matmuls
 natively: a CUDA GPU with bf16 (compute capability 8.0 or newer), or a CPU with AMX-BF16 or
-AVX512-BF16 (Sapphire Rapids and newer Xeons, Zen 4); fp32 everywhere else, and fp32 when
-``model.dtype`` is not float32. It is the setting for real models (SmolLM2-135M on such a CPU: a
-forward pass ~3x faster than fp32). The default stays ``fp32``: the tiny presets and every
+AVX512-BF16 (Sapphire Rapids and newer Xeons, Zen 4), and the run does not train on a log-ratio
+to the reference (SPRO's and PRIME's process rewards, a KL term with ``kl_coef > 0``), for which
+bf16's parity does not hold (below); fp32 everywhere else, and fp32 when ``model.dtype`` is not
+float32. It is the setting for real models (SmolLM2-135M on such a CPU: a forward pass ~3x faster
+than fp32). The default stays ``fp32``: the tiny presets and every
 committed fixed-seed result keep their numbers on every machine, and a config that names
 ``fp32`` or ``bf16`` gives the same numbers wherever it runs on the same kind of machine; ``auto``
 gives the same numbers on one machine (it is resolved from the hardware, not from timing).
@@ -22,8 +24,23 @@ memory, but updates smaller than bf16's resolution are lost).
 
 The forward is replaced on the model object (a bound method, so ``copy.deepcopy`` of the model,
 e.g. the frozen reference or PRIME's PRM, keeps it bound to the copy), which also covers
-``generate`` and wrappers such as peft's ``PeftModel`` and DDP. Autocast is a GPU feature first;
-torch also implements it on CPU (used by the tests), where bf16 is usually slower than fp32.
+``generate`` and wrappers such as peft's ``PeftModel`` and DDP; it keeps the model's signature,
+which ``generate`` reads. Autocast runs on GPUs and CPUs; on a CPU without bf16 in hardware (no
+AMX-BF16 / AVX512-BF16) bf16 is slower than fp32, and so it is for the tiny model's small matrices
+everywhere. What stays fp32 under bf16 costs time too: the output layer (for SmolLM2, 49152 x 576,
+a fifth of the model's FLOPs per token, at the fp32 rate), the optimizer step, the casts.
+
+Bit-comparability under bf16: pi_old and pi_ref run the same code on the same inputs, so at step 1
+(pi_old == pi_ref) the process reward is exactly 0 under bf16 as under fp32
+(tests/models/test_precision.py). Later, bf16 rounding of the inputs of each matmul adds noise to
+each log-prob (~1e-2 for SmolLM2, benchmarks/roofline.py prints it); the process term is a
+difference of two such log-probs, and weights that differ by less than bf16's resolution cast to
+the same bf16 numbers: early in training (small weight changes) the bf16 process term is mostly
+noise. Measured with benchmarks/roofline.py on SmolLM2-135M (a policy whose every weight moved by
+1e-4, about 10 Adam steps of lr 1e-5, from the reference): the bf16 error of
+log pi_old - log pi_ref was 4.1x the term itself; at 1e-3 (about 100 steps), 0.5x. So ``auto``
+keeps fp32 for runs that train on that log-ratio, and ``bf16`` for SPRO is a choice to make
+knowingly.
 """
 
 from __future__ import annotations
@@ -35,7 +52,8 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["PRECISIONS", "apply_precision", "autocast_dtype", "autocast_scope", "bf16_native", "resolve_precision"]
+__all__ = ["PRECISIONS", "apply_precision", "autocast_dtype", "autocast_scope", "bf16_native", "precision_of",
+           "resolve_precision"]
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -62,14 +80,24 @@ def bf16_native(device_type: str) -> bool:
     return False
 
 
-def resolve_precision(precision: str, device_type: str, dtype: str = "float32") -> str:
-    """``"fp32"`` or ``"bf16"``: ``precision`` itself, or for ``"auto"`` bf16 when the weights are float32
-    and :func:`bf16_native` holds for ``device_type``."""
+def resolve_precision(precision: str, device_type: str, dtype: str = "float32", *, logratio: bool = False) -> str:
+    """``"fp32"`` or ``"bf16"``: ``precision`` itself, or for ``"auto"`` bf16 when the weights are float32,
+    :func:`bf16_native` holds for ``device_type`` and the run does not train on a log-ratio to the reference
+    (``logratio``: SPRO's and PRIME's process rewards, a KL term), where bf16's parity does not hold (see the
+    module docstring); fp32 otherwise."""
     if precision not in PRECISIONS:
         raise ValueError(f"model.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    return "bf16" if dtype == "float32" and bf16_native(device_type) else "fp32"
+    return "bf16" if dtype == "float32" and not logratio and bf16_native(device_type) else "fp32"
+
+
+def precision_of(model: Any) -> str | None:
+    """The precision :func:`apply_precision` resolved for ``model`` (None: not applied)."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return getattr(inner, "_spro_precision", None)
 
 
 def autocast_dtype(model: Any) -> torch.dtype | None:
@@ -119,16 +147,17 @@ def _fp32_head_forward(cls: type) -> Any:
     return forward
 
 
-def apply_precision(model: Any, precision: str, device_type: str) -> Any:
+def apply_precision(model: Any, precision: str, device_type: str, *, logratio: bool = False) -> Any:
     """Make ``model`` (a transformers causal LM, in place) run its forward passes in ``precision``.
 
     ``"fp32"``: nothing changes. ``"bf16"``: bf16 autocast on ``device_type`` ("cuda", "cpu") with
     the output layer in fp32; the weights must be fp32 (they are the master weights). ``"auto"``:
-    :func:`resolve_precision` picks one of them. Returns ``model``.
+    :func:`resolve_precision` picks one of them (``logratio``: see there). Returns ``model``.
     """
     if precision == "auto":
         dtypes = {p.dtype for p in model.parameters()}
-        precision = resolve_precision("auto", device_type, "float32" if dtypes <= {torch.float32} else "other")
+        precision = resolve_precision("auto", device_type, "float32" if dtypes <= {torch.float32} else "other",
+                                      logratio=logratio)
     elif precision not in PRECISIONS:
         raise ValueError(f"model.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     model._spro_precision = precision
