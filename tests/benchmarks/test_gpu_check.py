@@ -39,7 +39,8 @@ def test_smoke_run_on_cpu_prints_the_table_and_the_ratio(tmp_path, capsys):
     assert ratio == pytest.approx(rows["spro"][0] / rows["grpo"][0], rel=0.05)  # the table rounds to ms
     stages = re.findall(r"^(grpo|spro)/bf16\s+(generation|logprob|update)((?:\s+[\d.]+){7})$", out, re.M)
     assert [(a, s) for a, s, _ in stages] == [(a, s) for a in ("grpo", "spro") for s in ("generation", "logprob", "update")]
-    assert all(float(x) > 0 for _, _, v in stages for x in v.split()[:2])  # seconds and GFLOP/s
+    # seconds and tokens/s (GFLOP/s of this 1-layer model rounds to 0.0)
+    assert all(float(v.split()[0]) > 0 and float(v.split()[5]) > 0 for _, _, v in stages)
     assert re.search(r"bf16 matmul peak 1024x576x1536: \d+ GFLOP/s", out)
 
 

@@ -8,7 +8,6 @@ import torch
 
 from spro.models.precision import autocast_scope
 from spro.rollout.batch import RolloutBatch, completion_mask_from_ids
-from spro.rollout.decode import sample_decode, supports_sample_decode
 
 __all__ = ["RolloutBackend", "HFGenerateBackend", "make_backend"]
 
@@ -36,10 +35,6 @@ class HFGenerateBackend:
     from it, instead of pre-filling G copies (greedy outputs are identical either way). Under
     ``model.precision=bf16`` the whole call runs in one autocast region, so the weights are cast to bf16
     once per call, not once per decode step (:func:`spro.models.precision.autocast_scope`).
-    With ``decode_loop`` (the default) the tokens are sampled by :func:`spro.rollout.decode.sample_decode`,
-    ``generate``'s sampling step for step (the same tokens for the same seed) without its per-step
-    overhead; a model it cannot stand in for (see :func:`~spro.rollout.decode.supports_sample_decode`)
-    goes through ``generate``.
     """
 
     def __init__(
@@ -53,10 +48,8 @@ class HFGenerateBackend:
         top_k: int = 0,
         generation_batch_size: int = 0,
         share_prompt_prefix: bool = True,
-        decode_loop: bool = True,
     ) -> None:
         self.model = model
-        self.decode_loop = decode_loop
         self.share_prompt_prefix = share_prompt_prefix
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -92,19 +85,15 @@ class HFGenerateBackend:
                     max_new_tokens=self.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id, use_cache=True,
                 )
                 P = ids.shape[1]
-                share = self.share_prompt_prefix and P >= 2
                 with autocast_scope(model):
-                    cache = _prefill(model, ids, attn, G) if share else None
-                    if self.decode_loop and supports_sample_decode(model, kwargs["top_k"]):
-                        new = sample_decode(model, ids.repeat_interleave(G, 0), attn.repeat_interleave(G, 0),
-                                            max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
-                                            eos_token_id=eos_id, temperature=self.temperature, top_k=kwargs["top_k"],
-                                            top_p=self.top_p, cache=cache, cache_kw=_cache_kw(model))
-                    elif share:
-                        new = model.generate(input_ids=ids.repeat_interleave(G, 0), attention_mask=attn.repeat_interleave(G, 0),
-                                             **{_cache_kw(model): cache}, **kwargs)[:, P:]
+                    if self.share_prompt_prefix and P >= 2:
+                        cache = _prefill(model, ids, attn, G)
+                        out = model.generate(input_ids=ids.repeat_interleave(G, 0),
+                                             attention_mask=attn.repeat_interleave(G, 0),
+                                             **{_cache_kw(model): cache}, **kwargs)
                     else:
-                        new = model.generate(input_ids=ids, attention_mask=attn, num_return_sequences=G, **kwargs)[:, P:]
+                        out = model.generate(input_ids=ids, attention_mask=attn, num_return_sequences=G, **kwargs)
+                new = out[:, P:]
                 pieces.append((ids.repeat_interleave(G, 0), attn.repeat_interleave(G, 0), new))
         finally:
             tok.padding_side = old_side
