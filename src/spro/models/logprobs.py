@@ -72,7 +72,7 @@ def sequence_logps(
     The prompt (left padded) and response (right padded) are concatenated; position ids follow
     the attention mask as in ``generate``. Logits are divided by ``temperature`` (the sampling
     distribution). The output layer runs only at the response positions (without gradients: only at
-those that predict a response token, ``completion_mask``); padding positions of the result hold 0.
+    those that predict a response token, ``completion_mask``); padding positions of the result hold 0.
     Returns ``(logp [b, T], entropy [b, T] or None)`` for the rows ``idx`` (default: all).
     Gradients flow when called outside ``torch.no_grad()`` (to the entropy only if
     ``entropy_grad``).
@@ -181,7 +181,7 @@ def _shared_prefix_logps(model: Any, batch: RolloutBatch, G: int, temperature: f
     m = c_mask.bool()
     lp0, ent0 = _token_logps(first[:, 0, :], c_ids[:, 0], temperature, with_entropy, entropy_grad)
     lp, ent = _token_logps(out2.logits, c_ids[:, 1:][m[:, 1:]], temperature, with_entropy, entropy_grad)
-    logp0, entropy0 = _scatter(m[:, :1], lp0[m[:, 0]], None if ent0 is None else ent0[m[:, 0]])
+    logp0, entropy0 = _zero_padding(m[:, :1], lp0[:, None], None if ent0 is None else ent0[:, None])
     logp1, entropy1 = _scatter(m[:, 1:], lp, ent)
     logp = torch.cat([logp0, logp1], dim=1)
     return logp, (None if ent is None else torch.cat([entropy0, entropy1], dim=1))
