@@ -127,31 +127,15 @@ def autocast_scope(model: Any) -> Iterator[None]:
 def _autocast_forward(cls: type) -> Any:
     """``cls.forward`` under the instance's autocast, with ``cls.forward``'s signature (``functools.wraps``):
     ``generate`` reads the signature to decide what to pass (``logits_to_keep=1`` in the pre-fill; without it
-    the pre-fill computed the output layer at every prompt position) and spro reads the cache argument's name.
-
-    On CPU, scaled-dot-product attention runs on torch's math backend (:func:`_cpu_attention`): its bf16
-    backward is 2.3x faster than the CPU flash-attention kernel's (SmolLM2's 9 heads x 67 x 64, 8 rows),
-    and a bf16 forward + backward of SmolLM2-135M took 0.60x the time (issue 23). Every pass of a bf16
-    model uses it (pi_old, pi_ref, generation), so pi_old == pi_ref still gives identical log-probs. The
-    math backend materialises the attention weights: [rows, heads, L, L] per layer, kept for the backward.
-    """
+    the pre-fill computed the output layer at every prompt position) and spro reads the cache argument's name."""
 
     @functools.wraps(cls.forward)
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         device_type, dtype = self._spro_autocast
-        with torch.autocast(device_type, dtype=dtype), _cpu_attention(device_type):
+        with torch.autocast(device_type, dtype=dtype):
             return cls.forward(self, *args, **kwargs)
 
     return forward
-
-
-def _cpu_attention(device_type: str) -> Any:
-    """The math backend of ``scaled_dot_product_attention`` on CPU; nothing on other devices."""
-    if device_type != "cpu":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _fp32_head_forward(cls: type) -> Any:
