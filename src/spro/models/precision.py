@@ -38,7 +38,8 @@ difference of two such log-probs, and weights that differ by less than bf16's re
 the same bf16 numbers: early in training (small weight changes) the bf16 process term is mostly
 noise. Measured with benchmarks/roofline.py on SmolLM2-135M (a policy whose every weight moved by
 1e-4, about 10 Adam steps of lr 1e-5, from the reference): the bf16 error of
-log pi_old - log pi_ref was 4.1x the term itself; at 1e-3 (about 100 steps), 0.5x. So ``auto``
+log pi_old - log pi_ref was 3.6x to 4.1x the term itself (three runs); at 1e-3 (about 100 steps),
+0.43x to 0.5x. So ``auto``
 keeps fp32 for runs that train on that log-ratio, and ``bf16`` for SPRO is a choice to make
 knowingly.
 """
