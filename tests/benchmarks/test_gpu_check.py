@@ -37,6 +37,11 @@ def test_smoke_run_on_cpu_prints_the_table_and_the_ratio(tmp_path, capsys):
     assert set(rows) == {"grpo", "spro"} and all(len(r) == 7 and min(r) > 0 for r in rows.values())
     ratio = float(re.search(r"SPRO / GRPO step time: ([\d.]+)", out).group(1))
     assert ratio == pytest.approx(rows["spro"][0] / rows["grpo"][0], rel=0.05)  # the table rounds to ms
+    stages = re.findall(r"^(grpo|spro)/bf16\s+(generation|logprob|update)((?:\s+[\d.]+){7})$", out, re.M)
+    assert [(a, s) for a, s, _ in stages] == [(a, s) for a in ("grpo", "spro") for s in ("generation", "logprob", "update")]
+    # seconds and tokens/s (GFLOP/s of this 1-layer model rounds to 0.0)
+    assert all(float(v.split()[0]) > 0 and float(v.split()[5]) > 0 for _, _, v in stages)
+    assert re.search(r"bf16 matmul peak 1024x576x1536: \d+ GFLOP/s", out)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -72,3 +72,86 @@ def test_gguf_errors_name_the_file(model_dir, tmp_path):
     bad.write_bytes(b"not a gguf file")
     with pytest.raises(ModelLoadError, match=r"bad.gguf: transformers could not load this GGUF file"):
         load_model(str(bad))
+
+
+# ---------------------------------------------------------------- model.precision=auto and bf16 parity (issue 23)
+
+
+def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch, model_dir):
+    from spro.models import precision as prec
+
+    assert load_config().model.precision == "fp32"  # the default, and so the tiny presets, never change
+    monkeypatch.setattr(prec, "_cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
+    assert prec.resolve_precision("auto", "cpu") == "bf16"
+    assert prec.resolve_precision("auto", "cpu", "bfloat16") == "fp32"  # bf16 autocast needs fp32 master weights
+    assert prec.resolve_precision("auto", "cpu", logratio=True) == "fp32"  # SPRO / PRIME / KL: parity does not hold
+    assert prec.resolve_precision("fp32", "cpu") == "fp32" and prec.resolve_precision("bf16", "cpu") == "bf16"
+    model, _ = load_model(str(model_dir))
+    assert autocast_dtype(apply_precision(model, "auto", "cpu")) == torch.bfloat16
+    monkeypatch.setattr(prec, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})  # bf16 only by emulation
+    assert prec.resolve_precision("auto", "cpu") == "fp32"
+    model, _ = load_model(str(model_dir))
+    assert autocast_dtype(apply_precision(model, "auto", "cpu")) is None
+    assert load_config(overrides=["model.precision=auto"]).model.precision == "auto"
+
+
+def test_bf16_process_reward_is_exactly_zero_at_step_1(model_dir, tmp_path):
+    over = small_overrides(model_dir, tmp_path / "run", total_steps=1, **{"model.precision": "bf16"})
+    t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+    _, batch = t.rollout()
+    old = t._logp_fn(t.model, batch)
+    ref = t._logp_fn(t.ref, batch)
+    assert torch.equal(old, ref)  # pi_old == pi_ref: the process reward beta * (log pi_old - log pi_ref) is 0
+    t.train()
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["process/reward_abs_mean"] == 0.0
+
+
+def test_bf16_parity_with_fp32(model_dir, tmp_path):
+    """After a few fp32 updates (pi_old != pi_ref), the bf16 log-probs of the same tokens stay close to the
+    fp32 ones, and the bf16 error of the process term log pi_old - log pi_ref is well below the term itself."""
+    over = small_overrides(model_dir, tmp_path / "run", total_steps=3, **{"rollout.max_new_tokens": 16})
+    t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+    t.train()
+    _, batch = t.rollout()
+    m = batch.completion_mask.bool()
+    lp = {}
+    for name in ("fp32", "bf16"):
+        pol, ref = copy.deepcopy(t.model), copy.deepcopy(t.ref)
+        apply_precision(pol, name, "cpu")
+        apply_precision(ref, name, "cpu")
+        lp[name] = (t._logp_fn(pol, batch)[m], t._logp_fn(ref, batch)[m])
+    diff = (lp["bf16"][0] - lp["fp32"][0]).abs()
+    assert float(diff.max()) < 0.05 and float(diff.mean()) < 0.01
+    signal = lp["fp32"][0] - lp["fp32"][1]
+    noise = (lp["bf16"][0] - lp["bf16"][1]) - signal
+    assert float(signal.abs().mean()) > 0
+    assert float(noise.abs().mean()) < 0.1 * float(signal.abs().mean())
+
+
+def test_bf16_forward_keeps_the_signature_generate_reads(model_dir):
+    """generate passes logits_to_keep=1 in the pre-fill only to a forward whose signature has it."""
+    import inspect
+
+    from spro.rollout.hf import _cache_kw
+
+    model, _ = load_model(str(model_dir))
+    apply_precision(model, "bf16", "cpu")
+    assert "logits_to_keep" in inspect.signature(model.forward).parameters and _cache_kw(model) == "cache"
+    shapes = []
+    model.get_output_embeddings().register_forward_hook(lambda mod, i, o: shapes.append(tuple(o.shape[:2])))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=3,
+                       pad_token_id=0, eos_token_id=None)
+    assert shapes == [(1, 1)] * 3  # the pre-fill's output layer at the last prompt position only
+
+
+def test_auto_in_the_trainer(monkeypatch, model_dir, tmp_path):
+    """auto: bf16 for GRPO without a KL term, fp32 for SPRO (its process reward is a log-ratio to pi_ref)."""
+    from spro.models import precision as prec
+
+    monkeypatch.setattr(prec, "_cpu_flags", lambda: {"amx_bf16"})
+    for algo, want in (("grpo", torch.bfloat16), ("spro", None)):
+        over = small_overrides(model_dir, tmp_path / algo, algorithm=algo, **{"model.precision": "auto"})
+        t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
+        assert autocast_dtype(t.model) == want and autocast_dtype(t.ref) == want

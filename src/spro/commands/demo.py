@@ -1,7 +1,8 @@
 """`spro demo` (what `make demo` runs): SPRO against GRPO on the built-in task, offline, on a CPU.
 
 1. build (or reuse from the cache) the weak supervised warm start of the tiny model;
-2. train GRPO and SPRO from it with the same budget, seed and settings (preset ``demo``);
+2. train GRPO and SPRO from it with the same budget, seed and settings (preset ``demo``), side by
+   side: one process per run (up to one per CPU core), one torch thread each;
 3. evaluate the warm start and both final policies greedily on the held-out test split;
 4. write ``<out>/report.md`` with PNG plots (accuracy, entropy, response length and reward
    against step and wall time) and the tables.
@@ -20,10 +21,12 @@ from pathlib import Path
 
 HELP = "The offline demo: SPRO against GRPO on the built-in task."
 
-# Seconds on 2 idle CPU cores, measured here (a cold-cache `make demo` took 3.1 minutes); used only for the
-# estimate printed before the demo starts.
+# Seconds on idle CPU cores, used only for the estimate printed before the demo starts. EST_STEP_S is one
+# training step of one run on one torch thread (a quiet `make demo` with the runs one after the other took
+# 141 s per 400-step run, issue 23); the runs go side by side, one per core, so the training takes
+# ceil(runs / cores) run lengths.
 EST_WARM_START_S = 45
-EST_STEP_S = 0.15
+EST_STEP_S = 0.35
 EST_EVAL_PER_PROBLEM_S = 0.005
 
 
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from spro.trainer.checkpoint import find_checkpoint
     from spro.config import ConfigError
-    from spro.experiments.grid import GridInterrupted, build_config, parse_variant, run_grid
+    from spro.experiments.grid import GridInterrupted, build_config, default_jobs, parse_variant, run_grid
     from spro.experiments.report import write_report
     from spro.data.loader import load_task
     from spro.trainer.warmstart import default_cache_dir, cache_key, warm_start
@@ -84,13 +87,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     cached = (default_cache_dir() / f"weak-{cache_key('weak')}" / "config.json").is_file()
-    est = (0 if cached else EST_WARM_START_S) + len(variants) * cfg.total_steps * EST_STEP_S
+    cores = default_jobs()
+    jobs = min(len(variants), cores)
+    est = (0 if cached else EST_WARM_START_S) + math.ceil(len(variants) / jobs) * cfg.total_steps * EST_STEP_S
     est += (len(variants) + 1) * args.test_n * EST_EVAL_PER_PROBLEM_S
+    minutes = math.ceil(est / 60)
     print(
         f"spro demo: {', '.join(v.label for v in variants)} for {cfg.total_steps} steps each "
         f"({cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} samples per step), "
         f"then greedy evaluation on {args.test_n} held-out test problems.\n"
-        f"Estimated time on 2 CPU cores: about {math.ceil(est / 60)} minutes"
+        f"The training runs go side by side, {jobs} at once with one torch thread each (their logs: "
+        f"{out}/<algo>/seed{args.seed}/output.log).\n"
+        f"Estimated time on {cores} idle CPU core{'s' if cores > 1 else ''}: about {minutes} minute{'s' if minutes > 1 else ''}"
         f"{'' if cached else ' (includes building the warm start once, under a minute)'}.",
         flush=True,
     )
@@ -99,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"warm start: {ws}", flush=True)
 
     try:
-        runs = run_grid(variants, [args.seed], root=out, preset="demo", overrides=args.overrides,
-                        log=lambda m: print(m, flush=True))
+        runs = run_grid(variants, [args.seed], root=out, preset="demo", overrides=args.overrides, jobs=jobs,
+                        threads=1, log=lambda m: print(m, flush=True))
     except GridInterrupted:  # Ctrl-C: its one line is printed, the trainers saved checkpoints
         return 130
 

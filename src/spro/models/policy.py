@@ -9,16 +9,17 @@ from typing import Any, Callable
 from spro.models.loading import load_model
 from spro.models.lora import AdapterDisabled, add_lora, base_source, is_lora
 from spro.models.passes import match_grad_flags
-from spro.models.precision import apply_precision
+from spro.models.precision import apply_precision, precision_of
 
 __all__ = ["load_policy", "load_reference"]
 
 
-def load_policy(m: Any, source: str, *, device_type: str, resumed: bool = False) -> tuple[Any, Any]:
+def load_policy(m: Any, source: str, *, device_type: str, resumed: bool = False, logratio: bool = False) -> tuple[Any, Any]:
     """``(policy, tokenizer)`` of the ModelConfig ``m`` loaded from ``source`` (``m.name_or_path`` resolved
     to a folder, or a checkpoint when ``resumed``).
 
-    ``m.precision`` is applied, gradient checkpointing enabled if asked, and with ``m.lora.rank > 0``
+    ``m.precision`` is applied (``auto`` resolved with ``logratio``: whether the run trains on a log-ratio to
+    the reference, spro.models.precision.resolve_precision), gradient checkpointing enabled if asked, and with ``m.lora.rank > 0``
     fresh adapters are attached, except on a resumed LoRA checkpoint, whose own adapters keep training.
     A LoRA adapter folder as the starting model (not resumed) has its adapters merged: it is a starting
     policy like any other.
@@ -26,7 +27,7 @@ def load_policy(m: Any, source: str, *, device_type: str, resumed: bool = False)
     gguf = None if resumed else m.gguf_file
     model, tok = load_model(source, dtype=m.dtype, tiny_seed=m.tiny_seed, tokenizer=m.tokenizer, gguf_file=gguf,
                             adapters="train" if resumed else "merge")
-    apply_precision(model.get_base_model() if is_lora(model) else model, m.precision, device_type)
+    apply_precision(model.get_base_model() if is_lora(model) else model, m.precision, device_type, logratio=logratio)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if is_lora(model):
@@ -52,6 +53,6 @@ def load_reference(m: Any, policy: Any, *, device_type: str, resumed: bool, reso
     else:
         ref, _ = load_model(resolve(m.ref_model or m.name_or_path), dtype=m.dtype, tiny_seed=m.tiny_seed,
                             gguf_file=m.gguf_file if m.ref_model is None else None)
-        apply_precision(ref, m.precision, device_type)
+        apply_precision(ref, precision_of(policy) or m.precision, device_type)  # what `auto` gave the policy
     match_grad_flags(ref, policy)  # only run under no_grad; the flags pick the policy's kernels (see passes.py)
     return ref.eval()

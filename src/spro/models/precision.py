@@ -8,25 +8,97 @@ fp32 weights; ``spro.models.logprobs`` takes the log-softmax of those fp32 logit
 of the PPO ratio, the KL term and SPRO's process reward ``beta * (log pi_old - log pi_ref)`` are
 fp32 numbers.
 
+``model.precision=auto`` (:func:`resolve_precision`) is bf16 where the hardware runs bf16 matmuls
+natively: a CUDA GPU with bf16 (compute capability 8.0 or newer), or a CPU with AMX-BF16 or
+AVX512-BF16 (Sapphire Rapids and newer Xeons, Zen 4), and the run does not train on a log-ratio
+to the reference (SPRO's and PRIME's process rewards, a KL term with ``kl_coef > 0``), for which
+bf16's parity does not hold (below); fp32 everywhere else, and fp32 when ``model.dtype`` is not
+float32. It is the setting for real models (SmolLM2-135M on such a CPU: a forward pass ~3x faster
+than fp32). The default stays ``fp32``: the tiny presets and every
+committed fixed-seed result keep their numbers on every machine, and a config that names
+``fp32`` or ``bf16`` gives the same numbers wherever it runs on the same kind of machine; ``auto``
+gives the same numbers on one machine (it is resolved from the hardware, not from timing).
+
 This differs from ``model.dtype=bfloat16``, which casts the weights themselves (no fp32 copy: less
 memory, but updates smaller than bf16's resolution are lost).
 
 The forward is replaced on the model object (a bound method, so ``copy.deepcopy`` of the model,
 e.g. the frozen reference or PRIME's PRM, keeps it bound to the copy), which also covers
-``generate`` and wrappers such as peft's ``PeftModel`` and DDP. Autocast is a GPU feature first;
-torch also implements it on CPU (used by the tests), where bf16 is usually slower than fp32.
+``generate`` and wrappers such as peft's ``PeftModel`` and DDP; it keeps the model's signature,
+which ``generate`` reads. Autocast runs on GPUs and CPUs; on a CPU without bf16 in hardware (no
+AMX-BF16 / AVX512-BF16) bf16 is slower than fp32, and so it is for the tiny model's small matrices
+everywhere. What stays fp32 under bf16 costs time too: the output layer (for SmolLM2, 49152 x 576,
+a fifth of the model's FLOPs per token, at the fp32 rate), the optimizer step, the casts.
+
+Bit-comparability under bf16: pi_old and pi_ref run the same code on the same inputs, so at step 1
+(pi_old == pi_ref) the process reward is exactly 0 under bf16 as under fp32
+(tests/models/test_precision.py). Later, bf16 rounding of the inputs of each matmul adds noise to
+each log-prob (~1e-2 for SmolLM2, benchmarks/roofline.py prints it); the process term is a
+difference of two such log-probs, and weights that differ by less than bf16's resolution cast to
+the same bf16 numbers: early in training (small weight changes) the bf16 process term is mostly
+noise. Measured with benchmarks/roofline.py on SmolLM2-135M (a policy whose every weight moved by
+1e-4, about 10 Adam steps of lr 1e-5, from the reference): the bf16 error of
+log pi_old - log pi_ref was 3.6x to 4.1x the term itself (three runs); at 1e-3 (about 100 steps),
+0.43x to 0.5x. So ``auto``
+keeps fp32 for runs that train on that log-ratio, and ``bf16`` for SPRO is a choice to make
+knowingly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import types
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-__all__ = ["PRECISIONS", "apply_precision", "autocast_dtype"]
+__all__ = ["PRECISIONS", "apply_precision", "autocast_dtype", "autocast_scope", "bf16_native", "precision_of",
+           "resolve_precision"]
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_native(device_type: str) -> bool:
+    """Whether ``device_type`` ("cpu", "cuda", ...) runs bf16 matrix multiplications in hardware: a CUDA
+    device with native bf16, a CPU with AMX-BF16 or AVX512-BF16 (x86) or the BF16 extension (Arm, "bf16"
+    in /proc/cpuinfo). torch runs bf16 on other CPUs too, by emulation, usually slower than fp32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16", "bf16"})
+    return False
+
+
+def resolve_precision(precision: str, device_type: str, dtype: str = "float32", *, logratio: bool = False) -> str:
+    """``"fp32"`` or ``"bf16"``: ``precision`` itself, or for ``"auto"`` bf16 when the weights are float32,
+    :func:`bf16_native` holds for ``device_type`` and the run does not train on a log-ratio to the reference
+    (``logratio``: SPRO's and PRIME's process rewards, a KL term), where bf16's parity does not hold (see the
+    module docstring); fp32 otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"model.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "bf16" if dtype == "float32" and not logratio and bf16_native(device_type) else "fp32"
+
+
+def precision_of(model: Any) -> str | None:
+    """The precision :func:`apply_precision` resolved for ``model`` (None: not applied)."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return getattr(inner, "_spro_precision", None)
 
 
 def autocast_dtype(model: Any) -> torch.dtype | None:
@@ -34,25 +106,62 @@ def autocast_dtype(model: Any) -> torch.dtype | None:
     return getattr(model, "_spro_autocast", (None, None))[1]
 
 
-def _autocast_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-    device_type, dtype = self._spro_autocast
-    with torch.autocast(device_type, dtype=dtype):
-        return type(self).forward(self, *args, **kwargs)
+@contextlib.contextmanager
+def autocast_scope(model: Any) -> Iterator[None]:
+    """One autocast region around many forward passes of ``model`` (``generate``'s decode steps): autocast
+    caches the bf16 copies of the fp32 weights until its outermost region ends, so each weight is cast once
+    per region instead of once per forward pass (each pass's own region is nested in this one). Same
+    numbers (a cast is a cast); 2.6x faster bf16 generation of SmolLM2-135M on CPU (16 x 16 tokens).
+    Nothing for a model without :func:`apply_precision`'s autocast. Weights must not change inside.
+    """
+    inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    state = getattr(inner, "_spro_autocast", None)
+    if state is None:
+        yield
+        return
+    with torch.autocast(state[0], dtype=state[1]):
+        yield
 
 
-def _fp32_head_forward(self: Any, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    with torch.autocast(self._spro_autocast[0], enabled=False):
-        return type(self).forward(self, hidden.float(), *args, **kwargs)
+def _autocast_forward(cls: type) -> Any:
+    """``cls.forward`` under the instance's autocast, with ``cls.forward``'s signature (``functools.wraps``):
+    ``generate`` reads the signature to decide what to pass (``logits_to_keep=1`` in the pre-fill; without it
+    the pre-fill computed the output layer at every prompt position) and spro reads the cache argument's name."""
+
+    @functools.wraps(cls.forward)
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        device_type, dtype = self._spro_autocast
+        with torch.autocast(device_type, dtype=dtype):
+            return cls.forward(self, *args, **kwargs)
+
+    return forward
 
 
-def apply_precision(model: Any, precision: str, device_type: str) -> Any:
+def _fp32_head_forward(cls: type) -> Any:
+    @functools.wraps(cls.forward)
+    def forward(self: Any, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self._spro_autocast[0], enabled=False):
+            return cls.forward(self, hidden.float(), *args, **kwargs)
+
+    return forward
+
+
+def apply_precision(model: Any, precision: str, device_type: str, *, logratio: bool = False) -> Any:
     """Make ``model`` (a transformers causal LM, in place) run its forward passes in ``precision``.
 
     ``"fp32"``: nothing changes. ``"bf16"``: bf16 autocast on ``device_type`` ("cuda", "cpu") with
-    the output layer in fp32; the weights must be fp32 (they are the master weights). Returns ``model``.
+    the output layer in fp32; the weights must be fp32 (they are the master weights). ``"auto"``:
+    :func:`resolve_precision` picks one of them (``logratio``: see there). Returns ``model``.
     """
-    if precision not in PRECISIONS:
+    if precision == "auto":
+        dtypes = {p.dtype for p in model.parameters()}
+        precision = resolve_precision("auto", device_type, "float32" if dtypes <= {torch.float32} else "other",
+                                      logratio=logratio)
+    elif precision not in PRECISIONS:
         raise ValueError(f"model.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    model._spro_precision = precision
     if precision == "fp32":
         return model
     if device_type not in ("cuda", "cpu", "xpu", "mps"):
@@ -63,9 +172,9 @@ def apply_precision(model: Any, precision: str, device_type: str) -> Any:
                          "weights; set model.dtype=float32")
     state = (device_type, torch.bfloat16)
     model._spro_autocast = state
-    model.forward = types.MethodType(_autocast_forward, model)
+    model.forward = types.MethodType(_autocast_forward(type(model)), model)
     head = model.get_output_embeddings()
     if head is not None:
         head._spro_autocast = state
-        head.forward = types.MethodType(_fp32_head_forward, head)
+        head.forward = types.MethodType(_fp32_head_forward(type(head)), head)
     return model

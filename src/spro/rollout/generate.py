@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from spro.data.prompts import render_prompt
+from spro.models.precision import autocast_scope
 
 __all__ = ["generate_completions"]
 
@@ -69,7 +70,7 @@ def generate_completions(
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.no_grad():
+            with torch.no_grad(), autocast_scope(model):  # bf16: weights cast once per batch
                 seqs = model.generate(**enc, **gen_kwargs)
             gen = seqs[:, enc["input_ids"].shape[1] :]
             for i in range(len(chunk)):

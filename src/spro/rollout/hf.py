@@ -6,6 +6,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from spro.models.precision import autocast_scope
 from spro.rollout.batch import RolloutBatch, completion_mask_from_ids
 
 __all__ = ["RolloutBackend", "HFGenerateBackend", "make_backend"]
@@ -31,7 +32,9 @@ class HFGenerateBackend:
     needed. ``generation_batch_size`` (in responses, a multiple of G; 0 = all at once) bounds the
     memory of one ``generate`` call. With ``share_prompt_prefix`` each prompt (but its last
     token) is pre-filled once and its KV cache repeated G times before ``generate`` continues
-    from it, instead of pre-filling G copies (greedy outputs are identical either way).
+    from it, instead of pre-filling G copies (greedy outputs are identical either way). Under
+    ``model.precision=bf16`` the whole call runs in one autocast region, so the weights are cast to bf16
+    once per call, not once per decode step (:func:`spro.models.precision.autocast_scope`).
     """
 
     def __init__(
@@ -81,13 +84,17 @@ class HFGenerateBackend:
                     do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None,
                     max_new_tokens=self.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id, use_cache=True,
                 )
-                if self.share_prompt_prefix and ids.shape[1] >= 2:
-                    out = model.generate(input_ids=ids.repeat_interleave(G, 0), attention_mask=attn.repeat_interleave(G, 0),
-                                         **{_cache_kw(model): _prefill(model, ids, attn, G)}, **kwargs)
-                else:
-                    out = model.generate(input_ids=ids, attention_mask=attn, num_return_sequences=G, **kwargs)
                 P = ids.shape[1]
-                pieces.append((ids.repeat_interleave(G, 0), attn.repeat_interleave(G, 0), out[:, P:]))
+                with autocast_scope(model):
+                    if self.share_prompt_prefix and P >= 2:
+                        cache = _prefill(model, ids, attn, G)
+                        out = model.generate(input_ids=ids.repeat_interleave(G, 0),
+                                             attention_mask=attn.repeat_interleave(G, 0),
+                                             **{_cache_kw(model): cache}, **kwargs)
+                    else:
+                        out = model.generate(input_ids=ids, attention_mask=attn, num_return_sequences=G, **kwargs)
+                new = out[:, P:]
+                pieces.append((ids.repeat_interleave(G, 0), attn.repeat_interleave(G, 0), new))
         finally:
             tok.padding_side = old_side
             if was_training:

@@ -128,7 +128,8 @@ class Trainer:
         resumed = self.resume_ckpt is not None
         policy_src = str(self.resume_ckpt) if resumed else resolve_model(m.name_or_path)
         device_type = self.acc.device.type
-        self.model, self.tok = load_policy(m, policy_src, device_type=device_type, resumed=resumed)
+        self.model, self.tok = load_policy(m, policy_src, device_type=device_type, resumed=resumed,
+                                           logratio=self.algorithm.needs_reference or cfg.algorithm.kl_coef > 0)
         self.ref = None
         if self.algorithm.needs_reference or m.use_reference or cfg.algorithm.kl_coef > 0:
             self.ref = load_reference(m, self.model, device_type=device_type, resumed=resumed,
