@@ -43,10 +43,13 @@ def make_run(
     mem: float = 100.0,
     n_steps: int | None = None,
     reward: float = 0.5,
+    load: dict | None = None,
 ) -> Path:
     """A run dir: evals at steps 0, eval_every, ... with accuracies ``acc``; one metrics row per step
-    1..n_steps (default: the last eval step), time = step * step_time."""
+    1..n_steps (default: the last eval step), time = step * step_time; a load record (``load``, default:
+    grid "g" with two trainers at once all the time, as `spro compare --jobs 2` records)."""
     d.mkdir(parents=True, exist_ok=True)
+    write_jsonl(d / "load.jsonl", [load or {"grid": "g", "jobs": 2, "concurrency_s": {"2": 100.0}}])
     n_steps = n_steps if n_steps is not None else eval_every * (len(acc) - 1)
     ent = entropy if isinstance(entropy, list) else [entropy] * n_steps
     write_jsonl(
