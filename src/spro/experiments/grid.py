@@ -284,7 +284,7 @@ def run_grid(
         todo.append((head, run_dir, cfg, status, step))
     if todo:
         prepare_models([t[2] for t in todo], log)
-    grid_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
+    grid_id = f"{int(time.time())}-{os.getpid()}-{os.urandom(3).hex()}"  # this invocation of the grid
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     # (head, run dir, process, start time, output file, first step, {k trainers running: seconds})
     running: list[tuple[str, Path, subprocess.Popen, float, Any, int, dict[int, float]]] = []
