@@ -41,7 +41,6 @@ with the reason, never judged.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -51,7 +50,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from spro.experiments.claims import CLAIM_RULES, DOES_NOT_HOLD, HOLDS, UNCLEAR, claims_table
-from spro.experiments.stats import Estimate, _finite, difference, mean_ci, separation, t_quantile
+from spro.experiments.stats import Estimate, _finite, _json_lines, difference, mean_ci, separation, t_quantile
 
 from spro.experiments.timing import (EQUAL_LOAD_SHARE, LOAD_FILE, RunLoad, Timing, load_records, run_load,
                                      timing_comparable)
@@ -65,6 +64,10 @@ __all__ = [
     "RunData",
     "RunSummary",
     "RunLoad",
+    "EQUAL_LOAD_SHARE",
+    "LOAD_FILE",
+    "load_records",
+    "run_load",
     "Timing",
     "AlgoAggregate",
     "Comparison",
@@ -102,24 +105,13 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    last_nonblank = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     by_step: dict[float, dict[str, Any]] = {}
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == last_nonblank:
-                warnings.warn(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})", stacklevel=2)
-                continue
-            raise ValueError(f"{path}:{i + 1}: invalid JSON: {e.msg}") from e
+    for line_no, row in _json_lines(path):
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(row).__name__}")
+            raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
         step = _finite(row.get("step"))
         if step is None:
-            warnings.warn(f"{path}:{i + 1}: row has no numeric 'step'; skipped", stacklevel=2)
+            warnings.warn(f"{path}:{line_no}: row has no numeric 'step'; skipped", stacklevel=2)
             continue
         by_step[step] = row
     return [by_step[s] for s in sorted(by_step)]

@@ -12,9 +12,12 @@ Welch-Satterthwaite degrees of freedom; without scipy the df is rounded down, a 
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = ["Estimate", "difference", "mean_ci", "separation", "t_quantile"]
@@ -73,6 +76,26 @@ def t_quantile(p: float, df: int) -> float:
         q = _table_quantile(key, df)
         return q if p > 0.5 else -q
     return float(t.ppf(p, df))
+
+
+def _json_lines(path: Path) -> list[tuple[int, Any]]:
+    """(1-based line number, parsed value) of every non-blank line of a JSONL file. A last line that is not
+    valid JSON (a write cut short by a kill) is skipped with a warning; invalid JSON anywhere else raises
+    ValueError naming file and line."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append((i + 1, json.loads(line)))
+        except json.JSONDecodeError as e:
+            if i == last:
+                warnings.warn(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})", stacklevel=3)
+                continue
+            raise ValueError(f"{path}:{i + 1}: invalid JSON: {e.msg}") from e
+    return out
 
 
 def _finite(x: Any) -> float | None:

@@ -11,13 +11,11 @@ same grid invocation(s). Anything else is "not comparable" with the reason.
 
 from __future__ import annotations
 
-import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from spro.experiments.stats import _finite
+from spro.experiments.stats import _finite, _json_lines
 
 __all__ = ["EQUAL_LOAD_SHARE", "LOAD_FILE", "RunLoad", "Timing", "load_records", "run_load", "timing_comparable"]
 
@@ -32,22 +30,11 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == last:
-                warnings.warn(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})", stacklevel=2)
-                continue
-            raise ValueError(f"{path}:{i + 1}: invalid JSON: {e.msg}") from e
+    for line_no, row in _json_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("grid"), str) \
                 or not isinstance(row.get("concurrency_s"), dict):
-            raise ValueError(f"{path}:{i + 1}: expected a load record with 'grid' and 'concurrency_s'")
+            raise ValueError(f"{path}:{line_no}: expected a load record with 'grid' and 'concurrency_s'")
         out.append(row)
     return out
 
