@@ -506,7 +506,8 @@ def _reach_text(agg: AlgoAggregate, time: bool = False) -> str:
 def comparison_table(comp: Comparison) -> list[dict[str, str]]:
     """One row per label: accuracy, time to the baseline's best accuracy, entropy, length, cost.
 
-    Values are formatted strings, "mean ± 95% CI half-width" ("± n/a" for one seed).
+    Values are formatted strings, "mean ± 95% CI half-width" ("± n/a" for one seed); the step-time ratio is
+    "not comparable" where the runs were not timed under equal load (the reason: ``comp.timing[label]``).
     """
     rows = []
     for label, agg in comp.algos.items():
@@ -526,7 +527,7 @@ def comparison_table(comp: Comparison) -> list[dict[str, str]]:
                 "final length": agg.final_length.fmt(1),
                 "length ratio": _fx(r.get("length_ratio"), 2),
                 "step time (s)": agg.step_time.fmt(3),
-                "step time ratio": (comp.timing[label].text() if label in comp.timing
+                "step time ratio": ("not comparable" if label != comp.baseline and label in comp.timing
                                     and not comp.timing[label].comparable else _fx(r.get("step_time_ratio"), 2)),
                 "peak mem (MB)": agg.peak_memory_mb.fmt(0),
                 "mem ratio": _fx(r.get("peak_memory_ratio"), 2),
