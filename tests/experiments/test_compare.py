@@ -43,10 +43,13 @@ def make_run(
     mem: float = 100.0,
     n_steps: int | None = None,
     reward: float = 0.5,
+    load: dict | None = None,
 ) -> Path:
     """A run dir: evals at steps 0, eval_every, ... with accuracies ``acc``; one metrics row per step
-    1..n_steps (default: the last eval step), time = step * step_time."""
+    1..n_steps (default: the last eval step), time = step * step_time; a load record (``load``, default:
+    grid "g" with two trainers at once all the time, as `spro compare --jobs 2` records)."""
     d.mkdir(parents=True, exist_ok=True)
+    write_jsonl(d / "load.jsonl", [load or {"grid": "g", "jobs": 2, "concurrency_s": {"2": 100.0}}])
     n_steps = n_steps if n_steps is not None else eval_every * (len(acc) - 1)
     ent = entropy if isinstance(entropy, list) else [entropy] * n_steps
     write_jsonl(
@@ -398,3 +401,109 @@ def test_t_quantile_table_fallback_without_scipy(monkeypatch):
                 assert got == pytest.approx(float(scipy_t.ppf(p, df)), abs=1e-3), (p, df)
     with pytest.raises(ValueError, match="install scipy"):
         t_quantile(0.9, 3)
+
+
+# ------------------------------------------------------------------------------ differences and timing under load
+
+
+def test_welch_difference_by_hand():
+    from scipy import stats as sps
+
+    from spro.experiments.compare import difference
+
+    a, b = [0.61, 0.65, 0.70, 0.66], [0.50, 0.58, 0.52]
+    d = difference(mean_ci(a), mean_ci(b))
+    ref = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert d.mean == pytest.approx(sum(a) / 4 - sum(b) / 3)
+    assert (d.low, d.high) == pytest.approx((ref.low, ref.high))
+    # by hand: se = sqrt(va/na + vb/nb), Welch-Satterthwaite df
+    va, vb = 0.0013666666666666659 / 4, 0.0017333333333333326 / 3
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
+    assert d.high - d.mean == pytest.approx(sps.t.ppf(0.975, df) * math.sqrt(va + vb))
+    assert difference(mean_ci([0.5]), mean_ci(b)).has_ci is False  # one seed: no interval
+    assert difference(mean_ci([]), mean_ci(b)).mean is None
+    same = difference(mean_ci([0.5, 0.5]), mean_ci([0.25, 0.25]))
+    assert (same.low, same.mean, same.high) == (0.25, 0.25, 0.25)
+
+
+def test_welch_difference_without_scipy_is_wider(monkeypatch):
+    import builtins
+
+    from spro.experiments.compare import difference
+
+    a, b = mean_ci([0.61, 0.65, 0.70, 0.66]), mean_ci([0.50, 0.58, 0.52])
+    with_scipy = difference(a, b)
+    real_import = builtins.__import__
+
+    def no_scipy(name, *args, **kwargs):
+        if name.startswith("scipy"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    without = difference(a, b)
+    assert without.mean == with_scipy.mean and without.high > with_scipy.high  # df rounded down
+
+
+ALONE = {"grid": "g", "jobs": 2, "concurrency_s": {"1": 100.0}}
+PAIRED = {"grid": "g", "jobs": 2, "concurrency_s": {"2": 100.0}}
+
+
+def test_step_time_verdict_only_under_equal_load(tmp_path):
+    """The hidden run's trap: SPRO's runs had the CPU to themselves, GRPO's shared it -> SPRO/GRPO 0.52.
+    That must be 'not comparable', never 'holds'."""
+    kw = dict(grpo_acc=[0.1, 0.3, 0.5], spro_acc=[0.1, 0.5, 0.7])
+    unequal = scenario(tmp_path / "u", **kw, grpo_kw=dict(step_time=1.0, load=PAIRED),
+                       spro_kw=dict(step_time=0.52, load=ALONE))
+    assert unequal.ratios["spro"]["step_time_ratio"] == pytest.approx(0.52, rel=0.02)
+    assert not unequal.timing["spro"].comparable
+    rows = claims_table(unequal)
+    step = by_prefix(rows, "No extra compute vs GRPO (step time)")[0]
+    assert step["verdict"] == UNCLEAR
+    assert step["note"] == "not comparable (runs shared the CPU unequally: 1 vs 2 trainers at once)"
+    assert step["measured"].endswith("(ratio not comparable)") and "ratio 0.5" not in step["measured"]
+    wall = by_prefix(rows, "3.4x training efficiency vs GRPO (wall time")[0]
+    assert wall["verdict"] == UNCLEAR and wall["measured"].startswith("not comparable (GRPO")
+    assert [r["step time ratio"] for r in comparison_table(unequal)] == ["1.00", "not comparable"]
+    # the same figures timed under equal load are judged
+    equal = scenario(tmp_path / "e", **kw, grpo_kw=dict(step_time=1.0, load=PAIRED),
+                     spro_kw=dict(step_time=0.52, load=PAIRED))
+    assert equal.timing["spro"].comparable
+    step = by_prefix(claims_table(equal), "No extra compute vs GRPO (step time)")[0]
+    assert step["verdict"] == HOLDS and "(ratio 0.52)" in step["measured"]
+
+
+@pytest.mark.parametrize("spro_load, why", [
+    ({"grid": "g", "concurrency_s": {"2": 80.0, "1": 20.0}}, "ran 80% of its time with 2 at once"),
+    ({"grid": "other", "concurrency_s": {"2": 100.0}}, "the arms were timed in different `spro compare` runs"),
+    (None, "not recorded"),
+])
+def test_timing_not_comparable(tmp_path, spro_load, why):
+    from spro.experiments.compare import timing_comparable
+
+    base = make_run(tmp_path / "g", acc=[0.1, 0.2], load=PAIRED)
+    other = make_run(tmp_path / "s", acc=[0.1, 0.2], load=spro_load)
+    if spro_load is None:
+        (other / "load.jsonl").unlink()
+    comp = aggregate({"grpo": [base], "spro": [other]}, baseline="grpo")
+    t = timing_comparable(comp.algos["spro"], comp.algos["grpo"])
+    assert not t.comparable and why in t.why and t.text().startswith("not comparable (")
+    assert comp.timing["spro"] == t and comp.timing["grpo"].comparable
+
+
+def test_load_records_resumed_runs_and_bad_lines(tmp_path):
+    from spro.experiments.compare import load_records, run_load
+
+    p = tmp_path / "load.jsonl"
+    # a run resumed in a second grid: its time adds up across the launches
+    write_jsonl(p, [{"grid": "a", "concurrency_s": {"2": 50.0, "1": 2.0}},
+                    {"grid": "b", "concurrency_s": {"2": 48.0}}])
+    ld = run_load(load_records(p))
+    assert ld.grids == ("a", "b") and ld.level == 2 and ld.share == pytest.approx(0.98) and ld.seconds == 100.0
+    assert run_load([]) is None
+    p.write_text('{"grid": "a"}\n{"grid": "a", "concurrency_s": {}}\n')
+    with pytest.raises(ValueError, match=r"load.jsonl:1: expected a load record"):
+        load_records(p)
+    p.write_text('{"grid": "a", "concurrency_s": {"1": 3}}\n{"grid": "a", "conc')
+    with pytest.warns(UserWarning, match="truncated last line"):
+        assert len(load_records(p)) == 1

@@ -72,10 +72,19 @@ def test_compare_runs_reports_and_resumes(tmp_path, capsys):
     assert (out / "grpo" / "seed0" / "output.log").is_file()  # parallel runs write their output there
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["algos"]) == {"grpo", "spro"}
-    # running the same command again trains nothing
+    # every run recorded the load it ran under; the main table, summary.csv and summary.tex are there
+    for label in ("grpo", "spro"):
+        for s in (0, 1):
+            (rec,) = [json.loads(ln) for ln in (out / label / f"seed{s}" / "load.jsonl").read_text().splitlines()]
+            assert rec["jobs"] == 2 and sum(rec["concurrency_s"].values()) > 0
+    assert "## Main results" in report and "## Appendix" in report
+    assert (out / "summary.csv").read_text().splitlines()[0].startswith("arm,seeds,baseline,final_accuracy_mean,")
+    assert r"\toprule" in (out / "summary.tex").read_text()
+    # running the same command again trains nothing; --claims off leaves the claims out
     capsys.readouterr()
-    assert main(args) == 0
+    assert main([*args, "--claims", "off"]) == 0
     assert capsys.readouterr().out.count("done already") == 4
+    assert "Paper claims" not in (out / "report.md").read_text()
 
 
 def test_compare_resumes_a_partial_run(tmp_path):
@@ -213,3 +222,63 @@ def test_ctrl_c_stops_every_trainer_with_one_line(tmp_path, monkeypatch):
                      "again to resume (Ctrl-C again: stop them at once)"]
     for proc, run_dir in started:
         assert proc.returncode == 143 and (run_dir / f"term-{proc.pid}").read_text() == "saved"
+
+
+class FakeTrainer:
+    """A trainer process that ends on its ``life``-th poll with exit status 0."""
+
+    def __init__(self, life: int):
+        self.life, self.returncode = life, None
+
+    def poll(self):
+        self.life -= 1
+        if self.life <= 0:
+            self.returncode = 0
+        return self.returncode
+
+
+def test_warm_starts_first_interleaved_launches_and_load_records(tmp_path, monkeypatch):
+    """Every distinct warm start is resolved before the first trainer starts (none is built inside a timed
+    run), the arms' runs start interleaved, and each launch records how many runs shared the machine."""
+    from spro.experiments import grid
+    from spro.experiments.compare import aggregate, timing_comparable
+    from spro.trainer import warmstart
+
+    events = []
+    monkeypatch.setattr(warmstart, "resolve_model",
+                        lambda name, **kw: events.append(("warm", name)) or f"/cache/{name.split(':')[1]}")
+
+    def spawn(cmd, **kw):
+        run_dir = Path(cmd[cmd.index("--config") + 1]).parent
+        events.append(("spawn", f"{run_dir.parent.name}/{run_dir.name}"))
+        # 'slow' lives longer: it runs alone at the end
+        return FakeTrainer(6 if run_dir.parent.name == "slow" else 2)
+
+    monkeypatch.setattr(grid, "spawn_trainer", spawn)
+    variants = [Variant("a", ["model.name_or_path=warmstart:weak"]),
+                Variant("b", ["model.name_or_path=warmstart:weak", "model.ref_model=warmstart:strong"]),
+                Variant("slow", ["model.name_or_path=tiny"])]
+    runs = grid.run_grid(variants, [0, 1], root=tmp_path, preset="tiny-random", jobs=2, log=lambda m: None)
+    assert events[:2] == [("warm", "warmstart:weak"), ("warm", "warmstart:strong")]  # each once, first
+    assert [e[1] for e in events[2:]] == ["a/seed0", "b/seed0", "slow/seed0", "a/seed1", "b/seed1", "slow/seed1"]
+    assert runs == {v.label: [tmp_path / v.label / f"seed{s}" for s in (0, 1)] for v in variants}
+    records = {f"{label}/{d.name}": [json.loads(ln) for ln in (d / "load.jsonl").read_text().splitlines()]
+               for label, ds in runs.items() for d in ds}
+    assert all(len(r) == 1 for r in records.values())
+    assert len({r[0]["grid"] for r in records.values()}) == 1  # one invocation
+    rec = records["a/seed0"][0]
+    assert rec["jobs"] == 2 and rec["threads"] == 1 and rec["from_step"] == 0 and rec["end"] >= rec["start"]
+    assert set(rec["concurrency_s"]) == {"2"}  # a and b ran side by side all the time
+    assert set(records["slow/seed1"][0]["concurrency_s"]) == {"1", "2"}  # alone at the end
+    # what the report makes of it: a vs b comparable, the slow arm not
+    for label in runs:
+        (tmp_path / label).mkdir(exist_ok=True)
+    comp = aggregate(runs, baseline="a")
+    assert comp.timing["b"].comparable
+    assert not comp.timing["slow"].comparable and "unequally" in comp.timing["slow"].why
+    assert timing_comparable(comp.algos["b"], comp.algos["a"]).why.startswith("timed under equal load: 2 trainer(s)")
+    # a grid with nothing to train builds nothing
+    events.clear()
+    monkeypatch.setattr(grid, "run_status", lambda run_dir, total: ("done", total))
+    grid.run_grid(variants, [0], root=tmp_path, preset="tiny-random", log=lambda m: None)
+    assert events == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spro.experiments.compare import load_run, t_quantile
+from spro.experiments.compare import RunData, load_run, t_quantile
 from spro.experiments.report import curve, plot_metric, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -66,8 +66,13 @@ def test_curve_mean_and_band_by_hand(tmp_path):
     # step 1: values 1, 3, 2 -> sd 1, half width t_{.975,2} / sqrt(3)
     hw = t_quantile(0.975, 2) / math.sqrt(3)
     assert (cv.low[0], cv.high[0]) == pytest.approx((2.0 - hw, 2.0 + hw))
-    # step 3: values 3, 5 -> sd sqrt(2), half width t_{.975,1} * sqrt(2) / sqrt(2)
-    assert cv.high[2] - cv.mean[2] == pytest.approx(t_quantile(0.975, 1))
+    # step 3: only two seeds -> no band by default (fewer than 3 seeds); with min_band=2 the t interval:
+    # values 3, 5 -> sd sqrt(2), half width t_{.975,1} * sqrt(2) / sqrt(2)
+    assert np.isnan(cv.low[2]) and np.isnan(cv.high[2])
+    cv2 = curve(runs, "entropy", x="step", min_band=2)
+    assert cv2.high[2] - cv2.mean[2] == pytest.approx(t_quantile(0.975, 1))
+    # the per-seed lines come with the curve
+    assert [ys.tolist() for _, ys in cv.seeds] == [[1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [2.0, 3.0]]
     # against time: interpolation inside each run's range only
     ct = curve(runs, "entropy", x="time", n_grid=5)
     assert ct.x.tolist() == pytest.approx([2.0, 3.0, 4.0, 5.0, 6.0])
@@ -174,3 +179,130 @@ def test_setup_and_diagnostics_tables(tmp_path):
     n = len(rows)
     last_third = [float(i) for i in range(n) if rows[i]["step"] >= rows[0]["step"] + 2 / 3 * (rows[-1]["step"] - rows[0]["step"])]
     assert diag["KL (last third)"] == f"{sum(last_third) / len(last_third):.3f}"
+
+
+# ------------------------------------------------------------------------------ issue 21 item 6: the paper report
+
+
+def captured_axes(monkeypatch):
+    """plot_metric's axes, captured when the figure is saved (the PNG is still written)."""
+    import matplotlib.figure
+
+    seen = []
+    save = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *a, **k):
+        seen.append(fig.axes[0])
+        return save(fig, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return seen
+
+
+def write_values(d: Path, key: str, values: list[float]) -> RunData:
+    d.mkdir(parents=True, exist_ok=True)
+    write_jsonl(d / "metrics.jsonl", [{"step": i + 1, "time": float(i + 1), key: v} for i, v in enumerate(values)])
+    return load_run(d)
+
+
+def test_bands_clipped_to_the_metric_range_and_absent_below_three_seeds(tmp_path, monkeypatch):
+    from spro.experiments.report import value_range
+
+    # accuracy near 1 with a wide spread: the t band would pass 1 and is clipped there
+    three = [write_values(tmp_path / f"a{i}", "eval/accuracy", v) for i, v in
+             enumerate([[0.9, 1.0], [0.5, 1.0], [1.0, 0.6]])]
+    raw = curve(three, "eval/accuracy")
+    assert raw.high[0] > 1.0 and raw.low[1] < 1.0  # unclipped it leaves [0, 1]
+    cv = curve(three, "eval/accuracy", clip=(0.0, 1.0))
+    assert np.nanmax(cv.high) == 1.0 and np.nanmin(cv.low) >= 0.0
+    assert cv.mean.tolist() == pytest.approx(raw.mean.tolist())  # the mean is not touched
+    # the ranges: accuracy / AUROC in [0, 1], KL / entropy / length >= 0, the reward within the data
+    groups = {"x": three}
+    assert value_range("eval/accuracy", groups, "eval") == (0.0, 1.0)
+    assert value_range("diag/msa/first_error_auroc", groups) == (0.0, 1.0)
+    assert value_range("kl", groups) == (0.0, None) and value_range("entropy", groups) == (0.0, None)
+    assert value_range("length/mean", groups) == (0.0, None)
+    rewards = [write_values(tmp_path / f"r{i}", "reward/mean", v) for i, v in
+               enumerate([[-0.5, 1.0], [0.0, 2.0], [0.2, 0.4]])]
+    assert value_range("reward/mean", {"x": rewards}) == (-0.5, 2.0)
+    assert value_range("tokens_per_s", groups) == (None, None)
+    # KL of three seeds that are small and spread: no band below 0 in the plot
+    kls = [write_values(tmp_path / f"k{i}", "kl", v) for i, v in enumerate([[0.0, 0.01], [0.3, 0.0], [0.0, 0.02]])]
+    two = [write_values(tmp_path / f"t{i}", "kl", v) for i, v in enumerate([[0.0, 0.5], [0.4, 0.0]])]
+    axes = captured_axes(monkeypatch)
+    assert plot_metric({"three": kls, "two": two}, "kl", tmp_path / "kl.png") is not None
+    (ax,) = axes
+    bands = ax.collections  # fill_between: one band, for the arm with three seeds only
+    assert len(bands) == 1
+    ys = np.concatenate([p.vertices[:, 1] for p in bands[0].get_paths()])
+    assert ys.min() >= 0.0
+    with pytest.raises(ValueError, match="min_band"):
+        curve(kls, "kl", min_band=1)
+
+
+def test_plot_styles_keep_overlapping_arms_visible(tmp_path, monkeypatch):
+    groups = {label: [load_run(fake_run(tmp_path / label / f"s{i}", seed=i)) for i in range(3)]
+              for label in ("grpo", "spro", "prime")}  # identical data: the arms overlap exactly
+    axes = captured_axes(monkeypatch)
+    plot_metric(groups, "reward/mean", tmp_path / "r.png")
+    (ax,) = axes
+    thin = [ln for ln in ax.lines if ln.get_linewidth() < 1.0]
+    means = [ln for ln in ax.lines if ln.get_linewidth() >= 1.0]
+    assert len(thin) == 9 and all(ln.get_alpha() <= 0.5 for ln in thin)  # every seed, light
+    assert [ln.get_label().split(" ")[0] for ln in means] == ["grpo", "spro", "prime"]
+    assert len({ln.get_linestyle() for ln in means}) == 3 and len({ln.get_marker() for ln in means}) == 3
+    assert len({ln.get_color() for ln in means}) == 3
+    # the means lie above every band and every seed line, and each arm's mean at its own height
+    top_under = max([ln.get_zorder() for ln in thin] + [c.get_zorder() for c in ax.collections])
+    assert min(ln.get_zorder() for ln in means) > top_under
+    assert len({ln.get_zorder() for ln in means}) == 3
+    # the seed lines are the per-seed (smoothed) values, the mean their average
+    assert np.mean([ln.get_ydata() for ln in thin[:3]], axis=0) == pytest.approx(means[0].get_ydata())
+
+
+def test_main_table_appendix_csv_tex_and_claims_off(tmp_path):
+    import csv
+
+    runs = {
+        "grpo": [fake_run(tmp_path / "runs/grpo" / f"seed{i}", seed=i, skill=0.02) for i in range(3)],
+        "spro_b0.1": [fake_run(tmp_path / "runs/spro" / f"seed{i}", seed=i, skill=0.04) for i in range(3)],
+    }
+    out = tmp_path / "rep"
+    md = write_report(runs, out, title="t", baseline="grpo", method="spro_b0.1").read_text()
+    # the main table comes first, compact; the 16-column table is in the appendix
+    main = md.index("## Main results")
+    assert main < md.index("## Paper claims") < md.index("## Plots") < md.index("## Appendix")
+    assert md.index("## Appendix") < md.index("### Comparison with grpo") < md.index("### Runs")
+    header = next(ln for ln in md[main:].splitlines() if ln.startswith("| arm |"))
+    assert header == ("| arm | seeds | final held-out acc | best held-out acc | Δ final acc vs grpo [95% CI] | "
+                      "final entropy | final length | step time (s) | step time vs grpo |")
+    # the fake runs have no load records: step times are not compared
+    row = next(ln for ln in md[main:].splitlines() if ln.startswith("| spro_b0.1 |"))
+    assert row.endswith("| not comparable |") and "+0.400 [" in row
+    assert "Step time of spro_b0.1 vs grpo: not comparable (load during 6 of the 6 runs not recorded" in md
+    # summary.csv: one row per arm with the interval bounds
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["arm"] for r in rows] == ["grpo", "spro_b0.1"]
+    for r in rows:
+        for name in ("final_accuracy", "best_accuracy", "final_entropy", "final_length", "step_time_s"):
+            lo, m, hi = (float(r[f"{name}_{k}"]) for k in ("ci_low", "mean", "ci_high"))
+            assert lo <= m <= hi
+    spro = rows[1]
+    assert float(spro["final_accuracy_mean"]) == pytest.approx(0.81)
+    assert float(spro["final_accuracy_diff_mean"]) == pytest.approx(0.40)
+    assert float(spro["final_accuracy_diff_ci_low"]) < 0.40 < float(spro["final_accuracy_diff_ci_high"])
+    assert spro["step_time_comparable"] == "false" and "not recorded" in spro["step_time_note"]
+    # summary.tex: a booktabs table of the main table, special characters escaped
+    tex = (out / "summary.tex").read_text()
+    for part in (r"\begin{tabular}{lrrrrrrr}", r"\toprule", r"\midrule", r"\bottomrule", r"spro\_b0.1",
+                 r"$0.810 \pm 0.025$", r"$+0.400$ [$", r"^\dagger$", r"\label{tab:spro-compare}"):
+        assert part in tex, part
+    assert "$$" not in tex and tex.count(r"\\") == 3  # header and two rows
+    # --claims off
+    md_off = write_report(runs, tmp_path / "off", title="t", baseline="grpo", claims=False).read_text()
+    assert "## Paper claims" not in md_off and "How the verdicts are decided" not in md_off
+    assert "## Main results" in md_off and "### Comparison with grpo" in md_off
+    # without a baseline: no difference and no ratio columns, no claims
+    md_nb = write_report(runs, tmp_path / "nb", title="t").read_text()
+    assert "Δ final acc" not in md_nb and "step time vs" not in md_nb and "## Paper claims" not in md_nb
+    assert (tmp_path / "nb" / "summary.csv").is_file() and r"\toprule" in (tmp_path / "nb" / "summary.tex").read_text()

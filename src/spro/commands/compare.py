@@ -2,9 +2,13 @@
 
 Every run gets the same base config and budget; only the variant's overrides and the seed differ.
 Runs live in ``<out>/<label>/seed<k>``; re-running the same command skips finished runs and resumes
-interrupted ones. The report (``<out>/report.md``, PNG plots, ``summary.json``) gives means with
-95% confidence intervals across seeds, the efficiency ratio against the baseline, and a table that
-puts each claim of the SPRO paper beside the measured figure.
+interrupted ones. Warm starts (``warmstart:NAME``) are built before the first run starts, runs start
+interleaved across arms, and each run records how many runs shared the machine while it ran, so
+step times are compared only between runs timed under equal load ("not comparable" otherwise).
+The report (``<out>/report.md``: a compact main table, the paper-claims table unless
+``--claims off``, PNG plots, an appendix with the full tables; ``summary.csv``, ``summary.tex``,
+``summary.json`` beside it) gives means with 95% confidence intervals across seeds, the difference
+from the baseline, and the efficiency ratio.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ examples:
       --variant beta0.01:algorithm.name=spro,algorithm.spro.beta=0.01 \\
       --variant per_token:algorithm.name=spro,algorithm.spro.process_reward=per_token --ablation
   spro compare --report-only --out runs/cmp      # re-aggregate finished runs
+  spro compare --report-only --out runs/cmp --claims off   # ... without the paper-claims section
   spro compare --algos grpo,spro,prime --loss-agg token-mean   # every arm with one loss aggregation
 
 A variant is LABEL:key=value[,key=value...]; a bare algorithm name X means X:algorithm.name=X.
@@ -47,13 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default="grpo", help="Label the others are compared with (default: grpo).")
     parser.add_argument("--method", default="spro", help="Label judged against the paper's claims (default: spro).")
     parser.add_argument("--ablation", action="store_true", help="Add the ablation table (one row per arm).")
+    parser.add_argument("--claims", choices=("on", "off"), default="on",
+                        help="The section that puts the SPRO paper's claims beside the measured figures (default: on; "
+                        "needs the baseline among the arms).")
     parser.add_argument("--title", default=None, help="Report title.")
     parser.add_argument("--report-only", action="store_true",
                         help="Do not train; aggregate the finished runs in --out (missing or partial runs are left "
                         "out, each named).")
     parser.add_argument("--jobs", type=int, default=None,
                         help="Runs at once, each in its own process with one torch thread (default: one per CPU "
-                        "core; with more than one, each run's output goes to <run>/output.log).")
+                        "core; with more than one, each run's output goes to <run>/output.log). Step times are "
+                        "compared only between arms whose runs had the same number of runs at once.")
     parser.add_argument("--loss-agg", default=None, metavar="MODE",
                         help="Run every arm with this policy-loss aggregation (algorithm.loss_agg); by default each "
                         "algorithm uses its own (PRIME: token-mean, Dr. GRPO: seq-mean-token-sum-norm, the others: "
@@ -101,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     command = "spro compare " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
     title = args.title or f"spro compare: {', '.join(labels)} over {len(seeds)} seed(s)"
     report = write_report(runs, args.out, title=title, command=command, baseline=baseline,
-                          method=args.method, ablation=args.ablation)
+                          method=args.method, ablation=args.ablation, claims=args.claims == "on")
     comp = aggregate(runs, baseline=baseline or labels[0])
     (report.parent / "summary.json").write_text(json.dumps(comp.to_dict(), indent=1, default=str))
     print(f"report: {report}")

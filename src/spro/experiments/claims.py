@@ -55,6 +55,10 @@ How the verdicts are decided (95% Student-t intervals across seeds; one seed has
 - PRIME costs more: PRIME's mean step time (and peak memory) above SPRO's (GRPO's when there is no
   SPRO run) with separated intervals holds, below with separated intervals does not hold,
   otherwise unclear.
+- Step time and wall time are judged only between runs timed under equal load (each run records
+  how many trainers shared the machine while it ran; the arms' runs must have had the same number
+  for at least 90% of their time, in the same `spro compare` run). Otherwise the ratio is shown
+  as "not comparable" and the verdict is unclear.
 """
 
 
@@ -67,7 +71,9 @@ class Claim:
     the ``AlgoAggregate`` estimate compared; ``ratio``: its key in ``Comparison.ratios[method]``;
     ``direction``: +1 the method should be above the baseline, -1 below; ``bound``: the paper's
     magnitude on the ratio (``>= bound`` for direction +1, ``<= bound`` for -1; None: no magnitude);
-    ``digits`` / ``unit``: how the estimates are printed; ``what``: a short name of the quantity.
+    ``digits`` / ``unit``: how the estimates are printed; ``what``: a short name of the quantity;
+    ``timed``: the quantity is a time, judged only between runs timed under equal load
+    (`spro.experiments.compare.timing_comparable`).
     """
 
     text: str
@@ -80,6 +86,7 @@ class Claim:
     digits: int = 3
     unit: str = ""
     what: str = ""
+    timed: bool = False
 
 
 @dataclass
@@ -99,6 +106,12 @@ class _Context:
     @property
     def ratios(self) -> dict[str, Any]:
         return self.comp.ratios.get(self.method, {})
+
+    def timing(self, a: Any, b: Any) -> str:
+        """"" when the times of aggregates ``a`` and ``b`` may be compared, else "not comparable (why)"."""
+        from spro.experiments.compare import timing_comparable
+
+        return timing_comparable(a, b).text()
 
 
 def _fx(x: float | None, digits: int = 2, suffix: str = "") -> str:
@@ -152,6 +165,8 @@ def efficiency_rule(c: Claim, ctx: _Context) -> dict[str, str]:
                     f"{method} reached the target in only {algo.n_reached}/{algo.n_seeds} seeds")
     if time and any(t is None for t in algo.time_to_target):
         return _row(c.text, c.paper, measured, UNCLEAR, "evaluation rows have no 'time'")
+    if c.timed and (nc := ctx.timing(algo, base)):
+        return _row(c.text, c.paper, "not comparable" + measured[len(_fx(ratio, 2, "x")):], UNCLEAR, nc)
     sep = separation(b_est, a_est)  # +1: GRPO needs more -> method faster
     ok = None if ratio is None else ratio >= c.bound
     verdict, note = _directional(
@@ -230,10 +245,13 @@ def compute_rule(c: Claim, ctx: _Context) -> dict[str, str]:
         return _row(c.text, c.paper, "n/a", UNCLEAR, "missing runs")
     ratio = ctx.ratios.get(c.ratio)
     a_est, b_est = getattr(algo, c.attr), getattr(base, c.attr)
+    nc = ctx.timing(algo, base) if c.timed else ""
     measured = (f"{method} {a_est.fmt(c.digits, suffix=c.unit)} vs GRPO {b_est.fmt(c.digits, suffix=c.unit)} "
-                f"(ratio {_fx(ratio, 2)})")
+                f"(ratio {'not comparable' if nc else _fx(ratio, 2)})")
     if ratio is None:
         v, note = UNCLEAR, f"{c.what} not logged"
+    elif nc:
+        v, note = UNCLEAR, nc
     elif ratio <= c.bound:
         v, note = HOLDS, f"ratio <= {c.bound}"
     elif separation(a_est, b_est) == 1:
@@ -254,8 +272,11 @@ def prime_cost_rule(c: Claim, ctx: _Context) -> dict[str, str]:
         return _row(text, c.paper, "n/a", UNCLEAR, "missing runs")
     p_est, r_est = getattr(pr, c.attr), getattr(ref, c.attr)
     ratio = _ratio(p_est.mean, r_est.mean)
+    nc = ctx.timing(pr, ref) if c.timed else ""
     measured = (f"{prime} {p_est.fmt(c.digits, suffix=c.unit)} vs {ref_label} {r_est.fmt(c.digits, suffix=c.unit)} "
-                f"(ratio {_fx(ratio, 2)})")
+                f"(ratio {'not comparable' if nc else _fx(ratio, 2)})")
+    if nc and p_est.mean is not None and r_est.mean is not None:
+        return _row(text, c.paper, measured, UNCLEAR, nc)
     v, note = _directional(separation(p_est, r_est), +1, True, f"{prime} costlier", "the paper gives only an upper figure")
     return _row(text, c.paper, measured, v, note)
 
@@ -267,7 +288,7 @@ PAPER_CLAIMS: list[Claim] = [
     Claim(f"{_EFF} (steps to reach GRPO's best accuracy)", f"{PAPER_EFFICIENCY}x", efficiency_rule, attr="steps",
           ratio="efficiency_steps", bound=PAPER_EFFICIENCY, digits=0),
     Claim(f"{_EFF} (wall time to reach GRPO's best accuracy)", f"{PAPER_EFFICIENCY}x", efficiency_rule, attr="time",
-          ratio="efficiency_time", bound=PAPER_EFFICIENCY, digits=1, unit=" s"),
+          ratio="efficiency_time", bound=PAPER_EFFICIENCY, digits=1, unit=" s", timed=True),
     Claim("+17.5% test accuracy vs GRPO (final held-out accuracy)", "+17.5%", accuracy_rule, attr="final_accuracy",
           ratio="accuracy_gain_rel", bound=PAPER_ACCURACY_GAIN_REL, what="more accurate"),
     Claim("Policy entropy higher than GRPO's (mean over the last third of steps)", "higher", directional_rule,
@@ -278,11 +299,11 @@ PAPER_CLAIMS: list[Claim] = [
           attr="final_length", ratio="length_ratio", direction=-1, bound=PAPER_LENGTH_RATIO_MAX, digits=1,
           what="shorter"),
     Claim("No extra compute vs GRPO (step time)", "1.0x", compute_rule, attr="step_time", ratio="step_time_ratio",
-          bound=COMPUTE_TOLERANCE, digits=3, unit=" s", what="step time"),
+          bound=COMPUTE_TOLERANCE, digits=3, unit=" s", what="step time", timed=True),
     Claim("No extra compute vs GRPO (peak memory)", "1.0x", compute_rule, attr="peak_memory_mb",
           ratio="peak_memory_ratio", bound=COMPUTE_TOLERANCE, digits=0, unit=" MB", what="peak memory"),
     Claim("PRIME costs more than {ref} (step time)", "up to 6.7x GPU hours", prime_cost_rule, attr="step_time",
-          digits=3, unit=" s"),
+          digits=3, unit=" s", timed=True),
     Claim("PRIME costs more than {ref} (peak memory)", "up to 6.7x GPU hours", prime_cost_rule,
           attr="peak_memory_mb", digits=0, unit=" MB"),
 ]

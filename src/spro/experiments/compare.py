@@ -33,11 +33,14 @@ last evaluated step / time (a *censored* value, a lower bound on the truth); the
 seeds are kept beside every figure so that the claims table can refuse to judge on censored data.
 Efficiency ratio = baseline mean steps-to-target / algorithm mean steps-to-target (> 1: the
 algorithm gets there in fewer steps).
+
+Step times and wall times of two arms are compared only between runs timed under equal load
+(``spro.experiments.timing``, re-exported here); otherwise the ratio is reported as "not comparable"
+with the reason, never judged.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -47,7 +50,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from spro.experiments.claims import CLAIM_RULES, DOES_NOT_HOLD, HOLDS, UNCLEAR, claims_table
-from spro.experiments.stats import Estimate, _finite, mean_ci, separation, t_quantile
+from spro.experiments.stats import Estimate, _finite, _json_lines, difference, mean_ci, separation, t_quantile
+
+from spro.experiments.timing import (EQUAL_LOAD_SHARE, LOAD_FILE, RunLoad, Timing, load_records, run_load,
+                                     timing_comparable)
 
 __all__ = [
     "HOLDS",
@@ -57,6 +63,12 @@ __all__ = [
     "Estimate",
     "RunData",
     "RunSummary",
+    "RunLoad",
+    "EQUAL_LOAD_SHARE",
+    "LOAD_FILE",
+    "load_records",
+    "run_load",
+    "Timing",
     "AlgoAggregate",
     "Comparison",
     "t_quantile",
@@ -68,6 +80,8 @@ __all__ = [
     "steps_to_reach",
     "aggregate",
     "separation",
+    "difference",
+    "timing_comparable",
     "claims_table",
     "comparison_table",
     "ablation_table",
@@ -91,24 +105,13 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    last_nonblank = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     by_step: dict[float, dict[str, Any]] = {}
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == last_nonblank:
-                warnings.warn(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})", stacklevel=2)
-                continue
-            raise ValueError(f"{path}:{i + 1}: invalid JSON: {e.msg}") from e
+    for line_no, row in _json_lines(path):
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(row).__name__}")
+            raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
         step = _finite(row.get("step"))
         if step is None:
-            warnings.warn(f"{path}:{i + 1}: row has no numeric 'step'; skipped", stacklevel=2)
+            warnings.warn(f"{path}:{line_no}: row has no numeric 'step'; skipped", stacklevel=2)
             continue
         by_step[step] = row
     return [by_step[s] for s in sorted(by_step)]
@@ -116,22 +119,24 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 @dataclass
 class RunData:
-    """The logged rows of one run (one seed)."""
+    """The logged rows of one run (one seed); ``loads``: its launch records (``load.jsonl``)."""
 
     path: Path
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+    loads: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read ``metrics.jsonl`` and ``eval.jsonl`` of a run dir (each may be missing).
+    """Read ``metrics.jsonl``, ``eval.jsonl`` and ``load.jsonl`` of a run dir (each may be missing).
 
     Raises FileNotFoundError if ``run_dir`` is not a directory.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run dir not found: {run_dir}")
-    return RunData(run_dir, load_jsonl(run_dir / "metrics.jsonl"), load_jsonl(run_dir / "eval.jsonl"))
+    return RunData(run_dir, load_jsonl(run_dir / "metrics.jsonl"), load_jsonl(run_dir / "eval.jsonl"),
+                   load_records(run_dir / LOAD_FILE))
 
 
 def series(rows: Sequence[Mapping[str, Any]], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +181,7 @@ class RunSummary:
     eval_steps: tuple[float, ...] = ()
     eval_times: tuple[float | None, ...] = ()
     eval_accuracy: tuple[float, ...] = ()
+    load: RunLoad | None = None
 
 
 def _mean(a: np.ndarray) -> float | None:
@@ -253,6 +259,7 @@ def summarize_run(run: RunData | str | Path) -> RunSummary:
         eval_steps=eval_steps,
         eval_times=eval_times,
         eval_accuracy=eval_acc,
+        load=run_load(run.loads),
     )
 
 
@@ -325,7 +332,10 @@ class Comparison:
     divided by the label's), ``accuracy_gain_abs`` (final accuracy difference, label - baseline),
     ``accuracy_gain_rel`` (that difference / baseline's final accuracy), ``length_ratio``
     (final length, label / baseline), ``entropy_ratio`` (last-third entropy, label / baseline),
-    ``step_time_ratio`` and ``peak_memory_ratio`` (label / baseline).
+    ``step_time_ratio`` and ``peak_memory_ratio`` (label / baseline). ``timing[label]``: whether
+    the label's step times may be compared with the baseline's (:func:`timing_comparable`); where not,
+    ``step_time_ratio`` and ``efficiency_time`` are shown as "not comparable" and never judged.
+    ``accuracy_diff[label]``: final accuracy label - baseline with Welch's interval.
     """
 
     baseline: str | None
@@ -333,6 +343,8 @@ class Comparison:
     algos: dict[str, AlgoAggregate]
     ratios: dict[str, dict[str, float | None]]
     confidence: float = 0.95
+    timing: dict[str, Timing] = field(default_factory=dict)
+    accuracy_diff: dict[str, Estimate] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of everything (paths as strings, estimates with their values,
@@ -442,7 +454,10 @@ def aggregate(
                 "step_time_ratio": _ratio(agg.step_time.mean, base.step_time.mean),
                 "peak_memory_ratio": _ratio(agg.peak_memory_mb.mean, base.peak_memory_mb.mean),
             }
-    return Comparison(baseline if base is not None else None, target, algos, ratios, confidence)
+    timing = {label: timing_comparable(agg, base) for label, agg in algos.items()} if base is not None else {}
+    diffs = ({label: difference(agg.final_accuracy, base.final_accuracy) for label, agg in algos.items()}
+             if base is not None else {})
+    return Comparison(baseline if base is not None else None, target, algos, ratios, confidence, timing, diffs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,7 +506,8 @@ def _reach_text(agg: AlgoAggregate, time: bool = False) -> str:
 def comparison_table(comp: Comparison) -> list[dict[str, str]]:
     """One row per label: accuracy, time to the baseline's best accuracy, entropy, length, cost.
 
-    Values are formatted strings, "mean ± 95% CI half-width" ("± n/a" for one seed).
+    Values are formatted strings, "mean ± 95% CI half-width" ("± n/a" for one seed); the step-time ratio is
+    "not comparable" where the runs were not timed under equal load (the reason: ``comp.timing[label]``).
     """
     rows = []
     for label, agg in comp.algos.items():
@@ -511,7 +527,8 @@ def comparison_table(comp: Comparison) -> list[dict[str, str]]:
                 "final length": agg.final_length.fmt(1),
                 "length ratio": _fx(r.get("length_ratio"), 2),
                 "step time (s)": agg.step_time.fmt(3),
-                "step time ratio": _fx(r.get("step_time_ratio"), 2),
+                "step time ratio": ("not comparable" if label != comp.baseline and label in comp.timing
+                                    and not comp.timing[label].comparable else _fx(r.get("step_time_ratio"), 2)),
                 "peak mem (MB)": agg.peak_memory_mb.fmt(0),
                 "mem ratio": _fx(r.get("peak_memory_ratio"), 2),
             }

@@ -8,6 +8,14 @@ skipped; one with an earlier checkpoint is resumed from it; otherwise it starts 
 attempt that died before its first checkpoint logged is moved aside to ``seed<k>.old-N``). So an
 interrupted comparison continues where it stopped when the same command is run again.
 
+Timing under equal load: every warm start the runs name (``model.name_or_path`` / ``model.ref_model`` like
+``warmstart:weak``) is built before the first trainer starts, so no timed run pays for it; runs start
+interleaved across arms (seed 0 of every arm, then seed 1, ...), so arms that run at once share the CPU
+alike; and each launch of a run appends a record to ``<run>/load.jsonl`` (:data:`LOAD_FILE`): the grid
+it ran in, ``jobs``, the CPU count, its start / end and the seconds it spent with k trainers of the
+grid running (itself included), which `spro.experiments.compare` reads to decide whether two arms'
+step times may be compared.
+
 The trainers are child processes in sessions of their own that die with the parent: on Linux the
 kernel sends each SIGTERM when the grid's process ends however it ends (``PR_SET_PDEATHSIG``), and a
 trainer stops on SIGTERM after saving a checkpoint (``spro.trainer.signals``). Ctrl-C reaches the grid
@@ -29,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+from spro.experiments.timing import LOAD_FILE  # noqa: E402  (the launch records, read by spro.experiments.timing)
 
 
 class GridInterrupted(RuntimeError):
@@ -187,6 +196,37 @@ def finished_runs(
     return runs
 
 
+def prepare_models(cfgs: Sequence[Any], log: Callable[[str], None] = print) -> list[str]:
+    """Build (or find in the cache) every distinct warm start the configs name, before any timed run.
+
+    Looks at ``model.name_or_path`` and ``model.ref_model`` of each config; each distinct
+    ``warmstart:PRESET`` is resolved once by `spro.trainer.warmstart.resolve_model` (built if not
+    cached), so that no trainer builds one inside its timed steps. Returns the names resolved.
+    """
+    from spro.trainer.warmstart import resolve_model
+
+    names: list[str] = []
+    for cfg in cfgs:
+        for name in (cfg.model.name_or_path, getattr(cfg.model, "ref_model", None)):
+            if isinstance(name, str) and name.startswith("warmstart:") and name not in names:
+                names.append(name)
+    for name in names:
+        log(f"warm start {name}: {resolve_model(name)} (ready before any timed run)")
+    return names
+
+
+def _load_record(grid: str, jobs: int, threads: int, t0: float, from_step: int,
+                 conc: dict[int, float]) -> dict[str, Any]:
+    return {"grid": grid, "jobs": jobs, "threads": threads, "cpus": default_jobs(), "start": round(t0, 3),
+            "end": round(time.time(), 3), "from_step": from_step,
+            "concurrency_s": {str(k): round(v, 3) for k, v in sorted(conc.items())}}
+
+
+def _append_load(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(Path(run_dir) / LOAD_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def default_jobs() -> int:
     """Runs at once by default: one per CPU core (each run uses one torch thread)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -210,7 +250,9 @@ def run_grid(
     any training starts, so a typo in an override fails at once rather than after hours. ``jobs``
     runs go at once, each in its own process with ``threads`` torch threads (OMP_NUM_THREADS);
     with more than one job each run's output goes to ``<run>/output.log``. A failed run does not stop
-    the others; the failures are raised together at the end.
+    the others; the failures are raised together at the end. The warm starts the runs need are built
+    first (:func:`prepare_models`); runs start interleaved across arms; each launch appends its load
+    record to ``<run>/load.jsonl`` (module docstring).
     """
     from spro.trainer.rundir import RunLock, holds_run, move_run_aside
 
@@ -223,16 +265,15 @@ def run_grid(
         raise ValueError(f"jobs and threads must be >= 1, got {jobs} and {threads}")
     root = Path(root)
     plan = []
-    for v in variants:
-        for s in seeds:
+    for s in seeds:  # interleaved: the arms that run at once share the CPU alike
+        for v in variants:
             run_dir = root / v.label / f"seed{s}"
             cfg = build_config(config=config, preset=preset, overrides=overrides, variant=v, seed=s, run_dir=run_dir)
             plan.append((v, s, run_dir, cfg))
-    runs: dict[str, list[Path]] = {v.label: [] for v in variants}
+    runs: dict[str, list[Path]] = {v.label: [root / v.label / f"seed{s}" for s in seeds] for v in variants}
     todo = []
     for i, (v, s, run_dir, cfg) in enumerate(plan, 1):
         status, step = run_status(run_dir, cfg.total_steps)
-        runs[v.label].append(run_dir)
         head = f"[{i}/{len(plan)}] {v.label} seed {s}"
         if status == "done":
             log(f"{head}: done already ({run_dir}), skipped")
@@ -241,8 +282,12 @@ def run_grid(
             with RunLock(run_dir):
                 log(f"{head}: the records of an earlier attempt are now in {move_run_aside(run_dir)}")
         todo.append((head, run_dir, cfg, status, step))
+    if todo:
+        prepare_models([t[2] for t in todo], log)
+    grid_id = f"{int(time.time())}-{os.getpid()}-{os.urandom(3).hex()}"  # this invocation of the grid
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    running: list[tuple[str, Path, subprocess.Popen, float, Any]] = []
+    # (head, run dir, process, start time, output file, first step, {k trainers running: seconds})
+    running: list[tuple[str, Path, subprocess.Popen, float, Any, int, dict[int, float]]] = []
     failures = []
     try:
         while todo or running:
@@ -252,13 +297,19 @@ def run_grid(
                                    f"training {cfg.total_steps} steps") + f" -> {run_dir}")
                 cmd = _train_command(cfg, run_dir, resume=status == "partial")
                 out = open(run_dir / "output.log", "a") if jobs > 1 else None
-                running.append((head, run_dir, spawn_trainer(cmd, env=env, stdout=out, stderr=out), time.time(), out))
+                proc = spawn_trainer(cmd, env=env, stdout=out, stderr=out)
+                running.append((head, run_dir, proc, time.time(), out, step if status == "partial" else 0, {}))
+            tick = time.time()
             time.sleep(0.2)
+            dt = time.time() - tick
+            for item in running:  # the load each run saw during this tick
+                item[6][len(running)] = item[6].get(len(running), 0.0) + dt
             for item in [r for r in running if r[2].poll() is not None]:
                 running.remove(item)
-                head, run_dir, proc, t0, out = item
+                head, run_dir, proc, t0, out, from_step, conc = item
                 if out is not None:
                     out.close()
+                _append_load(run_dir, _load_record(grid_id, jobs, threads, t0, from_step, conc))
                 if proc.returncode == 0:
                     log(f"{head}: finished in {time.time() - t0:.0f} s")
                 else:
@@ -270,6 +321,7 @@ def run_grid(
         for r in running:
             if r[4] is not None:
                 r[4].close()
+            _append_load(r[1], _load_record(grid_id, jobs, threads, r[3], r[5], r[6]))
         raise GridInterrupted(f"interrupted with {len(running)} run(s) under way and {len(todo)} not started") from None
     root.mkdir(parents=True, exist_ok=True)
     (root / "runs.json").write_text(json.dumps({k: [str(p) for p in v] for k, v in runs.items()}, indent=1))

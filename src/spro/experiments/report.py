@@ -5,15 +5,19 @@ ablation variant) and writes, under ``out_dir``:
 
 - ``plots/<metric>_vs_step.png`` and ``plots/<metric>_vs_time.png`` for held-out accuracy
   (``eval/accuracy``), policy entropy (``entropy``), mean response length (``length/mean``) and
-  mean reward (``reward/mean``): one line per label; with several seeds, the mean across seeds with
-  a shaded 95% Student-t confidence band. Seeds are put on a common x grid by linear interpolation
+  mean reward (``reward/mean``): per label the mean across seeds (own colour, line style and marker,
+  drawn above the rest), each seed as a thin light line, and a shaded 95% Student-t confidence band
+  where at least 3 seeds have data, clipped to the metric's valid range (:data:`RANGES`,
+  :func:`value_range`). Seeds are put on a common x grid by linear interpolation
   inside each seed's own range (no extrapolation), so the band at a point uses the seeds that have
   data there. Training metrics are smoothed per seed with a trailing moving average (the window
   is written in the plot title); held-out accuracy is not smoothed.
-- ``report.md``: a summary table per label (final and best held-out accuracy, final entropy,
-  final mean length, mean step time, peak memory), optionally the comparison against a baseline
-  with the claims table (`spro.experiments.compare.claims_table`) and an ablation table, then the plots, all
-  linked by relative paths. Only files that were written are linked.
+- ``report.md``: the setup, the compact main table (`spro.experiments.summary.main_table`), the
+  paper-claims table against a baseline (`spro.experiments.claims`; ``claims=False`` leaves it
+  out), the plots, then an appendix: the full summary, the comparison table against the baseline,
+  the ablation table, the process-reward diagnostics and the runs; all linked by relative paths.
+  Only files that were written are linked.
+- ``summary.csv`` and ``summary.tex`` beside it (`spro.experiments.summary`).
 
 Plots use matplotlib's Agg backend (no display needed).
 """
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -67,15 +71,49 @@ DIAG_SIGNALS = ("self_reward", "msa", "prm", "advantage")
 X_LABELS = {"step": "training step", "time": "wall time (s, excluding evaluation)"}
 
 
+MIN_BAND_SEEDS = 3  # fewer seeds: no band (a 2-seed t interval is 12.7 standard errors wide)
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# valid range of each plotted quantity: (low, high), None = unbounded, "data" = the observed per-seed min / max
+RANGES: dict[str, tuple[float | None, float | None] | str] = {
+    "eval/accuracy": (0.0, 1.0),
+    "entropy": (0.0, None),
+    "length/mean": (0.0, None),
+    "reward/mean": "data",
+    "kl": (0.0, None),
+    "drift/zero_var_adv_share": (0.0, 1.0),
+    "drift/msa_logratio_corr": (-1.0, 1.0),
+    "groups/zero_variance_frac": (0.0, 1.0),
+}
+
+
 @dataclass
 class Curve:
-    """A label's curve on a common x grid: mean across seeds and a CI band (NaN where undefined)."""
+    """A label's curve on a common x grid: mean across seeds and a CI band (NaN where undefined), and
+    each seed's own (smoothed) line."""
 
     x: np.ndarray
     mean: np.ndarray
     low: np.ndarray
     high: np.ndarray
     n: np.ndarray  # number of seeds with data at each x
+    seeds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def value_range(key: str, groups: Mapping[str, Sequence[RunData]], source: str = "metrics"
+                ) -> tuple[float | None, float | None]:
+    """The range a band of ``key`` is clipped to (:data:`RANGES`; AUROC and accuracy keys [0, 1]; the
+    reward the observed min / max over every seed's logged values; other keys unbounded)."""
+    rng = RANGES.get(key)
+    if rng is None and ("auroc" in key or "accuracy" in key or key.endswith(("_frac", "/frac"))):
+        rng = (0.0, 1.0)
+    if rng == "data":
+        vals = [series(r.metrics if source == "metrics" else r.evals, key)[1] for rs in groups.values() for r in rs]
+        vals = [v for v in vals if v.size]
+        if not vals:
+            return (None, None)
+        return (float(min(v.min() for v in vals)), float(max(v.max() for v in vals)))
+    return rng if isinstance(rng, tuple) else (None, None)
 
 
 def _trailing_mean(y: np.ndarray, window: int) -> np.ndarray:
@@ -97,13 +135,18 @@ def curve(
     smooth: int = 1,
     confidence: float = 0.95,
     n_grid: int = 200,
+    min_band: int = MIN_BAND_SEEDS,
+    clip: tuple[float | None, float | None] | None = None,
 ) -> Curve | None:
     """Mean and confidence band of ``key`` across seeds against ``x`` ("step" or "time").
 
     ``source``: "metrics" (metrics.jsonl rows) or "eval" (eval.jsonl rows). Against steps the grid
     is the union of the logged steps; against time, ``n_grid`` evenly spaced points over the
-    logged range. Returns None when no seed has data.
+    logged range. The band exists where at least ``min_band`` (>= 2) seeds have data and is clipped
+    to ``clip`` = (low, high) (None: that side unbounded). Returns None when no seed has data.
     """
+    if min_band < 2:
+        raise ValueError(f"curve: min_band must be >= 2 (one seed has no interval), got {min_band}")
     if source not in ("metrics", "eval"):
         raise ValueError(f"curve: source must be 'metrics' or 'eval', got {source!r}")
     if x not in ("step", "time"):
@@ -133,11 +176,15 @@ def curve(
         mean = np.where(n > 0, np.nansum(mat, axis=0) / np.maximum(n, 1), np.nan)
         low = np.full(grid.size, np.nan)
         high = np.full(grid.size, np.nan)
-        for j in np.nonzero(n >= 2)[0]:
+        for j in np.nonzero(n >= min_band)[0]:
             col = mat[~np.isnan(mat[:, j]), j]
             hw = t_quantile(0.5 + confidence / 2, col.size - 1) * np.std(col, ddof=1) / math.sqrt(col.size)
             low[j], high[j] = mean[j] - hw, mean[j] + hw
-    return Curve(grid, mean, low, high, n)
+    if clip is not None:
+        lo, hi = clip
+        low = np.clip(low, lo, hi) if lo is not None or hi is not None else low
+        high = np.clip(high, lo, hi) if lo is not None or hi is not None else high
+    return Curve(grid, mean, low, high, n, per_seed)
 
 
 def plot_metric(
@@ -150,10 +197,14 @@ def plot_metric(
     ylabel: str | None = None,
     title: str | None = None,
     smooth: int = 1,
+    clip: tuple[float | None, float | None] | None = None,
 ) -> Path | None:
     """Plot ``key`` against ``x`` for every label into a PNG at ``path``.
 
-    One line per label (mean over seeds), a shaded 95% band where two or more seeds have data.
+    Per label: each seed's line (thin, light), the mean over seeds on top, and a shaded 95% band
+    where at least :data:`MIN_BAND_SEEDS` seeds have data, clipped to ``clip`` (default: the metric's
+    valid range, :func:`value_range`). Each label has its own colour, line style and marker, and the
+    means are drawn above every band and seed line, so overlapping arms stay visible.
     Returns the path, or None (and writes nothing) when no run has data for ``key``.
     """
     import matplotlib
@@ -161,9 +212,11 @@ def plot_metric(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # colours follow the label order of `groups`, so a label keeps its colour in every plot
-    colours = {label: f"C{i % 10}" for i, label in enumerate(groups)}
-    curves = {label: curve(runs, key, source=source, x=x, smooth=smooth) for label, runs in groups.items()}
+    # styles follow the label order of `groups`, so a label keeps its look in every plot
+    style = {label: (f"C{i % 10}", LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+             for i, label in enumerate(groups)}
+    clip = value_range(key, groups, source) if clip is None else clip
+    curves = {label: curve(runs, key, source=source, x=x, smooth=smooth, clip=clip) for label, runs in groups.items()}
     curves = {k: v for k, v in curves.items() if v is not None}
     if not curves:
         return None
@@ -171,12 +224,18 @@ def plot_metric(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     try:
-        for label, c in curves.items():
-            n_seeds = len(groups[label])
-            marker = "o" if c.x.size <= 30 and source == "eval" else None
-            ax.plot(c.x, c.mean, label=f"{label} (n={n_seeds})", color=colours[label], marker=marker, markersize=3)
+        n_arms = len(curves)
+        for i, (label, c) in enumerate(curves.items()):
+            colour, ls, marker = style[label]
+            if len(c.seeds) > 1:
+                for xs, ys in c.seeds:
+                    ax.plot(xs, ys, color=colour, linestyle="-", linewidth=0.6, alpha=0.3, zorder=1)
             if np.any(~np.isnan(c.low)):
-                ax.fill_between(c.x, c.low, c.high, color=colours[label], alpha=0.2, linewidth=0)
+                ax.fill_between(c.x, c.low, c.high, color=colour, alpha=0.15, linewidth=0, zorder=2)
+            ax.plot(c.x, c.mean, label=f"{label} (n={len(groups[label])})", color=colour, linestyle=ls,
+                    linewidth=1.6, marker=marker, markersize=4, markevery=max(1, c.x.size // 8),
+                    markeredgecolor="white", markeredgewidth=0.5,
+                    zorder=3 + i / (n_arms + 1))  # the solid first arm lowest: the dashed ones let it show through
         ax.set_xlabel(X_LABELS[x])
         ax.set_ylabel(ylabel or key)
         full_title = title or f"{ylabel or key} vs {x}"
@@ -320,18 +379,23 @@ def write_report(
     prime: str = "prime",
     ablation: bool = False,
     smooth: int | None = None,
+    claims: bool = True,
 ) -> Path:
-    """Write ``out_dir/report.md`` and ``out_dir/plots/*.png``; returns the report's path.
+    """Write ``out_dir/report.md``, ``out_dir/plots/*.png``, ``summary.csv`` and ``summary.tex``; returns the
+    report's path.
 
     runs: label -> run dirs (one per seed). command: the exact command that produced the runs
     (quoted in the report). notes: free markdown put after the title (e.g. the conclusion).
-    baseline: a label (e.g. "grpo") to compare every label against; then the comparison table and
-    the claims table (``method`` / ``prime`` name the SPRO / PRIME labels) are included.
+    baseline: a label (e.g. "grpo") to compare every label against; then the main table has the
+    differences from it, the appendix the comparison table, and (``claims``) the paper-claims
+    section is included (``method`` / ``prime`` name the SPRO / PRIME labels).
     ablation: include the ablation table (rows = labels). smooth: moving-average window for the
     training-metric plots; None picks ``max(1, round(n_steps / 25))``.
     Raises ValueError for an empty ``runs`` or a label without dirs, FileNotFoundError for a
     missing run dir.
     """
+    from spro.experiments.summary import main_table, timing_notes, write_summary_csv, write_summary_tex
+
     if not runs:
         raise ValueError("write_report: runs is empty")
     out_dir = Path(out_dir)
@@ -355,34 +419,32 @@ def write_report(
         lines += ["Produced by:", "", "```bash", command.strip(), "```", ""]
 
     lines += ["## Setup", "", markdown_table(setup_table(groups)), ""]
-    lines += ["## Summary", "", markdown_table(summary_table(comp)), ""]
+    lines += ["## Main results", "", markdown_table(main_table(comp)), ""]
     lines += [
         "Mean ± 95% confidence half-width across seeds (Student t; \"± n/a\" with one seed). "
-        "Final held-out accuracy is the last evaluation's, best is the maximum over evaluations. "
-        "Final entropy and final length are means over the last 10% of training steps. Step time "
-        "is the mean `time/step` without the first (warm-up) step; peak memory is the maximum "
-        "`memory/peak_mb`.",
+        "Final held-out accuracy is the last evaluation's, best is the maximum over evaluations"
+        + (f"; Δ is the difference of the final accuracy from {comp.baseline}'s with Welch's 95% interval"
+           if comp.baseline is not None else "")
+        + ". Final entropy and final length are means over the last 10% of training steps. Step time "
+        "is the mean `time/step` without the first (warm-up) step"
+        + (f"; its ratio to {comp.baseline} is given only where both arms' runs were timed under equal load "
+           "(the same number of trainers at once, in the same `spro compare` run)" if comp.baseline is not None else "")
+        + ". The same figures with their interval bounds: `summary.csv`; as a LaTeX table: `summary.tex`.",
         "",
     ]
+    notes_t = timing_notes(comp)
+    if notes_t:
+        lines += ["\n".join(f"- {n}" for n in notes_t), ""]
 
-    if comp.baseline is not None:
-        lines += [f"## Comparison with {comp.baseline}", ""]
-        if comp.target_accuracy is not None:
-            lines += [
-                f"Target for steps / time to reach: {comp.baseline}'s mean best held-out accuracy, "
-                f"{comp.target_accuracy:.3f}. Ratios are relative to {comp.baseline}; efficiency = "
-                f"{comp.baseline}'s mean steps to the target / the algorithm's (unreached seeds count "
-                "with their last evaluated step).",
-                "",
-            ]
-        lines += [markdown_table(comparison_table(comp)), ""]
+    if comp.baseline is not None and claims:
         lines += ["## Paper claims", "", markdown_table(claims_table(comp, method=method, prime=prime)), ""]
         lines += [CLAIM_RULES, ""]
 
-    if ablation:
-        lines += ["## Ablation", "", markdown_table(ablation_table(comp)), ""]
-
-    lines += ["## Plots", ""]
+    lines += ["## Plots", "",
+              "Per arm: the mean over seeds (its own colour, line style and marker), each seed as a thin light line, "
+              f"and a shaded 95% confidence band where at least {MIN_BAND_SEEDS} seeds have data (none with fewer), "
+              "clipped to the metric's valid range (accuracy and AUROC in [0, 1], entropy, length and KL >= 0, the "
+              "reward within the observed per-seed minimum and maximum).", ""]
     missing = []
     for stem, source, key, ylabel in PLOTS:
         for x in ("step", "time"):
@@ -403,7 +465,24 @@ def write_report(
     if missing:
         lines += ["No data logged for: " + ", ".join(missing) + ".", ""]
 
-    lines += ["## Process-reward diagnostics and drift", "", markdown_table(diagnostics_table(groups)), "",
+    lines += ["## Appendix", "", "### Summary", "", markdown_table(summary_table(comp)), "",
+              "Peak memory is the maximum `memory/peak_mb`.", ""]
+    if comp.baseline is not None:
+        lines += [f"### Comparison with {comp.baseline}", ""]
+        if comp.target_accuracy is not None:
+            lines += [
+                f"Target for steps / time to reach: {comp.baseline}'s mean best held-out accuracy, "
+                f"{comp.target_accuracy:.3f}. Ratios are relative to {comp.baseline}; efficiency = "
+                f"{comp.baseline}'s mean steps to the target / the algorithm's (unreached seeds count "
+                "with their last evaluated step).",
+                "",
+            ]
+        lines += [markdown_table(comparison_table(comp)), ""]
+
+    if ablation:
+        lines += ["### Ablation", "", markdown_table(ablation_table(comp)), ""]
+
+    lines += ["### Process-reward diagnostics and drift", "", markdown_table(diagnostics_table(groups)), "",
               "First-error top-1 / AUROC: does the signal's lowest-scoring step find the first wrong step of a wrong "
               "response (top-1; chance in its own column), and does the first wrong step score below the earlier, "
               "correct steps (AUROC; chance 0.5)? Averaged over all steps of all seeds; n/a where not logged (PRIME's "
@@ -415,8 +494,10 @@ def write_report(
         if path is not None:
             lines += [f"![{ylabel}]({_rel(path, out_dir)})", ""]
 
-    lines += ["## Runs", "", markdown_table(per_seed_table(comp, out_dir)), ""]
+    lines += ["### Runs", "", markdown_table(per_seed_table(comp, out_dir)), ""]
 
+    write_summary_csv(comp, out_dir / "summary.csv")
+    write_summary_tex(comp, out_dir / "summary.tex")
     report = out_dir / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     return report

@@ -5,16 +5,22 @@ has no interval. The Student-t quantile comes from scipy (``pip install 'spro[st
 scipy, from a small table of its values (p = 0.95, 0.975, 0.995; df 1-30, 40, 60, 120, then the
 normal quantile), interpolated linearly in 1/df between tabulated df (within 1e-3 of the exact
 value); other p then stop with an error that says to install scipy.
+
+The difference of two arms' means (:func:`difference`) has Welch's interval (unequal variances,
+Welch-Satterthwaite degrees of freedom; without scipy the df is rounded down, a wider interval).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Estimate", "mean_ci", "separation", "t_quantile"]
+__all__ = ["Estimate", "difference", "mean_ci", "separation", "t_quantile"]
 
 # scipy.stats.t.ppf(p, df), 6 decimals, for the table fallback
 _T_DF = tuple(range(1, 31)) + (40, 60, 120)
@@ -70,6 +76,26 @@ def t_quantile(p: float, df: int) -> float:
         q = _table_quantile(key, df)
         return q if p > 0.5 else -q
     return float(t.ppf(p, df))
+
+
+def _json_lines(path: Path) -> list[tuple[int, Any]]:
+    """(1-based line number, parsed value) of every non-blank line of a JSONL file. A last line that is not
+    valid JSON (a write cut short by a kill) is skipped with a warning; invalid JSON anywhere else raises
+    ValueError naming file and line."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append((i + 1, json.loads(line)))
+        except json.JSONDecodeError as e:
+            if i == last:
+                warnings.warn(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})", stacklevel=3)
+                continue
+            raise ValueError(f"{path}:{i + 1}: invalid JSON: {e.msg}") from e
+    return out
 
 
 def _finite(x: Any) -> float | None:
@@ -153,3 +179,30 @@ def separation(a: Estimate, b: Estimate) -> int | None:
         return -1
     return 0
 
+
+
+def difference(a: Estimate, b: Estimate) -> Estimate:
+    """``a - b`` of two arms' per-seed values with Welch's two-sided interval at ``a.confidence``.
+
+    ``mean_a - mean_b +- t_{(1+confidence)/2, df} * sqrt(s_a^2/n_a + s_b^2/n_b)`` with the
+    Welch-Satterthwaite ``df``. Mean None when either side has no data; interval None when either
+    side has fewer than two values. ``n`` is the smaller of the two seed counts; ``values`` is empty.
+    """
+    if a.mean is None or b.mean is None:
+        return Estimate(None, None, None, min(a.n, b.n), (), a.confidence)
+    d = a.mean - b.mean
+    if a.n < 2 or b.n < 2 or len(a.values) < 2 or len(b.values) < 2:
+        return Estimate(d, None, None, min(a.n, b.n), (), a.confidence)
+    va, vb = statistics.variance(a.values) / a.n, statistics.variance(b.values) / b.n
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return Estimate(d, d, d, min(a.n, b.n), (), a.confidence)
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    p = 0.5 + a.confidence / 2.0
+    try:
+        from scipy.stats import t
+
+        q = float(t.ppf(p, df))
+    except ImportError:
+        q = t_quantile(p, max(1, math.floor(df)))
+    return Estimate(d, d - q * se, d + q * se, min(a.n, b.n), (), a.confidence)
