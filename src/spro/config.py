@@ -77,7 +77,8 @@ TRL_NAMES = {
     "max_grad_norm": "optim.max_grad_norm", "gradient_accumulation_steps": "algorithm.grad_accum_steps",
     "per_device_train_batch_size": "rollout.prompts_per_step", "logging_steps": "logging.every",
     "save_steps": "save_every", "eval_steps": "eval_every", "save_total_limit": "keep_last",
-    "model_name_or_path": "model.name_or_path",
+    "model_name_or_path": "model.name_or_path", "importance_sampling_level": "algorithm.importance_sampling_level",
+    "mask_truncated_completions": "algorithm.mask_truncated_completions",
 }
 _TRL_NOTES = {
     "beta": "TRL's beta; SPRO's process-reward beta is 'algorithm.spro.beta'",

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from spro.algorithms.losses import AGG_MODES as LOSS_AGGS, KL_ESTIMATORS
+from spro.algorithms.losses import AGG_MODES as LOSS_AGGS, KL_ESTIMATORS, RATIO_LEVELS
 from spro.algorithms.probes import ProbeOptions
 from spro.options import option
 
@@ -322,6 +322,20 @@ class AlgorithmConfig:
         "the loss. null = off (plain clipped PPO, as in the GRPO and SPRO papers); verl's default is 3.0. "
         "Must be > 1.",
         check=(lambda v: v is None or v > 1, "> 1 or null"),
+    )
+    importance_sampling_level: str = _f(
+        "token",
+        help="The PPO ratio of the clipped loss: 'token' = pi_theta / pi_old per token (PPO, GRPO, the SPRO paper); "
+        "'sequence' = GSPO's ratio (Zheng et al. 2025, arXiv:2507.18071): each response's tokens share "
+        "exp(mean over its tokens of log pi_theta - log pi_old), clipped per response (TRL's "
+        "importance_sampling_level='sequence'). Any algorithm.name; each token keeps its own advantage.",
+        choices=RATIO_LEVELS,
+    )
+    mask_truncated_completions: bool = _f(
+        False,
+        help="Leave responses cut at rollout.max_new_tokens (no eos) out of the policy loss and its token / "
+        "response counts (TRL's mask_truncated_completions; DAPO's overlong filtering, Yu et al. 2025, "
+        "arXiv:2503.14476). Their rewards still enter the group statistics of the advantage.",
     )
     kl_coef: float = _f(0.0, help="Weight of the KL penalty to the reference in the loss (0 in the SPRO paper).",
                         check=NON_NEGATIVE)

@@ -328,6 +328,8 @@ class Trainer:
         """
         cfg, a = self.cfg, self.cfg.algorithm
         B, mask = len(s.batch), s.x.mask
+        if a.mask_truncated_completions:  # truncated responses leave the loss (not the advantage's statistics)
+            mask = mask & ~s.batch.truncated.to(mask.device).bool().unsqueeze(1)
         params = [p for p in self.model.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         per_mini: list[dict[str, float]] = []
@@ -357,6 +359,7 @@ class Trainer:
                             max_completion_length=cfg.rollout.max_new_tokens, normaliser=norm,
                             ref_logp=s.x.ref_logp[idx] if s.x.ref_logp is not None else None,
                             kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy=ent, entropy_coef=a.entropy_coef,
+                            importance_sampling_level=a.importance_sampling_level,
                         )
                         if not torch.isfinite(loss):
                             raise self._diverged("the loss")
