@@ -288,7 +288,8 @@ class AlgorithmConfig:
 
     Each registered algorithm also has a section ``algorithm.<its name>.*`` with its own options
     (e.g. ``algorithm.spro.beta``), read only when that algorithm runs; a config may hold the
-    sections of several algorithms, so that ``spro compare`` arms can share one base config.
+    sections of several algorithms, so that ``spro compare`` arms can share one base config (each key
+    set in a section the chosen algorithm does not read is named in a warning: ``spro.config.ignored_keys``).
     """
 
     name: str = _f(
