@@ -113,10 +113,36 @@ class _SPROConfigBase(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         self.spro_options()  # checks the spro_* values
+        self._refuse_unhonoured()
+
+    def _refuse_unhonoured(self) -> None:
+        """An error naming each GRPOConfig option SPROTrainer would not honour as TRL documents it. SPRO
+        replaces TRL's advantage (``[B]``, from the rewards) by its own per-token one (``[B, T]``): TRL's
+        options that shape the advantage are not used, and those that decide per completion from the
+        sign of its advantage would decide per token. Everything else reaches TRL's loss unchanged."""
+        outcome = getattr(self, "spro_outcome_scale", "group")
+        if self.scale_rewards not in ("group", outcome):  # (TRL maps True / False to 'group' / 'none')
+            raise ValueError(
+                f"scale_rewards={self.scale_rewards!r}: SPROTrainer does not use TRL's reward scaling; the outcome "
+                f"part of SPRO's advantage is scaled by spro_outcome_scale (now {outcome!r}). Set "
+                f"spro_outcome_scale={self.scale_rewards!r} (scale_rewards may stay at its default or equal it)"
+            )
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
                 "multi_objective_aggregation: SPROTrainer normalises the weighted sum of the rewards itself; "
                 f"expected 'sum_then_normalize', got {self.multi_objective_aggregation!r}"
+            )
+        if self.off_policy_mask_threshold is not None:
+            raise ValueError(
+                f"off_policy_mask_threshold={self.off_policy_mask_threshold}: TRL drops a completion when its "
+                "advantage is negative and its KL is high; SPRO's advantage is per token, so TRL would drop tokens, "
+                "not completions. SPROTrainer does not support it: leave off_policy_mask_threshold=None"
+            )
+        if self.loss_type == "vespo":
+            raise ValueError(
+                "loss_type='vespo': VESPO weighs each completion by the sign of its advantage; SPRO's advantage is "
+                "per token, so the weights would be per token. Use loss_type 'grpo' (SPRO's default), 'dapo', "
+                "'dr_grpo', 'bnpo', 'cispo', 'sapo' or 'luspo'"
             )
 
     def spro_options(self) -> dict[str, Any]:
@@ -151,8 +177,12 @@ SPROConfig.__doc__ = """``GRPOConfig`` plus SPRO's options: ``spro_<name>`` for 
     sequences: the aggregation of the SPRO paper) and ``disable_dropout=True`` (the process reward
     compares two forwards of the same tokens, which dropout would make noisy). TRL's
     ``scale_rewards`` does not apply: the outcome part of the advantage is scaled by
-    ``spro_outcome_scale``. ``multi_objective_aggregation`` must be ``"sum_then_normalize"``:
-    the outcome reward SPRO normalises is the weighted sum of the reward functions.
+    ``spro_outcome_scale`` (``"group"``, ``"batch"`` or ``"none"``), and a ``scale_rewards`` other than
+    TRL's default that differs from it is an error. ``multi_objective_aggregation`` must be
+    ``"sum_then_normalize"``: the outcome reward SPRO normalises is the weighted sum of the reward
+    functions. ``off_policy_mask_threshold`` and ``loss_type="vespo"``, which decide per completion from
+    the sign of its advantage, are errors (SPRO's advantage is per token). TRL's ``beta`` is the KL
+    coefficient of TRL's loss, as in GRPO; SPRO's process-reward weight is ``spro_beta``.
     """
 
 
