@@ -235,8 +235,10 @@ class DataConfig:
     )
     accuracy_reward: str | None = _f(
         None,
-        help="Name of the reward whose value decides 'correct' for the accuracy metrics "
-        "(null = the first reward).",
+        help="Name of the reward (one of data.rewards) whose value decides 'correct' for the accuracy metrics and "
+        "PRIME's labels. null = the data's verifier (the task's own, reasoning_gym, or the one the schema implies: "
+        "math for gsm8k) when it is among the rewards; otherwise accuracy is not reported (null; prime stops with an "
+        "error), never a reward of your own, which may be shaped. The verifier is printed at the start.",
     )
     correct_threshold: float = _f(
         1.0, help="A response counts as correct when its accuracy reward is >= this value."
