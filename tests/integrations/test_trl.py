@@ -243,6 +243,39 @@ def test_spro_config_accepts_what_it_honours(tmp_path, kw):
     assert args.spro_options()["outcome_scale"] == kw.get("spro_outcome_scale", "group")
 
 
+def test_spro_trainer_trains_a_gguf_file_without_export(tmp_path):
+    """A .gguf path (or a folder with model_init_kwargs={"gguf_file": ...}) loads through spro's GGUF loader:
+    the model and its tokenizer come from the file, and the frozen reference is the same starting weights."""
+    pytest.importorskip("gguf")
+    from tiny_gguf import write_tiny_gguf
+
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", **MODEL_KW)
+    tok = build_char_tokenizer()
+    args = make_args(tmp_path, max_steps=2)
+    trainer = SPROTrainer(model=str(gguf_path), reward_funcs=digit_reward, args=args,
+                          train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+    assert trainer.processing_class("Q:12+7=")["input_ids"] == tok("Q:12+7=")["input_ids"]  # the file's tokenizer
+    fresh = build_tiny_model(tok, **MODEL_KW).state_dict()
+    start = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    assert all(torch.equal(fresh[k], start[k]) for k in fresh)  # the GGUF weights are the tiny model's
+    trainer.train()
+    end = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    assert any(not torch.equal(fresh[k], end[k]) for k in fresh)  # it trained
+    ref = trainer.accelerator.unwrap_model(trainer.ref_model).state_dict()
+    assert all(torch.equal(fresh[k], ref[k]) for k in fresh)  # the reference stayed the starting weights
+    assert args.model_init_kwargs is None
+    # the folder + gguf_file form, and a model_init_kwargs key spro's loader does not take
+    args = make_args(tmp_path, max_steps=1, model_init_kwargs={"gguf_file": "tiny.gguf", "dtype": "float32"})
+    trainer = SPROTrainer(model=str(tmp_path), reward_funcs=digit_reward, args=args,
+                          train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+    assert args.model_init_kwargs == {"gguf_file": "tiny.gguf", "dtype": "float32"}  # (the caller's, unchanged)
+    assert trainer.args.model_init_kwargs is None
+    args = make_args(tmp_path, model_init_kwargs={"gguf_file": "tiny.gguf", "attn_implementation": "eager"})
+    with pytest.raises(ValueError, match=r"model_init_kwargs \['attn_implementation'\]: a GGUF model.*spro export"):
+        SPROTrainer(model=str(tmp_path), reward_funcs=digit_reward, args=args,
+                    train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+
+
 def test_spro_trainer_rejects_grpo_config(tmp_path):
     tok = build_char_tokenizer()
     args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
