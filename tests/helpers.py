@@ -45,6 +45,8 @@ def small_overrides(model_dir: Path, out: Path, algorithm: str = "spro", **extra
         "logging.progress_bar": False,
     }
     o.update(extra)
+    if "data.rewards" not in extra:  # digits is a shaped reward: the accuracy it decides is asked for by name
+        o.setdefault("data.accuracy_reward", "digits")
     return [f"{k}={v}" for k, v in o.items()]
 
 

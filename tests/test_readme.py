@@ -35,9 +35,10 @@ def test_readme_own_data_command(tmp_path, monkeypatch, capsys):
         sys.modules.pop("my_reward", None)
     err = capsys.readouterr().err
     said = re.search(r"spro: data problems.jsonl \(32 prompts; 8 held out by data.eval_fraction=0.2\); reward 1 x "
-                     r"my_reward:exact_match \(data.rewards\)", err)
+                     r"my_reward:exact_match \(data.rewards\); accuracy by my_reward:exact_match \(data.accuracy_reward\)",
+                     err)
     assert said and " ".join(said.group(0).split()) in " ".join((ROOT / "README.md").read_text().split())
     run = folder / "runs" / "mine"
     assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4]
     (ev,) = read_jsonl(run / "eval.jsonl")
-    assert ev["eval/n"] == 8
+    assert ev["eval/n"] == 8 and ev["eval/accuracy"] is not None

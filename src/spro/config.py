@@ -77,7 +77,8 @@ TRL_NAMES = {
     "max_grad_norm": "optim.max_grad_norm", "gradient_accumulation_steps": "algorithm.grad_accum_steps",
     "per_device_train_batch_size": "rollout.prompts_per_step", "logging_steps": "logging.every",
     "save_steps": "save_every", "eval_steps": "eval_every", "save_total_limit": "keep_last",
-    "model_name_or_path": "model.name_or_path",
+    "model_name_or_path": "model.name_or_path", "importance_sampling_level": "algorithm.importance_sampling_level",
+    "mask_truncated_completions": "algorithm.mask_truncated_completions",
 }
 _TRL_NOTES = {
     "beta": "TRL's beta; SPRO's process-reward beta is 'algorithm.spro.beta'",
@@ -141,6 +142,37 @@ def _algorithm_sections(algo: Any) -> tuple[dict, dict[str, Any]]:
     return own, sections
 
 
+class IgnoredKeyWarning(UserWarning):
+    """A key of the config is set but the chosen algorithm does not read it (see :func:`ignored_keys`)."""
+
+
+def ignored_keys(algo: Any) -> list[tuple[str, str]]:
+    """``(key, reason)`` for every key set in the ``algorithm`` mapping ``algo`` (as given, before
+    defaults) that the selected algorithm does not read: the keys of another algorithm's section
+    ``algorithm.<other>.*``. The rule: such a section is kept (so that ``spro compare`` arms and
+    presets can share one config) but each key set in it is named in an :class:`IgnoredKeyWarning`;
+    the shared keys of ``algorithm.*`` are read by every algorithm (the policy loss)."""
+    from spro.algorithms import registry
+
+    algo = algo if algo is not None else {}
+    own_keys = {f.name for f in dataclasses.fields(AlgorithmConfig) if not f.metadata.get("sections")}
+    selected = registry.get_algorithm(algo.get("name", AlgorithmConfig.name)).name
+    out = []
+    for sec, values in algo.items():
+        if sec in own_keys or not hasattr(values, "items"):
+            continue
+        name = registry.get_algorithm(str(sec)).name
+        if name == selected:
+            continue
+        for key in flatten(dict(values)):
+            why = f"algorithm.name={selected} does not read the section algorithm.{sec}.* (it applies when " \
+                  f"algorithm.name={name}); it has no effect on this run"
+            if key == "beta" and name == "spro":
+                why += " (the KL coefficient of every algorithm is algorithm.kl_coef)"
+            out.append((f"algorithm.{sec}.{key}", why))
+    return out
+
+
 def _typed(tree: Any) -> TrainConfig:
     """A checked TrainConfig from a merged OmegaConf tree of settings."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -159,6 +191,11 @@ def _typed(tree: Any) -> TrainConfig:
     cfg = _build(TrainConfig, rest)
     cfg.algorithm.sections = sections
     validate(cfg)
+    if algo is not None:
+        import warnings
+
+        for key, why in ignored_keys(OmegaConf.to_container(algo)):
+            warnings.warn(f"{key} is set, but {why}", IgnoredKeyWarning, stacklevel=2)
     return cfg
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from spro.algorithms.losses import AGG_MODES as LOSS_AGGS, KL_ESTIMATORS
+from spro.algorithms.losses import AGG_MODES as LOSS_AGGS, KL_ESTIMATORS, RATIO_LEVELS
 from spro.algorithms.probes import ProbeOptions
 from spro.options import option
 
@@ -240,8 +240,10 @@ class DataConfig:
     )
     accuracy_reward: str | None = _f(
         None,
-        help="Name of the reward whose value decides 'correct' for the accuracy metrics "
-        "(null = the first reward).",
+        help="Name of the reward (one of data.rewards) whose value decides 'correct' for the accuracy metrics and "
+        "PRIME's labels. null = the data's verifier (the task's own, reasoning_gym, or the one the schema implies: "
+        "math for gsm8k) when it is among the rewards; otherwise accuracy is not reported (null; prime stops with an "
+        "error), never a reward of your own, which may be shaped. The verifier is printed at the start.",
     )
     correct_threshold: float = _f(
         1.0, help="A response counts as correct when its accuracy reward is >= this value."
@@ -293,7 +295,8 @@ class AlgorithmConfig:
 
     Each registered algorithm also has a section ``algorithm.<its name>.*`` with its own options
     (e.g. ``algorithm.spro.beta``), read only when that algorithm runs; a config may hold the
-    sections of several algorithms, so that ``spro compare`` arms can share one base config.
+    sections of several algorithms, so that ``spro compare`` arms can share one base config (each key
+    set in a section the chosen algorithm does not read is named in a warning: ``spro.config.ignored_keys``).
     """
 
     name: str = _f(
@@ -327,6 +330,20 @@ class AlgorithmConfig:
         "the loss. null = off (plain clipped PPO, as in the GRPO and SPRO papers); verl's default is 3.0. "
         "Must be > 1.",
         check=(lambda v: v is None or v > 1, "> 1 or null"),
+    )
+    importance_sampling_level: str = _f(
+        "token",
+        help="The PPO ratio of the clipped loss: 'token' = pi_theta / pi_old per token (PPO, GRPO, the SPRO paper); "
+        "'sequence' = GSPO's ratio (Zheng et al. 2025, arXiv:2507.18071): each response's tokens share "
+        "exp(mean over its tokens of log pi_theta - log pi_old), clipped per response (TRL's "
+        "importance_sampling_level='sequence'). Any algorithm.name; each token keeps its own advantage.",
+        choices=RATIO_LEVELS,
+    )
+    mask_truncated_completions: bool = _f(
+        False,
+        help="Leave responses cut at rollout.max_new_tokens (no eos) out of the policy loss and its token / "
+        "response counts (TRL's mask_truncated_completions; DAPO's overlong filtering, Yu et al. 2025, "
+        "arXiv:2503.14476). Their rewards still enter the group statistics of the advantage.",
     )
     kl_coef: float = _f(0.0, help="Weight of the KL penalty to the reference in the loss (0 in the SPRO paper).",
                         check=NON_NEGATIVE)

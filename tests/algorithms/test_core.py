@@ -556,7 +556,7 @@ def test_bad_inputs_raise(change, match):
     [
         (dict(beta=-0.1), r"beta must be >= 0, got -0.1"),
         (dict(beta=float("nan")), r"beta must be finite"),
-        (dict(outcome_scale="std"), r"outcome_scale must be one of 'group', 'none'; got 'std'"),
+        (dict(outcome_scale="std"), r"outcome_scale must be one of 'group', 'batch', 'none'; got 'std'"),
         (dict(process_reward="sum"), r"process_reward must be one of"),
         (dict(baseline="mean"), r"baseline must be one of"),
         (dict(baseline="pooled_loo", msa_scale_std=True), r"not supported with baseline='pooled_loo'"),

@@ -64,10 +64,12 @@ def ref_aggregate(Lm, m, mode, max_len=None):
     return sum(Lm[i][t] for i in range(B) for t in range(T) if m[i][t]) / (B * (max_len or T))
 
 
-def ref_policy(b, low, high, agg, kl_coef, kl_est, ent_coef, max_len=None, clip_c=None):
+def ref_policy(b, low, high, agg, kl_coef, kl_est, ent_coef, max_len=None, clip_c=None, level="token"):
     m, lp, old, A = b["mask"].tolist(), b["logp"].tolist(), b["old_logp"].tolist(), b["advantages"].tolist()
     rl, ent = b["ref_logp"].tolist(), b["entropy"].tolist()
     B, T = len(m), len(m[0])
+    # GSPO (level="sequence"): the ratio of response i is exp of the mean log-ratio over its valid tokens
+    seq = [math.exp(sum(lp[i][t] - old[i][t] for t in range(T) if m[i][t]) / max(sum(m[i]), 1)) for i in range(B)]
     Lm = [[0.0] * T for _ in range(B)]
     pgm = [[0.0] * T for _ in range(B)]
     n = lowc = highc = dualc = 0
@@ -76,7 +78,8 @@ def ref_policy(b, low, high, agg, kl_coef, kl_est, ent_coef, max_len=None, clip_
         for t in range(T):
             if not m[i][t]:
                 continue
-            ratio = math.exp(lp[i][t] - old[i][t])
+            tok = math.exp(lp[i][t] - old[i][t])
+            ratio = tok if level == "token" else seq[i]
             clipped = min(max(ratio, 1 - low), 1 + high)
             pg = max(-A[i][t] * ratio, -A[i][t] * clipped)
             if clip_c is not None and A[i][t] < 0:  # dual clip (verl's compute_policy_loss_vanilla)
@@ -88,7 +91,7 @@ def ref_policy(b, low, high, agg, kl_coef, kl_est, ent_coef, max_len=None, clip_
             n += 1
             lowc += ratio < 1 - low and A[i][t] < 0
             highc += ratio > 1 + high and A[i][t] > 0
-            akl += (ratio - 1) - math.log(ratio)
+            akl += (tok - 1) - math.log(tok)
             kl += k
             en += ent[i][t]
     n1 = max(n, 1)
@@ -253,6 +256,40 @@ def test_policy_loss_matches_loop(seed, clip, agg, kl_coef, kl_est, ent_coef, cl
     for k, v in em.items():
         assert isinstance(metrics[k], float)
         assert metrics[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), clip=st.sampled_from([(0.2, None), (0.2, 0.28), (0.0003, 0.0004)]),
+       agg=st.sampled_from(MODES), clip_c=st.sampled_from([None, 3.0]), kl_coef=st.sampled_from([0.0, 0.1]))
+def test_sequence_level_ratio_matches_loop(seed, clip, agg, clip_c, kl_coef):
+    """GSPO's sequence-level ratio (importance_sampling_level="sequence") against a plain loop."""
+    b = make(seed)
+    b["logp"] = b["old_logp"] + (b["logp"] - b["old_logp"]) * 4
+    low, high = clip
+    loss, metrics = policy_loss(
+        b["logp"], b["old_logp"], b["advantages"], b["mask"], clip_eps_low=low, clip_eps_high=high, agg=agg,
+        ref_logp=b["ref_logp"], kl_coef=kl_coef, entropy=b["entropy"], clip_ratio_c=clip_c,
+        importance_sampling_level="sequence",
+    )
+    expect, em = ref_policy(b, low, low if high is None else high, agg, kl_coef, "k3", 0.0, clip_c=clip_c,
+                            level="sequence")
+    assert loss.item() == pytest.approx(expect, rel=1e-10, abs=1e-12)
+    for k, v in em.items():
+        assert metrics[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
+
+
+def test_sequence_level_ratio_differs_from_token_level():
+    """One response, log-ratios 0.5 and -0.5: per token one ratio is clipped; the sequence ratio is exp(0) = 1."""
+    old = torch.zeros(1, 2, dtype=torch.float64)
+    logp = torch.tensor([[0.5, -0.5]], dtype=torch.float64)
+    adv, mask = torch.ones(1, 2, dtype=torch.float64), torch.ones(1, 2)
+    tok, mt = policy_loss(logp, old, adv, mask)
+    seq, ms = policy_loss(logp, old, adv, mask, importance_sampling_level="sequence")
+    assert tok.item() == pytest.approx(-(1.2 + math.exp(-0.5)) / 2) and mt["clip/high_frac"] == 0.5
+    assert seq.item() == pytest.approx(-1.0) and ms["clip/high_frac"] == 0.0
+    assert ms["approx_kl"] == pytest.approx(mt["approx_kl"])  # the token ratio's KL estimate in both
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        policy_loss(logp, old, adv, mask, importance_sampling_level="seq")
 
 
 def test_policy_loss_optional_metrics_absent():

@@ -50,7 +50,7 @@ def test_builtins_own_their_options_reference_and_loss():
 def test_options_are_checked_with_the_key_named():
     with pytest.raises(ConfigError, match="beta must be >= 0, got -1"):
         get_algorithm("spro").Options(beta=-1)
-    with pytest.raises(ConfigError, match="outcome_scale: 'std' is not one of group, none"):
+    with pytest.raises(ConfigError, match="outcome_scale: 'std' is not one of group, batch, none"):
         get_algorithm("grpo").Options(outcome_scale="std")
     with pytest.raises(ConfigError, match="msa_scale_std: not supported with baseline=pooled_loo"):
         get_algorithm("spro").Options(baseline="pooled_loo", msa_scale_std=True)

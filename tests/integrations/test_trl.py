@@ -164,6 +164,15 @@ def test_spro_trainer_in_memory_model_beta0(tmp_path):
     assert all(torch.equal(fresh[k], ref_state[k]) for k in fresh)
 
 
+def test_spro_trainer_batch_scale_and_sequence_ratio(tmp_path):
+    """scale_rewards='batch' through spro_outcome_scale='batch' (on the batch gathered over processes) and
+    GSPO's sequence-level ratio in TRL's loss, with SPRO's per-token advantage."""
+    tok = build_char_tokenizer()
+    args = make_args(tmp_path, max_steps=2, scale_rewards="batch", spro_outcome_scale="batch",
+                     importance_sampling_level="sequence")
+    run_and_check(tmp_path, make_model(tok), args, tok)
+
+
 def test_spro_trainer_unscorable_completions(tmp_path):
     """Completions every reward function left unscored (None) get advantage 0 and no say in the baselines."""
     tok = build_char_tokenizer()
@@ -193,7 +202,7 @@ def test_spro_trainer_model_path(tmp_path, kl_beta, steps_per_generation):
 
 def test_spro_config_validation(tmp_path):
     with pytest.raises(ValueError, match="spro_outcome_scale"):
-        make_args(tmp_path, spro_outcome_scale="batch")
+        make_args(tmp_path, spro_outcome_scale="std")
     with pytest.raises(ValueError, match="spro_baseline"):
         make_args(tmp_path, spro_baseline="mean")
     with pytest.raises(ValueError, match="spro_beta"):
@@ -209,6 +218,62 @@ def test_spro_config_validation(tmp_path):
     defaults = {f.name: f.default for f in dataclasses.fields(SPROConfig)}
     assert defaults["loss_type"] == "grpo" and defaults["disable_dropout"] is True
     assert all(f.metadata.get("help") for f in dataclasses.fields(SPROConfig) if f.name.startswith("spro_"))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(scale_rewards="batch"), r"scale_rewards='batch': SPROTrainer does not use TRL's reward scaling.*"
+                                  r"spro_outcome_scale \(now 'group'\).*spro_outcome_scale='batch'"),
+    (dict(scale_rewards=False), r"scale_rewards='none'.*spro_outcome_scale='none'"),
+    (dict(scale_rewards="none", spro_outcome_scale="batch"), r"scale_rewards='none'.*now 'batch'"),
+    (dict(off_policy_mask_threshold=0.5), r"off_policy_mask_threshold=0.5: .*per token"),
+    (dict(loss_type="vespo"), r"loss_type='vespo'"),
+])
+def test_spro_config_refuses_grpo_options_it_does_not_honour(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        make_args(tmp_path, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(scale_rewards="batch", spro_outcome_scale="batch"),
+                                dict(scale_rewards="none", spro_outcome_scale="none"),
+                                dict(spro_outcome_scale="none"), dict(scale_rewards=True),
+                                dict(importance_sampling_level="sequence", mask_truncated_completions=True),
+                                dict(loss_type="dapo", beta=0.01)])
+def test_spro_config_accepts_what_it_honours(tmp_path, kw):
+    args = make_args(tmp_path, **kw)
+    assert args.spro_options()["outcome_scale"] == kw.get("spro_outcome_scale", "group")
+
+
+def test_spro_trainer_trains_a_gguf_file_without_export(tmp_path):
+    """A .gguf path (or a folder with model_init_kwargs={"gguf_file": ...}) loads through spro's GGUF loader:
+    the model and its tokenizer come from the file, and the frozen reference is the same starting weights."""
+    pytest.importorskip("gguf")
+    from tiny_gguf import write_tiny_gguf
+
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", **MODEL_KW)
+    tok = build_char_tokenizer()
+    args = make_args(tmp_path, max_steps=2)
+    trainer = SPROTrainer(model=str(gguf_path), reward_funcs=digit_reward, args=args,
+                          train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+    assert trainer.processing_class("Q:12+7=")["input_ids"] == tok("Q:12+7=")["input_ids"]  # the file's tokenizer
+    fresh = build_tiny_model(tok, **MODEL_KW).state_dict()
+    start = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    assert all(torch.equal(fresh[k], start[k]) for k in fresh)  # the GGUF weights are the tiny model's
+    trainer.train()
+    end = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    assert any(not torch.equal(fresh[k], end[k]) for k in fresh)  # it trained
+    ref = trainer.accelerator.unwrap_model(trainer.ref_model).state_dict()
+    assert all(torch.equal(fresh[k], ref[k]) for k in fresh)  # the reference stayed the starting weights
+    assert args.model_init_kwargs is None
+    # the folder + gguf_file form, and a model_init_kwargs key spro's loader does not take
+    args = make_args(tmp_path, max_steps=1, model_init_kwargs={"gguf_file": "tiny.gguf", "dtype": "float32"})
+    trainer = SPROTrainer(model=str(tmp_path), reward_funcs=digit_reward, args=args,
+                          train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+    assert args.model_init_kwargs == {"gguf_file": "tiny.gguf", "dtype": "float32"}  # (the caller's, unchanged)
+    assert trainer.args.model_init_kwargs is None
+    args = make_args(tmp_path, model_init_kwargs={"gguf_file": "tiny.gguf", "attn_implementation": "eager"})
+    with pytest.raises(ValueError, match=r"model_init_kwargs \['attn_implementation'\]: a GGUF model.*spro export"):
+        SPROTrainer(model=str(tmp_path), reward_funcs=digit_reward, args=args,
+                    train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
 
 
 def test_spro_trainer_rejects_grpo_config(tmp_path):

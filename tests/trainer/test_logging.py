@@ -19,7 +19,7 @@ def test_console_lines_log_file_tensorboard_text_and_hparams(model_dir, tmp_path
     over = small_overrides(model_dir, tmp_path / "run", total_steps=3, **{
         "logging.tensorboard": True, "logging.log_completions": 2, "logging.every": 2,
         "logging.progress_bar": True,  # not a terminal here: plain lines instead of a bar
-        "data.rewards": "[digits, {name: length, weight: 0.5}]"})
+        "data.rewards": "[digits, {name: length, weight: 0.5}]", "data.accuracy_reward": "digits"})
     out = Trainer(load_config(overrides=over), reward_funcs={**REWARDS, "length": length_reward}).train()
 
     metrics = read_jsonl(out / "metrics.jsonl")

@@ -36,6 +36,7 @@ def all_right(prompts, completions, **kw):
 
 def _cfg(model_dir, out, reward="parity", **extra):
     over = small_overrides(model_dir, out, "prime", **{"data.rewards": f"[{{name: {reward}}}]",
+                                                         "data.accuracy_reward": reward,
                                                          "algorithm.prime.prm_lr": 1e-3, **extra})
     return load_config(overrides=over)
 
@@ -222,7 +223,8 @@ from test_prime_in_trainer import REWARDS
 
 model_dir, out = sys.argv[1], sys.argv[2]
 over = small_overrides(model_dir, out, "prime", device="cpu", total_steps=2, **{{
-    "rollout.prompts_per_step": 4, "data.rewards": "[{{name: parity}}]", "algorithm.prime.prm_lr": 1e-3,
+    "rollout.prompts_per_step": 4, "data.rewards": "[{{name: parity}}]", "data.accuracy_reward": "parity",
+    "algorithm.prime.prm_lr": 1e-3,
     "algorithm.prime.filter": False}})
 t = Trainer(load_config(overrides=over), reward_funcs=REWARDS)
 start = {{n: p.detach().clone() for n, p in t.algorithm.prm.model.named_parameters()}}

@@ -185,14 +185,22 @@ def _safe_denom(std: Tensor, eps: float, count: Tensor) -> Tensor:
     return torch.where((count < 2) | (denom == 0), 1.0, denom)
 
 
+OUTCOME_SCALES = ("group", "batch", "none")
+
+
 def _outcome(r: Tensor, g: _Groups, scale: str, eps: float) -> Tensor:
-    """[B] GRPO outcome advantage: (r - group mean) / (group std + eps), or r - mean (scale='none').
+    """[B] GRPO outcome advantage: (r - group mean) / (group std + eps), r - mean (scale='none'), or
+    (r - group mean) / (std of all B rewards + eps) (scale='batch').
     A group whose rewards are all equal gets exactly 0 (its float mean need not round back to r)."""
     n = _group_sum(torch.ones_like(r), g)
     centered = r - (_group_sum(r, g) / n)[g.inv]
     centered = torch.where(_zero_variance_groups(r, g), 0.0, centered)
     if scale == "none":
         return centered
+    if scale == "batch":
+        count = torch.tensor(float(r.shape[0]), dtype=r.dtype, device=r.device)
+        std = r.std() if r.shape[0] > 1 else torch.zeros((), dtype=r.dtype, device=r.device)
+        return centered / _safe_denom(std, eps, count)
     var = _group_sum(centered * centered, g) / (n - 1).clamp(min=1)
     return centered / _safe_denom(var.sqrt(), eps, n)[g.inv]
 
@@ -232,15 +240,17 @@ def _zero_variance_groups(r: Tensor, g: _Groups) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def outcome_advantage(rewards: Tensor, group_ids: Tensor, *, scale: Literal["group", "none"] = "group",
+def outcome_advantage(rewards: Tensor, group_ids: Tensor, *, scale: Literal["group", "batch", "none"] = "group",
                       eps: float = 1e-6) -> Tensor:
     """GRPO outcome advantage per response, ``[B]``.
 
     ``A[i] = (r[i] - mean_g r) / (std_g r + eps)`` with the unbiased group std; ``scale="none"``
-    (Dr. GRPO) gives ``r[i] - mean_g r``. A group of one, or of equal rewards, gets exactly 0
-    (also with ``eps = 0``).
+    (Dr. GRPO) gives ``r[i] - mean_g r``; ``scale="batch"`` divides by the unbiased std of all ``B``
+    rewards instead of the group's (TRL's ``scale_rewards="batch"``, after Liu et al. 2025, "Tricks or
+    Traps? A Deep Dive into RL for LLM Reasoning", arXiv:2508.08221). A group of one, or of equal
+    rewards, gets exactly 0 (also with ``eps = 0``).
     """
-    _check_choice(scale, "scale", ("group", "none"))
+    _check_choice(scale, "scale", OUTCOME_SCALES)
     eps = _check_scalar(eps, "eps", nonneg=True)
     r = _check_rewards(rewards, None, None)
     g = _check_groups(group_ids, r.shape[0], r.device)
@@ -348,7 +358,7 @@ def spro_terms(
     group_ids: Tensor,
     *,
     beta: float,
-    outcome_scale: Literal["group", "none"] = "group",
+    outcome_scale: Literal["group", "batch", "none"] = "group",
     msa_scale_std: bool = False,
     eps: float = 1e-6,
     process_reward: Literal["cumulative", "per_token"] = "cumulative",
@@ -363,7 +373,7 @@ def spro_terms(
     :func:`spro_advantage`'s."""
     beta = _check_scalar(beta, "beta", nonneg=True)
     eps = _check_scalar(eps, "eps", nonneg=True)
-    _check_choice(outcome_scale, "outcome_scale", ("group", "none"))
+    _check_choice(outcome_scale, "outcome_scale", OUTCOME_SCALES)
     _check_choice(process_reward, "process_reward", ("cumulative", "per_token"))
     _check_choice(baseline, "baseline", ("masked_step", "pooled", "pooled_loo"))
     if baseline == "pooled_loo" and msa_scale_std:
@@ -405,7 +415,7 @@ def spro_advantage(
     group_ids: Tensor,
     *,
     beta: float,
-    outcome_scale: Literal["group", "none"] = "group",
+    outcome_scale: Literal["group", "batch", "none"] = "group",
     msa_scale_std: bool = False,
     eps: float = 1e-6,
     process_reward: Literal["cumulative", "per_token"] = "cumulative",

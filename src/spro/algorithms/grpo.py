@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spro.algorithms.core import outcome_advantage, rloo_advantage
+from spro.algorithms.core import OUTCOME_SCALES, outcome_advantage, rloo_advantage
 from spro.algorithms.registry import AdvantageInputs, Algorithm, register_algorithm
 from spro.options import Options, option
 
@@ -19,8 +19,10 @@ def _on_tokens(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @dataclass
 class GRPOOptions(Options):
     outcome_scale: str = option(
-        "group", help="'group' = (r - mean) / (std + eps) within the group (GRPO); 'none' = r - mean.",
-        choices=("group", "none"),
+        "group", help="'group' = (r - mean) / (std + eps) within the group (GRPO); 'none' = r - mean; 'batch' = "
+        "(r - group mean) / (std of the step's whole batch + eps), TRL's scale_rewards='batch' (Lite PPO, Liu et al. "
+        "2025, arXiv:2508.08221; the batch is each process's own in a data-parallel run).",
+        choices=OUTCOME_SCALES,
     )
     eps: float = option(1e-6, help="Added to the group std before dividing.", check=(lambda v: v >= 0, ">= 0"))
 

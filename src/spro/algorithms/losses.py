@@ -16,13 +16,15 @@ from spro.algorithms.core import _check_choice, _check_mask, _check_scalar
 from spro.models.logprobs import entropy_from_logits  # noqa: F401 (part of the loss API)
 
 __all__ = ["policy_loss", "kl_penalty", "entropy_from_logits", "aggregate_loss", "agg_normaliser", "AGG_MODES",
-           "KL_ESTIMATORS"]
+           "KL_ESTIMATORS", "RATIO_LEVELS", "importance_log_ratio"]
 
 Tensor = torch.Tensor
 
 # The loss aggregation modes (verl's loss_agg_mode names); the config's algorithm.loss_agg choices.
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+# The importance ratio of the clipped surrogate: per token (PPO / GRPO) or per sequence (GSPO).
+RATIO_LEVELS = ("token", "sequence")
 
 
 def _check_same(x: Tensor, name: str, shape: torch.Size) -> Tensor:
@@ -183,6 +185,23 @@ def _aggregate(loss_mat: Tensor, mb: Tensor, mode: str, max_len: int | None,
     return total / n.clamp(min=1).to(device=lm.device, dtype=lm.dtype)
 
 
+def importance_log_ratio(logp: Tensor, old_logp: Tensor, mb: Tensor, level: str = "token") -> Tensor:
+    """The log importance ratio of the clipped surrogate, ``[B, T]`` (``level="token"``) or ``[B, 1]``
+    (``level="sequence"``); ``mb`` is the bool mask and masked positions of the inputs must be 0.
+
+    * ``"token"``: ``logp - old_logp`` per token (PPO, GRPO).
+    * ``"sequence"``: GSPO's length-normalised sequence ratio (Zheng et al. 2025, "Group Sequence
+      Policy Optimization", arXiv:2507.18071, eq. 7), ``log s_i = mean over the valid tokens t of
+      (logp - old_logp)[i, t]`` (0 for an empty row), as TRL's ``importance_sampling_level="sequence"``.
+      The gradient flows through every token of the mean.
+    """
+    log_ratio = logp - old_logp
+    if level == "token":
+        return log_ratio
+    n = mb.sum(dim=1, keepdim=True).clamp(min=1).to(log_ratio.dtype)
+    return torch.where(mb, log_ratio, 0.0).sum(dim=1, keepdim=True) / n
+
+
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -200,6 +219,7 @@ def policy_loss(
     kl_estimator: Literal["k1", "k2", "k3"] = "k3",
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
+    importance_sampling_level: Literal["token", "sequence"] = "token",
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate (with clip-higher and dual clip), optional KL-to-reference and entropy terms.
 
@@ -212,6 +232,12 @@ def policy_loss(
     kl_estimator) - entropy_coef * entropy``, reduced with ``aggregate_loss(L, mask, agg,
     max_completion_length, normaliser=normaliser)`` (``normaliser``: see :func:`aggregate_loss`;
     with it the loss and ``pg_loss`` are this piece's share of the whole batch's).
+
+    ``importance_sampling_level="sequence"`` is GSPO (arXiv:2507.18071): every token of response ``i``
+    uses the same ratio ``s_i = exp(mean_t (logp - old_logp))`` (:func:`importance_log_ratio`), clipped
+    as above and multiplied by the token's advantage (with one advantage per response, as GRPO's, this
+    is GSPO's sequence objective; with SPRO's per-token advantages each token keeps its own). The clip
+    fractions then count the tokens of the clipped responses.
 
     Metrics (Python floats):
 
@@ -240,6 +266,7 @@ def policy_loss(
     """
     _check_choice(agg, "agg", AGG_MODES)
     _check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
+    _check_choice(importance_sampling_level, "importance_sampling_level", RATIO_LEVELS)
     low = _check_scalar(clip_eps_low, "clip_eps_low", nonneg=True)
     high = low if clip_eps_high is None else _check_scalar(clip_eps_high, "clip_eps_high", nonneg=True)
     if low >= 1:
@@ -271,7 +298,10 @@ def policy_loss(
     old_v = torch.where(mb, old_logp.detach(), 0.0)
     adv = torch.where(mb, advantages.detach(), 0.0)
     log_ratio = logp_v - old_v
-    ratio = torch.exp(log_ratio)
+    if importance_sampling_level == "token":
+        ratio = torch.exp(log_ratio)
+    else:  # [B, 1] -> [B, T]: the response's ratio on each of its tokens (0 where masked, see below)
+        ratio = torch.where(mb, torch.exp(importance_log_ratio(logp_v, old_v, mb, "sequence")), 1.0)
     pg1 = -adv * ratio
     pg2 = -adv * torch.clamp(ratio, 1.0 - low, 1.0 + high)
     pg = torch.maximum(pg1, pg2)
@@ -305,5 +335,6 @@ def policy_loss(
         r = ratio.detach()
         metrics["clip/low_frac"] = tmean(((r < 1.0 - low) & (adv < 0)).to(r.dtype))
         metrics["clip/high_frac"] = tmean(((r > 1.0 + high) & (adv > 0)).to(r.dtype))
-        metrics["approx_kl"] = tmean((r - 1.0) - log_ratio.detach())
+        lr_tok = log_ratio.detach()  # (the token ratio, also with a sequence-level ratio)
+        metrics["approx_kl"] = tmean(((r if importance_sampling_level == "token" else torch.exp(lr_tok)) - 1.0) - lr_tok)
     return loss, metrics

@@ -109,6 +109,7 @@ class PRIME(Algorithm):
     online on the outcome labels, gives per-token rewards; leave-one-out advantages per reward source."""
 
     reference = "arXiv:2502.01456"
+    needs_accuracy = True  # the PRM's labels and the accuracy filter are the verifier's correct / incorrect
     metric_keys = ("time/prm", "prime/filtered_frac", "prime/skipped")
     diagnostic_names = ("prm",)
 

@@ -239,13 +239,15 @@ class Algorithm:
 
     Class attributes: ``name`` (set by :func:`register_algorithm`), ``Options`` (its options
     dataclass), ``needs_reference``, ``loss_agg`` (its default policy-loss aggregation, one of
-    ``spro.algorithms.losses.AGG_MODES``), ``reference`` (the paper). Instances hold ``self.options``.
+    ``spro.algorithms.losses.AGG_MODES``), ``reference`` (the paper), ``needs_accuracy`` (it reads
+    ``AdvantageInputs.correct``: the run must have an accuracy verifier). Instances hold ``self.options``.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     needs_reference: ClassVar[bool] = False
     loss_agg: ClassVar[str] = "seq-mean-token-mean"
+    needs_accuracy: ClassVar[bool] = False
     reference: ClassVar[str] = ""
     metric_keys: ClassVar[tuple[str, ...]] = ()  # the keys its ``metrics`` adds on every step
     diagnostic_names: ClassVar[tuple[str, ...]] = ()  # the names ``diagnostic_signals`` may return

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from spro.algorithms.core import spro_terms, with_outcome
+from spro.algorithms.core import OUTCOME_SCALES, spro_terms, with_outcome
 from spro.algorithms.probes import process_metrics, process_sums
 from spro.algorithms.registry import AdvantageInputs, Algorithm, ProcessSignal, TrainerContext, register_algorithm
 from spro.options import ConfigError, Options, option
@@ -34,8 +34,9 @@ class SPROOptions(Options):
         check=(lambda v: v >= 0, ">= 0"),
     )
     outcome_scale: str = option(
-        "group", help="Outcome advantage: 'group' = (r - mean) / (std + eps) within the group (GRPO), 'none' = r - mean.",
-        choices=("group", "none"),
+        "group", help="Outcome advantage: 'group' = (r - mean) / (std + eps) within the group (GRPO), 'none' = r - mean, "
+        "'batch' = divided by the std of the whole batch instead (as algorithm.grpo.outcome_scale).",
+        choices=OUTCOME_SCALES,
     )
     msa_scale_std: bool = option(
         False, help="Ablation: divide the masked step advantage by the per-step std of the cumulative process "

@@ -22,8 +22,8 @@ import numpy as np
 
 from spro.options import ConfigError
 
-__all__ = ["DEFAULT_TASK", "TrainingData", "task_name", "load_task", "default_reward", "reward_specs", "load_datasets",
-           "training_data", "describe_datasets", "prompt_order", "check_prompt_lengths"]
+__all__ = ["DEFAULT_TASK", "TrainingData", "task_name", "load_task", "default_reward", "reward_specs",
+           "accuracy_verifier", "load_datasets", "training_data", "describe_datasets", "prompt_order", "check_prompt_lengths"]
 
 DEFAULT_TASK = "arithmetic"
 # the reward a dataset's schema implies (spro.data.load_prompt_dataset's schemas; "plain" implies none)
@@ -72,6 +72,29 @@ def reward_specs(d: Any, train: Any) -> tuple[list[tuple[str, float]], str]:
         return specs, "reward " + " + ".join(f"{w:g} x {n}" for n, w in specs) + " (data.rewards)"
     name, why = _default_reward(task_name(d), d.source, train, "data.rewards=[{name: ...}]")
     return [(name, 1.0)], f"reward {name} ({why}; data.rewards chooses another)"
+
+
+def accuracy_verifier(d: Any, train: Any, names: list[str]) -> tuple[str | None, str]:
+    """The reward whose value decides "correct" (the accuracy metrics, PRIME's labels) among the reward
+    functions ``names`` of a run on ``train``, and a sentence saying which and why. The rule, never a shaped
+    reward by default:
+
+    1. ``data.accuracy_reward`` when set (one of ``names``);
+    2. else the verifier of the data (:func:`default_reward`: the task's own, ``reasoning_gym``, or the one
+       the schema implies) when it is one of ``names`` (with ``data.rewards`` null it is the reward);
+    3. else none: accuracy is not reported (null), and the sentence says how to set it.
+    """
+    if d.accuracy_reward is not None:
+        return d.accuracy_reward, f"accuracy by {d.accuracy_reward} (data.accuracy_reward)"
+    try:
+        verifier, why = _default_reward(task_name(d), d.source, train, "data.accuracy_reward")
+    except ConfigError:
+        verifier, why = None, "the data implies no verifier"
+    if verifier in names:
+        return verifier, f"accuracy by {verifier} ({why})"
+    which = f"its verifier {verifier} is not among the rewards" if verifier is not None else why
+    return None, (f"accuracy not reported ({which}; set data.accuracy_reward=NAME, one of {', '.join(names)}, to "
+                  "count a response correct when that reward is >= data.correct_threshold)")
 
 
 def load_datasets(cfg: Any) -> tuple[Any, Any]:
@@ -140,6 +163,8 @@ class TrainingData:
     rewards: list[tuple[str, float]]
     summary: str
     eval_prompts: list[str] | None = None  # the rendered evaluation prompts (data.chat_template applied)
+    accuracy: str | None = None  # the reward that decides "correct" (accuracy_verifier); None = not reported
+    accuracy_note: str = ""  # accuracy_verifier's sentence (also in summary)
 
 
 def training_data(cfg: Any, tokenizer: Any, context: int | None, datasets: tuple[Any, Any] | None = None
@@ -164,6 +189,8 @@ def training_data(cfg: Any, tokenizer: Any, context: int | None, datasets: tuple
     if len(train) == 0:
         raise ConfigError("the training set is empty")
     specs, note = reward_specs(d, train)
+    accuracy, acc_note = accuracy_verifier(d, train, [n for n, _ in specs])
+    note = f"{note}; {acc_note}"
     what = describe_datasets(d, train, evals) if datasets is None else (
         f"train_dataset ({len(train)} prompts; " + (f"eval_dataset: {len(evals)})" if evals is not None
                                                     else "no evaluation)"))
@@ -171,7 +198,8 @@ def training_data(cfg: Any, tokenizer: Any, context: int | None, datasets: tuple
     shown = prompts[0] if len(prompts[0]) <= 400 else prompts[0][:400] + "..."
     first = (f"\nspro: string prompts {'through the chat template' if chat else 'used as they are'} ({why}); "
              if strings else "\nspro: chat prompts through the tokenizer's chat template; ") + f"first prompt: {shown!r}"
-    return TrainingData(train, prompts, evals, specs, f"data {what}; {note}{first}", eval_prompts)
+    return TrainingData(train, prompts, evals, specs, f"data {what}; {note}{first}", eval_prompts, accuracy,
+                        acc_note)
 
 
 def given_datasets(train: Any, evals: Any) -> tuple[Any, Any]:

@@ -34,6 +34,11 @@ How it hooks into TRL (supported: ``trl>=1.16,<1.17``):
   ``|process term|`` over valid tokens, the MSA by default; ``process/reward_abs_mean``: mean
   ``|p[i,t]|``; ``process/advantage_abs_mean``), so they reach every logger TRL reports to.
 
+- A GGUF model (a ``.gguf`` path, or a folder with ``model_init_kwargs={"gguf_file": ...}``), which TRL
+  cannot load, is loaded and dequantised by :func:`spro.models.loading.load_model` (as spro's own trainer
+  does) with the file's tokenizer as ``processing_class`` when none is given; no ``spro export`` first.
+- ``SPROConfig`` refuses the ``GRPOConfig`` options SPROTrainer would not honour (see :data:`SPROConfig`).
+
 The extra cost over GRPO is one no-grad forward of the policy when TRL skips ``pi_old`` (the
 on-policy default) and one of the reference when TRL's ``beta`` is 0, plus ``O(B*T)`` arithmetic.
 """
@@ -113,10 +118,36 @@ class _SPROConfigBase(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         self.spro_options()  # checks the spro_* values
+        self._refuse_unhonoured()
+
+    def _refuse_unhonoured(self) -> None:
+        """An error naming each GRPOConfig option SPROTrainer would not honour as TRL documents it. SPRO
+        replaces TRL's advantage (``[B]``, from the rewards) by its own per-token one (``[B, T]``): TRL's
+        options that shape the advantage are not used, and those that decide per completion from the
+        sign of its advantage would decide per token. Everything else reaches TRL's loss unchanged."""
+        outcome = getattr(self, "spro_outcome_scale", "group")
+        if self.scale_rewards not in ("group", outcome):  # (TRL maps True / False to 'group' / 'none')
+            raise ValueError(
+                f"scale_rewards={self.scale_rewards!r}: SPROTrainer does not use TRL's reward scaling; the outcome "
+                f"part of SPRO's advantage is scaled by spro_outcome_scale (now {outcome!r}). Set "
+                f"spro_outcome_scale={self.scale_rewards!r} (scale_rewards may stay at its default or equal it)"
+            )
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
                 "multi_objective_aggregation: SPROTrainer normalises the weighted sum of the rewards itself; "
                 f"expected 'sum_then_normalize', got {self.multi_objective_aggregation!r}"
+            )
+        if self.off_policy_mask_threshold is not None:
+            raise ValueError(
+                f"off_policy_mask_threshold={self.off_policy_mask_threshold}: TRL drops a completion when its "
+                "advantage is negative and its KL is high; SPRO's advantage is per token, so TRL would drop tokens, "
+                "not completions. SPROTrainer does not support it: leave off_policy_mask_threshold=None"
+            )
+        if self.loss_type == "vespo":
+            raise ValueError(
+                "loss_type='vespo': VESPO weighs each completion by the sign of its advantage; SPRO's advantage is "
+                "per token, so the weights would be per token. Use loss_type 'grpo' (SPRO's default), 'dapo', "
+                "'dr_grpo', 'bnpo', 'cispo', 'sapo' or 'luspo'"
             )
 
     def spro_options(self) -> dict[str, Any]:
@@ -151,8 +182,12 @@ SPROConfig.__doc__ = """``GRPOConfig`` plus SPRO's options: ``spro_<name>`` for 
     sequences: the aggregation of the SPRO paper) and ``disable_dropout=True`` (the process reward
     compares two forwards of the same tokens, which dropout would make noisy). TRL's
     ``scale_rewards`` does not apply: the outcome part of the advantage is scaled by
-    ``spro_outcome_scale``. ``multi_objective_aggregation`` must be ``"sum_then_normalize"``:
-    the outcome reward SPRO normalises is the weighted sum of the reward functions.
+    ``spro_outcome_scale`` (``"group"``, ``"batch"`` or ``"none"``), and a ``scale_rewards`` other than
+    TRL's default that differs from it is an error. ``multi_objective_aggregation`` must be
+    ``"sum_then_normalize"``: the outcome reward SPRO normalises is the weighted sum of the reward
+    functions. ``off_policy_mask_threshold`` and ``loss_type="vespo"``, which decide per completion from
+    the sign of its advantage, are errors (SPRO's advantage is per token). TRL's ``beta`` is the KL
+    coefficient of TRL's loss, as in GRPO; SPRO's process-reward weight is ``spro_beta``.
     """
 
 
@@ -180,6 +215,9 @@ class SPROTrainer(GRPOTrainer):
             )
         bound = inspect.signature(GRPOTrainer.__init__).bind(self, model, reward_funcs, args, *rest, **kwargs)
         peft_config = bound.arguments.get("peft_config")
+        if _gguf_source(model, args) is not None:  # TRL cannot load a GGUF file: spro's loader does (no `spro export`)
+            model, args = self._spro_load_gguf(model, args, bound)
+            bound.arguments["model"], bound.arguments["args"] = model, args
 
         # A frozen copy of the starting policy, taken before TRL patches the model's forward (its fused LM
         # head) and before accelerate wraps it. Only needed when TRL builds no reference itself.
@@ -194,7 +232,7 @@ class SPROTrainer(GRPOTrainer):
                 )
             ref_copy = copy.deepcopy(model)
 
-        super().__init__(model, reward_funcs, args, *rest, **kwargs)
+        super().__init__(*bound.args[1:], **bound.kwargs)  # (the arguments as given, but a GGUF model loaded)
 
         self._spro_rewards_per_func: torch.Tensor | None = None
         if needs_own_ref and not is_peft_model(self.model):
@@ -207,6 +245,37 @@ class SPROTrainer(GRPOTrainer):
                 init_kwargs.setdefault("attn_implementation", self.model.config._attn_implementation)
                 ref_copy = create_model_from_path(model, **init_kwargs)
             self.ref_model = self._spro_prepare_reference(ref_copy)
+
+    # ------------------------------------------------------------------ GGUF
+
+    @staticmethod
+    def _spro_load_gguf(model: str, args: SPROConfig, bound: inspect.BoundArguments):
+        """``(model instance, args)`` for a GGUF ``model`` (a ``.gguf`` path, or a folder with
+        ``model_init_kwargs={"gguf_file": ...}``), loaded and dequantised by
+        :func:`spro.models.loading.load_model` as spro's own trainer does; its tokenizer becomes the
+        ``processing_class`` when none is given. ``args`` is a copy without ``model_init_kwargs`` (they
+        were used here: ``gguf_file`` and ``dtype``; any other key is an error naming it)."""
+        from spro.models.loading import load_model
+
+        folder, gguf_file = _gguf_source(model, args)
+        init = dict(args.model_init_kwargs or {})
+        init.pop("gguf_file", None)
+        dtype = init.pop("dtype", init.pop("torch_dtype", "float32"))
+        dtype = str(dtype).removeprefix("torch.")
+        if init:
+            raise ValueError(
+                f"model_init_kwargs {sorted(init)}: a GGUF model is loaded by spro (spro.models.loading.load_model), "
+                "which takes gguf_file and dtype only; remove the others, or convert the file once with "
+                "`spro export --model FILE.gguf --output FOLDER` and pass FOLDER"
+            )
+        if dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ValueError(f"model_init_kwargs dtype={dtype!r}: a GGUF model loads as float32, bfloat16, float16 or auto")
+        policy, tok = load_model(folder, dtype=dtype, gguf_file=gguf_file)
+        if bound.arguments.get("processing_class") is None:
+            bound.arguments["processing_class"] = tok
+        args = copy.copy(args)  # (the caller's config keeps its model_init_kwargs)
+        args.model_init_kwargs = None
+        return policy, args
 
     # ------------------------------------------------------------------ reference model
 
@@ -360,6 +429,17 @@ class SPROTrainer(GRPOTrainer):
         for _ in range(min(per_seq.numel(), len(logged))):
             logged.pop()
         logged.extend(per_seq.tolist())
+
+
+def _gguf_source(model: Any, args: Any) -> tuple[str, str | None] | None:
+    """``(name, gguf_file)`` for :func:`spro.models.loading.load_model` when ``model`` names a GGUF checkpoint:
+    a path ending in ``.gguf``, or a folder with ``args.model_init_kwargs["gguf_file"]``; else None."""
+    if not isinstance(model, str):
+        return None
+    gguf_file = (getattr(args, "model_init_kwargs", None) or {}).get("gguf_file")
+    if gguf_file is not None:
+        return model, gguf_file
+    return (model, None) if model.endswith(".gguf") else None
 
 
 def _cast_lm_head_to_fp32(model: torch.nn.Module) -> None:

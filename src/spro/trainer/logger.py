@@ -12,11 +12,19 @@ from spro.config import ConfigError, TrainConfig, flatten, to_dict
 from spro.trainer.checkpoint import disk_full_error, is_disk_full
 from spro.trainer.rundir import check_records, read_records
 
-__all__ = ["RunLogger", "clean_float", "step_line"]
+__all__ = ["RunLogger", "clean_float", "step_line", "eval_line"]
 
 # (metric, label, format) of the line printed every logging.every steps
 _LINE = (("accuracy", "acc", "{:.3f}"), ("loss", "loss", "{:.4f}"), ("kl", "kl", "{:.4f}"),
          ("length/mean", "len", "{:.1f}"), ("time/step", "s/step", "{:.2f}"))
+
+
+def eval_line(record: dict) -> str:
+    """``step 5: eval accuracy 0.493 (n=300)``; without an accuracy verifier the mean greedy length instead."""
+    if record.get("eval/accuracy") is None:
+        return (f"step {record['step']}: evaluated (n={record['eval/n']}, mean length "
+                f"{record['eval/length_mean']:.1f}; accuracy not reported: no accuracy verifier)")
+    return f"step {record['step']}: eval accuracy {record['eval/accuracy']:.3f} (n={record['eval/n']})"
 
 
 def step_line(record: dict, total_steps: int) -> str:
@@ -130,7 +138,7 @@ class RunLogger:
             self._line(step_line(record, self.total_steps), echo)
 
     def print_eval(self, record: dict, *, echo: bool) -> None:
-        self._line(f"step {record['step']}: eval accuracy {record['eval/accuracy']:.3f} (n={record['eval/n']})", echo)
+        self._line(eval_line(record), echo)
 
     def _line(self, text: str, echo: bool) -> None:
         if not self.enabled:

@@ -25,6 +25,7 @@ The trainer knows no algorithm by name: what differs between algorithms is behin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -51,7 +52,7 @@ from spro.trainer import checkpoint as ckpt_lib
 from spro.trainer import signals
 from spro.trainer.diagnostics import ProcessDiagnostics
 from spro.trainer.hints import ZeroVarianceWatch, finished_run_message
-from spro.trainer.logger import RunLogger, clean_float
+from spro.trainer.logger import RunLogger, clean_float, eval_line
 from spro.trainer.metrics import EVAL_KEYS, METRIC_KEYS, step_metrics
 from spro.trainer.rundir import check_run_folder, on_main, open_run_folder, resume_point
 from spro.trainer.steps import Round, Step, batch_sizes, combine, first_groups, groups_kept
@@ -149,7 +150,14 @@ class Trainer:
         self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
         self.eval_prompts = data.eval_prompts  # rendered (data.chat_template)
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
-        self.scorer = Scorer.from_config(cfg.data, reward_funcs, data.rewards)
+        # "correct" is decided by the run's accuracy verifier (spro.data.loader.accuracy_verifier), never by
+        # default by a shaped reward; without one, accuracy is null (the Scorer still needs a name: the first)
+        self.accuracy_reward = data.accuracy
+        if data.accuracy is None and self.algorithm.needs_accuracy:
+            raise ConfigError(f"algorithm.name={cfg.algorithm.name} learns from correct / incorrect verdicts, and this "
+                              f"run has no accuracy verifier: {data.accuracy_note}")
+        self.scorer = Scorer.from_config(dataclasses.replace(cfg.data, accuracy_reward=data.accuracy or data.rewards[0][0]),
+                                         reward_funcs, data.rewards)
         check_scorer_columns(self.scorer, self.columns)
         task = load_task(cfg.data) if datasets is None else None
         self.diagnostics = (ProcessDiagnostics(task, self.tok, self.algorithm.diagnostic_names)
@@ -296,6 +304,8 @@ class Trainer:
                                group_size=self.G)
         metrics = {"step": step, "time": self.elapsed, **metrics, **times, **sampled.scores.stats,
                    **self.algorithm.metrics(x if s is None else s.x, adv)}
+        if self.accuracy_reward is None:  # no verifier: not reported (never a shaped reward's "accuracy")
+            metrics["accuracy"] = None
         if self.diagnostics is not None:
             own = self.algorithm.diagnostic_signals(s.x) if s is not None and adv is not None else {}
             metrics.update(self.diagnostics(self.acc, full, s, rows, adv, probe, own))
@@ -329,6 +339,8 @@ class Trainer:
         """
         cfg, a = self.cfg, self.cfg.algorithm
         B, mask = len(s.batch), s.x.mask
+        if a.mask_truncated_completions:  # truncated responses leave the loss (not the advantage's statistics)
+            mask = mask & ~s.batch.truncated.to(mask.device).bool().unsqueeze(1)
         params = [p for p in self.model.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         per_mini: list[dict[str, float]] = []
@@ -358,6 +370,7 @@ class Trainer:
                             max_completion_length=cfg.rollout.max_new_tokens, normaliser=norm,
                             ref_logp=s.x.ref_logp[idx] if s.x.ref_logp is not None else None,
                             kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, entropy=ent, entropy_coef=a.entropy_coef,
+                            importance_sampling_level=a.importance_sampling_level,
                         )
                         if not torch.isfinite(loss):
                             raise self._diverged("the loss")
@@ -410,7 +423,8 @@ class Trainer:
                             device=self.acc.device)
         sums = self.acc.reduce(sums, "sum")
         n = max(float(sums[1]), 1.0)
-        return {"step": self.step, "time": self.elapsed, "eval/accuracy": float(sums[0]) / n,
+        return {"step": self.step, "time": self.elapsed,
+                "eval/accuracy": float(sums[0]) / n if self.accuracy_reward is not None else None,
                 "eval/length_mean": float(sums[2]) / n, "eval/n": int(sums[1])}
 
     def save(self) -> Path:
@@ -462,15 +476,16 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     loss = "n/a" if metrics["loss"] is None else f"{metrics['loss']:.4f}"
-                    bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['accuracy']:.2f}",
-                                    loss=loss, len=f"{metrics['length/mean']:.1f}")
+                    acc = "n/a" if metrics["accuracy"] is None else f"{metrics['accuracy']:.2f}"
+                    bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=acc, loss=loss,
+                                    len=f"{metrics['length/mean']:.1f}")
                 last, ev = self.step == cfg.total_steps, {}
                 if do_eval and (last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0)):
                     ev = self.evaluate()
                     self.logger.log_eval(ev)
                     self.logger.print_eval(ev, echo=bar is None)
                     if bar is not None:
-                        bar.write(f"step {self.step}: eval accuracy {ev['eval/accuracy']:.3f} (n={ev['eval/n']})")
+                        bar.write(eval_line(ev))
                 for callback in self.callbacks:
                     callback({**metrics, **{k: v for k, v in ev.items() if k.startswith("eval/")}})
                 if last or (cfg.save_every > 0 and self.step % cfg.save_every == 0):
