@@ -173,8 +173,10 @@ def ignored_keys(algo: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _typed(tree: Any) -> TrainConfig:
-    """A checked TrainConfig from a merged OmegaConf tree of settings."""
+def _typed(tree: Any, given: Any = None) -> TrainConfig:
+    """A checked TrainConfig from a merged OmegaConf tree of settings; ``given``: the part of it the user
+    set (the YAML file and the overrides, not a preset or a resumed run's saved config), whose keys that
+    the chosen algorithm ignores are warned about (a preset may set several algorithms' options)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     if not isinstance(tree, DictConfig):
@@ -191,10 +193,12 @@ def _typed(tree: Any) -> TrainConfig:
     cfg = _build(TrainConfig, rest)
     cfg.algorithm.sections = sections
     validate(cfg)
-    if algo is not None:
+    user_algo = (given if given is not None else tree).get("algorithm")
+    if isinstance(user_algo, DictConfig):
         import warnings
 
-        for key, why in ignored_keys(OmegaConf.to_container(algo)):
+        user_algo = {**OmegaConf.to_container(user_algo), "name": cfg.algorithm.name}
+        for key, why in ignored_keys(user_algo):
             warnings.warn(f"{key} is set, but {why}", IgnoredKeyWarning, stacklevel=2)
     return cfg
 
@@ -236,9 +240,9 @@ def load_config(
     try:
         layers = [options.layer(base)] if base is not None else []
         layers += [options.layer(options.read_yaml(preset_path(preset)))] if preset else []
-        layers += [options.layer(options.read_yaml(path))] if path is not None else []
-        layers.append(options.overrides_layer(list(overrides or [])))
-        return _typed(OmegaConf.merge(*layers))
+        given = [options.layer(options.read_yaml(path))] if path is not None else []
+        given.append(options.overrides_layer(list(overrides or [])))
+        return _typed(OmegaConf.merge(*layers, *given), given=OmegaConf.merge(*given))
     except ConfigError as e:
         if path is not None and str(path) not in str(e):
             raise ConfigError(f"{path}: {e}") from None
