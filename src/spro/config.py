@@ -67,7 +67,8 @@ _OLD_FLAT_KEYS = {
 TRL_NAMES = {
     "beta": "algorithm.kl_coef", "num_iterations": "algorithm.ppo_epochs", "num_generations": "rollout.num_generations",
     "learning_rate": "optim.lr", "max_completion_length": "rollout.max_new_tokens", "temperature": "rollout.temperature",
-    "top_p": "rollout.top_p", "top_k": "rollout.top_k", "epsilon": "algorithm.clip_eps_low",
+    "top_p": "rollout.top_p", "top_k": "rollout.top_k", "min_p": "rollout.min_p",
+    "repetition_penalty": "rollout.repetition_penalty", "epsilon": "algorithm.clip_eps_low",
     "epsilon_high": "algorithm.clip_eps_high", "loss_type": "algorithm.loss_agg",
     "scale_rewards": "algorithm.grpo.outcome_scale", "entropy_coef": "algorithm.entropy_coef",
     "generation_batch_size": "rollout.generation_batch_size", "reward_weights": "data.rewards",

@@ -280,6 +280,20 @@ class RolloutConfig:
     temperature: float = _f(1.0, help="Sampling temperature (log-probs use the same temperature).", check=POSITIVE)
     top_p: float = _f(1.0, help="Nucleus sampling threshold (1.0 = off).", check=(lambda v: 0 < v <= 1, "in (0, 1]"))
     top_k: int = _f(0, help="Top-k sampling (0 = off).", check=NON_NEGATIVE)
+    min_p: float = _f(
+        0.0,
+        help="Min-p sampling (Nguyen et al. 2024, arXiv:2407.01082): keep tokens whose probability is at least min_p "
+        "times the most likely token's (0.0 = off; TRL's min_p). Like top_p and top_k it shapes sampling only: the "
+        "log-probs of the loss are those of softmax(logits / temperature), as in TRL.",
+        check=(lambda v: 0 <= v < 1, "in [0, 1)"),
+    )
+    repetition_penalty: float = _f(
+        1.0,
+        help="Repetition penalty of transformers' generate (Keskar et al. 2019, arXiv:1909.05858): > 1 discourages "
+        "tokens already in the prompt or the response (1.0 = off; TRL's repetition_penalty). Shapes sampling only, "
+        "as min_p.",
+        check=POSITIVE,
+    )
     max_new_tokens: int = _f(
         32, help="Maximum response length; responses cut here are flagged truncated.", check=AT_LEAST_1
     )

@@ -32,3 +32,32 @@ def test_sampled_token_statistics_match_the_model(model_dir, precision):
     df = logits.numel() - 1  # chi-square with df degrees of freedom: mean df, sd sqrt(2 df)
     assert chi2(1.5) < df + 5 * (2 * df) ** 0.5
     assert chi2(0.5) > df + 5 * (2 * df) ** 0.5
+
+
+def test_min_p_and_repetition_penalty_reach_generate(model_dir, monkeypatch):
+    """rollout.min_p near 1 keeps only the most likely token (the greedy response); repetition_penalty is passed
+    to generate; at their defaults (off) generate is called with neither (the same call as before they existed)."""
+    from spro.config import load_config
+    from spro.rollout import make_backend
+
+    model, tok = load_model(str(model_dir))
+    model.eval()
+    greedy = HFGenerateBackend(model, tok, max_new_tokens=8, top_k=1)
+    torch.manual_seed(0)
+    want = greedy.generate(["12+3="], 4).completion_ids
+    torch.manual_seed(1)
+    got = HFGenerateBackend(model, tok, max_new_tokens=8, min_p=0.999).generate(["12+3="], 4).completion_ids
+    assert torch.equal(got, want)
+
+    seen = []
+    real = type(model).generate
+
+    def spy(self, *args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("min_p", "repetition_penalty")})
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    r = load_config(overrides=["rollout.repetition_penalty=1.3", "rollout.min_p=0.05", "rollout.max_new_tokens=4"]).rollout
+    make_backend("hf", model, tok, r).generate(["12+3="], 2)
+    make_backend("hf", model, tok, load_config(overrides=["rollout.max_new_tokens=4"]).rollout).generate(["12+3="], 2)
+    assert seen == [{"min_p": 0.05, "repetition_penalty": 1.3}, {"min_p": None, "repetition_penalty": None}]

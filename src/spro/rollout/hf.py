@@ -46,6 +46,8 @@ class HFGenerateBackend:
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
         generation_batch_size: int = 0,
         share_prompt_prefix: bool = True,
     ) -> None:
@@ -56,6 +58,9 @@ class HFGenerateBackend:
         self.temperature = temperature
         self.top_p = top_p
         self.top_k = top_k
+        # (passed to generate only when set, so that the default call is the one of before)
+        self.extra_sampling = {k: v for k, v in (("min_p", min_p or None), ("repetition_penalty", repetition_penalty))
+                               if v is not None and not (k == "repetition_penalty" and v == 1.0)}
         self.generation_batch_size = generation_batch_size
 
     def sync_weights(self, model: Any) -> None:
@@ -83,6 +88,7 @@ class HFGenerateBackend:
                 kwargs: dict[str, Any] = dict(
                     do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None,
                     max_new_tokens=self.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id, use_cache=True,
+                    **self.extra_sampling,
                 )
                 P = ids.shape[1]
                 with autocast_scope(model):
@@ -159,7 +165,8 @@ def make_backend(name: str, model: Any, tokenizer: Any, rollout_config: Any, *,
         r = rollout_config
         return HFGenerateBackend(
             model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-            top_p=r.top_p, top_k=r.top_k, generation_batch_size=r.generation_batch_size,
+            top_p=r.top_p, top_k=r.top_k, min_p=r.min_p, repetition_penalty=r.repetition_penalty,
+            generation_batch_size=r.generation_batch_size,
             share_prompt_prefix=share_prompt_prefix,
         )
     raise ValueError(f"rollout.backend: unknown backend '{name}' (available: hf)")
