@@ -342,27 +342,15 @@ class AlgorithmConfig:
     )
     sections: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"sections": True})
 
-    def __getattr__(self, name: str) -> Any:
-        """``cfg.algorithm.<algorithm name>``: that algorithm's options (its defaults when not set)."""
-        if name.startswith("__") or name == "sections":
-            raise AttributeError(name)
-        sections = self.__dict__.get("sections", {})
-        if name in sections:
-            return sections[name]
-        from spro.algorithms import registry
-
-        try:
-            cls = registry.get_algorithm(name)
-        except ValueError:
-            raise AttributeError(f"AlgorithmConfig has no field or algorithm section {name!r}") from None
-        return cls.Options()
-
     @property
     def options(self) -> Any:
-        """The options of the selected algorithm (``algorithm.<its name>``)."""
+        """The options of the selected algorithm: its section ``algorithm.<its name>`` (``spro.config`` always
+        fills it in; the algorithm's defaults for a config built in code without sections). The other
+        sections are read only through ``sections[name]``: on a grpo run nothing reaches SPRO's defaults."""
         from spro.algorithms import registry
 
-        return getattr(self, registry.get_algorithm(self.name).name)
+        cls = registry.get_algorithm(self.name)
+        return self.sections[cls.name] if cls.name in self.sections else cls.Options()
 
 
 @dataclass

@@ -36,9 +36,12 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from spro.schema import DataConfig
 
 __all__ = ["WeightedReward", "RewardFunctionError", "RewardWarning", "Scores", "Scorer", "resolve_reward"]
 
@@ -137,7 +140,7 @@ class Scorer:
         return cls([WeightedReward(getattr(reward, "__name__", "reward"), reward)])
 
     @classmethod
-    def from_config(cls, data_cfg: Any, overrides: dict[str, Callable] | None = None,
+    def from_config(cls, data_cfg: DataConfig, overrides: dict[str, Callable] | None = None,
                     rewards: Sequence[tuple[str, float]] | None = None) -> Scorer:
         """From a ``DataConfig`` (``accuracy_reward``, ``correct_threshold``, ``reward_timeout``) and ``rewards``, the
         ``(name, weight)`` pairs to use (default: ``data_cfg.rewards``; ``spro.data.loader.reward_specs`` resolves a
