@@ -35,6 +35,7 @@ from spro.schema import (  # noqa: F401 (re-exported: spro.config is the public 
     DTYPES,
     SCHEDULERS,
     AlgorithmConfig,
+    CodeRewardConfig,
     DataConfig,
     LoggingConfig,
     LoRAConfig,
