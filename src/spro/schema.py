@@ -164,8 +164,9 @@ class CodeRewardConfig:
         help="Sandbox of the model-written programs: 'auto' (bubblewrap where it works, else the weaker 'namespace', "
         "with a warning at the start of training), 'bwrap', 'namespace', or 'unsafe-none' (no sandbox: rlimits "
         "only, the programs run as your user; only where namespaces are impossible). The mode in use is checked and "
-        "printed at the start of training (a warning for any mode but bwrap) and logged every step as the metric "
-        "sandbox/isolation (0 bwrap, 1 namespace, 2 none); `spro doctor` lists what each mode leaves visible.",
+        "printed at the start of training (a warning for any mode but bwrap), recorded as sandbox.isolation in "
+        "train.log and in TensorBoard's and W&B's run config, and logged every step as the metric sandbox/isolation "
+        "(0 bwrap, 1 namespace, 2 none); `spro doctor` lists what each mode leaves visible.",
         choices=("auto", "bwrap", "namespace", "unsafe-none"),
     )
     workers: int = _f(2, help="Rows graded at once (each a sandboxed process).", check=AT_LEAST_1)

@@ -441,6 +441,8 @@ def test_a_code_reward_checks_its_sandbox_at_the_start_and_logs_it(model_dir, tm
         out = train(cfg, reward_funcs=REWARDS)
     (m,) = read_jsonl(out / "metrics.jsonl")
     assert m["sandbox/isolation"] == 1.0  # 0 bwrap, 1 namespace, 2 none
+    assert "sandbox.isolation: namespace" in (out / "train.log").read_text().splitlines()
     plain = train(load_config(overrides=small_overrides(model_dir, tmp_path / "plain", total_steps=1, eval_every=-1)),
                   reward_funcs=REWARDS)
     assert "sandbox/isolation" not in read_jsonl(plain / "metrics.jsonl")[0]  # no code reward: nothing to record
+    assert "sandbox" not in (plain / "train.log").read_text()

@@ -102,7 +102,8 @@ class Trainer:
         self.run_lock = on_main(self.acc, lambda: open_run_folder(self.out, **run))  # held until close()
         try:
             self.logger = RunLogger(cfg, self.out, enabled=self.is_main,
-                                    resume_step=self.step if self.resume_ckpt else -1 if resume else None)
+                                    resume_step=self.step if self.resume_ckpt else -1 if resume else None,
+                                    facts=self.run_info)
             if self.is_main:
                 save_yaml(cfg, self.out / "config.yaml")
         except BaseException:
@@ -152,6 +153,7 @@ class Trainer:
         check_scorer_columns(self.scorer, self.columns)
         # the sandbox of the code rewards, checked now (not at the first reward call): any mode but bwrap warns
         iso = code_isolation(cfg.data, [n for n, _ in data.rewards if n not in (reward_funcs or {})])
+        self.run_info = {} if iso is None else {"sandbox.isolation": iso}  # (train.log, TensorBoard's and W&B's config)
         self.run_facts = {} if iso is None else {"sandbox/isolation": float(("bwrap", "namespace", "none").index(iso))}
         task = load_task(cfg.data) if datasets is None else None
         self.diagnostics = (ProcessDiagnostics(task, self.tok, self.algorithm.diagnostic_names)
