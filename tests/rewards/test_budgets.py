@@ -44,8 +44,11 @@ def test_builtin_rewards_are_marked_and_reasoning_gym_is_not():
     for name in ("math", "code", "eurus", "format", "arithmetic"):
         assert getattr(get_reward(name), "spro_limits_itself", False), name
     from spro.data import reasoning_gym
+    from spro.rewards.format import make_format_reward
 
     assert not getattr(reasoning_gym.reasoning_gym_reward, "spro_limits_itself", False)  # (runs in the worker)
+    assert make_format_reward().spro_limits_itself  # the closed-box check is linear
+    assert not hasattr(make_format_reward(r"(a+)+b"), "spro_limits_itself")  # a pattern of yours may not be
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -80,14 +80,15 @@ def make_format_reward(
     match = _closed_box if pattern is None else re.compile(pattern, flags).search
     pen = make_length_penalty(length_penalty, max_length, tokenizer=tokenizer) if length_penalty else None
 
-    @limits_itself  # (linear in the completion; a pattern of your own is yours to keep linear)
     def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kw: Any) -> list[float]:
         out = [reward if match(completion_text(c)) else 0.0 for c in completions]
         if pen is not None:
             out = [a + b for a, b in zip(out, pen(prompts, completions))]
         return out
 
-    return format_reward
+    # the closed-box check is linear in the completion; a pattern of your own may not be (it runs in the
+    # Scorer's killable worker process)
+    return limits_itself(format_reward) if pattern is None else format_reward
 
 
 _default_format = make_format_reward()
