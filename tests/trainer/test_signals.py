@@ -32,10 +32,10 @@ def _signal_during_step(monkeypatch, step, signum):
     """Send ``signum`` to this process in the middle of step ``step`` (after its rollout)."""
     real = Trainer.score
 
-    def score(self, rows, completions):
+    def score(self, rows, completions, batch=None):
         if self.step + 1 == step:
             os.kill(os.getpid(), signum)
-        return real(self, rows, completions)
+        return real(self, rows, completions, batch)
 
     monkeypatch.setattr(Trainer, "score", score)
 
