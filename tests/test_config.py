@@ -42,7 +42,7 @@ def test_yaml_then_overrides_with_types(tmp_path):
     }))
     cfg = load_config(path, ["optim.lr=2e-5", "logging.tensorboard=false", "algorithm.clip_eps_high=0.28",
                              "data.task_kwargs.num_operands=[2, 3]", "model.ref_model=null", "total_steps=7"])
-    assert cfg.seed == 3 and cfg.algorithm.name == "grpo" and cfg.algorithm.spro.beta == 0.1
+    assert cfg.seed == 3 and cfg.algorithm.name == "grpo" and cfg.algorithm.sections["spro"].beta == 0.1
     assert cfg.optim.lr == 2e-5 and isinstance(cfg.optim.lr, float)
     assert cfg.logging.tensorboard is False and cfg.algorithm.clip_eps_high == 0.28
     assert cfg.data.task_kwargs == {"num_operands": [2, 3]} and cfg.total_steps == 7
@@ -157,8 +157,13 @@ def test_cli_print_config_and_help(capsys):
 
 def test_options_of_several_algorithms_in_one_config():
     cfg = load_config(overrides=["algorithm.name=grpo", "algorithm.spro.beta=0.02", "algorithm.prime.filter=false"])
-    assert cfg.algorithm.options == cfg.algorithm.grpo and cfg.algorithm.spro.beta == 0.02
-    assert cfg.algorithm.prime.filter is False and cfg.algorithm.rloo is not None
+    sections = cfg.algorithm.sections
+    assert cfg.algorithm.options == sections["grpo"] and sections["spro"].beta == 0.02
+    assert sections["prime"].filter is False and set(sections) == {"grpo", "spro", "prime"}
+    # no algorithm's defaults are reachable through the config other than the selected one's (no silent fallback)
+    for name in ("spro", "rloo"):
+        with pytest.raises(AttributeError):
+            getattr(cfg.algorithm, name)
     dumped = C.to_dict(cfg)["algorithm"]
     assert dumped["spro"]["beta"] == 0.02 and dumped["grpo"]["outcome_scale"] == "group" and "rloo" not in dumped
     assert C.config_from_dict(C.to_dict(cfg)) == cfg

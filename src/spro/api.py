@@ -40,7 +40,10 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from spro.config import TrainConfig
 
 __all__ = ["train", "build_config"]
 
@@ -63,7 +66,7 @@ def _merge(base: dict, new: Mapping) -> dict:
     return base
 
 
-def build_config(config: Any = None, **overrides: Any) -> Any:
+def build_config(config: TrainConfig | Mapping | str | Path | None = None, **overrides: Any) -> TrainConfig:
     """A checked ``TrainConfig`` from ``config`` (a ``TrainConfig``, a nested dict, a YAML path or None for the
     defaults) with ``overrides`` on top (top-level keys, sections as dicts, or dotted keys). Unknown keys and
     bad values raise ``spro.config.ConfigError`` naming the key."""

@@ -16,7 +16,7 @@ not a file/override merger) because it does exactly this job: nested dataclass s
 merged with dotted ``key=value`` overrides, typed conversion with errors that carry the full key,
 ``${key}`` interpolation; and it is what verl, the field's RL framework, configures itself with.
 What stays ours: the declarations (help, choices, checks: every number finite and in its range),
-the did-you-mean for unknown keys (also for 0.1's flat keys and TRL's names), the algorithm-owned
+the did-you-mean for unknown keys (also for flat algorithm keys such as ``algorithm.beta`` and TRL's names), the algorithm-owned
 sections ``algorithm.<name>.*`` from the registry, and :func:`validate`'s cross-field rules.
 """
 
@@ -35,6 +35,7 @@ from spro.schema import (  # noqa: F401 (re-exported: spro.config is the public 
     DTYPES,
     SCHEDULERS,
     AlgorithmConfig,
+    CodeRewardConfig,
     DataConfig,
     LoggingConfig,
     LoRAConfig,
@@ -53,7 +54,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 # ----------------------------------------------------------------------------------------------
 # loading: spro.options.build (OmegaConf) types each layer; the declarations above check the values
 
-# Other names of keys, suggested when given: the flat algorithm keys of spro 0.1 (now an error) ...
+# Other names of keys, suggested when given: an algorithm's option written flat (algorithm.beta for algorithm.spro.beta) ...
 _OLD_FLAT_KEYS = {
     "beta": ("spro.beta",), "outcome_scale": ("spro.outcome_scale", "grpo.outcome_scale"), "eps": ("spro.eps", "grpo.eps"),
     "msa_scale_std": ("spro.msa_scale_std",), "process_reward": ("spro.process_reward",), "baseline": ("spro.baseline",),

@@ -154,6 +154,30 @@ class ReasoningGymConfig:
 
 
 @dataclass
+class CodeRewardConfig:
+    """The sandbox of the code rewards ('code', and the coding rows of 'eurus'): spro.rewards.code, spro.rewards.sandbox."""
+
+    row_seconds: float = _f(
+        6.0,
+        help="Time budget of one row, all its sandboxed runs together (stdio rows stop at their first failing or "
+        "timed-out case; metrics reward/code/timeouts, reward/code/row_budget). data.reward_timeout bounds a "
+        "whole call.",
+        check=POSITIVE,
+    )
+    isolation: str = _f(
+        "auto",
+        help="Sandbox of the model-written programs: 'auto' (bubblewrap where it works, else the weaker 'namespace', "
+        "with a warning at the start of training), 'bwrap', 'namespace', or 'unsafe-none' (no sandbox: rlimits "
+        "only, the programs run as your user; only where namespaces are impossible). The mode in use is checked and "
+        "printed at the start of training (a warning for any mode but bwrap), recorded as sandbox.isolation in "
+        "train.log and in TensorBoard's and W&B's run config, and logged every step as the metric sandbox/isolation "
+        "(0 bwrap, 1 namespace, 2 none); `spro doctor` lists what each mode leaves visible.",
+        choices=("auto", "bwrap", "namespace", "unsafe-none"),
+    )
+    workers: int = _f(2, help="Rows graded at once (each a sandboxed process).", check=AT_LEAST_1)
+
+
+@dataclass
 class DataConfig:
     task: str | None = _f(
         None,
@@ -232,10 +256,13 @@ class DataConfig:
     )
     reward_timeout: float = _f(
         300.0,
-        help="Seconds one call of a reward function of your own (not one of spro's, which have their own limits) "
-        "may take; it runs in a worker process, killed on time-out, and its responses count as None "
-        "(reward/timeouts, with a warning; timing out on every response 3 calls in a row is an error). 0 = no "
-        "limit (it runs in the trainer's process).",
+        help="Seconds one call of any reward function may take (a batch). A function of your own (and "
+        "reasoning_gym's) runs in a worker process, killed on time-out; its responses count as None "
+        "(reward/timeouts, with a warning; timing out on every response 3 calls in a row is an error). spro's "
+        "math, code, eurus, format and arithmetic rewards limit each row themselves and grade no row once this "
+        "budget is spent: those rows count as None (reward/math/batch_budget, reward/code/batch_budget; their "
+        "time-outs: reward/math/timeout, reward/code/timeouts). 0 = no limit (everything runs in the trainer's "
+        "process).",
         check=NON_NEGATIVE,
     )
     accuracy_reward: str | None = _f(
@@ -258,6 +285,9 @@ class DataConfig:
     reasoning_gym: ReasoningGymConfig = _f(
         help="Size, seed, task config and prompt format of a data.source=reasoning_gym:NAME task.",
         factory=ReasoningGymConfig,
+    )
+    code: CodeRewardConfig = _f(
+        help="Sandbox, row budget and parallelism of the code rewards ('code', 'eurus').", factory=CodeRewardConfig,
     )
 
 
@@ -378,27 +408,15 @@ class AlgorithmConfig:
     )
     sections: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"sections": True})
 
-    def __getattr__(self, name: str) -> Any:
-        """``cfg.algorithm.<algorithm name>``: that algorithm's options (its defaults when not set)."""
-        if name.startswith("__") or name == "sections":
-            raise AttributeError(name)
-        sections = self.__dict__.get("sections", {})
-        if name in sections:
-            return sections[name]
-        from spro.algorithms import registry
-
-        try:
-            cls = registry.get_algorithm(name)
-        except ValueError:
-            raise AttributeError(f"AlgorithmConfig has no field or algorithm section {name!r}") from None
-        return cls.Options()
-
     @property
     def options(self) -> Any:
-        """The options of the selected algorithm (``algorithm.<its name>``)."""
+        """The options of the selected algorithm: its section ``algorithm.<its name>`` (``spro.config`` always
+        fills it in; the algorithm's defaults for a config built in code without sections). The other
+        sections are read only through ``sections[name]``: on a grpo run nothing reaches SPRO's defaults."""
         from spro.algorithms import registry
 
-        return getattr(self, registry.get_algorithm(self.name).name)
+        cls = registry.get_algorithm(self.name)
+        return self.sections[cls.name] if cls.name in self.sections else cls.Options()
 
 
 @dataclass

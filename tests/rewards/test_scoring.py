@@ -62,19 +62,27 @@ def test_a_reward_that_never_returns_hits_the_time_limit():
     assert s.rewards.tolist() == [0.5] * 8 and s.scored.all()
 
 
-def test_only_functions_of_your_own_run_in_a_worker_process():
+def test_only_functions_that_limit_themselves_run_here_the_others_in_a_worker_process():
     import os
+
+    from spro.rewards import limits_itself
 
     def own(prompts, completions, **kw):
         return [float(os.getpid())] * len(completions)
 
+    @limits_itself
     def builtin(prompts, completions, **kw):
         return [float(os.getpid())] * len(completions)
 
-    builtin.__module__ = "spro.rewards.example"  # spro's rewards carry their own limits
-    scorer = Scorer([WeightedReward("own", own), WeightedReward("builtin", builtin)], timeout=5)
+    def unmarked(prompts, completions, **kw):
+        return [float(os.getpid())] * len(completions)
+
+    unmarked.__module__ = "spro.data.example"  # defined in spro is not enough (reasoning_gym's graders have no limit)
+    scorer = Scorer([WeightedReward("own", own), WeightedReward("builtin", builtin),
+                     WeightedReward("unmarked", unmarked)], timeout=5)
     s = scorer(["p"], ["c"], {})
     assert s.stats["reward/own/mean"] != os.getpid() and s.stats["reward/builtin/mean"] == os.getpid()
+    assert s.stats["reward/unmarked/mean"] == s.stats["reward/own/mean"]
     worker = scorer._worker.proc.pid
     scorer(["p"], ["c"], {})
     assert scorer._worker.proc.pid == worker  # one worker, reused call after call (not one per call or row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -415,3 +416,33 @@ def test_spro_reference_refreshed_from_the_policy(model_dir, tmp_path):
     start = load_file(str(model_dir / "model.safetensors"))
     assert all(torch.equal(start[k].float(), p.detach().float()) for k, p in t.ref.state_dict().items() if k in start)
     assert (out / "checkpoints" / "step-000003" / "algorithm" / "process_ref.safetensors").is_file()
+
+
+def test_a_code_reward_checks_its_sandbox_at_the_start_and_logs_it(model_dir, tmp_path, monkeypatch, capsys):
+    """Issue 20 item 5: a run with a code reward resolves data.code.isolation when the trainer is built (a weaker
+    mode than bwrap warns then, before any reward call) and logs it every step as sandbox/isolation."""
+    from spro.rewards import sandbox
+
+    if not sandbox._probe()["namespace"]:
+        pytest.skip("the namespace sandbox is not available here")
+    monkeypatch.setattr(sandbox, "_WARNED", set())
+    calls = []
+    monkeypatch.setattr(sandbox, "run_python", lambda *a, **k: calls.append(a))  # (no program may run yet)
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", total_steps=1, **{
+        "eval_every": -1, "data.rewards": "[{name: digits}, {name: code, weight: 0.0}]",
+        "data.code.isolation": "namespace"}))
+    with pytest.warns(RuntimeWarning, match="weaker 'namespace' isolation"):
+        trainer = Trainer(cfg, reward_funcs=REWARDS)
+    trainer.close()
+    assert not calls and "code rewards run model-written programs in the namespace sandbox" in capsys.readouterr().err
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = train(cfg, reward_funcs=REWARDS)
+    (m,) = read_jsonl(out / "metrics.jsonl")
+    assert m["sandbox/isolation"] == 1.0  # 0 bwrap, 1 namespace, 2 none
+    assert "sandbox.isolation: namespace" in (out / "train.log").read_text().splitlines()
+    plain = train(load_config(overrides=small_overrides(model_dir, tmp_path / "plain", total_steps=1, eval_every=-1)),
+                  reward_funcs=REWARDS)
+    assert "sandbox/isolation" not in read_jsonl(plain / "metrics.jsonl")[0]  # no code reward: nothing to record
+    assert "sandbox" not in (plain / "train.log").read_text()

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spro.options import ConfigError
+
+if TYPE_CHECKING:
+    from spro.schema import DataConfig, TrainConfig
 
 __all__ = ["DEFAULT_TASK", "TrainingData", "task_name", "load_task", "default_reward", "reward_specs",
            "accuracy_verifier", "load_datasets", "training_data", "describe_datasets", "prompt_order", "check_prompt_lengths"]
@@ -31,7 +34,7 @@ SCHEMA_REWARDS = {"gsm8k": "math", "math": "math", "eurus": "eurus"}
 REASONING_GYM_PREFIX = "reasoning_gym:"
 
 
-def task_name(d: Any) -> str | None:
+def task_name(d: DataConfig) -> str | None:
     """The built-in task a ``DataConfig`` trains on (None: the dataset ``data.source``)."""
     if d.task is not None:
         return d.task
@@ -64,7 +67,7 @@ def default_reward(dataset: Any = None, *, task: str | None = None, source: str 
     return _default_reward(task, source, dataset, how)[0]
 
 
-def reward_specs(d: Any, train: Any) -> tuple[list[tuple[str, float]], str]:
+def reward_specs(d: DataConfig, train: Any) -> tuple[list[tuple[str, float]], str]:
     """``[(reward name, weight)]`` of a ``DataConfig`` whose training set is ``train``: ``data.rewards``, or when
     null the :func:`default_reward`; and a sentence saying which and why."""
     if d.rewards is not None:
@@ -74,7 +77,7 @@ def reward_specs(d: Any, train: Any) -> tuple[list[tuple[str, float]], str]:
     return [(name, 1.0)], f"reward {name} ({why}; data.rewards chooses another)"
 
 
-def accuracy_verifier(d: Any, train: Any, names: list[str]) -> tuple[str | None, str]:
+def accuracy_verifier(d: DataConfig, train: Any, names: list[str]) -> tuple[str | None, str]:
     """The reward whose value decides "correct" (the accuracy metrics, PRIME's labels) among the reward
     functions ``names`` of a run on ``train``, and a sentence saying which and why. The rule, never a shaped
     reward by default:
@@ -97,7 +100,7 @@ def accuracy_verifier(d: Any, train: Any, names: list[str]) -> tuple[str | None,
                   "count a response correct when that reward is >= data.correct_threshold)")
 
 
-def load_datasets(cfg: Any) -> tuple[Any, Any]:
+def load_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     """(train, eval) datasets with at least a 'prompt' column; eval is None when ``cfg.eval_every < 0``.
 
     Raises ConfigError when a dataset run has no held-out set to evaluate on (see the module docstring).
@@ -167,7 +170,7 @@ class TrainingData:
     accuracy_note: str = ""  # accuracy_verifier's sentence (also in summary)
 
 
-def training_data(cfg: Any, tokenizer: Any, context: int | None, datasets: tuple[Any, Any] | None = None
+def training_data(cfg: TrainConfig, tokenizer: Any, context: int | None, datasets: tuple[Any, Any] | None = None
                   ) -> TrainingData:
     """:func:`load_datasets` (or ``datasets``, ``(train, eval or None)`` given as ``datasets.Dataset`` objects by
     the Python API, used as they are), prompts checked against the model's ``context``
@@ -230,7 +233,7 @@ def _hold_out(ds: Any, fraction: float, seed: int, source: str) -> tuple[Any, An
     return ds.select(np.flatnonzero(~is_held).tolist()), ds.select(np.flatnonzero(is_held).tolist())
 
 
-def describe_datasets(d: Any, train: Any, evals: Any) -> str:
+def describe_datasets(d: DataConfig, train: Any, evals: Any) -> str:
     """One line saying what a run trains and evaluates on (printed at its start)."""
     task = task_name(d)
     if task is not None:
@@ -250,7 +253,7 @@ def describe_datasets(d: Any, train: Any, evals: Any) -> str:
     return f"{d.source} ({len(train)} prompts; {held})"
 
 
-def load_task(data: Any) -> Any:
+def load_task(data: DataConfig) -> Any:
     """The built-in task the ``data`` section (``spro.config.DataConfig``) trains on (:func:`task_name`), or
     None for a dataset."""
     name = task_name(data)

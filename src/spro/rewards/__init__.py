@@ -26,15 +26,26 @@ Functions are looked up by registered name (``"math"``, ``"code"``, ``"format"``
 ``"arithmetic"``, ...; see :func:`list_rewards`) or by import path ``"package.module:function"``.
 Counters of notable events (grader time-outs, sandbox failures, rows without ground truth) are
 kept process-wide; read and reset them with :func:`pop_reward_stats` to log them as metrics.
+
+**Limits.** Every reward call is bounded (``spro.rewards.scoring.Scorer``, ``data.reward_timeout``
+seconds per call). A function that bounds its own cost (:func:`limits_itself`: spro's math, code,
+eurus, format and arithmetic rewards) runs in the caller's process, each of its rows within its own
+limit, and stops grading when the call's budget (:func:`reward_budget`, read with
+:func:`budget_left`) is spent: the rows it did not grade get None and are counted
+(``<reward>/batch_budget``). Any other function runs in a worker process that is killed at the
+budget.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import math as _math
 import threading
+import time
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
     "RewardError",
@@ -47,6 +58,9 @@ __all__ = [
     "call_reward",
     "pop_reward_stats",
     "count_event",
+    "limits_itself",
+    "reward_budget",
+    "budget_left",
 ]
 
 RewardFn = Callable[..., list]
@@ -98,6 +112,34 @@ def pop_reward_stats() -> dict[str, int]:
         out = dict(_STATS)
         _STATS.clear()
     return out
+
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("spro_reward_deadline", default=None)
+
+
+def limits_itself(fn: RewardFn) -> RewardFn:
+    """Mark ``fn`` as a reward that bounds its own cost: each row within a limit of its own, and no row started
+    once :func:`budget_left` is spent (the Scorer then calls it in this process, not in a worker)."""
+    fn.spro_limits_itself = True  # type: ignore[attr-defined]
+    return fn
+
+
+@contextlib.contextmanager
+def reward_budget(seconds: float | None) -> Iterator[None]:
+    """Within this block, the reward functions marked :func:`limits_itself` grade for at most ``seconds`` from now
+    (None: no budget; <= 0: spent); see :func:`budget_left`."""
+    token = _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def budget_left() -> float | None:
+    """Seconds left of the current call's :func:`reward_budget` (<= 0: spent; None: no budget). Read it in the
+    calling thread (a thread pool does not inherit it): pass the deadline on to worker threads."""
+    deadline = _DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:

@@ -37,6 +37,12 @@ does not evaluate (``code/unsupported_tests``, with a warning saying what) or wh
 need the program's own code (``code/needs_program_code``); a program that fails to run scores
 0.0. Runs that time out are counted (``code/timeouts``), and rows stopped by their time budget
 (``code/row_budget``).
+
+A call as a whole stays within the budget of ``spro.rewards.reward_budget`` (the trainer's
+``data.reward_timeout``): each row's ``row_seconds`` is cut to what is left of it, no row starts
+once it is spent, and a row not run, or whose budget it cut and that did not pass every case,
+scores None (``code/batch_budget``): it was not judged. In the trainer, ``data.code.*`` sets
+``row_seconds``, ``isolation`` and ``workers``.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from spro.rewards import completion_text, count_event, register_reward, sandbox
+from spro.rewards import budget_left, completion_text, count_event, limits_itself, register_reward, sandbox
 from spro.rewards.asserts import TRUSTED_BUILTINS, UnsupportedTest, judge_asserts, run_asserts
 from spro.rewards.sandbox import SandboxLimits, SandboxResult
 
@@ -66,6 +72,7 @@ __all__ = [
     "TRUSTED_BUILTINS",
     "make_code_reward",
     "code_reward",
+    "make_eurus_reward",
     "eurus_reward",
     "CODE_SOURCES",
 ]
@@ -314,11 +321,18 @@ def make_code_reward(
     if mode not in ("fraction", "all"):
         raise ValueError(f"mode must be 'fraction' or 'all', got {mode!r}")
 
-    def score_row(i: int, completion: Any, spec: Any) -> float | None:
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+    def score_row(i: int, completion: Any, spec: Any, deadline: float | None) -> float | None:
+        budget = row_seconds if deadline is None else min(row_seconds, deadline - time.monotonic())
+        if budget <= 0:
+            count_event("code/batch_budget")
+            return None
         try:
             tests = parse_tests(spec)
             passed = run_tests(extract_code(completion), tests, limits=limits, isolation=isolation,
-                               max_cases=max_cases, row_seconds=row_seconds)
+                               max_cases=max_cases, row_seconds=budget)
         except UnsupportedTest as e:
             count_event("code/unsupported_tests")
             warnings.warn(f"code reward: row {i}: tests the trusted judge cannot evaluate ({e}); reward None",
@@ -330,6 +344,9 @@ def make_code_reward(
             return None
         if not passed:
             return None
+        if budget < row_seconds and not all(passed):  # (its budget cut by the call's: not judged)
+            count_event("code/batch_budget")
+            return None
         if any(p is None for p in passed):
             count_event("code/needs_program_code")
             warnings.warn(f"code reward: row {i}: a test's verdict would need the program's own code; reward None",
@@ -339,8 +356,11 @@ def make_code_reward(
             return 1.0 if all(passed) else 0.0
         return sum(passed) / len(passed)
 
+    @limits_itself
     def code_reward(prompts: Sequence[Any], completions: Sequence[Any], tests: Sequence[Any] | None = None,
                     answer: Sequence[Any] | None = None, **kw: Any) -> list[float | None]:
+        left = budget_left()  # (read here: the worker threads do not see the caller's budget)
+        deadline = None if left is None else time.monotonic() + left
         specs = tests if tests is not None else answer
         if specs is None:
             raise ValueError("code reward needs a 'tests' column (or test cases in the 'answer' column)")
@@ -348,9 +368,9 @@ def make_code_reward(
             raise ValueError(f"{len(completions)} completions but {len(specs)} test specifications")
         rows = list(enumerate(zip(completions, specs)))
         if workers <= 1 or len(rows) <= 1:
-            return [score_row(i, c, s) for i, (c, s) in rows]
+            return [score_row(i, c, s, deadline) for i, (c, s) in rows]
         with ThreadPoolExecutor(workers) as ex:
-            return list(ex.map(lambda r: score_row(r[0], r[1][0], r[1][1]), rows))
+            return list(ex.map(lambda r: score_row(r[0], r[1][0], r[1][1], deadline), rows))
 
     return code_reward
 
@@ -359,6 +379,7 @@ _default_code = make_code_reward()
 
 
 @register_reward("code")
+@limits_itself
 def code_reward(prompts: Sequence[Any], completions: Sequence[Any], tests: Sequence[Any] | None = None,
                 answer: Sequence[Any] | None = None, **kw: Any) -> list[float | None]:
     """Fraction of the row's test cases the completion's program passes (defaults of
@@ -386,32 +407,50 @@ def _is_code_row(source: Any, spec: Any) -> bool:
     return False
 
 
+def make_eurus_reward(code: Any = None, math: Any = None):
+    """An eurus reward function (see :func:`eurus_reward`) with these code and math rewards (None: the
+    defaults, :func:`code_reward` and :func:`spro.rewards.math.math_reward`)."""
+
+    @limits_itself
+    def eurus_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
+                     data_source: Sequence[Any] | None = None, tests: Sequence[Any] | None = None,
+                     **kw: Any) -> list[float | None]:
+        from spro.rewards.math import math_reward
+
+        n = len(completions)
+        if answer is None and tests is None:
+            raise ValueError("eurus reward needs an 'answer' (ground truth) column")
+        answers = list(answer) if answer is not None else [None] * n
+        test_col = list(tests) if tests is not None else [None] * n
+        sources = list(data_source) if data_source is not None else [None] * n
+        is_code = [_is_code_row(sources[i], test_col[i] if test_col[i] is not None else answers[i]) for i in range(n)]
+        out: list[float | None] = [None] * n
+        ci = [i for i in range(n) if is_code[i]]
+        mi = [i for i in range(n) if not is_code[i]]
+        if ci:
+            vals = (code or code_reward)([prompts[i] for i in ci], [completions[i] for i in ci],
+                                         tests=[test_col[i] if test_col[i] is not None else answers[i] for i in ci])
+            for i, v in zip(ci, vals):
+                out[i] = v
+        if mi:
+            vals = (math or math_reward)([prompts[i] for i in mi], [completions[i] for i in mi],
+                                         answer=[answers[i] for i in mi])
+            for i, v in zip(mi, vals):
+                out[i] = v
+        return out
+
+    return eurus_reward
+
+
+_default_eurus = make_eurus_reward()
+
+
 @register_reward("eurus")
+@limits_itself
 def eurus_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
                  data_source: Sequence[Any] | None = None, tests: Sequence[Any] | None = None,
                  **kw: Any) -> list[float | None]:
     """Mixed math + code data (Eurus-2-RL-Data style): rows whose ``data_source`` is a coding
     source (see ``CODE_SOURCES``; or, without a source, whose ground truth holds test cases) get
     :func:`code_reward`, the others :func:`spro.rewards.math.math_reward`."""
-    from spro.rewards.math import math_reward
-
-    n = len(completions)
-    if answer is None and tests is None:
-        raise ValueError("eurus reward needs an 'answer' (ground truth) column")
-    answers = list(answer) if answer is not None else [None] * n
-    test_col = list(tests) if tests is not None else [None] * n
-    sources = list(data_source) if data_source is not None else [None] * n
-    is_code = [_is_code_row(sources[i], test_col[i] if test_col[i] is not None else answers[i]) for i in range(n)]
-    out: list[float | None] = [None] * n
-    ci = [i for i in range(n) if is_code[i]]
-    mi = [i for i in range(n) if not is_code[i]]
-    if ci:
-        vals = code_reward([prompts[i] for i in ci], [completions[i] for i in ci],
-                           tests=[test_col[i] if test_col[i] is not None else answers[i] for i in ci])
-        for i, v in zip(ci, vals):
-            out[i] = v
-    if mi:
-        vals = math_reward([prompts[i] for i in mi], [completions[i] for i in mi], answer=[answers[i] for i in mi])
-        for i, v in zip(mi, vals):
-            out[i] = v
-    return out
+    return _default_eurus(prompts, completions, answer=answer, data_source=data_source, tests=tests, **kw)

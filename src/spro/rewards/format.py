@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from spro.rewards import completion_text, register_reward
+from spro.rewards import completion_text, limits_itself, register_reward
 
 __all__ = ["make_format_reward", "make_length_penalty", "format_reward", "BOXED_PATTERN", "TAG_PATTERN"]
 
@@ -43,6 +43,7 @@ def make_length_penalty(coef: float, max_length: int, *, tokenizer: Any = None):
     if coef < 0:
         raise ValueError(f"length penalty coefficient must be >= 0, got {coef}")
 
+    @limits_itself
     def length_penalty(prompts: Sequence[Any], completions: Sequence[Any], **kw: Any) -> list[float]:
         return [-coef * min(n, max_length) / max_length for n in _lengths(completions, tokenizer)]
 
@@ -85,13 +86,16 @@ def make_format_reward(
             out = [a + b for a, b in zip(out, pen(prompts, completions))]
         return out
 
-    return format_reward
+    # the closed-box check is linear in the completion; a pattern of your own may not be (it runs in the
+    # Scorer's killable worker process)
+    return limits_itself(format_reward) if pattern is None else format_reward
 
 
 _default_format = make_format_reward()
 
 
 @register_reward("format")
+@limits_itself
 def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kw: Any) -> list[float]:
     """1.0 if the completion contains a closed, non-empty ``\\boxed{...}``, else 0.0."""
     return _default_format(prompts, completions, **kw)

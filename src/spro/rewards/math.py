@@ -25,7 +25,9 @@ one limit per (completion, answer) pair: answer extraction (linear-time, on at m
   stuck past that (e.g. in C code the timer cannot interrupt) is killed and replaced.
 
 So a degenerate completion (100 KB of unclosed ``\\boxed{``, or ``"$."`` repeated) costs at most
-the time limit.
+the time limit. A call as a whole stays within the budget of ``spro.rewards.reward_budget`` (the
+trainer's ``data.reward_timeout``): no row is graded once it is spent, a row's limit is cut to what
+is left, and the rows not graded (or cut short) score None, counted as ``math/batch_budget``.
 
 Scoring rule: no ground truth (None/empty) -> ``None`` (counted as ``math/no_gold``); no answer
 found in the completion -> 0.0 (``math/no_answer``); grader time-out -> 0.0 (``math/timeout``,
@@ -60,7 +62,7 @@ import warnings
 import weakref
 from typing import Any, Sequence
 
-from spro.rewards import completion_text, count_event, register_reward
+from spro.rewards import budget_left, completion_text, count_event, limits_itself, register_reward
 
 __all__ = [
     "extract_boxed",
@@ -300,6 +302,12 @@ def _grade_with_alarm(pred: str, gold: str, timeout: float) -> bool:
 
 
 NO_ANSWER = "no_answer"
+BUDGET = "batch_budget"  # (a row not graded, or cut short, because the call's budget was spent)
+
+
+def _cut(limit: float, deadline: float | None) -> float:
+    """``limit`` cut to the time left before ``deadline`` (None: no deadline)."""
+    return limit if deadline is None else min(limit, deadline - time.monotonic())
 
 
 def _grade_text(text: str, gold: str) -> bool | str:
@@ -379,14 +387,18 @@ class _Worker:
         line, _, self._buf = self._buf.partition(b"\n")
         return line + b"\n"
 
-    def grade_batch(self, items: Sequence[tuple[str, str, str, float]]) -> list[bool | str | None]:
+    def grade_batch(self, items: Sequence[tuple[str, str, str, float]], deadline: float | None = None
+                    ) -> list[bool | str | None]:
         """Grade ``items`` (``(kind, text, gold, timeout)``, kind ``"pair"`` for an extracted
         answer or ``"text"`` for a completion) in one round trip; the answer to each must arrive
         within its ``timeout + 2 s`` of the previous one. An item that does not answer in time gets
-        None, the worker is killed and the rest of the batch goes to a fresh worker."""
+        None, the worker is killed and the rest of the batch goes to a fresh worker. Past ``deadline``
+        (``time.monotonic()``) the worker is killed and the items left get ``BUDGET``."""
         out: list[bool | str | None] = []
         todo = list(items)
         while todo:
+            if deadline is not None and deadline - time.monotonic() <= 0:  # (nothing of todo sent yet)
+                return out + [BUDGET] * len(todo)
             proc = self._start()
             slack = 2.0 + (0.0 if self._warm else 60.0)
             try:
@@ -399,11 +411,15 @@ class _Worker:
                 continue
             done = 0
             for item in todo:
+                wait = item[3] + slack if deadline is None else min(item[3] + slack, deadline - time.monotonic())
                 try:
-                    line = self._readline(item[3] + slack)
+                    line = self._readline(wait)
                 except (OSError, ValueError):
                     line = b""
                 if not line:
+                    if deadline is not None and deadline - time.monotonic() <= 0:
+                        self.kill()
+                        return out + [BUDGET] * (len(todo) - done)
                     break
                 self._warm = True
                 slack = 2.0
@@ -463,24 +479,27 @@ class _Pool:
             self._free.put(_Worker())
         _ALL_POOLS.add(self)
 
-    def _batch(self, items: Sequence[tuple[str, str, str, float]]) -> list[bool | str | None]:
+    def _batch(self, items: Sequence[tuple[str, str, str, float]], deadline: float | None = None
+               ) -> list[bool | str | None]:
         w = self._free.get()
         try:
-            return w.grade_batch(items)
+            return w.grade_batch(items, deadline)
         finally:
             self._free.put(w)
 
-    def grade_items(self, items: Sequence[tuple[str, str, str, float]]) -> list[bool | str | None]:
-        """Grade in ``workers`` processes at once, in chunks of at most 64 items."""
+    def grade_items(self, items: Sequence[tuple[str, str, str, float]], deadline: float | None = None
+                    ) -> list[bool | str | None]:
+        """Grade in ``workers`` processes at once, in chunks of at most 64 items (``deadline``: see
+        :meth:`_Worker.grade_batch`)."""
         if not items:
             return []
         size = max(1, min(64, -(-len(items) // self.workers)))
         chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
         if self.workers == 1 or len(chunks) == 1:
-            res = [self._batch(c) for c in chunks]
+            res = [self._batch(c, deadline) for c in chunks]
         else:
             with cf.ThreadPoolExecutor(self.workers) as ex:
-                res = list(ex.map(self._batch, chunks))
+                res = list(ex.map(lambda c: self._batch(c, deadline), chunks))
         return [r for chunk in res for r in chunk]
 
     def warm(self) -> None:
@@ -539,7 +558,8 @@ class MathGrader:
 
     def grade(self, completions: Sequence[Any], golds: Sequence[Any],
               timeout: float | Sequence[float] | None = None) -> list[bool | None]:
-        """Per row: True/False, or None where the ground truth is missing. Time-outs -> False.
+        """Per row: True/False, or None where the ground truth is missing or the call's budget
+        (``spro.rewards.budget_left``) was spent before the row was graded. Time-outs -> False.
 
         ``timeout`` overrides the grader's limit for this call: one number, or one per row."""
         n = len(completions)
@@ -549,6 +569,8 @@ class MathGrader:
             [float(timeout)] * n if isinstance(timeout, (int, float)) else [float(t) for t in timeout])
         if len(limits) != n or any(not t > 0 for t in limits):
             raise ValueError(f"timeout must be a positive number or one per row ({n}), got {timeout!r}")
+        left = budget_left()
+        deadline = None if left is None else time.monotonic() + left
         golds_n = [normalize_gold(g) for g in golds]
         out: list[bool | None] = [None] * n
         todo: list[int] = []
@@ -560,11 +582,16 @@ class MathGrader:
                 todo.append(i)
         items = [("text", self._tail(completions[i]), golds_n[i], limits[i]) for i in todo]
         if self._pool is None and _can_use_alarm():
-            res = [_grade_limited(*it) for it in items]  # type: ignore[arg-type]
+            res = [self._graded_here(it, deadline) for it in items]
         else:
-            res = (self._pool or _shared_pool()).grade_items(items)  # type: ignore[arg-type]
+            sent = [it[:3] + (max(_cut(it[3], deadline), 1e-3),) for it in items]
+            res = (self._pool or _shared_pool()).grade_items(sent, deadline)  # type: ignore[arg-type]
+            res = [BUDGET if r is None and s[3] < it[3] else r for r, s, it in zip(res, sent, items)]
         for i, r in zip(todo, res):
-            if r is None:
+            if r == BUDGET:
+                count_event("math/batch_budget")
+                out[i] = None
+            elif r is None:
                 out[i] = self._timed_out(i, limits[i])
             elif r == NO_ANSWER:
                 count_event("math/no_answer")
@@ -572,6 +599,16 @@ class MathGrader:
             else:
                 out[i] = bool(r)
         return out
+
+    @staticmethod
+    def _graded_here(item: tuple[str, str, str, float], deadline: float | None) -> bool | str | None:
+        """One item in this (main) thread, its limit cut to the time left before ``deadline``; ``BUDGET`` when none
+        is left or the cut limit ran out."""
+        limit = _cut(item[3], deadline)
+        if limit <= 0:
+            return BUDGET
+        r = _grade_limited(item[0], item[1], item[2], limit)
+        return BUDGET if r is None and limit < item[3] else r
 
     def _tail(self, completion: Any) -> str:
         text = completion if isinstance(completion, str) else completion_text(completion)
@@ -606,6 +643,7 @@ def make_math_reward(timeout: float = 5.0, workers: int = 0, max_chars: int = MA
     ``max_chars`` characters of each completion examined)."""
     grader = MathGrader(timeout=timeout, workers=workers, max_chars=max_chars)
 
+    @limits_itself
     def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
                     **kw: Any) -> list[float | None]:
         if answer is None:
@@ -621,8 +659,10 @@ _default = make_math_reward()
 
 
 @register_reward("math")
+@limits_itself
 def math_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any] | None = None,
                 **kw: Any) -> list[float | None]:
     """1.0 if the completion's final answer is equivalent to ``answer`` (math-verify), else 0.0;
-    None where the row has no answer. 5 s limit per row (see the module docstring)."""
+    None where the row has no answer (or was not graded within the call's budget). 5 s limit per
+    row (see the module docstring)."""
     return _default(prompts, completions, answer=answer, **kw)

@@ -11,8 +11,13 @@ Failures are visible. A function that raises on the batch is called again respon
 the responses it still raises on get None. Any exception counts, ``SystemExit`` and other
 ``BaseException`` included (named in the message); raising on every response is an error.
 
-Functions of your own (anything not defined in spro, whose rewards carry their own limits) run,
-with a time limit ``timeout`` (``data.reward_timeout``; 0 = none, in this process), in a worker
+Every call is bounded by ``timeout`` (``data.reward_timeout``; 0 = no limit, every function in this
+process). A function that bounds its own cost (``spro.rewards.limits_itself``: spro's math, code,
+eurus, format and arithmetic rewards) runs in this process under ``spro.rewards.reward_budget(timeout)``:
+each of its rows has a limit of its own and it grades no row once the budget is spent (those rows get
+None, counted as ``reward/<its counter>/batch_budget``, e.g. ``reward/math/batch_budget``; its
+time-outs are counted as ``reward/math/timeout``, ``reward/code/timeouts``). Any other function (yours,
+and spro's reasoning_gym reward, whose task graders have no limit of their own) runs in a worker
 process forked once (:class:`_Worker`, it inherits the functions: closures work) and reused call
 after call; a call that does not return in time is stopped by killing that process (a new one is
 forked for the next call), and its responses get None. The cost per call is bounded: at most
@@ -36,11 +41,15 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
-__all__ = ["WeightedReward", "RewardFunctionError", "RewardWarning", "Scores", "Scorer", "resolve_reward"]
+if TYPE_CHECKING:
+    from spro.schema import DataConfig
+
+__all__ = ["WeightedReward", "RewardFunctionError", "RewardWarning", "Scores", "Scorer", "resolve_reward",
+           "CODE_REWARDS", "code_rewards", "code_isolation"]
 
 
 class RewardFunctionError(ValueError):
@@ -99,6 +108,37 @@ def resolve_reward(name: str, overrides: dict[str, Callable] | None = None) -> C
         raise ConfigError(f"data.rewards: {e}") from None
 
 
+CODE_REWARDS = ("code", "eurus")
+"""The registered rewards that run model-written programs in the sandbox (set by ``data.code``)."""
+
+
+def code_rewards(data_cfg: DataConfig, names: Sequence[str]) -> dict[str, Callable]:
+    """The code rewards among ``names`` built with ``data_cfg.code`` (row budget, isolation, workers)."""
+    wanted = [n for n in names if n in CODE_REWARDS]
+    if not wanted:
+        return {}
+    from spro.rewards.code import make_code_reward, make_eurus_reward
+
+    c = data_cfg.code
+    code = make_code_reward(row_seconds=c.row_seconds, isolation=c.isolation, workers=c.workers)
+    return {"code": code, "eurus": make_eurus_reward(code=code)}
+
+
+def code_isolation(data_cfg: DataConfig, names: Sequence[str]) -> str | None:
+    """The sandbox mode (``"bwrap"``, ``"namespace"``, ``"none"``) that the code rewards among ``names`` run in here
+    with ``data.code.isolation`` (``spro.rewards.sandbox.active_isolation``: any mode but bwrap warns); None when
+    there is no code reward. ConfigError where that isolation is not available."""
+    if not any(n in CODE_REWARDS for n in names):
+        return None
+    from spro.options import ConfigError
+    from spro.rewards.sandbox import active_isolation
+
+    try:
+        return active_isolation(data_cfg.code.isolation)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"data.code.isolation={data_cfg.code.isolation}: {e}") from None
+
+
 class Scorer:
     """Scores batches of responses with weighted reward functions (see the module docstring).
 
@@ -137,17 +177,18 @@ class Scorer:
         return cls([WeightedReward(getattr(reward, "__name__", "reward"), reward)])
 
     @classmethod
-    def from_config(cls, data_cfg: Any, overrides: dict[str, Callable] | None = None,
+    def from_config(cls, data_cfg: DataConfig, overrides: dict[str, Callable] | None = None,
                     rewards: Sequence[tuple[str, float]] | None = None) -> Scorer:
-        """From a ``DataConfig`` (``accuracy_reward``, ``correct_threshold``, ``reward_timeout``) and ``rewards``, the
-        ``(name, weight)`` pairs to use (default: ``data_cfg.rewards``; ``spro.data.loader.reward_specs`` resolves a
-        null one)."""
+        """From a ``DataConfig`` (``accuracy_reward``, ``correct_threshold``, ``reward_timeout``, ``code``: the
+        settings of the code rewards) and ``rewards``, the ``(name, weight)`` pairs to use (default:
+        ``data_cfg.rewards``; ``spro.data.loader.reward_specs`` resolves a null one)."""
         from spro.options import ConfigError
 
         if rewards is None:
             if data_cfg.rewards is None:
                 raise ConfigError("data.rewards is null: spro.data.loader.reward_specs gives the default reward")
             rewards = [(s.name, s.weight) for s in data_cfg.rewards]
+        overrides = {**code_rewards(data_cfg, [name for name, _ in rewards]), **(overrides or {})}
         fns = [WeightedReward(name, resolve_reward(name, overrides), weight) for name, weight in rewards]
         try:
             return cls(fns, accuracy_reward=data_cfg.accuracy_reward, correct_threshold=data_cfg.correct_threshold,
@@ -236,8 +277,9 @@ class Scorer:
         return values, errors, timeouts, first_error if errors or not timeouts else late
 
     def _worker_for(self, rf: WeightedReward) -> _Worker | None:
-        """The worker process of the functions of your own (None: this one runs here: spro's, or no time limit)."""
-        if not self.timeout or getattr(rf.fn, "__module__", "").startswith("spro.") or not _Worker.available():
+        """The worker process of the functions that do not bound their own cost (None: this one runs here: it is
+        marked ``spro.rewards.limits_itself``, or there is no time limit)."""
+        if not self.timeout or getattr(rf.fn, "spro_limits_itself", False) or not _Worker.available():
             return None
         if self._worker is None:
             self._worker = _Worker([r.fn for r in self.rewards])
@@ -411,18 +453,28 @@ class _Worker:
 
 
 class _InProcess:
-    """Calls one function in this process, without a time limit (spro's own rewards, or ``timeout=0``)."""
+    """Calls one function in this process: one that bounds its own cost, told the call's budget
+    (``spro.rewards.reward_budget``: ``timeout`` seconds, none when 0), or any function when ``timeout=0``."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
 
     def batch(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Any:
-        return _attempt(self.fn, prompts, completions, columns)
+        from spro.rewards import reward_budget
+
+        with reward_budget(timeout or None):
+            return _attempt(self.fn, prompts, completions, columns)
 
     def rows(self, index: int, prompts: list, completions: list[str], columns: dict, timeout: float) -> Iterator:
+        """Each response in turn, all within one budget of ``timeout`` seconds."""
+        from spro.rewards import reward_budget
+
+        deadline = time.monotonic() + timeout
         for i in range(len(completions)):
-            yield _attempt(self.fn, prompts[i : i + 1], completions[i : i + 1],
-                           {c: col[i : i + 1] for c, col in columns.items()})
+            with reward_budget(deadline - time.monotonic() if timeout else None):
+                got = _attempt(self.fn, prompts[i : i + 1], completions[i : i + 1],
+                               {c: col[i : i + 1] for c, col in columns.items()})
+            yield got
 
     def stop(self) -> None:
         pass

@@ -36,7 +36,10 @@ columns can be cut row by row); functions that do not take them never see them. 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    from spro.schema import DataConfig
 
 __all__ = ["TRL_KEYWORDS", "PASSED_IN_COLUMNS", "RewardSignatureError", "reward_style", "check_reward_signature",
            "check_reward_columns", "is_conversational", "as_trl_completions", "invoke_reward", "trainer_state"]
@@ -193,7 +196,7 @@ def invoke_reward(fn: Callable[..., Any], prompts: Sequence[Any], completions: S
     return fn(**kwargs)
 
 
-def check_configured_rewards(data_cfg: Any, overrides: dict[str, Callable] | None = None) -> None:
+def check_configured_rewards(data_cfg: DataConfig, overrides: dict[str, Callable] | None = None) -> None:
     """Import the reward functions ``data_cfg.rewards`` names (``overrides``: ``{name: fn}`` given instead)
     and check each signature (:func:`check_reward_signature`): run before any model loads. A null
     ``data.rewards`` (the default reward of what is trained on, a spro built-in) has nothing to check."""

@@ -352,9 +352,8 @@ def _size_or_zero(root: Path, model: Any, optimizer: Any) -> int:
 
 
 def algorithm_state_dir(ckpt: str | os.PathLike) -> Path:
-    """The folder of the algorithm's state in ``ckpt`` (``prm/`` in checkpoints of spro 0.1)."""
-    ckpt = Path(ckpt)
-    return ckpt / "prm" if not (ckpt / ALGORITHM_STATE).is_dir() and (ckpt / "prm").is_dir() else ckpt / ALGORITHM_STATE
+    """The folder of the algorithm's state in ``ckpt``."""
+    return Path(ckpt) / ALGORITHM_STATE
 
 
 def _read(path: Path, load: Callable[[Path], Any]) -> Any:

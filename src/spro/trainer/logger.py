@@ -45,9 +45,12 @@ class RunLogger:
     ``spro.trainer.rundir``). On resume from the checkpoint of ``resume_step``, the records the interrupted
     run wrote after it are dropped (they are written again), as is a torn last line; the file is replaced
     atomically. ``resume_step=-1``: a run folder without a checkpoint, whose records are all written again.
+    ``facts``: what the run found out at its start that its config does not say (``{"sandbox.isolation":
+    "namespace"}``), written to train.log and added to the config that TensorBoard and W&B record.
     """
 
-    def __init__(self, cfg: TrainConfig, out: Path, *, enabled: bool, resume_step: int | None) -> None:
+    def __init__(self, cfg: TrainConfig, out: Path, *, enabled: bool, resume_step: int | None,
+                 facts: dict[str, str] | None = None) -> None:
         self.enabled = enabled
         self.out = out
         self.tb = None
@@ -79,11 +82,15 @@ class RunLogger:
         self.log_f = open(out / "train.log", "a")
         if resume_step is not None:  # (-1: a run folder without a checkpoint, started again from step 0)
             self.log_f.write(f"resumed after step {resume_step}\n" if resume_step >= 0 else "started again from step 0\n")
+        facts = dict(facts or {})
+        for k, v in facts.items():
+            self.log_f.write(f"{k}: {v}\n")
+        self.log_f.flush()
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tensorboard"))
-            self._write_hparams(cfg)
+            self._write_hparams(cfg, facts)
         if cfg.logging.wandb:
             try:
                 import wandb
@@ -91,7 +98,7 @@ class RunLogger:
                 raise ConfigError("logging.wandb=true needs the wandb package: pip install 'spro[wandb]'") from None
             self.wandb = wandb.init(
                 project=cfg.logging.wandb_project, name=cfg.logging.wandb_run_name or out.name,
-                config=to_dict(cfg), resume="allow",
+                config={**to_dict(cfg), **facts}, resume="allow",
             )
 
     def _write(self, f: Any, record: dict) -> None:
@@ -148,13 +155,13 @@ class RunLogger:
         if echo:
             print(text, flush=True)
 
-    def _write_hparams(self, cfg: TrainConfig) -> None:
-        """The run config as TensorBoard hparams (dotted keys; lists and mappings as text), with the reward,
-        accuracy and eval accuracy as its metrics."""
+    def _write_hparams(self, cfg: TrainConfig, facts: dict[str, str]) -> None:
+        """The run config (and ``facts``) as TensorBoard hparams (dotted keys; lists and mappings as text), with the
+        reward, accuracy and eval accuracy as its metrics."""
         from torch.utils.tensorboard.summary import hparams
 
         values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-                  for k, v in flatten(to_dict(cfg)).items()}
+                  for k, v in {**flatten(to_dict(cfg)), **facts}.items()}
         writer = self.tb._get_file_writer()
         for summary in hparams(values, {"reward/mean": 0.0, "accuracy": 0.0, "eval/accuracy": 0.0}):
             writer.add_summary(summary)

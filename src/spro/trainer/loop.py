@@ -45,7 +45,7 @@ from spro.data.loader import load_task, prompt_order, training_data
 from spro.models.logprobs import logprob_fn, logps_no_grad, sequence_logps
 from spro.models.passes import eval_mode, has_dropout
 from spro.models.policy import load_policy, load_reference
-from spro.rewards.scoring import RewardFunctionError, Scorer
+from spro.rewards.scoring import RewardFunctionError, Scorer, code_isolation
 from spro.rewards.trl_style import check_configured_rewards, check_scorer_columns, reward_columns, trainer_state
 from spro.rollout import RolloutBatch, generate_completions, make_backend
 from spro.trainer import checkpoint as ckpt_lib
@@ -103,7 +103,8 @@ class Trainer:
         self.run_lock = on_main(self.acc, lambda: open_run_folder(self.out, **run))  # held until close()
         try:
             self.logger = RunLogger(cfg, self.out, enabled=self.is_main,
-                                    resume_step=self.step if self.resume_ckpt else -1 if resume else None)
+                                    resume_step=self.step if self.resume_ckpt else -1 if resume else None,
+                                    facts=self.run_info)
             if self.is_main:
                 save_yaml(cfg, self.out / "config.yaml")
         except BaseException:
@@ -159,11 +160,18 @@ class Trainer:
         self.scorer = Scorer.from_config(dataclasses.replace(cfg.data, accuracy_reward=data.accuracy or data.rewards[0][0]),
                                          reward_funcs, data.rewards)
         check_scorer_columns(self.scorer, self.columns)
+        # the sandbox of the code rewards, checked now (not at the first reward call): any mode but bwrap warns
+        iso = code_isolation(cfg.data, [n for n, _ in data.rewards if n not in (reward_funcs or {})])
+        self.run_info = {} if iso is None else {"sandbox.isolation": iso}  # (train.log, TensorBoard's and W&B's config)
+        self.run_facts = {} if iso is None else {"sandbox/isolation": float(("bwrap", "namespace", "none").index(iso))}
         task = load_task(cfg.data) if datasets is None else None
         self.diagnostics = (ProcessDiagnostics(task, self.tok, self.algorithm.diagnostic_names)
                             if cfg.logging.diagnostics else None)
         if self.is_main:
             print(f"spro: {data.summary}", file=sys.stderr, flush=True)
+            if iso is not None:
+                print(f"spro: code rewards run model-written programs in the {iso} sandbox (data.code.isolation="
+                      f"{cfg.data.code.isolation}; metric sandbox/isolation)", file=sys.stderr, flush=True)
 
     def _setup_optimizer(self) -> None:
         """Optimizer, schedule, the data-parallel wrapper and the generation backend."""
@@ -303,7 +311,7 @@ class Trainer:
                                update=update, kl_estimator=self.cfg.algorithm.kl_estimator, process=probe,
                                group_size=self.G)
         metrics = {"step": step, "time": self.elapsed, **metrics, **times, **sampled.scores.stats,
-                   **self.algorithm.metrics(x if s is None else s.x, adv)}
+                   **self.algorithm.metrics(x if s is None else s.x, adv), **self.run_facts}
         if self.accuracy_reward is None:  # no verifier: not reported (never a shaped reward's "accuracy")
             metrics["accuracy"] = None
         if self.diagnostics is not None:

@@ -24,7 +24,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     import fcntl
@@ -32,6 +32,9 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 from spro.trainer.checkpoint import STEP_RE, TRAINER_STATE, CheckpointError, find_checkpoint, read_run_config
+
+if TYPE_CHECKING:
+    from spro.schema import TrainConfig
 
 __all__ = ["RunFolderError", "RunLock", "holds_run", "open_run_folder", "check_run_folder", "move_run_aside",
            "config_for_resume", "on_main", "read_records", "check_records", "check_output_folder", "resume_point"]
@@ -53,7 +56,8 @@ def holds_run(folder: str | os.PathLike) -> bool:
     return any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in RECORDS)
 
 
-def resume_point(resume: str | os.PathLike | None, config: Any) -> tuple[Path | None, Any]:
+def resume_point(resume: str | os.PathLike | None, config: TrainConfig | None
+                 ) -> tuple[Path | None, TrainConfig | None]:
     """``(checkpoint, config)`` to resume ``resume`` from (``(None, config)`` without ``resume``).
 
     A run folder with records but no checkpoint yet (stopped before its first save) resumes from step 0: the
@@ -106,7 +110,7 @@ def resume_config_data(resume: str | os.PathLike) -> dict:
         raise CheckpointError(f"{folder / 'config.yaml'}: cannot be read ({type(e).__name__}: {e})") from None
 
 
-def config_for_resume(ckpt: Path, config: Any, resume: Any) -> Any:
+def config_for_resume(ckpt: Path, config: TrainConfig | None, resume: Any) -> TrainConfig:
     """The ``TrainConfig`` to resume ``ckpt`` with: its own, or ``config`` if they agree (but for
     ``spro.config.RESUMABLE_DIFFERENCES``); its ``output_dir`` is :func:`resume_folder`."""
     from dataclasses import replace

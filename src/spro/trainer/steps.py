@@ -8,13 +8,16 @@ too few of them (``Algorithm.max_rounds``, PRIME's refill): :func:`combine` join
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from spro.algorithms.registry import AdvantageInputs
 from spro.options import ConfigError
 from spro.rollout import RolloutBatch
+
+if TYPE_CHECKING:
+    from spro.schema import TrainConfig
 
 __all__ = ["Step", "Round", "batch_sizes", "groups_kept", "combine", "first_groups"]
 
@@ -84,7 +87,7 @@ def first_groups(keep: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.T
     return (keep & torch.isin(group_ids, first)).nonzero().squeeze(1)
 
 
-def batch_sizes(cfg: Any, world: int) -> tuple[int, int, int, int]:
+def batch_sizes(cfg: TrainConfig, world: int) -> tuple[int, int, int, int]:
     """Per process: prompts and responses of a round, responses per mini-batch (optimizer step) and per
     micro-batch (forward/backward pass). ConfigError when they do not divide."""
     r, a = cfg.rollout, cfg.algorithm

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
-from spro.rewards import completion_text
+from spro.rewards import completion_text, limits_itself
 
 SPLITS = ("train", "validation", "test")
 
@@ -94,6 +94,7 @@ def verify(completion: Any, answer: str | int) -> float:
     return 1.0 if got is not None and got == want else 0.0
 
 
+@limits_itself  # (linear in the completion)
 def arithmetic_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str], **kw: Any) -> list[float]:
     """Outcome reward in TRL's convention: 1.0 per completion whose final answer is right, else 0.0.
 
