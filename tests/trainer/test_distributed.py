@@ -162,10 +162,10 @@ STOP_SCRIPT = textwrap.dedent(
                                                 **{{"rollout.prompts_per_step": 4}}))
     real = Trainer.score
 
-    def score(self, rows, completions):  # SIGTERM to process 1 only, during step 2
+    def score(self, rows, completions, *args, **kwargs):  # SIGTERM to process 1 only, during step 2
         if self.rank == 1 and self.step + 1 == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(self, rows, completions)
+        return real(self, rows, completions, *args, **kwargs)
 
     Trainer.score = score
     try:
