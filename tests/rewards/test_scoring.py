@@ -193,3 +193,22 @@ def test_the_scorer_and_combine_rewards_share_one_none_rule():
     with pytest.warns(RewardWarning, match=r"1 of 2 responses could not be scored"):
         s = Scorer([WeightedReward("never", never), WeightedReward("picky", picky)])(PROMPTS[:2], ["a", "b"], {})
     assert s.rewards.tolist() == [0.0, 1.0] and s.scored.tolist() == [False, True]
+
+
+def test_a_reward_of_your_own_may_run_torch_in_the_worker():
+    """The worker is forked from a process whose torch thread pool is running; torch ops in it must not crash
+    or hang (the worker runs torch with one thread)."""
+    import torch
+
+    x = torch.randn(256, 256)
+    (x @ x).sum()  # the parent's thread pool is started
+
+    def uses_torch(prompts, completions, **kw):
+        a = torch.ones(128, 128)
+        return [float((a @ a)[0, 0] == 128) * torch.get_num_threads()] * len(completions)
+
+    scorer = Scorer([WeightedReward("torch_fn", uses_torch)], timeout=60)
+    try:
+        assert scorer(["p"] * 3, ["c"] * 3, {}).rewards.tolist() == [1.0] * 3
+    finally:
+        scorer.close()

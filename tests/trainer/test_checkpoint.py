@@ -264,6 +264,9 @@ def _killed_run(cfg, stage):
     import signal
 
     def child():
+        # a forked child must not enter the OpenMP thread pool of its parent (torch's is not fork-safe: with
+        # more than one thread the child crashes or hangs in its first parallel region)
+        torch.set_num_threads(1)
         os.environ["SPRO_FAULT_AT"] = stage
         train(cfg, reward_funcs=REWARDS)
         os._exit(0)

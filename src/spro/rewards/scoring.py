@@ -361,6 +361,9 @@ def _worker_main(fns: list[Callable[..., Any]], conn: Any) -> None:
     _MAIN_PID = -1  # (a KeyboardInterrupt here comes from the function: counted, not passed on)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     _set_parent_death_signal()
+    # torch's OpenMP thread pool does not survive a fork: a function that runs torch ops with more than one
+    # thread here would crash or hang in its first parallel region
+    torch.set_num_threads(1)
     while True:
         try:
             index, mode, prompts, completions, columns = conn.recv()
