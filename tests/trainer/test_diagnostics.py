@@ -91,6 +91,24 @@ def test_the_loop_logs_diagnostics_for_every_algorithm(model_dir, tmp_path, algo
     assert share is None or 0 <= share <= 1
 
 
+def test_first_error_diagnostics_read_the_task_prompt_behind_the_chat_template(model_dir, tmp_path):
+    """With data.chat_template=on the model sees the prompt through the template; the step checker still
+    gets the task's prompt, so wrong responses are located (before: every rendered prompt failed to parse
+    and the diag/* metrics had no responses)."""
+    over = small_overrides(model_dir, tmp_path / "run", "grpo", total_steps=1,
+                           **{"data.rewards": "[{name: arithmetic}]", "data.chat_template": "on"})
+    run = train(load_config(overrides=over))
+    (m,) = read_jsonl(run / "metrics.jsonl")
+    assert m["diag/self_reward/n"] > 0 and 0 < m["diag/first_error_top1_chance"] <= 1
+    # the checkpoint records it, so data.chat_template=auto (spro eval, spro diagnose, a next run) renders alike
+    from spro.data.prompts import resolve_chat_template
+    from spro.models.tiny import build_char_tokenizer
+
+    ckpt = next((run / "checkpoints").glob("step-*"))
+    chat, why = resolve_chat_template("auto", build_char_tokenizer(), str(ckpt))
+    assert chat is True and "spro train trained" in why, why
+
+
 def test_ties_share_the_top1_hit():
     steps = torch.tensor([[0, 1, 2, 3]])
     flat = torch.zeros(1, 4)  # every step scores 0: a tie of four, the first wrong step among them
@@ -111,3 +129,19 @@ def test_diagnose_command_on_a_tiny_model(model_dir, tmp_path):
     sr = result["signals"]["self_reward"]
     # the model against itself: the self-guided reward is 0 everywhere, so top-1 is exactly chance
     assert sr["n"] > 0 and abs(sr["top1"] - sr["top1_chance"]) < 1e-9
+
+
+def test_diagnose_command_with_the_chat_template_and_task_knobs(model_dir, tmp_path, capsys):
+    import json
+
+    from spro.cli import main
+
+    out = tmp_path / "d.json"
+    assert main(["diagnose", "--model", str(model_dir), "--ref", str(model_dir), "--task", "arithmetic", "--n", "4",
+                 "--k", "2", "--max-new-tokens", "12", "--chat-template", "on", "--task-knob", "value_range=[10,99]",
+                 "--out", str(out)]) == 0
+    assert "prompts through the chat template (data.chat_template=on)" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["chat_template"] is True and result["signals"]["self_reward"]["n"] > 0
+    assert main(["diagnose", "--model", str(model_dir), "--ref", str(model_dir), "--task-knob", "value_range"]) == 2
+    assert "--task-knob expects KEY=VALUE" in capsys.readouterr().err

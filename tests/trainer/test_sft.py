@@ -145,3 +145,24 @@ def test_weak_preset_accuracy_band(tmp_path):
     task = get_task("arithmetic")
     r = evaluate(model, tok, task.split("test", n=500), task.reward)
     assert 0.2 <= r["pass@1"] <= 0.5, r["pass@1"]
+
+
+def test_sft_records_its_prompt_rendering_and_auto_follows_it(tmp_path):
+    """A warm start trained on prompts through the chat template is trained and evaluated on them by
+    data.chat_template=auto, whatever its folder is called (and one trained on plain prompts on plain ones)."""
+    from spro.data.prompts import render_prompt, resolve_chat_template
+
+    tok = build_char_tokenizer()
+    assert tok.chat_template  # the tiny tokenizer has one: its name alone would say off
+    templated = encode_example(tok, "Q:1+2=", "1+2=3;A:3", chat_template=True)[0]
+    assert tok.decode(templated) == render_prompt(tok, "Q:1+2=", chat_template=True) != "Q:1+2="
+    for mode, applied in (("on", True), ("auto", False)):
+        out = tmp_path / f"model-{mode}"
+        result = sft(tiny_config(steps=2, eval_every=0, eval_n=4, chat_template=mode), out, progress=False)
+        assert result.validation[0]["n"] == 4
+        assert json.loads((out / "sft_config.json").read_text())["chat_template_applied"] is applied
+        chat, why = resolve_chat_template("auto", tok, str(out))
+        assert chat is applied and "spro sft trained" in why, why
+        assert resolve_chat_template("off", tok, str(out))[0] is False  # explicit settings win
+    with pytest.raises(ValueError, match="chat_template must be auto, on or off"):
+        tiny_config(chat_template="yes")

@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96, help="Generation budget (default 96).")
     parser.add_argument("--seed", type=int, default=0, help="Sampling seed.")
     parser.add_argument("--out", default=None, help="Write the JSON to this file.")
+    parser.add_argument("--task-knob", action="append", default=[], metavar="KEY=VALUE",
+                        help="A task knob (YAML value), e.g. value_range=[10,99]; repeatable.")
+    parser.add_argument("--chat-template", default="auto", choices=("auto", "on", "off"),
+                        help="Prompts through the tokenizer's chat template, by spro train's data.chat_template rule "
+                        "(auto: as spro trained --model when it saved it, else on for a model named instruct/chat/it).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,20 +43,36 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    import yaml
+
+    from spro.data.prompts import resolve_chat_template
     from spro.data.tasks import get_task
+    from spro.options import ConfigError
     from spro.experiments.diagnose import diagnose
     from spro.models.loading import load_model_and_tokenizer
     from spro.trainer.warmstart import resolve_model
 
     try:
-        model, tok = load_model_and_tokenizer(resolve_model(args.model))
+        knobs = {}
+        for kv in args.task_knob:
+            key, sep, value = kv.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--task-knob expects KEY=VALUE, got {kv!r}")
+            knobs[key] = yaml.safe_load(value)
+        task = get_task(args.task, **knobs)
+        path = resolve_model(args.model)
+        model, tok = load_model_and_tokenizer(path)
         ref, _ = load_model_and_tokenizer(resolve_model(args.ref))
-        result = diagnose(model, ref, tok, get_task(args.task), split=args.split, n=args.n, k=args.k,
-                          temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    except ValueError as e:
+        chat, why = resolve_chat_template(args.chat_template, tok, str(path), args.model)
+        print(f"spro diagnose: prompts {'through the chat template' if chat else 'used as they are'} ({why})",
+              file=sys.stderr)
+        result = diagnose(model, ref, tok, task, split=args.split, n=args.n, k=args.k,
+                          temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                          chat_template=chat)
+    except (ValueError, ConfigError) as e:
         print(f"spro diagnose: error: {e}", file=sys.stderr)
         return 2
-    result = {"model": args.model, "ref": args.ref, **result}
+    result = {"model": args.model, "ref": args.ref, "chat_template": chat, **result}
     table = Table(title=f"first wrong step: {args.model} vs {args.ref} ({args.task} {args.split}, accuracy "
                         f"{result['accuracy']:.3f})")
     for col in ("signal", "wrong responses", "top-1", "top-1 chance", "AUROC", "pairs"):

@@ -168,6 +168,7 @@ class TrainingData:
     eval_prompts: list[str] | None = None  # the rendered evaluation prompts (data.chat_template applied)
     accuracy: str | None = None  # the reward that decides "correct" (accuracy_verifier); None = not reported
     accuracy_note: str = ""  # accuracy_verifier's sentence (also in summary)
+    chat_template: bool = False  # string prompts went through the chat template (data.chat_template, resolved)
 
 
 def training_data(cfg: TrainConfig, tokenizer: Any, context: int | None, datasets: tuple[Any, Any] | None = None
@@ -202,7 +203,7 @@ def training_data(cfg: TrainConfig, tokenizer: Any, context: int | None, dataset
     first = (f"\nspro: string prompts {'through the chat template' if chat else 'used as they are'} ({why}); "
              if strings else "\nspro: chat prompts through the tokenizer's chat template; ") + f"first prompt: {shown!r}"
     return TrainingData(train, prompts, evals, specs, f"data {what}; {note}{first}", eval_prompts, accuracy,
-                        acc_note)
+                        acc_note, chat_template=bool(chat and strings))
 
 
 def given_datasets(train: Any, evals: Any) -> tuple[Any, Any]:

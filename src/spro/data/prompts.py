@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render_prompt", "resolve_chat_template", "names_chat_model", "CHAT_MODES"]
+__all__ = ["render_prompt", "resolve_chat_template", "names_chat_model", "warm_start_rendering", "CHAT_MODES"]
 
 CHAT_MODES = ("auto", "on", "off")
 # how instruction-tuned releases are named: ...-Instruct, ...-chat, gemma-2-2b-it, ...
@@ -50,14 +50,41 @@ def names_chat_model(*names: str | None) -> str | None:
     return None
 
 
+# the files in which spro records how it rendered string prompts for a model it saved ("chat_template_applied"):
+# spro sft's folder, and each checkpoint of spro train
+RECORDS = {"sft_config.json": "spro sft", "trainer_state.json": "spro train"}
+
+
+def warm_start_rendering(*names: str | None) -> tuple[bool, str] | None:
+    """How spro rendered string prompts for the model in the first of ``names`` that is a folder it saved
+    (``spro sft``'s output, a ``spro train`` checkpoint: their ``sft_config.json`` / ``trainer_state.json``
+    record ``chat_template_applied``): ``(applied, "spro sft trained 'FOLDER'")``; None if none is."""
+    import json
+
+    for name in names:
+        for record, who in RECORDS.items():
+            path = Path(str(name)) / record if name else None
+            if path is None or not path.is_file():
+                continue
+            try:
+                applied = json.loads(path.read_text(encoding="utf-8")).get("chat_template_applied")
+            except (OSError, ValueError):
+                continue
+            if isinstance(applied, bool):
+                return applied, f"{who} trained {str(name)!r}"
+    return None
+
+
 def resolve_chat_template(mode: Any, tokenizer: Any, *names: str | None) -> tuple[bool, str]:
     """``(apply the chat template to string prompts, why)`` for ``data.chat_template`` = ``mode``.
 
-    ``on``: yes (an error when the tokenizer has no chat template); ``off``: no; ``auto``: yes when the
-    tokenizer has a chat template *and* the model's name (``names``: ``model.name_or_path``,
-    ``model.gguf_file``) says it is an instruct/chat model (:func:`names_chat_model`), no otherwise (a base
-    model's tokenizer often carries a template too, so the template alone does not decide). YAML's
-    ``true``/``false`` stand for on/off. Prompts given as chat messages always use the template.
+    ``on``: yes (an error when the tokenizer has no chat template); ``off``: no; ``auto``: as spro trained the
+    model when ``names`` holds a folder it saved (:func:`warm_start_rendering`: a ``spro sft`` warm start or a
+    ``spro train`` checkpoint trained on templated prompts is trained and evaluated on them, one trained on
+    plain prompts on plain ones), else yes when the tokenizer has a chat template *and* the model's name (``names``:
+    ``model.name_or_path``, ``model.gguf_file``) says it is an instruct/chat model (:func:`names_chat_model`),
+    no otherwise (a base model's tokenizer often carries a template too, so the template alone does not
+    decide). YAML's ``true``/``false`` stand for on/off. Prompts given as chat messages always use the template.
     """
     from spro.options import ConfigError
 
@@ -72,6 +99,10 @@ def resolve_chat_template(mode: Any, tokenizer: Any, *names: str | None) -> tupl
         return True, "data.chat_template=on"
     if mode == "off":
         return False, "data.chat_template=off"
+    warm = warm_start_rendering(*names)
+    if warm is not None and (has or not warm[0]):
+        how = "through the chat template" if warm[0] else "as they are"
+        return warm[0], f"data.chat_template=auto: {warm[1]} on prompts {how}"
     chat_name = names_chat_model(*names)
     if has and chat_name:
         return True, f"data.chat_template=auto: the tokenizer has a chat template and {chat_name!r} names a chat model"

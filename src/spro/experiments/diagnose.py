@@ -29,9 +29,14 @@ __all__ = ["diagnose"]
 
 
 def diagnose(model: Any, ref: Any, tokenizer: Any, task: Any, *, split: str = "test", n: int = 200, k: int = 4,
-             temperature: float = 1.0, max_new_tokens: int = 96, batch_prompts: int = 32, seed: int = 0) -> dict:
+             temperature: float = 1.0, max_new_tokens: int = 96, batch_prompts: int = 32, seed: int = 0,
+             chat_template: bool = False) -> dict:
     """The diagnostics table (a JSON-able dict: ``signals`` -> {n, top1, top1_chance, auroc, auroc_pairs},
-    plus ``accuracy`` and counts) of ``model`` against ``ref`` on ``n`` problems of ``task``'s ``split``."""
+    plus ``accuracy`` and counts) of ``model`` against ``ref`` on ``n`` problems of ``task``'s ``split``
+    (``chat_template``: the prompts reach the models through the tokenizer's chat template; the step checker
+    reads the task's own prompts)."""
+    from spro.data.prompts import render_prompt
+
     if not (hasattr(task, "first_wrong_step") and hasattr(task, "step_spans")):
         raise ValueError(f"task {getattr(task, 'name', task)!r} has no step checker (first_wrong_step / step_spans)")
     if k < 1 or n < 1:
@@ -48,7 +53,7 @@ def diagnose(model: Any, ref: Any, tokenizer: Any, task: Any, *, split: str = "t
     for start in range(0, len(ds), batch_prompts):
         rows = ds.select(range(start, min(start + batch_prompts, len(ds))))
         prompts = list(rows["prompt"])
-        batch = backend.generate(prompts, k)
+        batch = backend.generate([render_prompt(tokenizer, p, chat_template=chat_template) for p in prompts], k)
         flat = [p for p in prompts for _ in range(k)]
         cols = {c: [v for v in rows[c] for _ in range(k)] for c in rows.column_names if c != "prompt"}
         correct = scorer(flat, batch.completions, cols).correct

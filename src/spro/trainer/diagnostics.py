@@ -108,9 +108,13 @@ class ProcessDiagnostics:
     """
 
 
-    def __init__(self, task: Any, tokenizer: Any, own_signals: tuple[str, ...] = ()) -> None:
-        """``own_signals``: the names of the algorithm's signals (``Algorithm.diagnostic_names``)."""
+    def __init__(self, task: Any, tokenizer: Any, own_signals: tuple[str, ...] = (),
+                 task_prompts: dict[str, str] | None = None) -> None:
+        """``own_signals``: the names of the algorithm's signals (``Algorithm.diagnostic_names``);
+        ``task_prompts``: the task's prompt of each rendered prompt the model saw (with ``data.chat_template``
+        a prompt reaches the model through the chat template, and the step checker reads the task's own)."""
         self.signals = ("self_reward", "msa", *own_signals, "advantage")
+        self.task_prompts = task_prompts or {}
         ok = task is not None and hasattr(task, "first_wrong_step") and hasattr(task, "step_spans")
         self.task, self.tok = (task, tokenizer) if ok else (None, tokenizer)
         self._lengths: dict[int, int] = {}
@@ -125,8 +129,8 @@ class ProcessDiagnostics:
     def _steps(self, batch: Any, correct: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(token steps [B, T], first wrong step [B] (-1: right or unknown), number of steps [B])."""
         spans = [self.task.step_spans(c) for c in batch.completions]
-        first = [-1 if ok else self._first_wrong(p, c) for p, c, ok in zip(batch.prompts, batch.completions,
-                                                                           correct.tolist())]
+        first = [-1 if ok else self._first_wrong(self.task_prompts.get(p, p), c)
+                 for p, c, ok in zip(batch.prompts, batch.completions, correct.tolist())]
         steps = token_steps(self.tok, batch.completion_ids.cpu(), batch.completion_mask.cpu(), spans, self._lengths)
         return steps, torch.tensor(first, dtype=torch.long), torch.tensor([len(s) for s in spans], dtype=torch.long)
 

@@ -150,6 +150,7 @@ class Trainer:
         data = training_data(cfg, self.tok, getattr(self.model.config, "max_position_embeddings", None), datasets)
         self.train_ds, self.train_prompts, self.eval_ds = data.train, data.prompts, data.evals
         self.eval_prompts = data.eval_prompts  # rendered (data.chat_template)
+        self.chat_template_applied = data.chat_template  # recorded in each checkpoint (trainer_state.json)
         self.columns = [c for c in self.train_ds.column_names if c != "prompt"]
         # "correct" is decided by the run's accuracy verifier (spro.data.loader.accuracy_verifier), never by
         # default by a shaped reward; without one, accuracy is null (the Scorer still needs a name: the first)
@@ -165,7 +166,8 @@ class Trainer:
         self.run_info = {} if iso is None else {"sandbox.isolation": iso}  # (train.log, TensorBoard's and W&B's config)
         self.run_facts = {} if iso is None else {"sandbox/isolation": float(("bwrap", "namespace", "none").index(iso))}
         task = load_task(cfg.data) if datasets is None else None
-        self.diagnostics = (ProcessDiagnostics(task, self.tok, self.algorithm.diagnostic_names)
+        rendered = {r: p for r, p in zip(self.train_prompts, self.train_ds["prompt"]) if r != p and isinstance(p, str)}
+        self.diagnostics = (ProcessDiagnostics(task, self.tok, self.algorithm.diagnostic_names, rendered)
                             if cfg.logging.diagnostics else None)
         if self.is_main:
             print(f"spro: {data.summary}", file=sys.stderr, flush=True)
@@ -447,7 +449,7 @@ class Trainer:
                 self.out / "checkpoints", self.step, model=self.model, tokenizer=self.tok, optimizer=self.optimizer,
                 scheduler=self.scheduler, run_config=to_dict(self.cfg),
                 trainer_state={"time": self.elapsed, "data_position": self.cursor,
-                               "num_processes": self.world},
+                               "num_processes": self.world, "chat_template_applied": self.chat_template_applied},
                 rng_states=rng, keep_last=self.cfg.keep_last,
                 extra_savers={ckpt_lib.ALGORITHM_STATE: self.algorithm.save} if self.algorithm.has_state else None,
             )

@@ -70,6 +70,11 @@ class SFTConfig:
     reward: str | None = field(default=None, metadata={
         "help": "Reward of the held-out accuracy for data (a name or module:function); None: the dataset's "
         "default (math; code for rows with tests; eurus for Eurus data)."})
+    chat_template: str = field(default="auto", metadata={
+        "help": "String prompts through the tokenizer's chat template, by spro train's data.chat_template rule: "
+        "'on', 'off', or 'auto' (on when the tokenizer has a template and the model's name says instruct, chat "
+        "or it). The choice is recorded in the saved folder's sft_config.json (chat_template_applied), and "
+        "spro train / spro eval with data.chat_template=auto render prompts the same way for that model."})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_n", "max_new_tokens"):
@@ -82,6 +87,10 @@ class SFTConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
         if not (self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.chat_template in (True, False):  # YAML's on / off
+            self.chat_template = "on" if self.chat_template else "off"
+        if self.chat_template not in ("auto", "on", "off"):
+            raise ValueError(f"chat_template must be auto, on or off, got {self.chat_template!r}")
         if self.eval_data is not None and self.data is None:
             raise ValueError("eval_data needs data (the built-in task has its own validation split)")
 
@@ -137,9 +146,10 @@ class SFTResult:
     cpu_seconds: float = 0.0  # process CPU time (all threads); wall time suffers from CPU contention
 
 
-def encode_example(tokenizer: Any, prompt: Any, solution: str) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer: Any, prompt: Any, solution: str, *, chat_template: bool = False
+                   ) -> tuple[list[int], list[int]]:
     """Token ids of the rendered prompt and of ``solution + eos`` (the supervised part)."""
-    p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    p = tokenizer(render_prompt(tokenizer, prompt, chat_template=chat_template), add_special_tokens=False)["input_ids"]
     c = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return p, c
 
@@ -223,14 +233,16 @@ def sft_data(config: SFTConfig) -> SFTData:
     return SFTData(ds, [str(v) for v in ds[col]], validation, get_reward(config.reward or default_reward(ds, source=config.data, how="--reward NAME")))
 
 
-def validation_accuracy(model: Any, tokenizer: Any, data: Any, reward: Any, max_new_tokens: int) -> dict[str, Any]:
+def validation_accuracy(model: Any, tokenizer: Any, data: Any, reward: Any, max_new_tokens: int, *,
+                        chat_template: bool = False) -> dict[str, Any]:
     """Greedy accuracy (fraction of responses the reward calls correct: value >= 1), mean reward and mean length
-    on the held-out rows ``data``."""
+    on the held-out rows ``data`` (string prompts through the chat template with ``chat_template``)."""
     from spro.rewards.scoring import Scorer
     from spro.rollout import generate_completions
 
     prompts = list(data["prompt"])
-    texts, lengths, _ = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=100)
+    shown = [[{"role": "user", "content": p}] if chat_template and isinstance(p, str) else p for p in prompts]
+    texts, lengths, _ = generate_completions(model, tokenizer, shown, max_new_tokens=max_new_tokens, batch_size=100)
     columns = {c: list(data[c]) for c in data.column_names if c != "prompt"}
     scores = Scorer.of(reward)(prompts, [t[0] for t in texts], columns)
     return {"accuracy": float(scores.correct.double().mean()), "reward_mean": float(scores.rewards.double().mean()),
@@ -267,7 +279,12 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
             model, tokenizer = load_model(config.model)
         else:
             model, tokenizer = load_model_and_tokenizer(config.model)
-    examples = [encode_example(tokenizer, p, s) for p, s in zip(data.train["prompt"], data.targets)]
+    from spro.data.prompts import resolve_chat_template
+
+    chat, chat_why = resolve_chat_template(config.chat_template, tokenizer, config.model)
+    if progress:
+        print(f"spro sft: string prompts {'through the chat template' if chat else 'used as they are'} ({chat_why})")
+    examples = [encode_example(tokenizer, p, s, chat_template=chat) for p, s in zip(data.train["prompt"], data.targets)]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit:
         too_long = [i for i, (p, c) in enumerate(examples) if len(p) + len(c) > limit]
@@ -324,7 +341,8 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
         last = step + 1 == config.steps
         if (config.eval_every and (step + 1) % config.eval_every == 0) or last:
             te = time.time()
-            v = validation_accuracy(model, tokenizer, data.validation, data.reward, config.max_new_tokens)
+            v = validation_accuracy(model, tokenizer, data.validation, data.reward, config.max_new_tokens,
+                                    chat_template=chat)
             model.train()
             eval_time += time.time() - te
             v["step"] = step + 1
@@ -343,7 +361,7 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
     cpu_seconds = time.process_time() - c0
     path = None
     if output_dir is not None:
-        meta = {**config.to_dict(), "task_kwargs_resolved": data.knobs, "train_rows": len(examples),
+        meta = {**config.to_dict(), "chat_template_applied": chat, "task_kwargs_resolved": data.knobs, "train_rows": len(examples),
                 "seconds": seconds, "cpu_seconds": cpu_seconds,
                 "eval_seconds": eval_time, "torch_threads": torch.get_num_threads(), "validation": validation}
         path = save_model_and_tokenizer(model, tokenizer, output_dir, extra_files={
