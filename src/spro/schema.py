@@ -208,8 +208,9 @@ class DataConfig:
     chat_template: str | bool = _f(  # (YAML reads on / off as true / false)
         "auto",
         help="String prompts through the tokenizer's chat template (as one user message, with the generation "
-        "prompt): 'on', 'off', or 'auto' = on when the tokenizer has a chat template and model.name_or_path (or "
-        "model.gguf_file) names an instruct/chat model (Instruct, chat or it as a word, e.g. SmolLM2-135M-Instruct, "
+        "prompt): 'on', 'off', or 'auto' = as spro trained the model when model.name_or_path is a folder spro saved "
+        "(a spro sft warm start, a spro train checkpoint: they record it), else on when the tokenizer has a chat "
+        "template and model.name_or_path (or model.gguf_file) names an instruct/chat model (Instruct, chat or it as a word, e.g. SmolLM2-135M-Instruct, "
         "gemma-2-2b-it), off otherwise. Chat-message prompts always use the template. The choice and the first "
         "rendered prompt are printed at the start.",
         check=(lambda v: v in ("auto", "on", "off", True, False), "auto, on or off"),
