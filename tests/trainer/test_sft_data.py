@@ -103,6 +103,12 @@ def test_cli_picks_the_finetune_settings_for_a_dataset_and_a_model(tmp_path, cap
     meta = json.loads((out / "sft_config.json").read_text())
     assert (meta["lr"], meta["batch_size"]) == (FINETUNE.lr, FINETUNE.batch_size) and meta["steps"] == 2
     assert "preset finetune" in " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    # a model of one's own on the built-in task: the same (before: the tiny model's lr 5e-3)
+    out2 = tmp_path / "sft-task"
+    assert main(["sft", "--task", "arithmetic", "--model", str(model_dir), "--output", str(out2), "--steps", "1",
+                 "--eval-n", "2", "--max-new-tokens", "4", "--no-progress"]) == 0
+    meta = json.loads((out2 / "sft_config.json").read_text())
+    assert (meta["lr"], meta["batch_size"], meta["task"]) == (FINETUNE.lr, FINETUNE.batch_size, "arithmetic")
     assert main(["sft", "--data", "x.jsonl", "--task", "arithmetic", "--output", str(out)]) == 2
     assert main(["sft", "--data", "tests/fixtures/gsm8k.jsonl", "--column-map", "solution", "--output", str(out)]) == 2
     assert "--column-map 'solution': expected OURS=THEIRS" in capsys.readouterr().err

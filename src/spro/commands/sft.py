@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "move them aside to OUTPUT.old-N first (nothing is deleted); without it such a folder is refused.")
     parser.add_argument("--preset", choices=sorted(PRESETS) + ["finetune"], default=None,
                         help="Start from this preset's settings; flags and key=value override it. Default: finetune "
-                        "(lr 1e-5, batch 8, 100 steps, 256 new tokens) with data and model, weak (a tiny model's "
-                        "settings) otherwise.")
+                        "(lr 1e-5, batch 8, 100 steps, 256 new tokens) with --model (a pretrained model, on a dataset "
+                        "or the built-in task), weak (a fresh tiny model's settings, lr 5e-3) otherwise.")
     add_flags(parser, SFTConfig, FLAGS)
     parser.add_argument("--task-knob", action="append", default=[], metavar="KEY=VALUE",
                         help="A task knob, short for task_kwargs.KEY=VALUE (YAML value), e.g. num_operands=[3,5]. "
@@ -65,7 +65,8 @@ def resolve_config(args: argparse.Namespace):
         [f"column_map.{i}" for i in args.column_map] + [f"task_kwargs.{i}" for i in args.task_knob] + args.overrides))
     if given.get("data") is not None and given.get("task") is not None:
         raise ValueError("give data (a dataset) or task (a built-in task), not both")
-    preset = args.preset or ("finetune" if given.get("data") and given.get("model") else "weak")
+    # a model of your own is a pretrained one: the tiny presets' lr (5e-3) would wreck it
+    preset = args.preset or ("finetune" if given.get("model") else "weak")
     base = FINETUNE if preset == "finetune" else PRESETS[preset]
     return preset, options.build(SFTConfig, OmegaConf.merge(options.layer(base.to_dict()), given))
 
