@@ -110,7 +110,8 @@ def _resolve_model(spec: str):
 
 def _chat_template(cfg: EvalConfig, model_dir: Any, tokenizer: Any) -> tuple[bool, str]:
     """``chat_template``, else the ``data.chat_template`` of the run a checkpoint comes from (``off`` for runs
-    from before that key), else ``auto``; ``auto`` looks at the run's ``model.name_or_path`` / ``gguf_file``."""
+    from before that key), else ``auto``; ``auto`` follows the record of the checkpoint (or of the warm start it
+    came from), else looks at the run's ``model.name_or_path`` / ``gguf_file``."""
     from spro.data.prompts import resolve_chat_template
     from spro.trainer.checkpoint import CheckpointError, read_run_config
 
@@ -121,7 +122,8 @@ def _chat_template(cfg: EvalConfig, model_dir: Any, tokenizer: Any) -> tuple[boo
         run = None
     if run is not None:
         mode = mode or run.get("data", {}).get("chat_template", "off")
-        names = [run.get("model", {}).get("name_or_path"), run.get("model", {}).get("gguf_file")]
+        # the checkpoint's own record first (spro train writes how it rendered prompts), then the run's model
+        names = [str(model_dir), run.get("model", {}).get("name_or_path"), run.get("model", {}).get("gguf_file")]
     return resolve_chat_template(mode or "auto", tokenizer, *names)
 
 
