@@ -35,9 +35,11 @@ def cache_key(preset: str) -> str:
 
     cfg = get_preset(preset)
     task = get_task(cfg.task, **cfg.task_kwargs)
-    # the fields of dataset SFT count only when set, so that the warm starts built before they existed keep their key
+    # the fields of dataset SFT (and chat_template) count only when set, so that the warm starts built before they
+    # existed keep their key
     defaults = SFTConfig().to_dict()
-    config = {k: v for k, v in cfg.to_dict().items() if k not in DATASET_FIELDS or v != defaults[k]}
+    config = {k: v for k, v in cfg.to_dict().items()
+              if k not in (*DATASET_FIELDS, "chat_template") or v != defaults[k]}
     config["task_knobs"] = config.pop("task_kwargs")  # its name before 0.2: the warm starts built since keep their key
     blob = json.dumps(
         {"preset": preset, "config": config, "task": getattr(task, "knobs", lambda: None)(),
