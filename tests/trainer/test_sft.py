@@ -166,3 +166,18 @@ def test_sft_records_its_prompt_rendering_and_auto_follows_it(tmp_path):
         assert resolve_chat_template("off", tok, str(out))[0] is False  # explicit settings win
     with pytest.raises(ValueError, match="chat_template must be auto, on or off"):
         tiny_config(chat_template="yes")
+
+
+def test_warm_start_cache_key_ignores_unset_new_fields(monkeypatch):
+    """Adding an SFT field with its default must not change the cached warm starts' key (a rebuild of every
+    cache); setting it must."""
+    import dataclasses
+
+    from spro.trainer import sft as sft_mod
+    from spro.trainer.warmstart import cache_key
+
+    before = cache_key("weak")
+    monkeypatch.setitem(sft_mod.PRESETS, "weak", dataclasses.replace(sft_mod.PRESETS["weak"], chat_template="on"))
+    assert cache_key("weak") != before
+    monkeypatch.setitem(sft_mod.PRESETS, "weak", dataclasses.replace(sft_mod.PRESETS["weak"], chat_template="auto"))
+    assert cache_key("weak") == before
