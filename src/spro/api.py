@@ -38,6 +38,7 @@ What maps to what (docs/python-api.md has the whole story):
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -154,6 +155,12 @@ def _save_start_model(model: Any, processing_class: Any, out: Path, overwrite: b
     dest = out / START_MODEL
     model.save_pretrained(str(dest))
     tok.save_pretrained(str(dest))
+    # the folder's name says nothing of the model's: record what data.chat_template=auto decides for the source
+    from spro.data.prompts import PROMPTS_RECORD, resolve_chat_template
+
+    src = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(model, "name_or_path", None)
+    applied = resolve_chat_template("auto", tok, src)[0] if src else False
+    (dest / PROMPTS_RECORD).write_text(json.dumps({"source": src, "chat_template_applied": applied}))
     return dest
 
 

@@ -87,3 +87,5 @@ def test_spro_eval_follows_the_runs_setting_and_the_flag(model_dir, tmp_path, ca
     assert "string prompts through the chat template (data.chat_template=auto" in capsys.readouterr().err
     assert main(args + ["--out", str(out), "--chat-template", "off"]) == 0
     assert json.loads(out.read_text())["chat_template"] is False
+    assert main(args + ["--out", str(out), "chat_template=off"]) == 0  # YAML reads off as false: still off
+    assert json.loads(out.read_text())["chat_template"] is False

@@ -106,7 +106,7 @@ def test_first_error_diagnostics_read_the_task_prompt_behind_the_chat_template(m
 
     ckpt = next((run / "checkpoints").glob("step-*"))
     chat, why = resolve_chat_template("auto", build_char_tokenizer(), str(ckpt))
-    assert chat is True and "spro train trained" in why, why
+    assert chat is True and "(spro train trained it so)" in why, why
 
 
 def test_ties_share_the_top1_hit():
@@ -140,7 +140,7 @@ def test_diagnose_command_with_the_chat_template_and_task_knobs(model_dir, tmp_p
     assert main(["diagnose", "--model", str(model_dir), "--ref", str(model_dir), "--task", "arithmetic", "--n", "4",
                  "--k", "2", "--max-new-tokens", "12", "--chat-template", "on", "--task-knob", "value_range=[10,99]",
                  "--out", str(out)]) == 0
-    assert "prompts through the chat template (data.chat_template=on)" in capsys.readouterr().err
+    assert "prompts through the chat template (--chat-template=on)" in capsys.readouterr().err
     result = json.loads(out.read_text())
     assert result["chat_template"] is True and result["signals"]["self_reward"]["n"] > 0
     assert main(["diagnose", "--model", str(model_dir), "--ref", str(model_dir), "--task-knob", "value_range"]) == 2

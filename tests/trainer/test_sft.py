@@ -162,7 +162,7 @@ def test_sft_records_its_prompt_rendering_and_auto_follows_it(tmp_path):
         assert result.validation[0]["n"] == 4
         assert json.loads((out / "sft_config.json").read_text())["chat_template_applied"] is applied
         chat, why = resolve_chat_template("auto", tok, str(out))
-        assert chat is applied and "spro sft trained" in why, why
+        assert chat is applied and "(spro sft trained it so)" in why, why
         assert resolve_chat_template("off", tok, str(out))[0] is False  # explicit settings win
     with pytest.raises(ValueError, match="chat_template must be auto, on or off"):
         tiny_config(chat_template="yes")
@@ -181,3 +181,16 @@ def test_warm_start_cache_key_ignores_unset_new_fields(monkeypatch):
     assert cache_key("weak") != before
     monkeypatch.setitem(sft_mod.PRESETS, "weak", dataclasses.replace(sft_mod.PRESETS["weak"], chat_template="auto"))
     assert cache_key("weak") == before
+
+
+def test_sft_cli_takes_chat_template_on_and_off(tmp_path):
+    """YAML reads on / off as booleans: chat_template=on|off and --chat-template on|off all work."""
+    from spro.cli import main
+
+    small = ["--steps", "1", "--eval-n", "2", "--max-new-tokens", "4", "--no-progress", "hidden_size=32",
+             "num_layers=1", "num_heads=2", "intermediate_size=64", "batch_size=4"]
+    for i, args in enumerate((["chat_template=on"], ["--chat-template", "on"], ["chat_template=off"])):
+        out = tmp_path / f"m{i}"
+        assert main(["sft", "-o", str(out), *small, *args]) == 0, args
+        applied = json.loads((out / "sft_config.json").read_text())["chat_template_applied"]
+        assert applied is (args[-1].endswith("on")), args

@@ -31,9 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="Write the JSON to this file.")
     parser.add_argument("--task-knob", action="append", default=[], metavar="KEY=VALUE",
                         help="A task knob (YAML value), e.g. value_range=[10,99]; repeatable.")
-    parser.add_argument("--chat-template", default="auto", choices=("auto", "on", "off"),
+    parser.add_argument("--chat-template", default=None, choices=("auto", "on", "off"),
                         help="Prompts through the tokenizer's chat template, by spro train's data.chat_template rule "
-                        "(auto: as spro trained --model when it saved it, else on for a model named instruct/chat/it).")
+                        "(auto: as spro trained --model when it saved it, else on for a model named instruct/chat/it). "
+                        "Default: the setting of the run a checkpoint comes from, else auto (as spro eval).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,16 +42,16 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.console import Console
-    from rich.table import Table
+    from types import SimpleNamespace
 
     import yaml
+    from rich.table import Table
 
-    from spro.data.prompts import resolve_chat_template
+    from spro.commands.eval import _chat_template, _resolve_model
     from spro.data.tasks import get_task
-    from spro.options import ConfigError
     from spro.experiments.diagnose import diagnose
-    from spro.models.loading import load_model_and_tokenizer
-    from spro.trainer.warmstart import resolve_model
+    from spro.models.loading import load_model
+    from spro.options import ConfigError
 
     try:
         knobs = {}
@@ -58,12 +59,15 @@ def run(args: argparse.Namespace) -> int:
             key, sep, value = kv.partition("=")
             if not sep or not key:
                 raise ValueError(f"--task-knob expects KEY=VALUE, got {kv!r}")
-            knobs[key] = yaml.safe_load(value)
+            try:
+                knobs[key] = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ValueError(f"--task-knob {kv!r}: the value is not YAML ({str(e).splitlines()[0]})") from None
         task = get_task(args.task, **knobs)
-        path = resolve_model(args.model)
-        model, tok = load_model_and_tokenizer(path)
-        ref, _ = load_model_and_tokenizer(resolve_model(args.ref))
-        chat, why = resolve_chat_template(args.chat_template, tok, str(path), args.model)
+        path = _resolve_model(args.model)  # a run folder: its latest checkpoint (LoRA ones too)
+        model, tok = load_model(str(path))
+        ref, _ = load_model(str(_resolve_model(args.ref)))
+        chat, why = _chat_template(SimpleNamespace(chat_template=args.chat_template, model=args.model), path, tok)
         print(f"spro diagnose: prompts {'through the chat template' if chat else 'used as they are'} ({why})",
               file=sys.stderr)
         result = diagnose(model, ref, tok, task, split=args.split, n=args.n, k=args.k,

@@ -54,10 +54,12 @@ class EvalConfig:
                              check=(lambda v: v >= 1, ">= 1"))
     seed: int = option(0, help="Sampling seed.", check=(lambda v: v >= 0, ">= 0"))
     out: str | None = option(None, help="Write the results as JSON to this file.")
-    chat_template: str | None = option(
-        None, help="String prompts through the tokenizer's chat template, by data.chat_template's rule (auto: the "
-        "tokenizer has one and the model's name says Instruct, chat or it). null: the setting of the run a "
-        "checkpoint comes from, else auto.", choices=("auto", "on", "off", None))
+    chat_template: str | bool | None = option(  # (YAML reads on / off as true / false)
+        None, help="String prompts through the tokenizer's chat template, by data.chat_template's rule: on, off, or "
+        "auto (as spro trained the model when it is a folder spro saved: a spro sft warm start or a spro train "
+        "checkpoint records it; else on when the tokenizer has one and the model's name says Instruct, chat or it). "
+        "null: the setting of the run a checkpoint comes from, else auto.",
+        check=(lambda v: v in ("auto", "on", "off", True, False, None), "auto, on, off or null"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,10 +123,10 @@ def _chat_template(cfg: EvalConfig, model_dir: Any, tokenizer: Any) -> tuple[boo
     except CheckpointError:
         run = None
     if run is not None:
-        mode = mode or run.get("data", {}).get("chat_template", "off")
+        mode = run.get("data", {}).get("chat_template", "off") if mode is None else mode
         # the checkpoint's own record first (spro train writes how it rendered prompts), then the run's model
         names = [str(model_dir), run.get("model", {}).get("name_or_path"), run.get("model", {}).get("gguf_file")]
-    return resolve_chat_template(mode or "auto", tokenizer, *names)
+    return resolve_chat_template("auto" if mode is None else mode, tokenizer, *names, key="--chat-template")
 
 
 def _reasoning_gym_split(cfg: EvalConfig):

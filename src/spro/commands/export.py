@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import json
+
     from spro.commands.eval import _resolve_model
+    from spro.data.prompts import PROMPTS_RECORD, warm_start_rendering
     from spro.models.loading import load_model, save_model_and_tokenizer
     from spro.trainer.rundir import check_output_folder
 
@@ -43,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder(args.output, overwrite=args.overwrite)
         source = _resolve_model(args.model)
         model, tok = load_model(str(source), dtype=args.dtype)  # LoRA adapters merged ("merge" is the default)
-        path = save_model_and_tokenizer(model, tok, args.output)
+        # how spro rendered prompts for the source (a warm start's or a checkpoint's record) travels with it
+        record = warm_start_rendering(str(source))
+        extra = None if record is None else {PROMPTS_RECORD: json.dumps(
+            {"source": str(args.model), "chat_template_applied": record[0]})}
+        path = save_model_and_tokenizer(model, tok, args.output, extra_files=extra)
     except ValueError as exc:
         print(f"spro export: error: {exc}", file=sys.stderr)
         return 2

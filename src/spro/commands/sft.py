@@ -15,7 +15,8 @@ import argparse
 
 HELP = "Supervised warm start of a causal LM on a task's or a dataset's solutions."
 
-FLAGS = ("model", "task", "steps", "batch_size", "lr", "eval_every", "eval_n", "seed", "threads", "max_new_tokens")
+FLAGS = ("model", "task", "steps", "batch_size", "lr", "eval_every", "eval_n", "seed", "threads", "max_new_tokens",
+         "chat_template")
 DATA_FLAGS = ("data", "schema", "solution_column", "prompt_template", "eval_data", "reward")
 
 

@@ -168,7 +168,7 @@ class TrainingData:
     eval_prompts: list[str] | None = None  # the rendered evaluation prompts (data.chat_template applied)
     accuracy: str | None = None  # the reward that decides "correct" (accuracy_verifier); None = not reported
     accuracy_note: str = ""  # accuracy_verifier's sentence (also in summary)
-    chat_template: bool = False  # string prompts went through the chat template (data.chat_template, resolved)
+    chat_template: bool = False  # prompts went through the chat template (chat messages, or strings by data.chat_template)
 
 
 def training_data(cfg: TrainConfig, tokenizer: Any, context: int | None, datasets: tuple[Any, Any] | None = None
@@ -179,8 +179,12 @@ def training_data(cfg: TrainConfig, tokenizer: Any, context: int | None, dataset
     from spro.data.prompts import render_prompt, resolve_chat_template
 
     d, max_new = cfg.data, cfg.rollout.max_new_tokens
-    chat, why = resolve_chat_template(getattr(d, "chat_template", "off"), tokenizer, cfg.model.name_or_path,
-                                      cfg.model.gguf_file)
+    name = cfg.model.name_or_path
+    if isinstance(name, str) and name.startswith("warmstart:"):  # (built by now: the model is loaded)
+        from spro.trainer.warmstart import resolve_model
+
+        name = resolve_model(name, progress=False)
+    chat, why = resolve_chat_template(getattr(d, "chat_template", "off"), tokenizer, name, cfg.model.gguf_file)
     train, evals = load_datasets(cfg) if datasets is None else given_datasets(*datasets)
     train, prompts = check_prompt_lengths(train, [render_prompt(tokenizer, p, chat_template=chat)
                                                   for p in train["prompt"]], tokenizer,
@@ -203,7 +207,7 @@ def training_data(cfg: TrainConfig, tokenizer: Any, context: int | None, dataset
     first = (f"\nspro: string prompts {'through the chat template' if chat else 'used as they are'} ({why}); "
              if strings else "\nspro: chat prompts through the tokenizer's chat template; ") + f"first prompt: {shown!r}"
     return TrainingData(train, prompts, evals, specs, f"data {what}; {note}{first}", eval_prompts, accuracy,
-                        acc_note, chat_template=bool(chat and strings))
+                        acc_note, chat_template=bool(chat or not strings))  # chat messages: always the template
 
 
 def given_datasets(train: Any, evals: Any) -> tuple[Any, Any]:

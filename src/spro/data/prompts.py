@@ -50,15 +50,19 @@ def names_chat_model(*names: str | None) -> str | None:
     return None
 
 
-# the files in which spro records how it rendered string prompts for a model it saved ("chat_template_applied"):
-# spro sft's folder, and each checkpoint of spro train
-RECORDS = {"sft_config.json": "spro sft", "trainer_state.json": "spro train"}
+# the files in which spro records how string prompts are rendered for a model it saved ("chat_template_applied"):
+# spro sft's folder, each checkpoint of spro train, and (PROMPTS_RECORD) what spro export writes from a source with a
+# record and the start model that spro.train saves from a model object
+PROMPTS_RECORD = "spro_prompts.json"
+RECORDS = {"sft_config.json": "spro sft trained it so", "trainer_state.json": "spro train trained it so",
+           PROMPTS_RECORD: "recorded from the model it was saved from"}
 
 
 def warm_start_rendering(*names: str | None) -> tuple[bool, str] | None:
     """How spro rendered string prompts for the model in the first of ``names`` that is a folder it saved
-    (``spro sft``'s output, a ``spro train`` checkpoint: their ``sft_config.json`` / ``trainer_state.json``
-    record ``chat_template_applied``): ``(applied, "spro sft trained 'FOLDER'")``; None if none is."""
+    (``spro sft``'s output, a ``spro train`` checkpoint, ``spro export``'s output, ``spro.train``'s start model:
+    their ``sft_config.json`` / ``trainer_state.json`` / ``spro_prompts.json`` record ``chat_template_applied``):
+    ``(applied, "for 'FOLDER' (spro sft trained it so)")``; None if none is."""
     import json
 
     for name in names:
@@ -71,11 +75,12 @@ def warm_start_rendering(*names: str | None) -> tuple[bool, str] | None:
             except (OSError, ValueError):
                 continue
             if isinstance(applied, bool):
-                return applied, f"{who} trained {str(name)!r}"
+                return applied, f"for {str(name)!r} ({who})"
     return None
 
 
-def resolve_chat_template(mode: Any, tokenizer: Any, *names: str | None) -> tuple[bool, str]:
+def resolve_chat_template(mode: Any, tokenizer: Any, *names: str | None, key: str = "data.chat_template"
+                          ) -> tuple[bool, str]:
     """``(apply the chat template to string prompts, why)`` for ``data.chat_template`` = ``mode``.
 
     ``on``: yes (an error when the tokenizer has no chat template); ``off``: no; ``auto``: as spro trained the
@@ -85,26 +90,30 @@ def resolve_chat_template(mode: Any, tokenizer: Any, *names: str | None) -> tupl
     ``model.name_or_path``, ``model.gguf_file``) says it is an instruct/chat model (:func:`names_chat_model`),
     no otherwise (a base model's tokenizer often carries a template too, so the template alone does not
     decide). YAML's ``true``/``false`` stand for on/off. Prompts given as chat messages always use the template.
+    ``key``: the setting's name in the caller's messages (``chat_template=`` of spro sft, ``--chat-template``).
     """
     from spro.options import ConfigError
 
     mode = {True: "on", False: "off"}.get(mode, mode) if isinstance(mode, bool) else mode
     if mode not in CHAT_MODES:
-        raise ConfigError(f"data.chat_template: expected auto, on or off, got {mode!r}")
+        raise ConfigError(f"{key}: expected auto, on or off, got {mode!r}")
     has = getattr(tokenizer, "chat_template", None) is not None
     if mode == "on":
         if not has:
-            raise ConfigError("data.chat_template=on: the model's tokenizer has no chat template; set "
-                              "data.chat_template=off (or auto), or give model.tokenizer one with a template")
-        return True, "data.chat_template=on"
+            where = "model.tokenizer one" if key == "data.chat_template" else "the model a tokenizer"
+            raise ConfigError(f"{key}=on: the model's tokenizer has no chat template; set {key}=off (or auto), "
+                              f"or give {where} with a template")
+        return True, f"{key}=on"
     if mode == "off":
-        return False, "data.chat_template=off"
+        return False, f"{key}=off"
     warm = warm_start_rendering(*names)
     if warm is not None and (has or not warm[0]):
         how = "through the chat template" if warm[0] else "as they are"
-        return warm[0], f"data.chat_template=auto: {warm[1]} on prompts {how}"
+        return warm[0], f"{key}=auto: prompts {how} {warm[1]}"
     chat_name = names_chat_model(*names)
     if has and chat_name:
-        return True, f"data.chat_template=auto: the tokenizer has a chat template and {chat_name!r} names a chat model"
+        return True, f"{key}=auto: the tokenizer has a chat template and {chat_name!r} names a chat model"
     why = "the tokenizer has no chat template" if not has else "the model's name does not say instruct, chat or it"
-    return False, f"data.chat_template=auto: {why}; data.chat_template=on applies it"
+    if warm is not None:  # recorded through a template this tokenizer does not have
+        why = f"prompts through a chat template {warm[1]}, and this tokenizer has none"
+    return False, f"{key}=auto: {why}; {key}=on applies it"

@@ -12,9 +12,13 @@ the mean token cross-entropy over the completion tokens only (prompt and padding
 reward (``reward``, default :func:`spro.data.loader.default_reward`), and an atomic HF-format
 save at the end.
 
+String prompts go through the tokenizer's chat template by ``chat_template`` (spro train's
+``data.chat_template`` rule), and the saved folder's ``sft_config.json`` records the choice
+(``chat_template_applied``), which ``auto`` in spro train, spro eval and spro diagnose follows.
+
 Presets (see :data:`PRESETS`): ``weak`` - a tiny model trained briefly, greedy test accuracy
 in the 20-50% range, the starting policy for RL; ``strong`` - trained longer, a competent model.
-:data:`FINETUNE` - settings for a pretrained model on a dataset (``spro sft --data F --model D``).
+:data:`FINETUNE` - settings for a pretrained model (``spro sft --model D``, on a dataset or a task).
 """
 
 from __future__ import annotations
@@ -70,11 +74,12 @@ class SFTConfig:
     reward: str | None = field(default=None, metadata={
         "help": "Reward of the held-out accuracy for data (a name or module:function); None: the dataset's "
         "default (math; code for rows with tests; eurus for Eurus data)."})
-    chat_template: str = field(default="auto", metadata={
+    chat_template: str | bool = field(default="auto", metadata={  # (YAML reads on / off as true / false)
         "help": "String prompts through the tokenizer's chat template, by spro train's data.chat_template rule: "
-        "'on', 'off', or 'auto' (on when the tokenizer has a template and the model's name says instruct, chat "
-        "or it). The choice is recorded in the saved folder's sft_config.json (chat_template_applied), and "
-        "spro train / spro eval with data.chat_template=auto render prompts the same way for that model."})
+        "'on', 'off', or 'auto' (as spro trained the model when it is a folder spro saved, else on when the "
+        "tokenizer has a template and the model's name says instruct, chat or it). The choice is recorded in the "
+        "saved folder's sft_config.json (chat_template_applied), and spro train, spro eval and spro diagnose with "
+        "auto render prompts the same way for that model."})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_n", "max_new_tokens"):
@@ -281,7 +286,7 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
             model, tokenizer = load_model_and_tokenizer(config.model)
     from spro.data.prompts import resolve_chat_template
 
-    chat, chat_why = resolve_chat_template(config.chat_template, tokenizer, config.model)
+    chat, chat_why = resolve_chat_template(config.chat_template, tokenizer, config.model, key="chat_template")
     if progress:
         print(f"spro sft: string prompts {'through the chat template' if chat else 'used as they are'} ({chat_why})")
     examples = [encode_example(tokenizer, p, s, chat_template=chat) for p, s in zip(data.train["prompt"], data.targets)]
