@@ -194,3 +194,17 @@ def test_sft_cli_takes_chat_template_on_and_off(tmp_path):
         assert main(["sft", "-o", str(out), *small, *args]) == 0, args
         applied = json.loads((out / "sft_config.json").read_text())["chat_template_applied"]
         assert applied is (args[-1].endswith("on")), args
+
+
+def test_spro_export_carries_the_rendering_record(tmp_path):
+    """An exported warm start keeps how it was trained: auto still renders through the template, whatever the
+    new folder is called."""
+    from spro.cli import main
+    from spro.data.prompts import PROMPTS_RECORD, resolve_chat_template
+
+    src, out = tmp_path / "sft", tmp_path / "exported"
+    sft(tiny_config(steps=1, eval_every=0, eval_n=2, chat_template="on"), src, progress=False)
+    assert main(["export", "--model", str(src), "--output", str(out)]) == 0
+    assert json.loads((out / PROMPTS_RECORD).read_text())["chat_template_applied"] is True
+    chat, why = resolve_chat_template("auto", build_char_tokenizer(), str(out))
+    assert chat is True and "recorded from the model it was saved from" in why, why
