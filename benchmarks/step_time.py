@@ -50,7 +50,7 @@ def make_model(folder: Path) -> Path:
 
 
 def spro_trainer(model_dir: Path, out: Path, algorithm: str, prompts: int, G: int, new_tokens: int,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", backend: str = "hf"):
     from spro.config import load_config
     from spro.trainer import Trainer
 
@@ -59,7 +59,7 @@ def spro_trainer(model_dir: Path, out: Path, algorithm: str, prompts: int, G: in
         "total_steps=1000", "eval_every=-1", "device=cpu", "data.task=arithmetic", "data.train_size=2000",
         f"rollout.prompts_per_step={prompts}", f"rollout.num_generations={G}", f"rollout.max_new_tokens={new_tokens}",
         f"algorithm.kl_coef={KL}", f"optim.lr={LR}", "logging.tensorboard=false", "logging.progress_bar=false",
-        f"model.precision={precision}",
+        f"model.precision={precision}", f"rollout.backend={backend}",
     ])
     t = Trainer(cfg)
     t.train_step()  # warm-up
@@ -123,6 +123,8 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step (default 8)")
     ap.add_argument("--generations", type=int, default=8, help="responses per prompt (default 8)")
     ap.add_argument("--new-tokens", type=int, default=32, help="max new tokens per response (default 32)")
+    ap.add_argument("--backend", default="hf", choices=["hf", "decode"],
+                    help="rollout.backend of spro's trainers (decode: spro's own decode loop, examples/smollm2_gsm.md)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: spro's model.precision=bf16 and TRL's bf16=True (autocast on CPU too), for CPUs "
                     "with AMX-BF16 / AVX512-BF16 (default fp32)")
@@ -138,8 +140,8 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     model_dir = Path(args.model) if args.model else make_model(root / "model")
     res: dict[str, list[float]] = {"spro-grpo": [], "spro-spro": [], "trl-grpo": []}
-    ours = {"spro-grpo": spro_trainer(model_dir, root / "grpo", "grpo", *shape, args.precision),
-            "spro-spro": spro_trainer(model_dir, root / "spro", "spro", *shape, args.precision)}
+    ours = {"spro-grpo": spro_trainer(model_dir, root / "grpo", "grpo", *shape, args.precision, args.backend),
+            "spro-spro": spro_trainer(model_dir, root / "spro", "spro", *shape, args.precision, args.backend)}
     for r in range(args.rounds):
         for k in range(args.steps):  # GRPO and SPRO steps alternate (order flipped every step)
             for name in (("spro-grpo", "spro-spro") if k % 2 == 0 else ("spro-spro", "spro-grpo")):
@@ -151,7 +153,8 @@ def main() -> int:
     n_params = sum(p.numel() for p in ours["spro-grpo"].model.parameters())
     print(f"\nmodel {args.model or 'tiny (random init)'} ({n_params / 1e6:.1f}M parameters); torch {torch.__version__}, "
           f"transformers {transformers.__version__}, trl {trl.__version__}, {torch.get_num_threads()} threads; batch "
-          f"{args.prompts} prompts x {args.generations} samples, {args.new_tokens} new tokens; {args.precision}")
+          f"{args.prompts} prompts x {args.generations} samples, {args.new_tokens} new tokens; {args.precision}; "
+          f"spro's rollout.backend={args.backend}")
     print(f"{'trainer':<12} {'median s/step':>14} {'min':>8} {'max':>8} {'n':>4}")
     for k, v in res.items():
         print(f"{k:<12} {med[k]:>14.3f} {min(v):>8.3f} {max(v):>8.3f} {len(v):>4}")

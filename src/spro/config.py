@@ -307,6 +307,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(msg)
 
     batch = r.prompts_per_step * r.num_generations
+    need(r.backend != "decode" or r.repetition_penalty == 1.0,
+         f"rollout.repetition_penalty={r.repetition_penalty} is not implemented by rollout.backend=decode; set "
+         "rollout.backend=hf (transformers generate) for it")
     if r.generation_batch_size:
         need(
             r.generation_batch_size % r.num_generations == 0,

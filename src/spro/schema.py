@@ -296,9 +296,11 @@ class DataConfig:
 class RolloutConfig:
     backend: str = _f(
         "hf",
-        help="Generation backend: 'hf' (transformers generate). A vLLM backend can implement "
-        "spro.rollout.RolloutBackend.",
-        choices=("hf",),
+        help="Generation backend: 'hf' (transformers generate) or 'decode' (spro's own sampling loop over the "
+        "model's forward: the same distribution, other tokens for a seed; on a CPU it multiplies by packed "
+        "weights and draws by inverse transform sampling, the setting for real models on CPUs, "
+        "examples/smollm2_gsm.md; no repetition_penalty). A vLLM backend can implement spro.rollout.RolloutBackend.",
+        choices=("hf", "decode"),
     )
     num_generations: int = _f(
         8, help="G: responses sampled per prompt (the group of GRPO / SPRO's masked step advantage).",

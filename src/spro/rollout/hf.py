@@ -85,21 +85,8 @@ class HFGenerateBackend:
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
                 ids = enc["input_ids"].to(device)
                 attn = enc["attention_mask"].to(device)
-                kwargs: dict[str, Any] = dict(
-                    do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None,
-                    max_new_tokens=self.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id, use_cache=True,
-                    **self.extra_sampling,
-                )
-                P = ids.shape[1]
                 with autocast_scope(model):
-                    if self.share_prompt_prefix and P >= 2:
-                        cache = _prefill(model, ids, attn, G)
-                        out = model.generate(input_ids=ids.repeat_interleave(G, 0),
-                                             attention_mask=attn.repeat_interleave(G, 0),
-                                             **{_cache_kw(model): cache}, **kwargs)
-                    else:
-                        out = model.generate(input_ids=ids, attention_mask=attn, num_return_sequences=G, **kwargs)
-                new = out[:, P:]
+                    new = self._sample(model, ids, attn, G)
                 pieces.append((ids.repeat_interleave(G, 0), attn.repeat_interleave(G, 0), new))
         finally:
             tok.padding_side = old_side
@@ -122,6 +109,24 @@ class HFGenerateBackend:
             prompts=[p for p in prompts for _ in range(G)],
             completions=texts,
         )
+
+    def _sample(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, G: int) -> torch.Tensor:
+        """G responses to each of the n left-padded prompts ``ids``/``attn`` [n, P]: token ids [n*G, T] (rows
+        g*G..g*G+G-1 answer prompt g; after eos, anything: the caller masks it)."""
+        tok = self.tokenizer
+        kwargs: dict[str, Any] = dict(
+            do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None,
+            max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            use_cache=True, **self.extra_sampling,
+        )
+        P = ids.shape[1]
+        if self.share_prompt_prefix and P >= 2:
+            cache = _prefill(model, ids, attn, G)
+            out = model.generate(input_ids=ids.repeat_interleave(G, 0), attention_mask=attn.repeat_interleave(G, 0),
+                                 **{_cache_kw(model): cache}, **kwargs)
+        else:
+            out = model.generate(input_ids=ids, attention_mask=attn, num_return_sequences=G, **kwargs)
+        return out[:, P:]
 
 
 def _cache_kw(model: Any) -> str:
@@ -160,13 +165,15 @@ def _cat_right_padded(ts: list[torch.Tensor], value: int) -> torch.Tensor:
 
 def make_backend(name: str, model: Any, tokenizer: Any, rollout_config: Any, *,
                  share_prompt_prefix: bool = True) -> RolloutBackend:
-    """The backend called ``name`` ('hf') configured from a RolloutConfig."""
+    """The backend called ``name`` ('hf' or 'decode') configured from a RolloutConfig."""
+    r = rollout_config
+    kwargs = dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                  min_p=r.min_p, repetition_penalty=r.repetition_penalty,
+                  generation_batch_size=r.generation_batch_size)
     if name == "hf":
-        r = rollout_config
-        return HFGenerateBackend(
-            model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-            top_p=r.top_p, top_k=r.top_k, min_p=r.min_p, repetition_penalty=r.repetition_penalty,
-            generation_batch_size=r.generation_batch_size,
-            share_prompt_prefix=share_prompt_prefix,
-        )
-    raise ValueError(f"rollout.backend: unknown backend '{name}' (available: hf)")
+        return HFGenerateBackend(model, tokenizer, share_prompt_prefix=share_prompt_prefix, **kwargs)
+    if name == "decode":
+        from spro.rollout.decode import DecodeBackend
+
+        return DecodeBackend(model, tokenizer, **kwargs)
+    raise ValueError(f"rollout.backend: unknown backend '{name}' (available: hf, decode)")
