@@ -341,18 +341,23 @@ def attack_unix_socket(mode: str, tmp: str) -> str:
     abstract = "\0" + _token()
     ls = [_Listener(socket.AF_UNIX, path), _Listener(socket.AF_UNIX, abstract)]
     code = _RAW_NET + f'''
-import os
+import os, stat
 hits = []
 for how, fn in (("module", module_connect), ("raw", raw_connect)):
     for a in ({path!r}, {abstract!r}):
         addr = a if how == "module" else unix_addr(a.encode("latin-1"))
         if fn(socket.AF_UNIX if how == "module" else 1, addr):
             hits.append(how + ":" + repr(a))
+def is_socket(p):  # (only sockets can be connected to: trying every file of a bound venv under /tmp timed out)
+    try:
+        return stat.S_ISSOCK(os.lstat(p).st_mode)
+    except OSError:
+        return False
 for top in ("/tmp", "/run", "/var/run", "/dev/shm"):
     for d, _, files in os.walk(top):
         for f in files:
             p = os.path.join(d, f)
-            if module_connect(socket.AF_UNIX, p) or raw_connect(1, unix_addr(p.encode())):
+            if is_socket(p) and (module_connect(socket.AF_UNIX, p) or raw_connect(1, unix_addr(p.encode()))):
                 hits.append(p)
 print("CONNECTED", hits if hits else "")
 '''
