@@ -104,3 +104,28 @@ def test_resume_through_the_api(model_dir, tmp_path):
     out = spro.train(total_steps=1, **kw)
     assert spro.train(total_steps=2, resume=out, **kw) == out
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_the_start_model_of_a_model_object_records_its_source_s_rendering(model_dir, tmp_path, applied):
+    """spro.train(model=<object>) saves the object as the run's start model, a folder whose name says nothing of
+    the model: it records how the object's source (here a spro sft folder with a record) rendered prompts, and
+    data.chat_template=auto follows that record."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from spro.api import _save_start_model
+    from spro.data.prompts import PROMPTS_RECORD, resolve_chat_template
+    from spro.models.loading import load_model
+
+    model, tok = load_model(str(model_dir))
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    src = tmp_path / "warm"  # (no instruct/chat in the name: only the record can say)
+    model.save_pretrained(str(src))
+    tok.save_pretrained(str(src))
+    (src / "sft_config.json").write_text(json.dumps({"chat_template_applied": applied}))
+    dest = _save_start_model(AutoModelForCausalLM.from_pretrained(str(src)), tok, tmp_path / "run", overwrite=False)
+    assert json.loads((dest / PROMPTS_RECORD).read_text()) == {"source": str(src), "chat_template_applied": applied}
+    got, why = resolve_chat_template("auto", tok, str(dest))
+    assert got is applied and "recorded from the model it was saved from" in why

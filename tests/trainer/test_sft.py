@@ -208,3 +208,31 @@ def test_spro_export_carries_the_rendering_record(tmp_path):
     assert json.loads((out / PROMPTS_RECORD).read_text())["chat_template_applied"] is True
     chat, why = resolve_chat_template("auto", build_char_tokenizer(), str(out))
     assert chat is True and "recorded from the model it was saved from" in why, why
+
+
+def test_validation_renders_string_prompts_as_training_does(monkeypatch):
+    """SFT's held-out accuracy sees the prompts the way the model was fine-tuned on them: through the chat
+    template (as a user message) when it is applied, as they are otherwise; chat messages stay messages."""
+    from datasets import Dataset
+
+    import spro.rollout
+    from spro.trainer.sft import validation_accuracy
+
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, **kw):
+        seen.append(list(prompts))
+        return [["4"] for _ in prompts], [[1] for _ in prompts], [[False] for _ in prompts]
+
+    monkeypatch.setattr(spro.rollout, "generate_completions", fake_generate)
+    msgs = [{"role": "user", "content": "1+1="}]
+    data = Dataset.from_list([{"prompt": "2+2=", "answer": "4"}, {"prompt": "3+1=", "answer": "4"}])
+    reward = lambda completions, answer, **kw: [float(c == a) for c, a in zip(completions, answer)]  # noqa: E731
+    out = validation_accuracy(None, None, data, reward, 8, chat_template=True)
+    assert seen[-1] == [[{"role": "user", "content": "2+2="}], [{"role": "user", "content": "3+1="}]]
+    assert out["accuracy"] == 1.0 and out["n"] == 2
+    validation_accuracy(None, None, data, reward, 8, chat_template=False)
+    assert seen[-1] == ["2+2=", "3+1="]
+    chat = Dataset.from_list([{"prompt": msgs, "answer": "2"}])
+    validation_accuracy(None, None, chat, reward, 8, chat_template=True)
+    assert seen[-1] == [msgs]
