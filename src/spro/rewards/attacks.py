@@ -348,9 +348,9 @@ for how, fn in (("module", module_connect), ("raw", raw_connect)):
         addr = a if how == "module" else unix_addr(a.encode("latin-1"))
         if fn(socket.AF_UNIX if how == "module" else 1, addr):
             hits.append(how + ":" + repr(a))
-def is_socket(p):  # (only sockets can be connected to: trying every file of a bound venv under /tmp timed out)
-    try:
-        return stat.S_ISSOCK(os.lstat(p).st_mode)
+def is_socket(p):  # (only sockets can be connected to: trying every file of a bound venv under /tmp timed out;
+    try:             #  os.stat follows links, so a link to a socket elsewhere is tried too)
+        return stat.S_ISSOCK(os.stat(p).st_mode)
     except OSError:
         return False
 for top in ("/tmp", "/run", "/var/run", "/dev/shm"):
