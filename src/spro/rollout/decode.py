@@ -17,13 +17,12 @@ The speed-up on SmolLM2-135M: benchmarks/roofline.py (``--backends``).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
 from spro.models.packed import packed_linears
-from spro.rollout.hf import HFGenerateBackend, _cache_kw
+from spro.rollout.hf import HFGenerateBackend, _cache_kw, forward_params
 
 __all__ = ["DecodeBackend", "filter_logits", "sample_from_logits"]
 
@@ -102,7 +101,7 @@ class DecodeBackend(HFGenerateBackend):
         n, P = ids.shape
         T = self.max_new_tokens
         cache_kw = _cache_kw(model)
-        keep = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in forward_params(model) else {}
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **keep)
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
@@ -126,10 +125,3 @@ class DecodeBackend(HFGenerateBackend):
             cache = out.cache if hasattr(out, "cache") else out.past_key_values
             logits = out.logits[:, -1]
         return tokens
-
-
-def _takes(model: Any, name: str) -> bool:
-    inner = getattr(model, "module", model)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    return name in inspect.signature(inner.forward).parameters

@@ -131,13 +131,18 @@ class HFGenerateBackend:
 
 def _cache_kw(model: Any) -> str:
     """Name of the KV-cache argument of ``model.forward`` ('cache' in newer transformers)."""
+    return "cache" if "cache" in forward_params(model) else "past_key_values"
+
+
+def forward_params(model: Any) -> Any:
+    """The parameters of the forward of ``model`` itself, through DDP and peft (a peft model's forward passes
+    everything on by keyword)."""
     import inspect
 
     model = getattr(model, "module", model)  # DDP
-    if hasattr(model, "get_base_model"):  # a peft model: its forward passes the cache on by keyword
+    if hasattr(model, "get_base_model"):
         model = model.get_base_model()
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    return inspect.signature(model.forward).parameters
 
 
 def _prefill(model: Any, ids: torch.Tensor, attn: torch.Tensor, G: int) -> Any:
