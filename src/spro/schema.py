@@ -299,7 +299,9 @@ class RolloutConfig:
         help="Generation backend: 'hf' (transformers generate) or 'decode' (spro's own sampling loop over the "
         "model's forward: the same distribution, other tokens for a seed; on a CPU it multiplies by packed "
         "weights and draws by inverse transform sampling, the setting for real models on CPUs, "
-        "examples/smollm2_gsm.md; no repetition_penalty). A vLLM backend can implement spro.rollout.RolloutBackend.",
+        "examples/smollm2_gsm.md; no repetition_penalty). Either samples with the rollout.* settings only, never "
+        "with those of the model's generation_config.json (a warning names any it sets, e.g. top_k). A vLLM "
+        "backend can implement spro.rollout.RolloutBackend.",
         choices=("hf", "decode"),
     )
     num_generations: int = _f(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -173,3 +175,67 @@ def test_training_with_the_decode_backend_is_deterministic(model_dir, tmp_path):
     assert len(runs[0]) == 2
     keys = ("reward/mean", "length/mean", "loss", "grad_norm", "process/msa_abs_mean")
     assert [[m[k] for k in keys] for m in runs[0]] == [[m[k] for k in keys] for m in runs[1]]
+
+
+def test_decode_without_a_shared_prompt_prefix_pre_fills_every_copy(model_dir, monkeypatch):
+    """model.share_prompt_prefix=false: G copies of each prompt are pre-filled (no cache repeated), with the same
+    greedy tokens as the shared prefix."""
+    from spro.rollout import make_backend
+
+    model, tok = load_model(str(model_dir))
+    model.eval()
+    r = load_config(overrides=["rollout.backend=decode", "rollout.top_k=1", "rollout.max_new_tokens=10"]).rollout
+    prompts = ["12+3=", "7*8-1=", "5="]
+    rows = []
+    real = type(model).forward
+    spy = functools.wraps(real)(lambda self, *a, **k: rows.append(k["input_ids"].shape) or real(self, *a, **k))
+    monkeypatch.setattr(type(model), "forward", spy)
+    shared = make_backend("decode", model, tok, r).generate(prompts, 4)
+    assert rows[0][0] == 3
+    rows.clear()
+    copies = make_backend("decode", model, tok, r, share_prompt_prefix=False).generate(prompts, 4)
+    assert rows[0][0] == 12 and rows[0][1] > 1
+    assert torch.equal(shared.completion_ids, copies.completion_ids)
+    assert torch.equal(shared.completion_mask, copies.completion_mask)
+
+
+def test_decode_packs_once_per_call_and_undoes_it_when_a_step_fails(model_dir, monkeypatch):
+    """generation_batch_size chunks share one packing; an error inside the loop leaves no packed layer behind."""
+    model, tok = load_model(str(model_dir))
+    model.eval()
+    entered = []
+    real_pack = decode.packed_linears
+
+    def counting(m, rows):
+        entered.append(rows)
+        return real_pack(m, rows)
+
+    monkeypatch.setattr(decode, "packed_linears", counting)
+    torch.manual_seed(0)
+    batch = DecodeBackend(model, tok, max_new_tokens=6, generation_batch_size=4).generate(["1=", "2=", "3="], 2)
+    assert entered == [4] and batch.completion_ids.shape[0] == 6
+    calls = []
+    real = type(model).forward
+
+    @functools.wraps(real)
+    def failing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(model), "forward", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        DecodeBackend(model, tok, max_new_tokens=6).generate(["1=", "2="], 2)
+    assert not any("forward" in vars(m) or hasattr(m, "_spro_packed") for m in model.modules())
+
+
+def test_sample_from_logits_refuses_nan_and_all_filtered_rows():
+    x = torch.zeros(3, 300)
+    x[1, 5] = float("nan")
+    with pytest.raises(RuntimeError, match=r"response\(s\) \[1\]"):
+        sample_from_logits(x)
+    x = torch.zeros(2, 300)
+    x[0] = float("-inf")
+    with pytest.raises(RuntimeError, match=r"\[0\].*filtered out"):
+        sample_from_logits(x)

@@ -36,7 +36,7 @@ def test_sampled_token_statistics_match_the_model(model_dir, precision):
 
 def test_min_p_and_repetition_penalty_reach_generate(model_dir, monkeypatch):
     """rollout.min_p near 1 keeps only the most likely token (the greedy response); repetition_penalty is passed
-    to generate; at their defaults (off) generate is called with neither (the same call as before they existed)."""
+    to generate; at their defaults (off) generate is called with their neutral values."""
     from spro.config import load_config
     from spro.rollout import make_backend
 
@@ -60,4 +60,30 @@ def test_min_p_and_repetition_penalty_reach_generate(model_dir, monkeypatch):
     r = load_config(overrides=["rollout.repetition_penalty=1.3", "rollout.min_p=0.05", "rollout.max_new_tokens=4"]).rollout
     make_backend("hf", model, tok, r).generate(["12+3="], 2)
     make_backend("hf", model, tok, load_config(overrides=["rollout.max_new_tokens=4"]).rollout).generate(["12+3="], 2)
-    assert seen == [{"min_p": 0.05, "repetition_penalty": 1.3}, {"min_p": None, "repetition_penalty": None}]
+    assert seen == [{"min_p": 0.05, "repetition_penalty": 1.3}, {"min_p": None, "repetition_penalty": 1.0}]
+
+
+def test_the_models_generation_config_does_not_change_what_is_sampled(model_dir):
+    """generate fills every setting it is not given from the model's generation_config.json (Qwen2.5-Instruct's
+    sets top_k=20 and repetition_penalty=1.05): the hf backend passes each one, so a model file that sets them
+    samples the same tokens for a seed as one that does not, and a warning names what is not used."""
+    model, tok = load_model(str(model_dir))
+    model.eval()
+
+    def sample():
+        backend = HFGenerateBackend(model, tok, max_new_tokens=12)
+        torch.manual_seed(3)
+        return backend.generate(["12+3=", "7*8="], 4).completion_ids
+
+    want = sample()
+    gc = model.generation_config
+    for k, v in dict(top_k=1, top_p=0.1, min_p=0.9, typical_p=0.2, epsilon_cutoff=0.3, eta_cutoff=0.3,
+                     repetition_penalty=5.0, no_repeat_ngram_size=1, min_new_tokens=12, temperature=0.05,
+                     suppress_tokens=[tok.eos_token_id], renormalize_logits=True).items():
+        setattr(gc, k, v)
+    with pytest.warns(UserWarning, match=r"generation_config sets .*top_k=1.*repetition_penalty=5.0.*rollout\.top_k=1"):
+        got = sample()
+    assert torch.equal(got, want)
+    assert not torch.equal(model.generate(**tok(["12+3="], return_tensors="pt", add_special_tokens=False),
+                                          max_new_tokens=12, do_sample=True, pad_token_id=tok.pad_token_id)[0, -12:],
+                           want[0])  # (the settings do change generate's own default call)

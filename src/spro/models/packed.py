@@ -85,16 +85,17 @@ def packed_linears(model: Any, rows: int) -> Iterator[int]:
         with torch.no_grad():
             for m, dtype in packable(model):
                 saved = vars(m).get("forward")
+                done.append((m, saved))  # first: a failure below still undoes this layer
                 m._spro_packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach().to(dtype), max(1, rows))
                 m._spro_packed_bias = None if m.bias is None else m.bias.detach().to(dtype)
                 m._spro_packed_dtype = dtype
                 m.forward = types.MethodType(_packed_forward, m)
-                done.append((m, saved))
         yield len(done)
     finally:
         for m, saved in done:
             if saved is None:
-                del m.forward  # back to the class's forward
+                vars(m).pop("forward", None)  # back to the class's forward
             else:
                 m.forward = saved  # (the fp32 output layer of model.precision=bf16)
-            del m._spro_packed, m._spro_packed_bias, m._spro_packed_dtype
+            for k in ("_spro_packed", "_spro_packed_bias", "_spro_packed_dtype"):
+                vars(m).pop(k, None)

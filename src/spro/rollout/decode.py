@@ -1,7 +1,8 @@
 """Sampling G responses per prompt with spro's own decode loop (the ``decode`` backend).
 
 The loop is ``generate``'s sampling path written out over the model's forward: each prompt is
-pre-filled once and its KV cache repeated G times, then each step feeds the last sampled token of
+pre-filled once and its KV cache repeated G times (G copies pre-filled with
+``model.share_prompt_prefix=false``), then each step feeds the last sampled token of
 every response, filters the logits as ``generate`` does (temperature, then top-k, top-p, min-p) and
 draws the next token by inverse transform sampling: one uniform number per response against the
 cumulative distribution (:func:`sample_from_logits`), where ``generate``'s ``torch.multinomial`` draws
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from spro.models.packed import packed_linears
+from spro.rollout.batch import RolloutBatch
 from spro.rollout.hf import HFGenerateBackend, _cache_kw, forward_params
 
 __all__ = ["DecodeBackend", "filter_logits", "sample_from_logits"]
@@ -63,6 +65,10 @@ def sample_from_logits(x: torch.Tensor, generator: torch.Generator | None = None
     nb = -(-V // block)
     p = torch.nn.functional.pad(torch.softmax(x.float(), dim=-1), (0, nb * block - V)).view(B, nb, block)
     c = p.sum(-1, dtype=torch.float64).cumsum(-1)  # [B, nb]
+    if not bool(torch.isfinite(c[:, -1]).all() and (c[:, -1] > 0).all()):  # NaN logits, or all -inf
+        bad = (~torch.isfinite(c[:, -1]) | (c[:, -1] <= 0)).nonzero().flatten().tolist()
+        raise RuntimeError(f"rollout: the next-token distribution of response(s) {bad[:8]} is not a distribution "
+                           "(NaN or infinite logits, or every token filtered out)")
     u = torch.rand(B, 1, dtype=torch.float64, device=x.device, generator=generator) * c[:, -1:]
     blk = torch.searchsorted(c, u, right=True).clamp_(max=nb - 1)  # [B, 1]
     before = torch.where(blk > 0, c.gather(1, (blk - 1).clamp(min=0)), torch.zeros_like(u))
@@ -77,8 +83,8 @@ class DecodeBackend(HFGenerateBackend):
     """G samples per prompt from spro's own decode loop over ``model``'s forward (see the module docstring).
 
     Same options as :class:`HFGenerateBackend` but ``repetition_penalty`` (not implemented: use the ``hf``
-    backend). The prompt prefix is always pre-filled once per prompt. ``pack``: multiply by packed weights
-    on a CPU where :func:`spro.models.packed.packable` finds layers (set False to compare).
+    backend). ``pack``: multiply by packed weights on a CPU where :func:`spro.models.packed.packable` finds
+    layers (set False to compare), packed once per call (all its ``generation_batch_size`` chunks).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, pack: bool = True, **kwargs: Any) -> None:
@@ -87,25 +93,29 @@ class DecodeBackend(HFGenerateBackend):
                              "rollout.backend=hf for it")
         super().__init__(model, tokenizer, **kwargs)
         self.pack = pack
-        self.min_p = kwargs.get("min_p", 0.0) or 0.0
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], num_generations: int) -> RolloutBatch:
+        if not self.pack:
+            return super().generate(prompts, num_generations)
+        per_call = max(1, (self.generation_batch_size or len(prompts) * num_generations) // num_generations)
+        with packed_linears(self.model, rows=min(per_call, len(prompts)) * num_generations):
+            return super().generate(prompts, num_generations)
 
     def _sample(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, G: int) -> torch.Tensor:
-        if not self.pack:
-            return self._decode(model, ids, attn, G)
-        with packed_linears(model, rows=ids.shape[0] * G):
-            return self._decode(model, ids, attn, G)
-
-    def _decode(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, G: int) -> torch.Tensor:
         """ids, attn [n, P] left padded -> sampled token ids [n*G, T], T <= max_new_tokens (pad after eos)."""
         eos_id, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         n, P = ids.shape
         T = self.max_new_tokens
         cache_kw = _cache_kw(model)
         keep = {"logits_to_keep": 1} if "logits_to_keep" in forward_params(model) else {}
+        if not self.share_prompt_prefix:  # G copies of each prompt pre-filled (model.share_prompt_prefix=false)
+            ids, attn, n, G = ids.repeat_interleave(G, 0), attn.repeat_interleave(G, 0), n * G, 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **keep)
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        cache.batch_repeat_interleave(G)
+        if G > 1:
+            cache.batch_repeat_interleave(G)
         logits = out.logits[:, -1].repeat_interleave(G, 0)
         B = n * G
         mask = torch.ones(B, P + T, dtype=attn.dtype, device=ids.device)

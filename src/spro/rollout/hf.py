@@ -58,10 +58,22 @@ class HFGenerateBackend:
         self.temperature = temperature
         self.top_p = top_p
         self.top_k = top_k
-        # (passed to generate only when set, so that the default call is the one of before)
-        self.extra_sampling = {k: v for k, v in (("min_p", min_p or None), ("repetition_penalty", repetition_penalty))
-                               if v is not None and not (k == "repetition_penalty" and v == 1.0)}
+        self.min_p = min_p or 0.0
+        self.repetition_penalty = repetition_penalty
         self.generation_batch_size = generation_batch_size
+        _warn_ignored_generation_config(model, self._sampling())
+
+    def _sampling(self) -> dict[str, Any]:
+        """Every setting of ``generate`` that changes which tokens are drawn, explicitly: the rollout's own, and
+        the neutral value of each other one, so that nothing comes from the model's ``generation_config.json``
+        (``generate`` fills each setting not passed from it, e.g. Qwen2.5-Instruct's top_k=20 and
+        repetition_penalty=1.05); the log-prob passes score the tokens under the policy's own distribution."""
+        from transformers import GenerationConfig
+
+        known = GenerationConfig().to_dict()
+        own = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                   min_p=self.min_p or None, repetition_penalty=self.repetition_penalty)
+        return {**{k: v for k, v in _NEUTRAL_GENERATION.items() if k in known}, **own}
 
     def sync_weights(self, model: Any) -> None:
         self.model = model
@@ -115,9 +127,8 @@ class HFGenerateBackend:
         g*G..g*G+G-1 answer prompt g; after eos, anything: the caller masks it)."""
         tok = self.tokenizer
         kwargs: dict[str, Any] = dict(
-            do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None,
             max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            use_cache=True, **self.extra_sampling,
+            use_cache=True, **self._sampling(),
         )
         P = ids.shape[1]
         if self.share_prompt_prefix and P >= 2:
@@ -127,6 +138,41 @@ class HFGenerateBackend:
         else:
             out = model.generate(input_ids=ids, attention_mask=attn, num_return_sequences=G, **kwargs)
         return out[:, P:]
+
+
+# generate's settings that change the drawn tokens or where a response stops, at the values that leave them off
+# (those this transformers' GenerationConfig lacks are not passed)
+_NEUTRAL_GENERATION: dict[str, Any] = dict(
+    num_beams=1, penalty_alpha=None, guidance_scale=None, sequence_bias=None, no_repeat_ngram_size=0,
+    bad_words_ids=None, min_length=0, min_new_tokens=None, forced_bos_token_id=None, forced_eos_token_id=None,
+    remove_invalid_values=False, exponential_decay_length_penalty=None, suppress_tokens=None,
+    begin_suppress_tokens=None, top_h=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+    watermarking_config=None, renormalize_logits=False, max_time=None, stop_strings=None,
+    prompt_lookup_num_tokens=None,
+)
+
+
+def _warn_ignored_generation_config(model: Any, used: dict[str, Any]) -> None:
+    """One warning naming the sampling settings of the model's ``generation_config.json`` that the rollout does not
+    use (the rollout's settings decide; this says which rollout.* key would take them over)."""
+    import warnings
+
+    gc = getattr(getattr(model, "module", model), "generation_config", None)
+    if gc is None:
+        return
+    from transformers import GenerationConfig
+
+    base = GenerationConfig().to_dict()
+    mine = gc.to_dict()
+    differ = {k: mine[k] for k in used if k in mine and k != "do_sample" and mine[k] != base.get(k)
+              and mine[k] != used[k] and not (k == "top_k" and used[k] == 0 and mine[k] in (None, 0))}
+    if differ:
+        keys = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty"}
+        how = ", ".join(f"rollout.{k}={v}" for k, v in differ.items() if k in keys)
+        warnings.warn(
+            "the model's generation_config sets " + ", ".join(f"{k}={v!r}" for k, v in differ.items())
+            + "; rollouts sample with the rollout's settings only (" + ", ".join(f"{k}={used[k]!r}" for k in differ)
+            + ")" + (f"; to sample as the model's file says, set {how}" if how else ""), stacklevel=3)
 
 
 def _cache_kw(model: Any) -> str:
@@ -151,8 +197,8 @@ def _prefill(model: Any, ids: torch.Tensor, attn: torch.Tensor, G: int) -> Any:
     ids, attn [n, P] (left padded) -> a cache for n*G rows holding P-1 positions.
     """
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=pos[:, :-1],
-                use_cache=True, logits_to_keep=1)
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in forward_params(model) else {}
+    out = model(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=pos[:, :-1], use_cache=True, **keep)
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     cache.batch_repeat_interleave(G)
     return cache
@@ -180,5 +226,5 @@ def make_backend(name: str, model: Any, tokenizer: Any, rollout_config: Any, *,
     if name == "decode":
         from spro.rollout.decode import DecodeBackend
 
-        return DecodeBackend(model, tokenizer, **kwargs)
+        return DecodeBackend(model, tokenizer, share_prompt_prefix=share_prompt_prefix, **kwargs)
     raise ValueError(f"rollout.backend: unknown backend '{name}' (available: hf, decode)")
