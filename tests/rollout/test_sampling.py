@@ -87,3 +87,18 @@ def test_the_models_generation_config_does_not_change_what_is_sampled(model_dir)
     assert not torch.equal(model.generate(**tok(["12+3="], return_tensors="pt", add_special_tokens=False),
                                           max_new_tokens=12, do_sample=True, pad_token_id=tok.pad_token_id)[0, -12:],
                            want[0])  # (the settings do change generate's own default call)
+
+
+def test_evaluation_is_plain_greedy_whatever_the_models_generation_config_says(model_dir):
+    """generate_completions (evaluation) decodes greedily with nothing from generation_config.json: the same
+    texts with a file that sets a repetition penalty, n-gram blocking, suppressed eos and a minimum length."""
+    from spro.rollout.generate import generate_completions
+
+    model, tok = load_model(str(model_dir))
+    prompts = ["12+3=", "7*8=", "5-2="]
+    want = generate_completions(model, tok, prompts, max_new_tokens=10)
+    gc = model.generation_config
+    for k, v in dict(repetition_penalty=5.0, no_repeat_ngram_size=1, suppress_tokens=[tok.eos_token_id],
+                     min_new_tokens=10, top_k=1, do_sample=True).items():
+        setattr(gc, k, v)
+    assert generate_completions(model, tok, prompts, max_new_tokens=10) == want

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from spro.data.prompts import render_prompt
 from spro.models.precision import autocast_scope
+from spro.rollout.hf import neutral_generation_kwargs
 
 __all__ = ["generate_completions"]
 
@@ -26,7 +27,8 @@ def generate_completions(
 ) -> tuple[list[list[str]], list[list[int]], list[list[bool]]]:
     """Generate for each prompt ``num_return_sequences`` completions.
 
-    Prompts are rendered with :func:`spro.data.prompts.render_prompt` and left-padded in batches of
+    Only these settings decide the tokens: none comes from the model's generation_config.json (its repetition
+    penalty, top-k, ...), as in training's rollouts. Prompts are rendered with :func:`spro.data.prompts.render_prompt` and left-padded in batches of
     ``batch_size`` prompts. Returns ``(texts, lengths, truncated)``, each a list (one per prompt) of
     lists (one per sequence): decoded text without special tokens, number of generated tokens
     before eos, and whether generation hit ``max_new_tokens`` without eos.
@@ -53,6 +55,7 @@ def generate_completions(
     out_len: list[list[int]] = []
     out_trunc: list[list[bool]] = []
     gen_kwargs: dict[str, Any] = dict(
+        **neutral_generation_kwargs(),  # nothing from the model's generation_config.json
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         num_return_sequences=num_return_sequences,

@@ -9,7 +9,7 @@ import torch
 from spro.models.precision import autocast_scope
 from spro.rollout.batch import RolloutBatch, completion_mask_from_ids
 
-__all__ = ["RolloutBackend", "HFGenerateBackend", "make_backend"]
+__all__ = ["RolloutBackend", "HFGenerateBackend", "make_backend", "neutral_generation_kwargs"]
 
 
 @runtime_checkable
@@ -68,12 +68,9 @@ class HFGenerateBackend:
         the neutral value of each other one, so that nothing comes from the model's ``generation_config.json``
         (``generate`` fills each setting not passed from it, e.g. Qwen2.5-Instruct's top_k=20 and
         repetition_penalty=1.05); the log-prob passes score the tokens under the policy's own distribution."""
-        from transformers import GenerationConfig
-
-        known = GenerationConfig().to_dict()
         own = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                    min_p=self.min_p or None, repetition_penalty=self.repetition_penalty)
-        return {**{k: v for k, v in _NEUTRAL_GENERATION.items() if k in known}, **own}
+        return {**neutral_generation_kwargs(), **own}
 
     def sync_weights(self, model: Any) -> None:
         self.model = model
@@ -150,6 +147,16 @@ _NEUTRAL_GENERATION: dict[str, Any] = dict(
     watermarking_config=None, renormalize_logits=False, max_time=None, stop_strings=None,
     prompt_lookup_num_tokens=None,
 )
+
+
+def neutral_generation_kwargs() -> dict[str, Any]:
+    """``generate`` keyword arguments that switch off every setting that changes the drawn tokens or where a
+    response stops (repetition penalty, min-p, typical-p, n-gram blocking, suppressed tokens, ...), each of which
+    ``generate`` would otherwise take from the model's generation_config.json."""
+    from transformers import GenerationConfig
+
+    known = GenerationConfig().to_dict()
+    return {k: v for k, v in _NEUTRAL_GENERATION.items() if k in known} | dict(repetition_penalty=1.0, min_p=None)
 
 
 def _warn_ignored_generation_config(model: Any, used: dict[str, Any]) -> None:
