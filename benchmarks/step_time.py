@@ -127,7 +127,7 @@ def main() -> int:
                     help="rollout.backend of spro's trainers (decode: spro's own decode loop, examples/smollm2_gsm.md)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: spro's model.precision=bf16 and TRL's bf16=True (autocast on CPU too), for CPUs "
-                    "with AMX-BF16 / AVX512-BF16 (default fp32)")
+                    "with AMX-BF16 or AMD CPUs with AVX512-BF16 (default fp32)")
     args = ap.parse_args()
     shape = (args.prompts, args.generations, args.new_tokens)
     import torch
