@@ -11,8 +11,8 @@ fp32 numbers.
 ``model.precision=auto`` (:func:`resolve_precision`) is bf16 where the hardware runs bf16 matmuls
 natively and faster than fp32: a CUDA GPU with bf16 (compute capability 8.0 or newer), or a CPU with
 AMX-BF16 (Sapphire Rapids and newer Xeons) or an AMD CPU with AVX512-BF16 (Zen 4), not an Intel CPU that
-shows AVX512-BF16 without AMX (:func:`bf16_native` has the measurements), and the run does not train on a log-ratio
-to the reference (SPRO's and PRIME's process rewards, a KL term with ``kl_coef > 0``), for which
+shows AVX512-BF16 without AMX (:func:`bf16_native` has the measurements), and the run does not train on a
+log-ratio to the reference (SPRO's and PRIME's process rewards, a KL term with ``kl_coef > 0``), for which
 bf16's parity does not hold (below); fp32 everywhere else, and fp32 when ``model.dtype`` is not
 float32. It is the setting for real models (SmolLM2-135M on such a CPU: a forward pass ~3x faster
 than fp32). The default stays ``fp32``: the tiny presets and every

@@ -95,7 +95,8 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int | l
         is_eos |= completion_ids == e
     B, T = completion_ids.shape
     has_eos = is_eos.any(-1)
-    first = torch.where(has_eos, is_eos.int().argmax(-1), torch.full((B,), T, dtype=torch.long, device=completion_ids.device))
+    none = torch.full((B,), T, dtype=torch.long, device=completion_ids.device)
+    first = torch.where(has_eos, is_eos.int().argmax(-1), none)
     positions = torch.arange(T, device=completion_ids.device).unsqueeze(0)
     mask = (positions <= first.unsqueeze(1)).long()
     return mask, ~has_eos

@@ -28,8 +28,8 @@ def generate_completions(
     """Generate for each prompt ``num_return_sequences`` completions.
 
     Only these settings decide the tokens: none comes from the model's generation_config.json (its repetition
-    penalty, top-k, ...), as in training's rollouts. Prompts are rendered with :func:`spro.data.prompts.render_prompt` and left-padded in batches of
-    ``batch_size`` prompts. Returns ``(texts, lengths, truncated)``, each a list (one per prompt) of
+    penalty, top-k, ...), as in training's rollouts. Prompts are rendered with
+    :func:`spro.data.prompts.render_prompt` and left-padded in batches of ``batch_size`` prompts. Returns ``(texts, lengths, truncated)``, each a list (one per prompt) of
     lists (one per sequence): decoded text without special tokens, number of generated tokens
     before eos, and whether generation hit ``max_new_tokens`` without eos.
     ``progress``: optional callable(n_prompts_done) called after each batch.

@@ -145,7 +145,7 @@ _NEUTRAL_GENERATION: dict[str, Any] = dict(
     remove_invalid_values=False, exponential_decay_length_penalty=None, suppress_tokens=None,
     begin_suppress_tokens=None, top_h=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
     watermarking_config=None, renormalize_logits=False, max_time=None, stop_strings=None,
-    prompt_lookup_num_tokens=None,
+    prompt_lookup_num_tokens=None, repetition_penalty=1.0, min_p=None,
 )
 
 
@@ -156,7 +156,7 @@ def neutral_generation_kwargs() -> dict[str, Any]:
     from transformers import GenerationConfig
 
     known = GenerationConfig().to_dict()
-    return {k: v for k, v in _NEUTRAL_GENERATION.items() if k in known} | dict(repetition_penalty=1.0, min_p=None)
+    return {k: v for k, v in _NEUTRAL_GENERATION.items() if k in known}
 
 
 def _warn_ignored_generation_config(model: Any, used: dict[str, Any]) -> None:
@@ -171,8 +171,8 @@ def _warn_ignored_generation_config(model: Any, used: dict[str, Any]) -> None:
 
     base = GenerationConfig().to_dict()
     mine = gc.to_dict()
-    differ = {k: mine[k] for k in used if k in mine and k != "do_sample" and mine[k] != base.get(k)
-              and mine[k] != used[k] and not (k == "top_k" and used[k] == 0 and mine[k] in (None, 0))}
+    differ = {k: mine[k] for k in used
+              if k in mine and k != "do_sample" and mine[k] != base.get(k) and mine[k] != used[k]}
     if differ:
         keys = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty"}
         how = ", ".join(f"rollout.{k}={v}" for k, v in differ.items() if k in keys)
