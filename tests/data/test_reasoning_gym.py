@@ -88,3 +88,34 @@ def test_eval_command_on_a_reasoning_gym_task(model_dir, tmp_path):
                  "--no-progress", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["n"] == 3 and result["reward"] == "reasoning_gym" and result["pass@1"] == 0.0
+
+
+def test_sft_warm_start_on_a_reasoning_gym_task_uses_the_training_questions_of_spro_train(tmp_path):
+    """`spro sft --data reasoning_gym:NAME`: the questions spro train builds at data.reasoning_gym's defaults,
+    the answers in the prompt's tags as targets, the held-out questions its evaluation ones."""
+    import dataclasses
+
+    from spro.trainer.sft import SFTConfig, sft, sft_data
+
+    knobs = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
+    cfg = SFTConfig(data="reasoning_gym:chain_sum", task_kwargs=knobs, eval_n=20, steps=2, batch_size=4,
+                    max_new_tokens=4, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                    max_position_embeddings=640)
+    data = sft_data(cfg)
+    train, evals = load_datasets(_config(tmp_path, "chain_sum", **{
+        "data.reasoning_gym.size": 1000, "data.eval_size": 20,
+        "data.reasoning_gym.config": "{min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 2}"}))
+    assert data.train["question"] == train["question"] and data.validation["question"] == evals["question"]
+    assert data.targets[:2] == [f"<answer>{a}</answer>" for a in train["answer"][:2]]
+    assert data.reward(data.train["prompt"][:5], data.targets[:5], reasoning_gym=data.train["reasoning_gym"][:5]) == [1.0] * 5
+    assert data.knobs == knobs
+    assert len(sft_data(dataclasses.replace(cfg, train_size=50)).train) == 50
+    result = sft(cfg, tmp_path / "out", progress=False)
+    (val,) = result.validation
+    assert val["n"] == 20 and 0.0 <= val["accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="makes its own held-out questions"):
+        sft_data(dataclasses.replace(cfg, eval_data="dev.jsonl"))
+    (tmp_path / "d.jsonl").write_text('{"prompt": "1+1=", "answer": "2", "solution": "2"}\n' * 3)
+    with pytest.raises(ValueError, match=r"task_kwargs \{'max_terms': 2\}: knobs of a built-in task or of a "
+                                         r"reasoning_gym:NAME source, not of the dataset"):
+        sft_data(SFTConfig(data=str(tmp_path / "d.jsonl"), task_kwargs={"max_terms": 2}, reward="math"))

@@ -4,7 +4,9 @@ Examples come from :func:`sft_data`: a built-in task's ``solution`` column (``ta
 file / folder (``data``, loaded by :func:`spro.data.load_prompt_dataset` with ``schema``,
 ``column_map`` and ``prompt_template``) with a solution column (``solution_column``, default the
 schemas' ``solution``; GSM8K's worked solution gets its ``#### answer`` line back so that the math
-reward finds the answer). Both go through the same loop: each example is ``render_prompt(prompt)``
+reward finds the answer), or a reasoning-gym task (``data=reasoning_gym:NAME``, its config in ``task_kwargs``:
+the training questions ``spro train`` builds for that source, the targets ``<answer>ANSWER</answer>``, the
+held-out questions its evaluation ones). All go through the same loop: each example is ``render_prompt(prompt)``
 (chat prompts through the tokenizer's chat template) followed by ``solution + eos``; the loss is
 the mean token cross-entropy over the completion tokens only (prompt and padding are masked with
 -100). AdamW with linear warm-up and cosine decay, gradient clipping, random mini-batches
@@ -63,7 +65,9 @@ class SFTConfig:
     seed: int = field(default=0, metadata={"help": "Seed of model init and batch order."})
     threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (None: leave as is)."})
     data: str | None = field(default=None, metadata={
-        "help": "Dataset with solutions (a jsonl/json/parquet/csv file or saved dataset folder); None: the task."})
+        "help": "Dataset with solutions (a jsonl/json/parquet/csv file or saved dataset folder), or reasoning_gym:NAME "
+        "(a reasoning-gym task: its training questions as spro train builds them at data.reasoning_gym's defaults, "
+        "task_kwargs its config, targets <answer>ANSWER</answer>); None: the task."})
     schema: str = field(default="auto", metadata={"help": "Schema of data (spro.data.load_prompt_dataset)."})
     column_map: dict[str, str] | None = field(default=None, metadata={
         "help": "Rename data's columns first ({'prompt': 'instruction', 'answer': 'gold', 'solution': 'response'})."})
@@ -206,8 +210,14 @@ def sft_data(config: SFTConfig) -> SFTData:
                        task.knobs() if hasattr(task, "knobs") else None)
     from spro.data.datasets import get_load_report, load_prompt_dataset
     from spro.data.loader import default_reward
+    from spro.data.reasoning_gym import is_reasoning_gym
     from spro.rewards import get_reward
 
+    if is_reasoning_gym(config.data):
+        return _reasoning_gym_data(config)
+    if config.task_kwargs:
+        raise ValueError(f"task_kwargs {dict(config.task_kwargs)}: knobs of a built-in task or of a reasoning_gym:NAME "
+                         f"source, not of the dataset {config.data}")
     kw = dict(schema=config.schema, column_map=config.column_map, prompt_template=config.prompt_template)
     ds = load_prompt_dataset(config.data, **kw)
     col = config.solution_column
@@ -236,6 +246,33 @@ def sft_data(config: SFTConfig) -> SFTData:
     if config.train_size:
         ds = ds.select(range(min(config.train_size, len(ds))))
     return SFTData(ds, [str(v) for v in ds[col]], validation, get_reward(config.reward or default_reward(ds, source=config.data, how="--reward NAME")))
+
+
+def _reasoning_gym_data(config: SFTConfig) -> SFTData:
+    """A reasoning-gym task's questions (``data=reasoning_gym:NAME``, ``task_kwargs`` its config), the targets
+    ``<answer>ANSWER</answer>``, the format its prompt asks for (or ``solution_column`` when the rows have it).
+
+    The questions are those ``spro train`` builds from ``data.reasoning_gym`` at its defaults (seed 0, items
+    0 .. 999; ``train_size`` takes the first N), and the held-out ones are the first ``eval_n`` of its
+    evaluation questions, which are disjoint from them: train with ``data.reasoning_gym.config`` set to the
+    same ``task_kwargs`` and its seed and size left at their defaults, and the evaluation stays unseen."""
+    from types import SimpleNamespace
+
+    from spro.data.reasoning_gym import load_reasoning_gym
+    from spro.rewards import get_reward
+    from spro.schema import ReasoningGymConfig
+
+    if config.eval_data is not None:
+        raise ValueError(f"eval_data: {config.data} makes its own held-out questions (disjoint from the training "
+                         "ones); leave eval_data unset")
+    rg = ReasoningGymConfig(config=dict(config.task_kwargs))
+    source = SimpleNamespace(source=config.data, reasoning_gym=rg, eval_size=config.eval_n,
+                             train_size=config.train_size, prompt_template=config.prompt_template)
+    train, validation = load_reasoning_gym(source)
+    col = config.solution_column
+    targets = ([str(v) for v in train[col]] if col in train.column_names
+               else [f"<answer>{a}</answer>" for a in train["answer"]])
+    return SFTData(train, targets, validation, get_reward(config.reward or "reasoning_gym"), dict(rg.config))
 
 
 def validation_accuracy(model: Any, tokenizer: Any, data: Any, reward: Any, max_new_tokens: int, *,
