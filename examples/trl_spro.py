@@ -49,7 +49,7 @@ def main() -> None:
     if args.warm_start:
         from transformers import AutoTokenizer
 
-        from spro.models.warmstart import warm_start
+        from spro.trainer.warmstart import warm_start
 
         path = warm_start(args.warm_start)
         model, tokenizer = str(path), AutoTokenizer.from_pretrained(path)

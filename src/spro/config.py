@@ -72,12 +72,12 @@ TRL_NAMES = {
     "repetition_penalty": "rollout.repetition_penalty", "epsilon": "algorithm.clip_eps_low",
     "epsilon_high": "algorithm.clip_eps_high", "loss_type": "algorithm.loss_agg",
     "scale_rewards": "algorithm.grpo.outcome_scale", "entropy_coef": "algorithm.entropy_coef",
-    "generation_batch_size": "rollout.generation_batch_size", "reward_weights": "data.rewards",
+    "generation_batch_size": "rollout.prompts_per_step", "reward_weights": "data.rewards",
     "log_completions": "logging.log_completions", "shuffle_dataset": "data.shuffle", "max_steps": "total_steps",
     "lr_scheduler_type": "optim.scheduler", "adam_epsilon": "optim.adam_eps", "adam_beta1": "optim.adam_beta1",
     "adam_beta2": "optim.adam_beta2", "weight_decay": "optim.weight_decay", "warmup_steps": "optim.warmup_steps",
     "max_grad_norm": "optim.max_grad_norm", "gradient_accumulation_steps": "algorithm.grad_accum_steps",
-    "per_device_train_batch_size": "rollout.prompts_per_step", "logging_steps": "logging.every",
+    "per_device_train_batch_size": "algorithm.mini_batch_size", "logging_steps": "logging.every",
     "save_steps": "save_every", "eval_steps": "eval_every", "save_total_limit": "keep_last",
     "model_name_or_path": "model.name_or_path", "importance_sampling_level": "algorithm.importance_sampling_level",
     "mask_truncated_completions": "algorithm.mask_truncated_completions",
@@ -86,8 +86,10 @@ _TRL_NOTES = {
     "beta": "TRL's beta; SPRO's process-reward beta is 'algorithm.spro.beta'",
     "loss_type": "TRL's grpo / dapo / dr_grpo are seq-mean-token-mean / token-mean / seq-mean-token-sum-norm",
     "reward_weights": "each reward's weight: [{name: ..., weight: ...}]",
-    "per_device_train_batch_size": "spro counts prompts: a step trains prompts_per_step * rollout.num_generations "
-                                   "responses",
+    "per_device_train_batch_size": "responses per optimizer step and process; a step samples "
+                                   "rollout.prompts_per_step * rollout.num_generations responses",
+    "generation_batch_size": "TRL's is the responses of a step: rollout.prompts_per_step * rollout.num_generations; "
+                             "rollout.generation_batch_size is the responses of one generate() call",
 }
 
 

@@ -63,8 +63,9 @@ class ModelConfig:
         "tiny",
         help="The policy: a local folder with an AutoModelForCausalLM and its tokenizer, a hub id "
         "(when online), 'tiny' (a randomly initialised ~1M-parameter Llama with the character "
-        "tokenizer of spro.models.tiny) or 'warmstart:weak' / 'warmstart:strong' (spro.trainer.warmstart's SFT "
-        "models for the built-in arithmetic task, built once and cached).",
+        "tokenizer of spro.models.tiny) or 'warmstart:PRESET' (spro.trainer.warmstart's SFT models of the built-in "
+        "tasks, built once and cached; PRESET one of spro sft's tiny presets: weak, strong, long-weak, long-mid, "
+        "mult-weak).",
     )
     tokenizer: str | None = _f(None, help="Tokenizer folder or id; null = the model's own.")
     ref_model: str | None = _f(
@@ -82,7 +83,8 @@ class ModelConfig:
     dtype: str = _f(
         "float32",
         help="Weights dtype. bfloat16 / float16 cast the weights themselves (half the memory, no fp32 copy: "
-        "small updates are rounded away); for mixed precision keep float32 and set model.precision=bf16.",
+        "small updates are rounded away); for mixed precision keep float32 and set model.precision=bf16. 'auto': "
+        "the dtype the checkpoint stores (model.precision=auto then stays fp32).",
         choices=DTYPES,
     )
     precision: str = _f(
@@ -90,8 +92,8 @@ class ModelConfig:
         help="'bf16': mixed precision, every forward pass under torch.autocast(bfloat16) with float32 master "
         "weights and optimizer state; the output layer and the log-softmax stay float32, so the log-probs of "
         "the PPO ratio, the KL term and the process reward are float32 (spro.models.precision). Fast on GPUs and "
-        "on CPUs with AMX-BF16 (~3x fp32 for a real model's forward pass) or AMD CPUs with AVX512-BF16 (~2x); slower "
-        "than fp32 on other CPUs, an Intel CPU with AVX512-BF16 but no AMX included "
+        "on CPUs with AMX-BF16 (~3x fp32 for a real model's forward pass), AMD CPUs with AVX512-BF16 (~2x) or Arm "
+        "CPUs with BF16; slower than fp32 on other CPUs, an Intel CPU with AVX512-BF16 but no AMX included "
         "(spro.models.precision.bf16_native). "
         "'fp32': plain model.dtype. 'auto': bf16 where the hardware runs it natively (such a CPU, a bf16 GPU), "
         "model.dtype is float32 and the run does not train on a log-ratio to the reference (SPRO, PRIME, "
@@ -234,7 +236,8 @@ class DataConfig:
     eval_fraction: float | None = _f(
         None,
         help="Hold out this fraction of data.source's rows (a seeded draw, by `seed`) for the periodic evaluation; "
-        "they are not trained on. A dataset run needs one of data.eval_source, data.eval_split and "
+        "they are not trained on, also with eval_every=-1 (the split stays the same), and the evaluation uses the "
+        "first data.eval_size of them (a warning says when that leaves some out). A dataset run needs one of data.eval_source, data.eval_split and "
         "data.eval_fraction to evaluate (else it stops with an error; eval_every=-1 never evaluates).",
         check=(lambda v: v is None or 0 < v < 1, "in (0, 1) or null"),
     )
@@ -302,8 +305,9 @@ class RolloutConfig:
         "model's forward: the same distribution, other tokens for a seed; on a CPU it multiplies by packed "
         "weights and draws by inverse transform sampling, the setting for real models on CPUs, "
         "examples/smollm2_gsm.md; no repetition_penalty). Either samples with the rollout.* settings only, never "
-        "with those of the model's generation_config.json (a warning names any it sets, e.g. top_k). A vLLM "
-        "backend can implement spro.rollout.RolloutBackend.",
+        "with those of the model's generation_config.json (a warning names any it sets, e.g. top_k). Another "
+        "backend (e.g. vLLM) can implement spro.rollout.RolloutBackend, but selecting it means adding it to "
+        "spro.rollout.hf.make_backend.",
         choices=("hf", "decode"),
     )
     num_generations: int = _f(
@@ -335,7 +339,8 @@ class RolloutConfig:
         32, help="Maximum response length; responses cut here are flagged truncated.", check=AT_LEAST_1
     )
     generation_batch_size: int = _f(
-        0, help="Responses generated per generate() call (0 = the whole local batch at once).", check=NON_NEGATIVE
+        0, help="Responses generated per generate() call (0 = the whole local batch at once); a multiple of "
+        "rollout.num_generations.", check=NON_NEGATIVE
     )
     eval_batch_size: int = _f(64, help="Prompts per greedy generate() call during evaluation.", check=AT_LEAST_1)
 
@@ -404,7 +409,7 @@ class AlgorithmConfig:
     mini_batch_size: int = _f(
         0,
         help="Responses per optimizer step (per process); 0 = the whole local batch (one optimizer step "
-        "per epoch). Must divide the local batch.",
+        "per epoch). Must divide the local batch and be a multiple of rollout.num_generations.",
         check=NON_NEGATIVE,
     )
     grad_accum_steps: int = _f(
@@ -497,7 +502,8 @@ class TrainConfig:
     save_every: int = _f(0, help="Checkpoint every N steps (0 = only at the end).", check=NON_NEGATIVE)
     keep_last: int = _f(2, help="Keep the last K checkpoints (older ones are deleted).", check=AT_LEAST_1)
     device: str = _f(
-        "auto", help="'auto' (what accelerate picks), 'cpu' or 'cuda'.", choices=("auto", "cpu", "cuda")
+        "auto", help="'auto' (what accelerate picks: a GPU when torch sees one), 'cpu', or 'cuda' (an error when "
+        "torch sees no CUDA GPU, instead of training on the CPU).", choices=("auto", "cpu", "cuda")
     )
     model: ModelConfig = _f(help="Policy and reference model.", factory=ModelConfig)
     data: DataConfig = _f(help="Prompts, rewards, evaluation split.", factory=DataConfig)

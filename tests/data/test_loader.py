@@ -83,6 +83,9 @@ def test_eval_fraction_is_seeded_and_never_trained_on(tmp_path):
         "prompt"]) == list(train["prompt"])
     with pytest.raises(ConfigError, match="holds out 0"):
         load_datasets(_cfg(f"data.source={f}", "data.eval_fraction=0.01"))
+    with pytest.warns(UserWarning, match="holds out 5 rows .* the first data.eval_size=3 of them: the other 2 are "
+                                         "neither trained on nor evaluated"):
+        assert len(load_datasets(_cfg(f"data.source={f}", "data.eval_fraction=0.25", "data.eval_size=3"))[1]) == 3
 
 
 def test_eval_split_of_a_source_with_splits(tmp_path):

@@ -446,3 +446,11 @@ def test_a_code_reward_checks_its_sandbox_at_the_start_and_logs_it(model_dir, tm
                   reward_funcs=REWARDS)
     assert "sandbox/isolation" not in read_jsonl(plain / "metrics.jsonl")[0]  # no code reward: nothing to record
     assert "sandbox" not in (plain / "train.log").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a CUDA GPU")
+def test_device_cuda_without_a_gpu_is_an_error_not_a_cpu_run(model_dir, tmp_path):
+    cfg = load_config(overrides=small_overrides(model_dir, tmp_path / "run", device="cuda"))
+    with pytest.raises(ConfigError, match="device=cuda: torch sees no CUDA GPU here"):
+        train(cfg, reward_funcs=REWARDS)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

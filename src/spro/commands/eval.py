@@ -29,8 +29,8 @@ class EvalConfig:
     """The settings of `spro eval` (keys of ``key=value``; each also a ``--flag``)."""
 
     model: str = option(help="HF folder of a causal LM, a run folder of `spro train` (its latest checkpoint), a "
-                        "checkpoint folder (LoRA adapters are loaded onto their base model), or warmstart:weak / "
-                        "warmstart:strong (built and cached if needed).")
+                        "checkpoint folder (LoRA adapters are loaded onto their base model), or warmstart:PRESET "
+                        "(weak, strong, long-weak, long-mid, mult-weak; built and cached if needed).")
     task: str | None = option(None, help="Built-in task (e.g. arithmetic). Default when data is not given.")
     data: str | None = option(None, help="Prompt dataset: a local jsonl/json/parquet/csv file or saved dataset "
                               "folder, or reasoning_gym:NAME (the held-out questions of a training run with the default "

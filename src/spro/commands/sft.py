@@ -22,12 +22,16 @@ DATA_FLAGS = ("data", "schema", "solution_column", "prompt_template", "eval_data
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from spro.options import add_flags, describe
-    from spro.trainer.sft import PRESETS, SFTConfig
+    from spro.trainer.sft import FINETUNE, PRESETS, SFTConfig
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    weak = PRESETS["weak"]
+    tiny = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings")  # no use with --model
+    finetune = ", ".join(f"{k}={v}" for k, v in FINETUNE.to_dict().items() if v != getattr(weak, k) and k not in tiny)
     parser.epilog = ("Settings (later wins): --preset < the flags above < key=value overrides (YAML values), e.g.\n"
-                     "  spro sft -o models/w steps=200 task_kwargs.num_operands=[3,5]\n\nEvery key, with its "
-                     "default (without a preset) and help text:\n\n" + "\n".join(describe(SFTConfig, SFTConfig())))
+                     "  spro sft -o models/w steps=200 task_kwargs.num_operands=[3,5]\n\nEvery key, with its value "
+                     "in the preset 'weak' (the default without --model) and help text; with --model the default "
+                     "preset is 'finetune': " + finetune + "\n\n" + "\n".join(describe(SFTConfig, weak)))
     parser.add_argument("--output", "-o", required=True, help="Folder to save the fine-tuned model + tokenizer (HF format).")
     parser.add_argument("--overwrite", action="store_true",
                         help="If --output holds a run, a checkpoint or other files (not a model folder, which is replaced), "

@@ -151,6 +151,11 @@ def load_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     if d.train_size:
         train = train.select(range(min(d.train_size, len(train))))
     if evals is not None and d.eval_size:
+        if d.eval_fraction is not None and len(evals) > d.eval_size and evaluate:
+            warnings.warn(f"data.eval_fraction={d.eval_fraction} holds out {len(evals)} rows of {d.source}, and the "
+                          f"evaluation uses the first data.eval_size={d.eval_size} of them: the other "
+                          f"{len(evals) - d.eval_size} are neither trained on nor evaluated (data.eval_size=0 "
+                          "evaluates them all)", stacklevel=2)
         evals = evals.select(range(min(d.eval_size, len(evals))))
     return train, (evals if evaluate else None)
 

@@ -86,6 +86,9 @@ class Trainer:
         if config is None:
             raise ConfigError("train() needs a TrainConfig (or resume= a checkpoint)")
         self.cfg = cfg = config
+        if cfg.device == "cuda" and accelerator is None and not torch.cuda.is_available():
+            raise ConfigError("device=cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                              "set device=cpu or device=auto to train on the CPU")
         self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
         self.rank, self.world, self.is_main = self.acc.process_index, self.acc.num_processes, self.acc.is_main_process
         self.out, self.run_lock = Path(cfg.output_dir), None

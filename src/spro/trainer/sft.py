@@ -77,7 +77,8 @@ class SFTConfig:
         "help": "Held-out dataset for the accuracy (same schema); None: min(eval_n, 10%) of data's rows, seeded."})
     reward: str | None = field(default=None, metadata={
         "help": "Reward of the held-out accuracy for data (a name or module:function); None: the dataset's "
-        "default (math; code for rows with tests; eurus for Eurus data)."})
+        "default (math for GSM8K / MATH data, eurus for Eurus data, reasoning_gym for reasoning_gym:NAME; plain "
+        "data needs one)."})
     chat_template: str | bool = field(default="auto", metadata={  # (YAML reads on / off as true / false)
         "help": "String prompts through the tokenizer's chat template, by spro train's data.chat_template rule: "
         "'on', 'off', or 'auto' (as spro trained the model when it is a folder spro saved, else on when the "
