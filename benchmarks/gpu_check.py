@@ -93,6 +93,7 @@ def run_algorithm(name: str, model_dir: Path, out: Path, args: argparse.Namespac
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         peaks.measure(dtype, sorted({s[k] for s in shapes for k in ("decode_shape", "pass_shape")}))
         records[0]["_stages"] = roofline.stage_rows(trainer, records, shapes, peaks, args.precision)
+        records[0]["_floor"] = roofline.step_floor(trainer, records, shapes, peaks, args.precision)
     del trainer
     gc.collect()
     if torch.cuda.is_available():
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
           f"roofline time / stage time)\n{roofline.HEADER}")
     for name, recs in results.items():
         print(roofline.format_rows(f"{name}/{args.precision}", recs[0]["_stages"]))
+    for name, recs in results.items():
+        print(f"{name}/{args.precision}: {recs[0]['_floor']}")
     dtype = "bf16" if args.precision == "bf16" else "fp32"
     print(f"{dtype} matmul peak {'x'.join(map(str, roofline.REF_SHAPE))}: "
           f"{peaks.get(roofline_dtype(args.precision), roofline.REF_SHAPE):.0f} GFLOP/s; copy bandwidth "

@@ -267,6 +267,21 @@ def stage_rows(trainer: Any, records: list[dict], shapes: list[dict], peaks: Pea
     return rows
 
 
+def step_floor(trainer: Any, records: list[dict], shapes: list[dict], peaks: Peaks, precision: str) -> str:
+    """The step's median time against its roofline floor: the sum of its stages' roofline times (what the
+    same work takes at the measured matmul peaks and bandwidth), so that a step-time target can be checked
+    against what the hardware allows at all."""
+    import torch
+
+    d = model_dims(trainer.model.config)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    passes = 1 + (trainer.ref is not None)
+    floors = [sum(roofline_seconds(d, s, peaks, dtype, trainer.on_policy, passes, 2 if precision == "bf16" else 4
+                                   ).values()) for s in shapes]
+    step, floor = statistics.median(m["time/step"] for m in records), statistics.median(floors)
+    return f"step {step:.3f} s, roofline floor of its stages {floor:.3f} s ({100 * floor / step:.0f}% of the step)"
+
+
 def format_rows(label: str, rows: list[dict]) -> str:
     out = []
     for r in rows:
@@ -410,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, (p, _) in keys.items():
             rows[key] = stage_rows(trainers[key], recs[key], shapes[key], peaks, p)
             print(format_rows(f"{name}/{key}", rows[key]))
+        for key, (p, _) in keys.items():
+            print(f"{name}/{key}: " + step_floor(trainers[key], recs[key], shapes[key], peaks, p))
         for key, (p, b) in keys.items():
             if b != backends[0]:
                 continue

@@ -42,6 +42,8 @@ def test_smoke_run_on_cpu_prints_the_table_and_the_ratio(tmp_path, capsys):
     # seconds and tokens/s (GFLOP/s of this 1-layer model rounds to 0.0)
     assert all(float(v.split()[0]) > 0 and float(v.split()[5]) > 0 for _, _, v in stages)
     assert re.search(r"bf16 matmul peak 1024x576x1536: \d+ GFLOP/s", out)
+    floors = re.findall(r"^(grpo|spro)/bf16: step ([\d.]+) s, roofline floor of its stages ([\d.]+) s", out, re.M)
+    assert [a for a, _, _ in floors] == ["grpo", "spro"] and all(0 < float(f) < float(t) for _, t, f in floors)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
