@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 
 import pytest
@@ -88,6 +89,8 @@ def test_sft_cli(tmp_path, capsys):
                "--task-knob", "train_size=100", "--task-knob", "value_range=[0,9]"])
     assert rc == 0
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+    # no bar: the held-out evaluation (at the end here) still shows, as a line
+    assert re.search(r"^step 3/3: loss [\d.]+, held-out accuracy [\d.]+ \(n=4\)", capsys.readouterr().out, re.M)
     rc = main(["sft", "--output", str(tmp_path / "x"), "--steps", "2", "--task-knob", "num_operands=0", "--no-progress"])
     assert rc == 2
     assert "num_operands" in capsys.readouterr().err

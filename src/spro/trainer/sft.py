@@ -293,8 +293,9 @@ def validation_accuracy(model: Any, tokenizer: Any, data: Any, reward: Any, max_
 
 
 def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progress: bool = True,
-        log_file: str | os.PathLike | None = None) -> SFTResult:
+        log_file: str | os.PathLike | None = None, echo: Any = None) -> SFTResult:
     """Run supervised fine-tuning; save model + tokenizer atomically to ``output_dir`` if given.
+    ``echo``: called with a line per held-out evaluation (e.g. ``print`` where no progress bar shows them).
 
     Also writes ``sft_config.json`` and ``sft_log.jsonl`` (loss per step, validation results)
     into the saved folder.
@@ -390,6 +391,9 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
             eval_time += time.time() - te
             v["step"] = step + 1
             validation.append(v)
+            if echo is not None:
+                echo(f"step {step + 1}/{config.steps}: loss {losses[-1]:.4f}, held-out accuracy {v['accuracy']:.3f} "
+                     f"(n={v['n']}), mean length {v['length_mean']:.1f} tokens")
             log_lines.append({"step": step + 1, **{f"val/{k}": x for k, x in v.items() if k != "step"}})
         if bar is not None:
             post = {"loss": f"{losses[-1]:.3f}"}
