@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 
 import pytest
 import yaml
@@ -271,3 +272,11 @@ def test_dotted_keys_in_a_file_and_interpolation(tmp_path):
     cfg = load_config(path, ["data.rewards=[arithmetic, {name: format, weight: 0.5}]"])
     assert cfg.algorithm.name == "grpo" and cfg.output_dir == "runs/grpo-4"
     assert cfg.data.rewards == [C.RewardSpec("arithmetic", 1.0), C.RewardSpec("format", 0.5)]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_example_config_loads(path):
+    """The example configs (spro compare --config examples/...) name only keys that exist, with valid values."""
+    cfg = load_config(path)
+    assert cfg.model.name_or_path and cfg.total_steps > 0
