@@ -237,8 +237,8 @@ class DataConfig:
         None,
         help="Hold out this fraction of data.source's rows (a seeded draw, by `seed`) for the periodic evaluation; "
         "they are not trained on, also with eval_every=-1 (the split stays the same), and the evaluation uses the "
-        "first data.eval_size of them (a warning says when that leaves some out). A dataset run needs one of data.eval_source, data.eval_split and "
-        "data.eval_fraction to evaluate (else it stops with an error; eval_every=-1 never evaluates).",
+        "first data.eval_size of them (a warning says when that leaves some out). A dataset run needs one of "
+        "data.eval_source, data.eval_split and data.eval_fraction to evaluate (else it stops with an error; eval_every=-1 never evaluates).",
         check=(lambda v: v is None or 0 < v < 1, "in (0, 1) or null"),
     )
     eval_column_map: dict[str, str] | None = _f(
