@@ -113,6 +113,16 @@ def test_sft_warm_start_on_a_reasoning_gym_task_uses_the_training_questions_of_s
     result = sft(cfg, tmp_path / "out", progress=False)
     (val,) = result.validation
     assert val["n"] == 20 and 0.0 <= val["accuracy"] <= 1.0
+    # spro train from that warm start: its evaluation questions must not be the warm start's training ones
+    from spro.config import ConfigError
+    from spro.data.reasoning_gym import check_unseen_by_warm_start
+
+    check_unseen_by_warm_start(tmp_path / "out", evals)  # data.reasoning_gym at its defaults: unseen
+    _, smaller = load_datasets(_config(tmp_path, "chain_sum", **{
+        "data.reasoning_gym.size": 500, "data.eval_size": 20,
+        "data.reasoning_gym.config": "{min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 2}"}))
+    with pytest.raises(ConfigError, match=r"of the 20 evaluation questions are training questions of the warm start"):
+        check_unseen_by_warm_start(tmp_path / "out", smaller)  # items 500-519 at seed 0: the warm start saw them
     with pytest.raises(ValueError, match="makes its own held-out questions"):
         sft_data(dataclasses.replace(cfg, eval_data="dev.jsonl"))
     (tmp_path / "d.jsonl").write_text('{"prompt": "1+1=", "answer": "2", "solution": "2"}\n' * 3)

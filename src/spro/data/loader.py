@@ -191,6 +191,10 @@ def training_data(cfg: TrainConfig, tokenizer: Any, context: int | None, dataset
         name = resolve_model(name, progress=False)
     chat, why = resolve_chat_template(getattr(d, "chat_template", "off"), tokenizer, name, cfg.model.gguf_file)
     train, evals = load_datasets(cfg) if datasets is None else given_datasets(*datasets)
+    from spro.data.reasoning_gym import check_unseen_by_warm_start, is_reasoning_gym
+
+    if is_reasoning_gym(d.source):
+        check_unseen_by_warm_start(name, evals)
     train, prompts = check_prompt_lengths(train, [render_prompt(tokenizer, p, chat_template=chat)
                                                   for p in train["prompt"]], tokenizer,
                                           context, max_new, d.long_prompts, "train")

@@ -30,7 +30,8 @@ import json
 import warnings
 from typing import Any, Sequence
 
-__all__ = ["PREFIX", "INSTRUCTION", "is_reasoning_gym", "load_reasoning_gym", "reasoning_gym_reward"]
+__all__ = ["PREFIX", "INSTRUCTION", "is_reasoning_gym", "load_reasoning_gym", "reasoning_gym_reward",
+           "check_unseen_by_warm_start"]
 
 PREFIX = "reasoning_gym:"
 INSTRUCTION = "Give the final answer inside <answer></answer> tags."
@@ -139,6 +140,35 @@ def load_reasoning_gym(data: Any, *, with_eval: bool = True) -> tuple[Any, Any]:
                           f"training set (data.eval_size={n_eval})", stacklevel=2)
         evals = datasets.Dataset.from_list(_rows(task, config, rg.seed, total, picked, rg.chat, data.prompt_template))
     return datasets.Dataset.from_list(train), evals
+
+
+def check_unseen_by_warm_start(model_dir: Any, evals: Any) -> None:
+    """Stop with a ConfigError when evaluation questions ``evals`` were training questions of the model in
+    ``model_dir``: a ``spro sft --data reasoning_gym:NAME`` warm start (its ``sft_config.json``) trained on
+    items 0 .. N-1 at seed 0, which are evaluation questions of a run whose ``data.reasoning_gym`` seed or size
+    differs, and its accuracy would then count memorised answers."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from spro.options import ConfigError
+    from spro.schema import ReasoningGymConfig
+
+    meta_file = Path(str(model_dir)) / "sft_config.json"
+    if evals is None or "question" not in evals.column_names or not meta_file.is_file():
+        return
+    meta = json.loads(meta_file.read_text())
+    if not is_reasoning_gym(meta.get("data")):
+        return
+    knobs = meta.get("task_kwargs_resolved") or meta.get("task_kwargs") or {}
+    source = SimpleNamespace(source=meta["data"], reasoning_gym=ReasoningGymConfig(config=dict(knobs)), eval_size=0,
+                             train_size=meta.get("train_size"), prompt_template=None)
+    seen = set(load_reasoning_gym(source, with_eval=False)[0]["question"])
+    overlap = sum(q in seen for q in evals["question"])
+    if overlap:
+        raise ConfigError(f"{overlap} of the {len(evals)} evaluation questions are training questions of the warm start "
+                          f"{model_dir} (spro sft --data {meta['data']}, items 0-{len(seen) - 1} at seed 0 with the "
+                          f"config {dict(knobs)}): its accuracy would count memorised answers; leave "
+                          "data.reasoning_gym.seed at 0 and data.reasoning_gym.size at 1000 or more")
 
 
 def reasoning_gym_reward(prompts: Sequence[Any], completions: Sequence[Any], reasoning_gym: Sequence[Any] | None = None,
