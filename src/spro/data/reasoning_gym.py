@@ -162,11 +162,12 @@ def check_unseen_by_warm_start(model_dir: Any, evals: Any) -> None:
     knobs = meta.get("task_kwargs_resolved") or meta.get("task_kwargs") or {}
     source = SimpleNamespace(source=meta["data"], reasoning_gym=ReasoningGymConfig(config=dict(knobs)), eval_size=0,
                              train_size=meta.get("train_size"), prompt_template=None)
-    seen = set(load_reasoning_gym(source, with_eval=False)[0]["question"])
+    questions = load_reasoning_gym(source, with_eval=False)[0]["question"]
+    seen = set(questions)
     overlap = sum(q in seen for q in evals["question"])
     if overlap:
         raise ConfigError(f"{overlap} of the {len(evals)} evaluation questions are training questions of the warm start "
-                          f"{model_dir} (spro sft --data {meta['data']}, items 0-{len(seen) - 1} at seed 0 with the "
+                          f"{model_dir} (spro sft --data {meta['data']}, items 0-{len(questions) - 1} at seed 0 with the "
                           f"config {dict(knobs)}): its accuracy would count memorised answers; leave "
                           "data.reasoning_gym.seed at 0 and data.reasoning_gym.size at 1000 or more")
 
