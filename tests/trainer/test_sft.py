@@ -54,6 +54,11 @@ def test_short_sft_lowers_loss_and_saves(tmp_path):
     model, tok = load_model_and_tokenizer(out)
     meta = json.loads((out / "sft_config.json").read_text())
     assert meta["steps"] == 40 and meta["task_kwargs_resolved"]["value_range"] == [0, 9]
+    # the CPU kernels behind the build (a float32 SFT lands elsewhere on another CPU)
+    import torch
+
+    assert meta["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert {"cpu", "vendor", "flags", "mkl_enable_instructions"} <= set(meta["machine"])
     log = [json.loads(line) for line in (out / "sft_log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in log if "loss" in r] == pytest.approx(result.losses)
     assert not [p for p in tmp_path.iterdir() if p.name != "model"]  # temp folder renamed away
@@ -101,6 +106,7 @@ def test_warm_start_cache_builds_once_under_concurrency(tmp_path, monkeypatch):
     import spro.trainer.warmstart
 
     monkeypatch.setitem(spro.trainer.sft.PRESETS, "weak", tiny_config(steps=5, eval_every=0, eval_n=4))
+    monkeypatch.delitem(spro.trainer.warmstart.PRESET_BANDS, "weak")  # a 5-step model is far below the band
     calls = []
     real_sft = spro.trainer.sft.sft
 
@@ -126,6 +132,41 @@ def test_warm_start_cache_builds_once_under_concurrency(tmp_path, monkeypatch):
     assert other != path and len(calls) == 2
     with pytest.raises(ValueError, match="preset"):
         spro.trainer.warmstart.warm_start("medium", tmp_path)
+
+
+def test_warm_start_outside_its_band_is_said(tmp_path, monkeypatch):
+    """A preset build whose validation accuracy left the band it is meant for (the SFT depends on the CPU's
+    kernels: long-mid gave 0.44, 0.33 and 0.095 on three) warns with the accuracy, the band and what to do;
+    one inside its band, a preset without a band and a folder without a log say nothing."""
+    import warnings
+
+    from spro.trainer import warmstart
+
+    def build(acc):
+        folder = tmp_path / f"b{acc}"
+        folder.mkdir()
+        (folder / "sft_log.jsonl").write_text(json.dumps({"step": 10, "loss": 1.0}) + "\n"
+                                              + json.dumps({"step": 860, "val/accuracy": acc, "val/n": 200}) + "\n")
+        return folder
+
+    with pytest.warns(UserWarning) as record:
+        warmstart.check_band("long-mid", build(0.095))
+    text = str(record[0].message)
+    assert "accuracy 0.095" in text and "0.20-0.50" in text and "spro sft --preset long-mid steps=N" in text, text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warmstart.check_band("long-mid", build(0.44))
+        warmstart.check_band("strong", build(0.01))  # no band
+        warmstart.check_band("long-mid", tmp_path)  # no sft_log.jsonl
+    assert warmstart.built_accuracy(build(0.33)) == 0.33
+    # warm_start checks every folder it returns, cached or built
+    monkeypatch.setattr(warmstart, "cache_key", lambda preset: "k")
+    folder = tmp_path / "cache" / "long-mid-k"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sft_log.jsonl").write_text(json.dumps({"step": 860, "val/accuracy": 0.9}) + "\n")
+    with pytest.warns(UserWarning, match="accuracy 0.900"):
+        assert warmstart.warm_start("long-mid", tmp_path / "cache") == folder
 
 
 def test_default_cache_dir_honours_env(monkeypatch, tmp_path):

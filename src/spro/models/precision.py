@@ -49,13 +49,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import types
 from typing import Any, Iterator
 
 import torch
 
-__all__ = ["PRECISIONS", "apply_precision", "autocast_dtype", "autocast_scope", "bf16_native", "precision_of",
-           "resolve_precision"]
+__all__ = ["PRECISIONS", "apply_precision", "autocast_dtype", "autocast_scope", "bf16_native", "cpu_record",
+           "precision_of", "resolve_precision"]
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -77,6 +78,17 @@ def _cpu_flags() -> set[str]:
 
 def _cpu_vendor() -> str:
     return _cpuinfo_field("vendor_id").strip()
+
+
+def cpu_record() -> dict[str, object]:
+    """What decides this CPU's float32 kernels, for the record of a build whose result depends on them (a tiny SFT
+    warm start that stops inside a sharp rise in accuracy lands elsewhere on another CPU, docs/results.md section 5):
+    the CPU's name and vendor, torch's kernel level, AMX and AVX-512 flags, and MKL_ENABLE_INSTRUCTIONS if set."""
+    flags = _cpu_flags()
+    return {"cpu": " ".join(_cpuinfo_field("model name").split()), "vendor": _cpu_vendor(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "flags": sorted(f for f in flags if f.startswith(("avx512f", "avx512_bf16", "amx", "avx2"))),
+            "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS")}
 
 
 def bf16_native(device_type: str) -> bool:

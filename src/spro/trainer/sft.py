@@ -297,12 +297,13 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
     """Run supervised fine-tuning; save model + tokenizer atomically to ``output_dir`` if given.
     ``echo``: called with a line per held-out evaluation (e.g. ``print`` where no progress bar shows them).
 
-    Also writes ``sft_config.json`` and ``sft_log.jsonl`` (loss per step, validation results)
-    into the saved folder.
+    Also writes ``sft_config.json`` (the settings, timings and the CPU's kernel record ``machine``: a float32 SFT's
+    result depends on them) and ``sft_log.jsonl`` (loss per step, validation results) into the saved folder.
     """
     import torch
 
     from spro.models.loading import load_model_and_tokenizer, save_model_and_tokenizer
+    from spro.models.precision import cpu_record
     from spro.models.tiny import build_char_tokenizer, build_tiny_model, count_parameters
 
     if config.threads:
@@ -410,7 +411,8 @@ def sft(config: SFTConfig, output_dir: str | os.PathLike | None = None, *, progr
     if output_dir is not None:
         meta = {**config.to_dict(), "chat_template_applied": chat, "task_kwargs_resolved": data.knobs, "train_rows": len(examples),
                 "seconds": seconds, "cpu_seconds": cpu_seconds,
-                "eval_seconds": eval_time, "torch_threads": torch.get_num_threads(), "validation": validation}
+                "eval_seconds": eval_time, "torch_threads": torch.get_num_threads(), "machine": cpu_record(),
+                "validation": validation}
         path = save_model_and_tokenizer(model, tokenizer, output_dir, extra_files={
             "sft_config.json": json.dumps(meta, indent=2),
             "sft_log.jsonl": "".join(json.dumps(line) + "\n" for line in log_lines),
