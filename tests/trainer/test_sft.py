@@ -178,17 +178,21 @@ def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_weak_preset_accuracy_band(tmp_path):
-    """The weak preset lands in the 20-50% greedy test accuracy band (slow: a full warm start)."""
+    """The weak preset lands in its band on this CPU: its SFT validation accuracy inside PRESET_BANDS["weak"] and
+    greedy test accuracy in 20-65% (slow: a full warm start). The build depends on the CPU's kernels (0.47 on a
+    Xeon with AVX-512, 0.56 with MKL limited to AVX2 on the same Xeon: docs/results.md, section 1)."""
     from spro.experiments.evaluation import evaluate
     from spro.models.loading import load_model_and_tokenizer
     from spro.data.tasks import get_task
-    from spro.trainer.warmstart import warm_start
+    from spro.trainer.warmstart import PRESET_BANDS, built_accuracy, warm_start
 
     path = warm_start("weak")
+    low, high, _ = PRESET_BANDS["weak"]
+    assert low <= built_accuracy(path) <= high
     model, tok = load_model_and_tokenizer(path)
     task = get_task("arithmetic")
     r = evaluate(model, tok, task.split("test", n=500), task.reward)
-    assert 0.2 <= r["pass@1"] <= 0.5, r["pass@1"]
+    assert 0.2 <= r["pass@1"] <= 0.65, r["pass@1"]
 
 
 def test_sft_records_its_prompt_rendering_and_auto_follows_it(tmp_path):
