@@ -306,3 +306,36 @@ def test_main_table_appendix_csv_tex_and_claims_off(tmp_path):
     md_nb = write_report(runs, tmp_path / "nb", title="t").read_text()
     assert "Δ final acc" not in md_nb and "step time vs" not in md_nb and "## Paper claims" not in md_nb
     assert (tmp_path / "nb" / "summary.csv").is_file() and r"\toprule" in (tmp_path / "nb" / "summary.tex").read_text()
+
+
+def test_start_note_says_what_every_run_starts_from_and_flags_different_starts(tmp_path):
+    """The report names the start model and its step-0 held-out accuracy; runs whose step-0 accuracies differ
+    (a warm start rebuilt on another CPU is another model) or whose start models differ are flagged."""
+    import yaml
+
+    from spro.experiments.report import start_note
+
+    def run(name: str, model: str, at0: float | None) -> RunData:
+        d = tmp_path / name
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": model}}))
+        evals = ([{"step": 0, "eval/accuracy": at0}] if at0 is not None else []) + [{"step": 50, "eval/accuracy": 0.6}]
+        write_jsonl(d / "eval.jsonl", evals)
+        return load_run(d)
+
+    same = {"grpo": [run("g0", "warmstart:long-mid", 0.44), run("g1", "warmstart:long-mid", 0.44)],
+            "spro": [run("s0", "warmstart:long-mid", 0.44)]}
+    assert start_note(same) == ("Every run starts from `warmstart:long-mid` (held-out accuracy at step 0: 0.440 in "
+                                "every evaluated run).")
+    moved = {"grpo": [run("g2", "warmstart:long-mid", 0.44)], "spro": [run("s2", "warmstart:long-mid", 0.33)]}
+    text = start_note(moved)
+    assert "differs between runs" in text and "grpo/g2 0.440" in text and "spro/s2 0.330" in text
+    other = {"grpo": [run("g3", "models/a", 0.3)], "spro": [run("s3", "models/b", 0.3)]}
+    assert "start from different models" in start_note(other) and "spro/s3 `models/b`" in start_note(other)
+    assert "no held-out evaluation at step 0" in start_note({"grpo": [run("g4", "m", None)]})
+    # in the written report, under Setup
+    out = tmp_path / "report"
+    write_report({"grpo": [tmp_path / "g0", tmp_path / "g1"], "spro": [tmp_path / "s0"]}, out, title="t",
+                 baseline="grpo", claims=False)
+    md = (out / "report.md").read_text()
+    assert md.index("## Setup") < md.index("Every run starts from `warmstart:long-mid`") < md.index("## Main results")

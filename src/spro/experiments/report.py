@@ -301,6 +301,37 @@ def setup_table(groups: Mapping[str, Sequence[RunData]]) -> list[dict[str, str]]
     return rows
 
 
+def start_note(groups: Mapping[str, Sequence[RunData]]) -> str:
+    """What every run starts from (``model.name_or_path``) and its held-out accuracy at step 0; where these
+    differ between runs, say so: arms compare only from the same start, and a warm start built on another CPU
+    is another model (docs/results.md, section 1)."""
+    starts, accs = {}, {}
+    for label, runs in groups.items():
+        for run in runs:
+            key = f"{label}/{run.path.name}"
+            starts[key] = (_run_config(run).get("model") or {}).get("name_or_path", "?")
+            at0 = [e.get("eval/accuracy") for e in run.evals if e.get("step") == 0 and e.get("eval/accuracy") is not None]
+            if at0:
+                accs[key] = float(at0[-1])
+    models = sorted(set(map(str, starts.values())))
+    if not starts:
+        return ""
+    if len(models) > 1:
+        return ("**The runs start from different models**: " + "; ".join(f"{k} `{v}`" for k, v in starts.items())
+                + ". Arms compare only from the same start.")
+    head = f"Every run starts from `{models[0]}`"
+    if not accs:
+        return head + " (no held-out evaluation at step 0)."
+    values = sorted(set(round(v, 4) for v in accs.values()))
+    if len(values) == 1:
+        missing = "" if len(accs) == len(starts) else f"; {len(starts) - len(accs)} run(s) without one"
+        return head + f" (held-out accuracy at step 0: {values[0]:.3f} in every evaluated run{missing})."
+    return (head + ", but **its held-out accuracy at step 0 differs between runs** ("
+            + ", ".join(f"{k} {v:.3f}" for k, v in accs.items())
+            + "): they did not start from the same model (a warm start rebuilt on another CPU is another model, "
+            "docs/results.md section 1), so their differences mix the start with the algorithm.")
+
+
 def _mean_over(runs: Sequence[RunData], key: str, start_frac: float = 0.0) -> tuple[float | None, int]:
     """Mean over seeds of each seed's mean of ``key`` over its steps from ``start_frac`` of the run on."""
     means = []
@@ -419,6 +450,8 @@ def write_report(
         lines += ["Produced by:", "", "```bash", command.strip(), "```", ""]
 
     lines += ["## Setup", "", markdown_table(setup_table(groups)), ""]
+    if note := start_note(groups):
+        lines += [note, ""]
     lines += ["## Main results", "", markdown_table(main_table(comp)), ""]
     lines += [
         "Mean ± 95% confidence half-width across seeds (Student t; \"± n/a\" with one seed). "
