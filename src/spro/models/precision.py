@@ -82,7 +82,7 @@ def _cpu_vendor() -> str:
 
 def cpu_record() -> dict[str, object]:
     """What decides this CPU's float32 kernels, for the record of a build whose result depends on them (a tiny SFT
-    warm start that stops inside a sharp rise in accuracy lands elsewhere on another CPU, docs/results.md section 5):
+    warm start that stops inside a sharp rise in accuracy lands elsewhere on another CPU, docs/results.md section 1):
     the CPU's name and vendor, torch's kernel level, AMX and AVX-512 flags, and MKL_ENABLE_INSTRUCTIONS if set."""
     flags = _cpu_flags()
     return {"cpu": " ".join(_cpuinfo_field("model name").split()), "vendor": _cpu_vendor(),

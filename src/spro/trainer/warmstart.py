@@ -20,10 +20,11 @@ import warnings
 from pathlib import Path
 
 # The greedy validation accuracy (the SFT's final evaluation in sft_log.jsonl, 200 problems) each preset is meant to
-# land in, and what it gives on an Intel Xeon with AVX-512 (the machines of docs/results.md's runs). The SFT runs in float32 and its result depends on the CPU's matrix
-# kernels: the same code and seed built "long-mid", which stops inside a sharp rise in accuracy, at 0.44 on Intel
-# Xeons with AVX-512, 0.33 on an AMD EPYC and 0.095 on a Xeon with MKL limited to AVX2 (docs/results.md, section 5).
-# A build outside its band is another test bed, so warm_start says so. Presets not listed are not checked.
+# land in, and what it gives on an Intel Xeon with AVX-512 (the machines of docs/results.md's runs). The SFT runs in
+# float32 and its result depends on the CPU's matrix kernels: the same code and seed built "long-mid", which stops
+# inside a sharp rise in accuracy, at 0.44 on Intel Xeons with AVX-512, 0.33 on an AMD EPYC and 0.095 on a Xeon with
+# MKL limited to AVX2 (docs/results.md, section 1). A build outside its band is another test bed, so warm_start says
+# so. Presets not listed are not checked.
 PRESET_BANDS: dict[str, tuple[float, float, float]] = {  # preset: (low, high, accuracy on a Xeon)
     "weak": (0.30, 0.65, 0.49),
     "long-weak": (0.0, 0.15, 0.04),
@@ -102,8 +103,8 @@ def check_band(preset: str, folder: Path) -> None:
     if not low <= acc <= high:
         warnings.warn(
             f"warmstart:{preset} ({folder}) has greedy validation accuracy {acc:.3f}, outside the {low:.2f}-{high:.2f} "
-            f"this preset is meant for ({xeon:.2f} on an Intel Xeon with AVX-512). The SFT's result depends on the CPU's float32 "
-            f"matrix kernels (docs/results.md, section 5), so runs from it are another test bed than the documented "
+            f"this preset is meant for ({xeon:.2f} on an Intel Xeon with AVX-512). The SFT's result depends on the CPU's "
+            f"float32 matrix kernels (docs/results.md, section 1), so runs from it are another test bed than the documented "
             f"ones. For a warm start in the band, build one with another step count (spro sft --preset {preset} "
             f"steps=N --output DIR) and train from it (model.name_or_path=DIR).", UserWarning, stacklevel=3)
 
